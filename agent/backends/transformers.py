@@ -1,0 +1,185 @@
+"""The embedded default backend: a Hugging Face causal LM on the CPU in fp32, PEFT adapters per request.
+
+Scoring computes each distinct prefix once and reuses its KV cache for every candidate suffix, in batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.backends.base import ANSWER_NO, ANSWER_YES, GenerateRequest, Generation, ScoreRequest
+from agent.errors import NotFound, require
+from agent.models import offline, resolve_llm
+
+
+class TransformersBackend:
+    name = "transformers"
+    supports_adapters = True
+
+    def __init__(self, model: str, cache_dir: Path, batch_size: int = 16, threads: int | None = None) -> None:
+        self.model = model
+        self.cache_dir = cache_dir
+        self.batch_size = batch_size
+        self.threads = threads
+        self.adapters: dict[str, str] = {}
+        # one forward pass at a time: adapter switching and torch's thread pool are process-wide
+        self._lock = threading.RLock()
+        self._loaded: tuple[Any, Any] | None = None
+
+    # -- loading ------------------------------------------------------------------------------------------
+    def _load(self) -> tuple[Any, Any]:
+        with self._lock:
+            if self._loaded is None:
+                offline()
+                torch = require("torch", "pip install torch==2.13.0")
+                transformers = require("transformers", "pip install 'transformers>=5.16.1,<5.20'")
+                if self.threads:
+                    torch.set_num_threads(self.threads)
+                path = resolve_llm(self.model, self.cache_dir)
+                tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+                if tokenizer.pad_token_id is None:
+                    tokenizer.pad_token = tokenizer.eos_token
+                # fp32: on CPUs without AVX-512 bf16 is several times slower
+                model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+                model.eval()
+                self._loaded = (tokenizer, model)
+                self._answer_ids = (self._first_token(ANSWER_YES), self._first_token(ANSWER_NO))
+            return self._loaded
+
+    def warm(self) -> None:
+        self._load()
+
+    def _first_token(self, word: str) -> int:
+        return self.tokenizer(word, add_special_tokens=False).input_ids[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._load()[0]
+
+    @property
+    def network(self) -> Any:
+        return self._load()[1]
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load (or replace) a PEFT LoRA adapter under a name that requests can select."""
+        peft = require("peft", "pip install peft")
+        with self._lock:
+            tokenizer, model = self._load()
+            if not isinstance(model, peft.PeftModel):
+                model = peft.PeftModel.from_pretrained(model, path, adapter_name=name)
+                model.eval()
+            else:
+                if name in model.peft_config:
+                    model.delete_adapter(name)
+                model.load_adapter(path, adapter_name=name)
+            self._loaded = (tokenizer, model)
+            self.adapters[name] = path
+
+    @contextlib.contextmanager
+    def _adapter(self, name: str | None) -> Iterator[Any]:
+        model = self.network
+        if name is None:
+            if hasattr(model, "disable_adapter"):
+                with model.disable_adapter():
+                    yield model
+            else:
+                yield model
+            return
+        if name not in self.adapters:
+            raise NotFound(f"adapter {name!r} is not loaded; loaded: {sorted(self.adapters) or 'none'}")
+        model.set_adapter(name)
+        yield model
+
+    # -- the protocol -------------------------------------------------------------------------------------
+    def chat_prompt(self, system: str, user: str) -> str:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[float]:
+        torch = require("torch", "pip install torch==2.13.0")
+        groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            groups[(r.prefix, r.adapter)].append(i)
+        scores = [0.0] * len(requests)
+        with self._lock, torch.inference_mode():
+            for (prefix, adapter), indices in groups.items():
+                with self._adapter(adapter) as model:
+                    suffixes = [requests[i].suffix for i in indices]
+                    for i, p in zip(indices, self._score_group(model, prefix, suffixes), strict=True):
+                        scores[i] = p
+        return scores
+
+    def _score_group(self, model: Any, prefix: str, suffixes: list[str]) -> list[float]:
+        torch = require("torch", "pip install torch==2.13.0")
+        tokenizer = self.tokenizer
+        yes, no = self._answer_ids
+        prefix_ids = tokenizer(prefix, add_special_tokens=False, return_tensors="pt").input_ids
+        n_prefix = prefix_ids.shape[1]
+        prefix_cache = model(input_ids=prefix_ids, use_cache=True).past_key_values if n_prefix else None
+        tokenizer.padding_side = "right"  # we read each row's logits at its own last real token
+        out: list[float] = []
+        for start in range(0, len(suffixes), self.batch_size):
+            batch = tokenizer(
+                suffixes[start : start + self.batch_size],
+                add_special_tokens=False,
+                padding=True,
+                return_tensors="pt",
+            )
+            rows, width = batch.input_ids.shape
+            cache = None
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(rows)
+            mask = torch.cat([torch.ones(rows, n_prefix, dtype=batch.attention_mask.dtype), batch.attention_mask], 1)
+            positions = (n_prefix + torch.arange(width)).unsqueeze(0).expand(rows, -1)
+            logits = model(
+                input_ids=batch.input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=cache is not None,
+            ).logits
+            last = batch.attention_mask.sum(1) - 1
+            answer = logits[torch.arange(rows), last]
+            out.extend(torch.sigmoid(answer[:, yes] - answer[:, no]).tolist())
+        return out
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
+        torch = require("torch", "pip install torch==2.13.0")
+        results: list[Generation | None] = [None] * len(requests)
+        groups: dict[tuple[str | None, int], list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            groups[(r.adapter, r.max_new_tokens)].append(i)
+        tokenizer = self.tokenizer
+        with self._lock, torch.inference_mode():
+            for (adapter, max_new), indices in groups.items():
+                with self._adapter(adapter) as model:
+                    tokenizer.padding_side = "left"  # generation continues from the right edge
+                    batch = tokenizer(
+                        [requests[i].prompt for i in indices],
+                        add_special_tokens=False,
+                        padding=True,
+                        return_tensors="pt",
+                    )
+                    output = model.generate(
+                        **batch,
+                        max_new_tokens=max_new,
+                        do_sample=False,
+                        repetition_penalty=1.1,
+                        pad_token_id=tokenizer.pad_token_id,
+                    )
+                    new = output[:, batch.input_ids.shape[1] :]
+                    for row, i in enumerate(indices):
+                        tokens = [t for t in new[row].tolist() if t != tokenizer.pad_token_id]
+                        results[i] = Generation(
+                            text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                            prompt_tokens=int(batch.attention_mask[row].sum()),
+                            completion_tokens=len(tokens),
+                        )
+        return [r for r in results if r is not None]

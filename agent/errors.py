@@ -1,0 +1,35 @@
+"""A small error hierarchy, translated once at each edge (HTTP status, CLI exit code)."""
+
+
+class NewsrankError(Exception):
+    """Base class for every error newsrank raises on purpose."""
+
+
+class InvalidInput(NewsrankError):
+    """The caller sent something newsrank cannot use (bad event type, malformed row, bad setting)."""
+
+
+class NotFound(NewsrankError):
+    """A user, article, ranking or adapter that newsrank does not know."""
+
+
+class EmptyStore(NewsrankError):
+    """No articles to rank yet."""
+
+
+class BackendError(NewsrankError):
+    """The LLM backend failed or is not installed."""
+
+
+class MissingDependency(BackendError):
+    """An optional heavy dependency is not installed."""
+
+
+def require(module: str, install_hint: str):
+    """Import a heavy module lazily, failing with an install hint instead of a bare ImportError."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingDependency(f"{module} is not installed: {install_hint}") from exc

@@ -1,0 +1,120 @@
+"""Explanations: one sentence per top item, grounded in the reader's profile.
+
+The LLM writes them, but its text is untrusted: it is cleaned, cut to one sentence, and kept only if it
+names something real from the profile (an interest, or a title the reader read). Otherwise the explanation
+is a template built from the ranking signals, and the record says which one the reader saw.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.profile import HistoryItem, Profile
+from agent.scoring import cosine_similarity
+from retrieval.store import Article
+
+HISTORY_MATCH_MIN = 0.35  # cosine above which a history title counts as related to a candidate
+MAX_CHARS = 280
+STOPWORDS = frozenset(
+    "a an and are as at be by for from has have in into is it its of on or over than that the their this to "
+    "was were will with after before new says said amid".split()
+)
+SPECULATIVE_TAIL = ", but "
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+ADDRESSES_READER = re.compile(r"\byou(r)?\b", re.IGNORECASE)
+BANNED = re.compile(r"<\||\bhttps?://|as an ai\b|language model", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """What in the profile connects it to one candidate."""
+
+    interests: tuple[str, ...] = ()  # profile labels the candidate's category or subcategory matches
+    history: HistoryItem | None = None  # the most similar history article, if similar enough
+
+    @property
+    def facts(self) -> tuple[str, ...]:
+        facts = [f"interest: {label}" for label in self.interests]
+        if self.history is not None:
+            facts.append(f'read: "{self.history.title}"')
+        return tuple(facts)
+
+
+def ground(profile: Profile, article: Article, embedding: np.ndarray) -> Grounding:
+    labels = profile.labels
+    interests = tuple(dict.fromkeys(x for x in (article.category, article.subcategory) if x and x in labels))
+    history = None
+    if profile.history:
+        sims = cosine_similarity(embedding[None, :], np.stack([h.embedding for h in profile.history]))[0]
+        best = int(np.argmax(sims))
+        if sims[best] >= HISTORY_MATCH_MIN:
+            history = profile.history[best]
+    return Grounding(interests, history)
+
+
+def reason_text(grounding: Grounding, article: Article) -> str:
+    """The signals in words: what the prompt hands the LLM and what the template fallback says."""
+    parts = []
+    if grounding.interests:
+        parts.append(f"it is about {' and '.join(grounding.interests)}, which you follow")
+    if grounding.history is not None:
+        parts.append(f'it is close to "{grounding.history.title}", which you read')
+    if not parts:
+        parts.append(f"it is new in {article.category or 'the news'} and adds variety to your feed")
+    return ", and ".join(parts)
+
+
+def template_explanation(grounding: Grounding, article: Article) -> str:
+    return f"Recommended because {reason_text(grounding, article)}."
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9']+", text.lower()) if len(w) > 2 and w not in STOPWORDS}
+
+
+def cites(text: str, grounding: Grounding) -> bool:
+    """Does the text name an interest (as a word) or enough of the matched history title?"""
+    lowered = text.lower()
+    for label in grounding.interests:
+        if re.search(rf"\b{re.escape(label.lower())}\b", lowered):
+            return True
+    if grounding.history is not None:
+        title_words = content_words(grounding.history.title)
+        if title_words and len(title_words & content_words(text)) >= max(2, (len(title_words) + 1) // 2):
+            return True
+    return False
+
+
+def clean(text: str) -> str:
+    """The first complete sentence; one cut off by the token limit is dropped."""
+    text = text.strip().strip('"').strip()
+    text = re.sub(r"^(assistant|answer|explanation)\s*:\s*", "", text, flags=re.IGNORECASE)
+    text = " ".join(text.split())
+    sentences = [s for s in SENTENCE_END.split(text) if s and s[-1] in ".!?"][:1]
+    text = " ".join(sentences)
+    # the small model tends to append an invented aside after a grounded clause: keep the clause
+    head, sep, _ = text.partition(SPECULATIVE_TAIL)
+    return head + "." if sep else text
+
+
+def validate(text: str, grounding: Grounding) -> str | None:
+    """The cleaned explanation if it is usable, speaks to the reader and is grounded; else None."""
+    cleaned = clean(text)
+    if not 15 <= len(cleaned) <= MAX_CHARS or BANNED.search(cleaned) or not grounding.facts:
+        return None
+    if not ADDRESSES_READER.search(cleaned):
+        return None
+    return cleaned if cites(cleaned, grounding) else None
+
+
+def choose(generated: Sequence[str | None], groundings: Sequence[Grounding], articles: Sequence[Article]):
+    """For each item: (explanation, source), the LLM's when it validates, the template's otherwise."""
+    out = []
+    for text, grounding, article in zip(generated, groundings, articles, strict=True):
+        valid = validate(text, grounding) if text else None
+        out.append((valid, "llm") if valid else (template_explanation(grounding, article), "template"))
+    return out

@@ -1,0 +1,129 @@
+"""The ranking math, as pure functions: no clock, no I/O, no model.
+
+For profile u and candidate x the final score is
+
+    L = w_relevance·y(u,x) + w_diversity·d(x) + w_freshness·f(x) + w_similarity·s(u,x) + w_affinity·a(u,x)
+
+y is the LLM's P(Yes), f = 0.5^(age/half_life), s the retrieval cosine similarity, a the reader's topic
+affinity (their share of engagement in x's category and subcategory), and d the diversity gain of greedy MMR
+selection: 1 - max cosine to the items already placed above x (1 for the first item).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BlendWeights:
+    relevance: float = 0.2
+    diversity: float = 0.1
+    freshness: float = 0.15
+    similarity: float = 0.25
+    affinity: float = 0.3
+
+
+@dataclass(frozen=True)
+class Signals:
+    """The per-candidate numbers the blend reads, each in [0, 1]."""
+
+    relevance: float
+    freshness: float
+    similarity: float
+    affinity: float = 0.0
+
+
+@dataclass(frozen=True)
+class Placed:
+    """One slot of a blended ranking: which candidate, its diversity gain there, and its final score."""
+
+    index: int
+    diversity: float
+    score: float
+
+
+def freshness(age_hours: float, half_life_hours: float) -> float:
+    """Exponential decay: 1 for a brand-new article, 0.5 after one half-life. Future times count as new."""
+    if half_life_hours <= 0:
+        raise ValueError("half_life_hours must be positive")
+    return 0.5 ** (max(age_hours, 0.0) / half_life_hours)
+
+
+def decay(age: float, half_life: float) -> float:
+    """Weight of an event `age` time units old (same decay as freshness, any unit)."""
+    return freshness(age, half_life)
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def yes_probability(logit_yes: float, logit_no: float) -> float:
+    """P(Yes) normalised over the two answer tokens: softmax([yes, no])[0] = σ(yes - no)."""
+    return sigmoid(logit_yes - logit_no)
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise cosine similarity of the rows of a and b."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    an = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+    bn = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+    return an @ bn.T
+
+
+def weighted_mean(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    if len(w) == 0 or w.sum() <= 0:
+        raise ValueError("need at least one positive weight")
+    return (np.asarray(vectors, dtype=np.float64) * w[:, None]).sum(axis=0) / w.sum()
+
+
+def blend_rank(
+    signals: Sequence[Signals], embeddings: np.ndarray, weights: BlendWeights, k: int | None = None
+) -> list[Placed]:
+    """Greedy MMR blend: place, one slot at a time, the candidate with the highest blended score.
+
+    Diversity is re-evaluated against what is already placed, so a near-duplicate of the top item sinks.
+    Ties go to the earlier candidate, which keeps the result deterministic.
+    """
+    n = len(signals)
+    k = n if k is None else min(k, n)
+    if n == 0 or k <= 0:
+        return []
+    sim = cosine_similarity(embeddings, embeddings)
+    base = np.array(
+        [
+            weights.relevance * s.relevance
+            + weights.freshness * s.freshness
+            + weights.similarity * s.similarity
+            + weights.affinity * s.affinity
+            for s in signals
+        ]
+    )
+    # closest[i]: highest similarity of candidate i to anything placed so far (none yet: -inf → gain 1)
+    closest = np.full(n, -np.inf)
+    remaining = np.ones(n, dtype=bool)
+    placed: list[Placed] = []
+    for _ in range(k):
+        gain = np.where(np.isinf(closest), 1.0, np.clip(1.0 - closest, 0.0, 1.0))
+        total = np.where(remaining, base + weights.diversity * gain, -np.inf)
+        best = int(np.argmax(total))
+        placed.append(Placed(index=best, diversity=float(gain[best]), score=float(total[best])))
+        remaining[best] = False
+        closest = np.maximum(closest, sim[best])
+    return placed
+
+
+def minmax(values: Sequence[float]) -> list[float]:
+    """Rescale to [0, 1]; a constant list maps to 0.5 everywhere (no information, no preference)."""
+    if not values:
+        return []
+    lo, hi = min(values), max(values)
+    if hi - lo < 1e-12:
+        return [0.5] * len(values)
+    return [(v - lo) / (hi - lo) for v in values]

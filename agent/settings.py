@@ -1,0 +1,75 @@
+"""All settings in one place. Every field can be set from the environment as NEWSRANK_<FIELD>
+(nested: NEWSRANK_WEIGHTS__RELEVANCE=0.5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agent.scoring import BlendWeights
+
+PACKAGED_LLM = "smollm2-135m"
+PACKAGED_EMBEDDER = "all-minilm-l6-v2"
+
+
+class Weights(BaseModel):
+    """Blend weights of the ranking signals (see agent/scoring.py)."""
+
+    relevance: float = Field(BlendWeights.relevance, ge=0)
+    diversity: float = Field(BlendWeights.diversity, ge=0)
+    freshness: float = Field(BlendWeights.freshness, ge=0)
+    similarity: float = Field(BlendWeights.similarity, ge=0)
+    affinity: float = Field(BlendWeights.affinity, ge=0)
+
+    def frozen(self) -> BlendWeights:
+        return BlendWeights(**self.model_dump())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NEWSRANK_", env_nested_delimiter="__", extra="forbid")
+
+    # storage
+    data_dir: Path = Path("data")
+    chroma_url: str | None = None  # e.g. http://chroma:8000; unset = embedded PersistentClient under data_dir
+    collection: str = "articles"
+
+    # models: the packaged names, or any Hugging Face model id / local folder
+    llm: str = PACKAGED_LLM
+    embedder: str = PACKAGED_EMBEDDER
+    model_cache: Path = Path("~/.cache/newsrank/models")
+    backend: Literal["transformers"] = "transformers"
+    adapter: str | None = None  # adapter served when a request names none
+    batch_size: int = Field(16, ge=1)
+    threads: int | None = None  # torch CPU threads; None = torch's default
+
+    # ranking
+    strategy: Literal["pointwise", "listwise"] = "pointwise"
+    weights: Weights = Weights()
+    candidates: int = Field(30, ge=1, le=500)
+    explore_share: float = Field(0.2, ge=0, le=1)  # share of candidates taken fresh rather than by similarity
+    recency_hours: float = Field(24 * 7, gt=0)
+    half_life_hours: float = Field(24.0, gt=0)  # freshness half-life; popularity counts 2 half-lives
+    explain_top: int = Field(3, ge=0)
+    listwise_window: int = Field(10, ge=2)
+    listwise_step: int = Field(5, ge=1)
+
+    # profile
+    interest_half_life_days: float = Field(14.0, gt=0)
+    history_titles: int = Field(5, ge=0)
+    top_interests: int = Field(5, ge=1)
+
+    @field_validator("data_dir", "model_cache")
+    @classmethod
+    def _expand(cls, path: Path) -> Path:
+        return path.expanduser()
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.data_dir / "chroma"
+
+    @property
+    def feedback_db(self) -> Path:
+        return self.data_dir / "feedback.sqlite3"

@@ -1,0 +1,219 @@
+"""The article store: Chroma holds each article's embedding and metadata.
+
+Embedded by default (PersistentClient under the data dir); a Chroma server when a URL is configured.
+Times are stored as epoch seconds because Chroma metadata values must be str, int, float or bool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from agent.errors import InvalidInput
+from retrieval.embed import Embedder
+
+UPSERT_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Article:
+    id: str
+    title: str
+    published_at: float  # epoch seconds, UTC
+    abstract: str = ""
+    category: str = ""
+    subcategory: str = ""
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id.strip():
+            raise InvalidInput("an article needs an id")
+        if not self.title.strip():
+            raise InvalidInput(f"article {self.id!r} has no title")
+
+    @property
+    def text(self) -> str:
+        """What gets embedded and what the LLM reads about a candidate."""
+        return f"{self.title}. {self.abstract}".strip() if self.abstract else self.title
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "abstract": self.abstract,
+            "category": self.category,
+            "subcategory": self.subcategory,
+            "url": self.url,
+            "published_at": float(self.published_at),
+        }
+
+    @classmethod
+    def from_chroma(cls, article_id: str, meta: dict[str, Any]) -> Article:
+        return cls(
+            id=article_id,
+            title=str(meta.get("title", "")),
+            abstract=str(meta.get("abstract", "")),
+            category=str(meta.get("category", "")),
+            subcategory=str(meta.get("subcategory", "")),
+            url=str(meta.get("url", "")),
+            published_at=float(meta.get("published_at", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class Hit:
+    article: Article
+    embedding: np.ndarray
+    similarity: float | None = None  # cosine to the query, when there was one
+
+
+def chroma_client(chroma_dir: Path, url: str | None = None) -> Any:
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    options = ChromaSettings(anonymized_telemetry=False)
+    if url:
+        parsed = urlparse(url)
+        if not parsed.hostname:
+            raise InvalidInput(f"bad Chroma URL {url!r}; expected e.g. http://localhost:8000")
+        return chromadb.HttpClient(
+            host=parsed.hostname,
+            port=parsed.port or (443 if parsed.scheme == "https" else 8000),
+            ssl=parsed.scheme == "https",
+            settings=options,
+        )
+    chroma_dir.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(chroma_dir), settings=options)
+
+
+def where_clause(
+    since: float | None = None,
+    categories: Sequence[str] | None = None,
+    exclude_categories: Sequence[str] | None = None,
+) -> dict[str, Any] | None:
+    conditions: list[dict[str, Any]] = []
+    if since is not None:
+        conditions.append({"published_at": {"$gte": float(since)}})
+    if categories:
+        conditions.append({"category": {"$in": list(categories)}})
+    if exclude_categories:
+        conditions.append({"category": {"$nin": list(exclude_categories)}})
+    if not conditions:
+        return None
+    return conditions[0] if len(conditions) == 1 else {"$and": conditions}
+
+
+class ArticleStore:
+    def __init__(self, client: Any, embedder: Embedder, collection: str = "articles") -> None:
+        self.embedder = embedder
+        self.collection = client.get_or_create_collection(
+            name=collection, embedding_function=embedder, configuration={"hnsw": {"space": "cosine"}}
+        )
+
+    def count(self) -> int:
+        return self.collection.count()
+
+    def upsert(self, articles: Iterable[Article], progress: Any = None) -> int:
+        """Insert or replace by id (so ingesting a file twice changes nothing). Returns how many were written."""
+        written = 0
+        for batch in _batches(articles, UPSERT_BATCH):
+            # the last version of an id within one batch wins, as it would across batches
+            unique = list({a.id: a for a in batch}.values())
+            self.collection.upsert(
+                ids=[a.id for a in unique],
+                documents=[a.text for a in unique],
+                embeddings=self.embedder.encode([a.text for a in unique]),
+                metadatas=[a.metadata() for a in unique],
+            )
+            written += len(unique)
+            if progress is not None:
+                progress.update(len(batch))
+        return written
+
+    def get(self, ids: Sequence[str]) -> dict[str, Hit]:
+        """The stored articles among `ids`, keyed by id; unknown ids are simply absent."""
+        if not ids:
+            return {}
+        got = self.collection.get(ids=list(dict.fromkeys(ids)), include=["metadatas", "embeddings"])
+        return _hits(got["ids"], got["metadatas"], got["embeddings"])
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if ids:
+            self.collection.delete(ids=list(ids))
+
+    def search(
+        self,
+        *,
+        text: str | None = None,
+        vector: np.ndarray | None = None,
+        k: int = 20,
+        since: float | None = None,
+        categories: Sequence[str] | None = None,
+        exclude_categories: Sequence[str] | None = None,
+        exclude_ids: Iterable[str] = (),
+    ) -> list[Hit]:
+        """Nearest articles to a text or a vector, best first, with filters."""
+        if (text is None) == (vector is None):
+            raise InvalidInput("search needs exactly one of text or vector")
+        if vector is None:
+            vector = self.embedder.encode([text])[0]
+        exclude = set(exclude_ids)
+        total = self.count()
+        if total == 0 or k <= 0:
+            return []
+        # Chroma filters by metadata only: over-fetch to make up for excluded ids
+        got = self.collection.query(
+            query_embeddings=[np.asarray(vector, dtype=np.float32)],
+            n_results=min(total, k + len(exclude)),
+            where=where_clause(since, categories, exclude_categories),
+            include=["metadatas", "embeddings", "distances"],
+        )
+        hits = _hits(got["ids"][0], got["metadatas"][0], got["embeddings"][0], got["distances"][0])
+        return [h for h in hits.values() if h.article.id not in exclude][:k]
+
+    def recent(
+        self,
+        *,
+        since: float,
+        k: int,
+        categories: Sequence[str] | None = None,
+        exclude_categories: Sequence[str] | None = None,
+        exclude_ids: Iterable[str] = (),
+    ) -> list[Hit]:
+        """The newest articles published since a time, newest first."""
+        exclude = set(exclude_ids)
+        got = self.collection.get(
+            where=where_clause(since, categories, exclude_categories), include=["metadatas", "embeddings"]
+        )
+        hits = [
+            h for h in _hits(got["ids"], got["metadatas"], got["embeddings"]).values() if h.article.id not in exclude
+        ]
+        hits.sort(key=lambda h: (-h.article.published_at, h.article.id))
+        return hits[:k]
+
+
+def _hits(ids, metadatas, embeddings, distances=None) -> dict[str, Hit]:
+    embeddings = [] if embeddings is None else embeddings
+    return {
+        article_id: Hit(
+            article=Article.from_chroma(article_id, meta or {}),
+            embedding=np.asarray(embeddings[i], dtype=np.float32),
+            similarity=None if distances is None else float(1.0 - distances[i]),
+        )
+        for i, (article_id, meta) in enumerate(zip(ids, metadatas, strict=True))
+    }
+
+
+def _batches(items: Iterable[Article], size: int) -> Iterator[list[Article]]:
+    batch: list[Article] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
