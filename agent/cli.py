@@ -130,11 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except NewsrankError as exc:
         print(f"newsrank: {exc}", file=sys.stderr)
-        return (
-            next(code for cls, code in EXIT_CODES.items() if isinstance(exc, cls))
-            if type(exc) in EXIT_CODES or any(isinstance(exc, c) for c in EXIT_CODES)
-            else 1
-        )
+        return next((code for cls, code in EXIT_CODES.items() if isinstance(exc, cls)), 1)
     except KeyboardInterrupt:
         return 130
 

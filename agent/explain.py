@@ -91,8 +91,8 @@ def cites(text: str, grounding: Grounding) -> bool:
 
 def clean(text: str) -> str:
     """The first complete sentence; one cut off by the token limit is dropped."""
+    text = re.sub(r"^\s*(assistant|answer|explanation)\s*:\s*", "", text, flags=re.IGNORECASE)
     text = text.strip().strip('"').strip()
-    text = re.sub(r"^(assistant|answer|explanation)\s*:\s*", "", text, flags=re.IGNORECASE)
     text = " ".join(text.split())
     sentences = [s for s in SENTENCE_END.split(text) if s and s[-1] in ".!?"][:1]
     text = " ".join(sentences)

@@ -127,10 +127,12 @@ def build_profile(
     for article_id, weight in engagement.items():
         if article_id in articles:
             article = articles[article_id].article
+            if article.category in mutes or article.subcategory in mutes:
+                continue
             by_category[article.category] += weight
             by_subcategory[article.subcategory] += weight
-    category_shares = _shares(by_category, mutes)
-    subcategory_shares = _shares(by_subcategory, mutes)
+    category_shares = _shares(by_category)
+    subcategory_shares = _shares(by_subcategory)
     labels = {**{k: SUBCATEGORY_SHARE * v for k, v in subcategory_shares.items()}, **category_shares}
     interests = tuple(Interest(label, w) for label, w in sorted(labels.items(), key=lambda kv: (-kv[1], kv[0])))[
         :top_interests
@@ -161,8 +163,8 @@ def build_profile(
     )
 
 
-def _shares(weights: Mapping[str, float], mutes: Sequence[str]) -> dict[str, float]:
+def _shares(weights: Mapping[str, float]) -> dict[str, float]:
     """Each label's share of the positive engagement (labels with net negative engagement get none)."""
-    kept = {label: w for label, w in weights.items() if label and w > 0 and label not in mutes}
+    kept = {label: w for label, w in weights.items() if label and w > 0}
     total = sum(kept.values())
     return {label: w / total for label, w in kept.items()}

@@ -1,0 +1,92 @@
+"""Shared fixtures: real Chroma, real SQLite, the real packaged embedder and LLM (loaded once per session)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from agent.feedback import FeedbackStore
+from agent.settings import Settings
+from retrieval.embed import Embedder
+from retrieval.store import Article, ArticleStore, chroma_client
+
+NOW = 1_767_000_000.0  # a fixed clock for everything time-dependent
+HOUR = 3600.0
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MODEL_CACHE = Path(os.environ.get("NEWSRANK_MODEL_CACHE", "~/.cache/newsrank/models")).expanduser()
+
+
+def article(article_id: str, title: str, category: str, hours_old: float = 1.0, subcategory: str = "") -> Article:
+    return Article(article_id, title, NOW - hours_old * HOUR, category=category, subcategory=subcategory)
+
+
+# A small corpus with clearly separated topics: sports, politics, technology, food.
+CORPUS = [
+    article("s1", "Riverton Hawks beat Lakeport Mariners 27-24 in overtime playoff thriller", "sports", 50, "football"),
+    article("s2", "Quarterback Dan Miller throws four touchdowns as Hawks clinch division", "sports", 40, "football"),
+    article(
+        "s3", "Basketball star Jalen Brooks scores 48 points in franchise record night", "sports", 30, "basketball"
+    ),
+    article("s4", "Hawks coach praises defense before Sunday's championship football game", "sports", 3, "football"),
+    article(
+        "s5", "Tennis champion Elena Marchetti wins the Coastal Open final in straight sets", "sports", 4, "tennis"
+    ),
+    article("s6", "Football league approves new overtime rules for the playoffs", "sports", 5, "football"),
+    article("s7", "Striker signs record transfer as soccer club rebuilds its attack", "sports", 6, "soccer"),
+    article("p1", "Senate passes budget bill after a long night of votes", "politics", 2, "congress"),
+    article("p2", "Governor signs law raising the state minimum wage", "politics", 3, "policy"),
+    article("p3", "Candidates clash over taxes and schools in the first election debate", "politics", 4, "elections"),
+    article("t1", "Chipmaker Novacore unveils a faster processor for laptops", "technology", 2, "chips"),
+    article("t2", "Startup releases open-source language model that rivals paid systems", "technology", 3, "ai"),
+    article(
+        "t3", "Hackers exploit flaw in popular home routers, security firm warns", "technology", 4, "cybersecurity"
+    ),
+    article("f1", "Ten easy pasta recipes for busy weeknights", "food", 2, "recipes"),
+    article("f2", "Chef opens a seaside restaurant serving local oysters", "food", 3, "restaurants"),
+    article("f3", "Why sourdough bread is back in fashion at bakeries", "food", 5, "trends"),
+]
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    return Embedder()
+
+
+@pytest.fixture
+def article_store(embedder: Embedder, tmp_path: Path) -> ArticleStore:
+    # a unique collection name: clients in one process share state
+    return ArticleStore(chroma_client(tmp_path / "chroma"), embedder, f"articles-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def corpus_store(article_store: ArticleStore) -> ArticleStore:
+    article_store.upsert(CORPUS)
+    return article_store
+
+
+@pytest.fixture
+def feedback(tmp_path: Path) -> FeedbackStore:
+    store = FeedbackStore(tmp_path / "feedback.sqlite3")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", model_cache=MODEL_CACHE, candidates=12, explain_top=3)
+
+
+@pytest.fixture(scope="session")
+def llm():
+    """The real packaged SmolLM2-135M on the transformers backend (converted once into the model cache)."""
+    from agent.backends.transformers import TransformersBackend
+
+    backend = TransformersBackend("smollm2-135m", MODEL_CACHE, batch_size=8)
+    backend.warm()
+    return backend

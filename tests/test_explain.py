@@ -1,0 +1,49 @@
+import numpy as np
+
+from agent.explain import Grounding, choose, cites, clean, ground, template_explanation, validate
+from agent.profile import HistoryItem, Profile
+from tests.conftest import article
+
+HAWKS = HistoryItem("s1", "Riverton Hawks beat Lakeport Mariners in overtime", "sports", np.array([1.0, 0.0]))
+GROUNDED = Grounding(interests=("sports",), history=HAWKS)
+CANDIDATE = article("c", "Hawks clinch the division title", "sports")
+
+
+def test_ground_finds_interests_and_the_closest_history_title():
+    profile = Profile("u", history=(HAWKS,), category_shares={"sports": 1.0})
+    profile = Profile("u", interests=(), history=(HAWKS,), explicit=("sports",))
+    g = ground(profile, CANDIDATE, np.array([0.9, 0.1]))
+    assert g.interests == ("sports",) and g.history is HAWKS
+    assert g.facts == ("interest: sports", 'read: "Riverton Hawks beat Lakeport Mariners in overtime"')
+    far = ground(profile, article("d", "Pasta", "food"), np.array([0.0, 1.0]))
+    assert far.facts == ()
+
+
+def test_clean_keeps_one_complete_sentence_and_drops_invented_asides():
+    assert clean('Assistant: "You will like it. More text."') == "You will like it."
+    assert clean("You may like this because it is about sports, but it also has aliens.") == (
+        "You may like this because it is about sports."
+    )
+    assert clean("You may like this because it is about") == ""  # cut off by the token limit
+
+
+def test_validate_requires_grounding_and_the_reader():
+    assert validate("You may like this because it is about sports.", GROUNDED)
+    assert validate("You read about the Riverton Hawks and Lakeport Mariners before.", GROUNDED)
+    assert validate("This article is about sports.", GROUNDED) is None  # not addressed to the reader
+    assert validate("You may like this because it is about cooking.", GROUNDED) is None  # not grounded
+    assert validate("You may like sports, as an AI I think so.", GROUNDED) is None
+    assert validate("You may like this because it is about sports.", Grounding()) is None  # nothing to cite
+    assert not cites("sportswear is on sale", Grounding(interests=("sports",)))  # whole words only
+
+
+def test_choose_falls_back_to_the_template():
+    chosen = choose(["You may like this because it is about sports.", "gibberish", None],
+                    [GROUNDED, GROUNDED, Grounding()], [CANDIDATE] * 3)  # fmt: skip
+    assert chosen[0] == ("You may like this because it is about sports.", "llm")
+    assert chosen[1] == (template_explanation(GROUNDED, CANDIDATE), "template")
+    assert chosen[1][0] == (
+        "Recommended because it is about sports, which you follow, and it is close to "
+        '"Riverton Hawks beat Lakeport Mariners in overtime", which you read.'
+    )
+    assert chosen[2][0] == "Recommended because it is new in sports and adds variety to your feed."

@@ -1,0 +1,123 @@
+"""The ranking loop around the model, with a fake LLM (the real one is in test_end_to_end.py)."""
+
+import pytest
+
+from agent.backends.fake import FakeBackend
+from agent.errors import EmptyStore, InvalidInput, NotFound
+from agent.feedback import Event, Preferences
+from agent.ranking import FeedRequest, Recommender, relevance_requests
+from retrieval.store import ArticleStore, chroma_client
+from tests.conftest import NOW
+
+
+@pytest.fixture
+def recommender(corpus_store, feedback, settings):
+    return Recommender(corpus_store, feedback, FakeBackend(), settings, clock=lambda: NOW)
+
+
+def read_sports(feedback, user="fan"):
+    feedback.add_events([Event(user, a, "click", NOW - 3600) for a in ("s1", "s2", "s3")])
+
+
+def test_a_sports_reader_gets_unseen_sports_first_and_the_record_is_stored(recommender, feedback):
+    read_sports(feedback)
+    feed = recommender.recommend(FeedRequest("fan", k=6))
+    ids = [i.article.id for i in feed.items]
+    assert not feed.cold_start and len(ids) == 6
+    assert {"s1", "s2", "s3"}.isdisjoint(ids)  # already read
+    assert [i.article.category for i in feed.items[:3]] == ["sports"] * 3
+    scores = [i.record.score for i in feed.items]
+    assert all(0 <= i.record.relevance <= 1 and 0 <= i.record.affinity <= 1 for i in feed.items)
+    assert [i.record.position for i in feed.items] == [1, 2, 3, 4, 5, 6]
+    stored = feedback.ranking(feed.ranking_id)
+    assert [i.article_id for i in stored.items] == ids and [i.score for i in stored.items] == scores
+    assert stored.backend == "fake" and stored.strategy == "pointwise" and "Recently read" in stored.profile_text
+    assert set(feed.timings) >= {"profile", "candidates", "relevance", "blend", "explain", "total"}
+
+
+def test_explanations_use_the_llm_when_grounded_and_the_template_otherwise(corpus_store, feedback, settings):
+    read_sports(feedback)
+    backend = FakeBackend(replies=["it is about sports, which you follow.", "it has dragons.", "you might enjoy it"])
+    feed = Recommender(corpus_store, feedback, backend, settings, clock=lambda: NOW).recommend(FeedRequest("fan", k=5))
+    records = [i.record for i in feed.items]
+    assert records[0].explanation == "You may like this because it is about sports, which you follow."
+    assert records[0].explanation_source == "llm"
+    assert [r.explanation_source for r in records[1:3]] == ["template", "template"]
+    assert records[1].explanation.startswith("Recommended because")
+    assert all(r.explanation is None for r in records[3:])  # explain_top = 3
+    assert all(r.grounded_in for r in records[:3])
+
+
+def test_no_explanations_when_not_asked(recommender, feedback):
+    read_sports(feedback)
+    feed = recommender.recommend(FeedRequest("fan", k=3, explain=False))
+    assert all(i.record.explanation is None for i in feed.items)
+    assert not any(c.startswith("generate") for c in recommender.backend.calls)
+
+
+def test_mutes_and_category_filters(recommender, feedback):
+    read_sports(feedback)
+    feedback.set_preferences("fan", Preferences(mutes=("politics", "recipes")), NOW)
+    feed = recommender.recommend(FeedRequest("fan", k=13))
+    assert all(i.article.category != "politics" for i in feed.items)
+    assert "f1" not in [i.article.id for i in feed.items]  # muted subcategory
+    only_food = recommender.recommend(FeedRequest("fan", k=5, categories=("food",)))
+    assert {i.article.id for i in only_food.items} == {"f2", "f3"}
+
+
+def test_a_new_reader_gets_a_fresh_popular_feed_without_the_llm(recommender, feedback):
+    feedback.add_events([Event(f"other{i}", "t3", "click", NOW - 600) for i in range(5)])
+    feed = recommender.recommend(FeedRequest("never-seen", k=5))
+    assert feed.cold_start and recommender.backend.calls == []
+    assert feed.items[0].article.id == "t3" and feed.items[0].record.relevance == 1.0  # the most clicked
+    categories = [i.article.category for i in feed.items]
+    assert len(set(categories)) >= 3  # diverse
+    assert feedback.ranking(feed.ranking_id).strategy == "popularity"
+
+
+def test_an_empty_recency_window_widens_instead_of_returning_nothing(corpus_store, feedback, settings):
+    late = Recommender(corpus_store, feedback, FakeBackend(), settings, clock=lambda: NOW + 365 * 86400)
+    read_sports(feedback)
+    assert len(late.recommend(FeedRequest("fan", k=4)).items) == 4
+
+
+def test_bad_requests(recommender, feedback, settings, embedder, tmp_path):
+    empty = ArticleStore(chroma_client(tmp_path / "empty"), embedder, "empty")
+    with pytest.raises(InvalidInput):
+        FeedRequest("u", k=0)
+    with pytest.raises(InvalidInput):
+        FeedRequest(" ", k=5)
+    with pytest.raises(EmptyStore):
+        Recommender(empty, feedback, FakeBackend(), settings).recommend(FeedRequest("u"))
+    read_sports(feedback)
+    with pytest.raises(NotFound):
+        recommender.recommend(FeedRequest("fan", adapter="not-loaded"))
+
+
+def test_a_named_adapter_reaches_the_backend_and_the_record(recommender, feedback):
+    read_sports(feedback)
+    recommender.backend.load_adapter("clicks-v1", "/adapters/clicks-v1")
+    plain = recommender.recommend(FeedRequest("fan", k=3, explain=False))
+    tuned = recommender.recommend(FeedRequest("fan", k=3, explain=False, adapter="clicks-v1"))
+    assert feedback.ranking(tuned.ranking_id).adapter == "clicks-v1"
+    assert feedback.ranking(plain.ranking_id).adapter is None
+    assert tuned.items[0].record.relevance > plain.items[0].record.relevance - 1e-9
+
+
+def test_prompts_share_one_prefix_and_end_where_the_answer_starts(recommender, corpus_store):
+    articles = [corpus_store.get(["s4"])["s4"].article, corpus_store.get(["f1"])["f1"].article]
+    requests = relevance_requests(recommender.backend, "Interests: sports.", articles)
+    assert requests[0].prefix == requests[1].prefix and requests[0].prefix.endswith("Article:\n")
+    assert requests[0].suffix.startswith("Hawks coach praises defense") and "(sports, football)" in requests[0].suffix
+    assert requests[0].prompt == requests[0].prefix + requests[0].suffix
+
+
+def test_listwise_strategy_reads_the_permutation(corpus_store, feedback, settings):
+    read_sports(feedback)
+    listwise = settings.model_copy(update={"strategy": "listwise", "candidates": 4, "explore_share": 0.0})
+    backend = FakeBackend(replies=["[4] > [3] > [2] > [1]"])
+    feed = Recommender(corpus_store, feedback, backend, listwise, clock=lambda: NOW).recommend(
+        FeedRequest("fan", k=4, explain=False)
+    )
+    relevance = sorted(i.record.relevance for i in feed.items)
+    assert relevance == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0]) and backend.calls == ["generate:1"]

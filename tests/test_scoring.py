@@ -1,0 +1,54 @@
+import math
+
+import numpy as np
+import pytest
+
+from agent.scoring import BlendWeights, Signals, blend_rank, freshness, minmax, weighted_mean, yes_probability
+
+
+def test_freshness_halves_every_half_life():
+    assert freshness(0, 24) == 1.0
+    assert freshness(24, 24) == pytest.approx(0.5)
+    assert freshness(36, 24) == pytest.approx(0.5**1.5)  # 0.35355
+    assert freshness(-5, 24) == 1.0  # a clock skew into the future counts as brand new
+    with pytest.raises(ValueError):
+        freshness(1, 0)
+
+
+def test_yes_probability_is_two_way_softmax():
+    assert yes_probability(2.0, 2.0) == pytest.approx(0.5)
+    # softmax([3, 1])[0] = e^3 / (e^3 + e^1)
+    assert yes_probability(3.0, 1.0) == pytest.approx(math.exp(3) / (math.exp(3) + math.exp(1)))
+    assert yes_probability(-800.0, 800.0) == pytest.approx(0.0)  # no overflow
+
+
+def test_minmax_and_weighted_mean():
+    assert minmax([1.0, 3.0, 2.0]) == [0.0, 1.0, 0.5]
+    assert minmax([4.0, 4.0]) == [0.5, 0.5]
+    assert minmax([]) == []
+    assert weighted_mean(np.array([[0.0, 2.0], [4.0, 0.0]]), [1, 3]).tolist() == [3.0, 0.5]
+    with pytest.raises(ValueError):
+        weighted_mean(np.zeros((1, 2)), [0])
+
+
+def test_blend_rank_against_hand_computed_scores():
+    # three candidates; 0 and 1 are identical in embedding space, 2 is orthogonal
+    embeddings = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    signals = [
+        Signals(relevance=0.9, freshness=0.5, similarity=0.8, affinity=0.5),
+        Signals(relevance=0.8, freshness=0.5, similarity=0.8, affinity=0.5),
+        Signals(relevance=0.5, freshness=1.0, similarity=0.2, affinity=0.0),
+    ]
+    w = BlendWeights(relevance=0.4, diversity=0.2, freshness=0.2, similarity=0.1, affinity=0.1)
+    placed = blend_rank(signals, embeddings, w)
+    # slot 1: base + 0.2·1 → c0: .36+.1+.08+.05+.2 = .79, c1: .32+.1+.08+.05+.2 = .75, c2: .2+.2+.02+0+.2 = .62
+    assert placed[0].index == 0 and placed[0].score == pytest.approx(0.79) and placed[0].diversity == 1.0
+    # slot 2: c1 duplicates c0 (gain 0) → .55; c2 is orthogonal (gain 1) → .62: diversity reorders
+    assert placed[1].index == 2 and placed[1].score == pytest.approx(0.62) and placed[1].diversity == 1.0
+    assert placed[2].index == 1 and placed[2].score == pytest.approx(0.55) and placed[2].diversity == 0.0
+
+
+def test_blend_rank_edges():
+    assert blend_rank([], np.zeros((0, 2)), BlendWeights()) == []
+    one = [Signals(0.5, 0.5, 0.5)]
+    assert [p.index for p in blend_rank(one * 3, np.eye(3), BlendWeights(), k=2)] == [0, 1]  # ties: earlier first
