@@ -1,0 +1,68 @@
+"""The `newsrank` command as a user runs it: a real process, real stores, the real packaged LLM."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def run(tmp_path):
+    env = {**os.environ, "NEWSRANK_DATA_DIR": str(tmp_path / "data"), "NEWSRANK_EXPLAIN_TOP": "2"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "agent.cli", *args], env=env, capture_output=True, text=True, timeout=600
+        )
+
+    return run
+
+
+def test_ingest_events_recommend_why(run, tmp_path):
+    empty = run("recommend", "--user", "u1")
+    assert empty.returncode == 4 and "store is empty" in empty.stderr and "Traceback" not in empty.stderr
+
+    ingested = run("ingest", str(FIXTURES / "articles.jsonl"), str(FIXTURES / "news.tsv"))
+    assert ingested.returncode == 0, ingested.stderr
+    assert "5 malformed" in ingested.stdout and "line 3:" in ingested.stdout
+    assert "store now holds 6 articles" in ingested.stdout
+
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        json.dumps({"user_id": "u1", "article_id": "N1", "type": "click"})
+        + "\n"
+        + json.dumps({"user_id": "u1", "article_id": "j1", "type": "nope"})
+        + "\n"
+    )
+    added = run("events", "add", str(events))
+    assert added.returncode == 0 and "1 events stored from 2 rows, 1 malformed" in added.stdout
+
+    feed = run("recommend", "--user", "u1", "--k", "3", "--explain", "--json")
+    assert feed.returncode == 0, feed.stderr
+    body = json.loads(feed.stdout)
+    assert len(body["items"]) == 3 and "N1" not in [i["article_id"] for i in body["items"]]
+    assert body["items"][0]["explanation"] and body["items"][2]["explanation"] is None
+    assert set(body["items"][0]["signals"]) == {"relevance", "diversity", "freshness", "similarity", "affinity"}
+
+    top = body["items"][0]["article_id"]
+    why = run("why", "--user", "u1", "--article", top)
+    assert why.returncode == 0 and "#1 of 3" in why.stdout
+
+    table = run("recommend", "--user", "u1", "--k", "2")
+    assert table.returncode == 0 and table.stdout.count("\n") >= 4 and "score" in table.stdout
+
+
+def test_bad_input_gives_one_line_and_an_exit_code(run, tmp_path):
+    missing = run("ingest", str(tmp_path / "missing.jsonl"))
+    assert missing.returncode == 2 and missing.stderr.startswith("newsrank: no such file")
+    assert run("ingest").returncode == 2
+    assert run("ingest", str(FIXTURES / "news.tsv")).returncode == 0
+    unknown = run("why", "--user", "ghost", "--article", "N1")
+    assert unknown.returncode == 3 and "never recommended" in unknown.stderr
+    bad_k = run("recommend", "--user", "u1", "--k", "0")
+    assert bad_k.returncode == 2 and "k must be" in bad_k.stderr

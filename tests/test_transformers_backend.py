@@ -1,0 +1,89 @@
+"""The transformers backend on the real packaged SmolLM2-135M."""
+
+import pytest
+import torch
+
+from agent.backends.base import GenerateRequest, ScoreRequest
+from agent.errors import NotFound
+
+QUESTION = "Reader profile:\nInterests: sports, football.\n\nWould this reader click on the article below? Answer Yes or No.\nArticle:\n"
+TITLES = [
+    "Hawks win the football final in overtime (sports, football)",
+    "Senate passes the budget bill (politics)",
+    "New laptop chip doubles battery life (technology)",
+    "Ten easy pasta recipes (food)",
+    "Quarterback injured before the playoffs (sports, football)",
+]
+
+
+def requests(llm, adapter=None):
+    prefix, tail = llm.chat_prompt("You pick news articles for one reader.", QUESTION + "\x00").split("\x00")
+    return [ScoreRequest(prefix, title + tail, adapter) for title in TITLES]
+
+
+def full_prompt_scores(llm, reqs):
+    """Reference: every prompt in full, one forward pass each, no cache, no batching."""
+    tokenizer, model = llm._load()
+    yes, no = llm._answer_ids
+    out = []
+    for r in reqs:
+        ids = (
+            tokenizer(r.prefix, add_special_tokens=False).input_ids
+            + tokenizer(r.suffix, add_special_tokens=False).input_ids
+        )
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        out.append(torch.sigmoid(logits[yes] - logits[no]).item())
+    return out
+
+
+def test_cached_prefix_batched_scores_equal_full_prompt_scores(llm):
+    reqs = requests(llm)
+    cached = llm.score(reqs)
+    assert cached == pytest.approx(full_prompt_scores(llm, reqs), abs=1e-4)
+    assert all(0.0 < p < 1.0 for p in cached)
+    assert len(set(round(p, 6) for p in cached)) == len(cached)  # the candidates really differ
+
+
+def test_scores_do_not_depend_on_batching_or_order(llm):
+    reqs = requests(llm)
+    batch_size = llm.batch_size
+    try:
+        llm.batch_size = 2
+        small = llm.score(reqs)
+    finally:
+        llm.batch_size = batch_size
+    assert small == pytest.approx(llm.score(reqs), abs=1e-4)
+    assert llm.score(reqs[::-1])[::-1] == pytest.approx(small, abs=1e-4)
+    assert llm.score([]) == []
+
+
+def test_generate_continues_the_prompt(llm):
+    prompt = llm.chat_prompt("Be brief.", "Name one sport played with a ball.")
+    out = llm.generate([GenerateRequest(prompt, 12), GenerateRequest(prompt + "Football is", 8)])
+    assert len(out) == 2 and out[0].text and 0 < out[0].completion_tokens <= 12
+    assert out[1].prompt_tokens > out[0].prompt_tokens
+
+
+def test_a_lora_adapter_changes_scores_only_when_selected(llm, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base_dir = llm._load()[1]
+    torch.manual_seed(0)
+    # a fresh copy of the base model with random (non-zero) LoRA weights, saved as a normal adapter folder
+    base = AutoModelForCausalLM.from_config(base_dir.config)
+    base.load_state_dict((base_dir.get_base_model() if hasattr(base_dir, "get_base_model") else base_dir).state_dict())
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "random-lora")
+
+    reqs = requests(llm)
+    before = llm.score(reqs)
+    llm.load_adapter("random", str(tmp_path / "random-lora"))
+    with_adapter = llm.score(requests(llm, adapter="random"))
+    assert max(abs(a - b) for a, b in zip(with_adapter, before, strict=True)) > 1e-3
+    assert llm.score(reqs) == pytest.approx(before, abs=1e-5)  # no adapter named: the base model
+    mixed = llm.score([reqs[0], requests(llm, adapter="random")[0]])  # one batch, two adapters
+    assert mixed == pytest.approx([before[0], with_adapter[0]], abs=1e-4)
+    with pytest.raises(NotFound):
+        llm.score(requests(llm, adapter="missing"))
