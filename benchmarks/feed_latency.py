@@ -62,8 +62,8 @@ def main() -> None:
             requests = relevance_requests(service.backend, profile.render(), [h.article for h in hits])
             assert len(requests) == n, f"only {len(requests)} candidates in the store window"
             full = [ScoreRequest("", r.prompt) for r in requests]  # no shared prefix: every prompt in full
-            cached_s = median_seconds(lambda: service.backend.score(requests), args.repeats)
-            full_s = median_seconds(lambda: service.backend.score(full), args.repeats)
+            cached_s = median_seconds(lambda batch=requests: service.backend.score(batch), args.repeats)
+            full_s = median_seconds(lambda batch=full: service.backend.score(batch), args.repeats)
             print(f"| {n} | {plain:.2f} | {explained:.2f} | {cached_s:.2f} | {full_s:.2f} | {full_s / cached_s:.1f}x |")
 
 

@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from agent.feedback import Event
 from agent.ranking import FeedRequest, Recommender
 from agent.service import Newsrank
@@ -47,3 +49,15 @@ def test_the_llm_relevance_is_read_from_first_token_logits(corpus_store, feedbac
     feed = recommender.recommend(FeedRequest("fan", k=5, explain=False))
     relevances = [i.record.relevance for i in feed.items]
     assert all(0.0 < y < 1.0 for y in relevances) and len(set(relevances)) > 1
+
+
+def test_listwise_strategy_on_the_real_llm(corpus_store, feedback, settings, llm):
+    feedback.add_events([Event("fan", a, "click", NOW - 3600) for a in ("s1", "s2")])
+    listwise = settings.model_copy(
+        update={"strategy": "listwise", "candidates": 6, "listwise_window": 4, "listwise_step": 2}
+    )
+    recommender = Recommender(corpus_store, feedback, llm, listwise, clock=lambda: NOW)
+    feed = recommender.recommend(FeedRequest("fan", k=6, explain=False))
+    relevances = sorted(i.record.relevance for i in feed.items)
+    assert relevances == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])  # a full permutation, whatever it wrote
+    assert feedback.ranking(feed.ranking_id).strategy == "listwise"

@@ -87,3 +87,11 @@ def test_a_lora_adapter_changes_scores_only_when_selected(llm, tmp_path):
     assert mixed == pytest.approx([before[0], with_adapter[0]], abs=1e-4)
     with pytest.raises(NotFound):
         llm.score(requests(llm, adapter="missing"))
+
+
+def test_any_local_model_folder_can_be_configured(llm):
+    from agent.backends.transformers import TransformersBackend
+    from agent.models import PACKAGED_FOLDER
+
+    by_path = TransformersBackend(str(llm.cache_dir / PACKAGED_FOLDER), llm.cache_dir)
+    assert by_path.score(requests(by_path)[:2]) == pytest.approx(llm.score(requests(llm)[:2]), abs=1e-5)
