@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import InvalidInput, NotFound
@@ -307,7 +307,3 @@ def _item(row: sqlite3.Row) -> RankedItem:
     data.pop("ranking_id")
     data["grounded_in"] = tuple(json.loads(data["grounded_in"]))
     return RankedItem(**data)
-
-
-def item_dict(item: RankedItem) -> dict:
-    return asdict(item)

@@ -141,12 +141,14 @@ class Recommender:
             )
         else:
             popular = self.feedback.click_counts(self.clock() - 2 * s.half_life_hours * 3600)
-            top = sorted(popular, key=lambda a: -popular[a])
-            got = self.articles.get([a for a in top if a not in seen][: s.candidates * 2])
+            top = [a for a in sorted(popular, key=lambda a: (-popular[a], a)) if a not in seen][: s.candidates * 2]
+            got = self.articles.get(top)
             hits = [
-                h
-                for h in got.values()
-                if (since is None or h.article.published_at >= since) and _passes(h.article, filters)
+                got[a]
+                for a in top
+                if a in got
+                and (since is None or got[a].article.published_at >= since)
+                and _passes(got[a].article, filters)
             ][: s.candidates - n_explore]
         taken = seen | {h.article.id for h in hits}
         fresh = self.articles.recent(

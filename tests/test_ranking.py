@@ -1,5 +1,7 @@
 """The ranking loop around the model, with a fake LLM (the real one is in test_end_to_end.py)."""
 
+import math
+
 import pytest
 
 from agent.backends.fake import FakeBackend
@@ -67,9 +69,14 @@ def test_mutes_and_category_filters(recommender, feedback):
 
 def test_a_new_reader_gets_a_fresh_popular_feed_without_the_llm(recommender, feedback):
     feedback.add_events([Event(f"other{i}", "t3", "click", NOW - 600) for i in range(5)])
+    feedback.add_events([Event(f"other{i}", "f2", "like", NOW - 600) for i in range(2)])
+    feedback.add_events([Event(f"other{i}", "p3", "click", NOW - 30 * 86400) for i in range(9)])  # long ago
     feed = recommender.recommend(FeedRequest("never-seen", k=5))
     assert feed.cold_start and recommender.backend.calls == []
     assert feed.items[0].article.id == "t3" and feed.items[0].record.relevance == 1.0  # the most clicked
+    relevance = {i.article.id: i.record.relevance for i in feed.items}
+    assert relevance["f2"] == pytest.approx(math.log1p(2) / math.log1p(5))
+    assert relevance.get("p3", 0.0) == 0.0  # popularity counts the last two half-lives only
     categories = [i.article.category for i in feed.items]
     assert len(set(categories)) >= 3  # diverse
     assert feedback.ranking(feed.ranking_id).strategy == "popularity"
