@@ -53,12 +53,13 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         return 0
     label = " (new reader: fresh and popular picks)" if feed.cold_start else ""
     print(f"feed for {feed.user_id}{label}  ranking {feed.ranking_id}  {feed.timings['total']:.1f}s")
-    print(f"{'#':>3} {'score':>5}  {'llm':>4} {'sim':>4} {'top':>4} {'new':>4} {'div':>4}  article")
+    print(f"{'#':>3} {'score':>5}  {'llm':>4} {'sim':>4} {'top':>4} {'pop':>4} {'new':>4} {'div':>4}  article")
     for item in feed.items:
         r, a = item.record, item.article
         print(
             f"{r.position:>3} {r.score:5.3f}  {r.relevance:4.2f} {r.similarity:4.2f} {r.affinity:4.2f} "
-            f"{r.freshness:4.2f} {r.diversity:4.2f}  [{a.category}] {a.title}  ({a.id}, {r.age_hours:.0f}h)"
+            f"{r.popularity:4.2f} {r.freshness:4.2f} {r.diversity:4.2f}  "
+            f"[{a.category}] {a.title}  ({a.id}, {r.age_hours:.0f}h)"
         )
         if r.explanation:
             print(f"{'':>30}↳ {r.explanation}")

@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from agent.errors import InvalidInput, NotFound
@@ -71,6 +71,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX ranking_items_article ON ranking_items(article_id);
     """,
+    # 2: the popularity signal joins the blend
+    """
+    ALTER TABLE ranking_items ADD COLUMN popularity REAL NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -115,6 +119,16 @@ class RankedItem:
     explanation: str | None = None
     explanation_source: str | None = None  # "llm" or "template"
     grounded_in: tuple[str, ...] = ()
+    popularity: float = 0.0
+
+
+ITEM_COLUMNS = ("ranking_id", *(f.name for f in fields(RankedItem)))
+
+
+def _item_row(ranking_id: str, item: RankedItem) -> tuple:
+    values = asdict(item)
+    values["grounded_in"] = json.dumps(list(item.grounded_in))
+    return (ranking_id, *values.values())
 
 
 @dataclass(frozen=True)
@@ -253,26 +267,8 @@ class FeedbackStore:
                     ),
                 )
                 self._db.executemany(
-                    "INSERT INTO ranking_items VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            record.ranking_id,
-                            i.position,
-                            i.article_id,
-                            i.title,
-                            i.score,
-                            i.relevance,
-                            i.diversity,
-                            i.freshness,
-                            i.similarity,
-                            i.affinity,
-                            i.age_hours,
-                            i.explanation,
-                            i.explanation_source,
-                            json.dumps(list(i.grounded_in)),
-                        )
-                        for i in record.items
-                    ],
+                    f"INSERT INTO ranking_items({','.join(ITEM_COLUMNS)}) VALUES ({','.join('?' * len(ITEM_COLUMNS))})",
+                    [_item_row(record.ranking_id, i) for i in record.items],
                 )
                 self._db.execute("COMMIT")
             except BaseException:

@@ -215,14 +215,16 @@ class Recommender:
         relevance = self.relevance(profile, profile_text, hits, adapter) if hits else []
         lap("relevance")
 
+        popularity = self.popularity(hits)
         signals = [
             Signals(
                 relevance=float(y),
                 freshness=freshness((now - h.article.published_at) / 3600, s.half_life_hours),
                 similarity=float(np.clip(h.similarity or 0.0, 0.0, 1.0)),
                 affinity=profile.affinity(h.article),
+                popularity=p,
             )
-            for h, y in zip(hits, relevance, strict=True)
+            for h, y, p in zip(hits, relevance, popularity, strict=True)
         ]
         embeddings = np.stack([h.embedding for h in hits]) if hits else np.zeros((0, 1))
         placed = blend_rank(signals, embeddings, s.weights.frozen(), request.k)
@@ -246,6 +248,7 @@ class Recommender:
                     freshness=signals[p.index].freshness,
                     similarity=signals[p.index].similarity,
                     affinity=signals[p.index].affinity,
+                    popularity=signals[p.index].popularity,
                     age_hours=max(0.0, (now - hit.article.published_at) / 3600),
                     explanation=explanations.get(position, (None, None))[0],
                     explanation_source=explanations.get(position, (None, None))[1],

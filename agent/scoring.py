@@ -2,11 +2,13 @@
 
 For profile u and candidate x the final score is
 
-    L = w_relevance·y(u,x) + w_diversity·d(x) + w_freshness·f(x) + w_similarity·s(u,x) + w_affinity·a(u,x)
+    L = w_relevance·y(u,x) + w_diversity·d(x) + w_freshness·f(x) + w_similarity·s(u,x)
+        + w_affinity·a(u,x) + w_popularity·p(x)
 
 y is the LLM's P(Yes), f = 0.5^(age/half_life), s the retrieval cosine similarity, a the reader's topic
-affinity (their share of engagement in x's category and subcategory), and d the diversity gain of greedy MMR
-selection: 1 - max cosine to the items already placed above x (1 for the first item).
+affinity (their share of engagement in x's category and subcategory), p the article's recent clicks
+(log-scaled, the most clicked = 1), and d the diversity gain of greedy MMR selection: 1 - max cosine to the
+items already placed above x (1 for the first item).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class BlendWeights:
     freshness: float = 0.15
     similarity: float = 0.25
     affinity: float = 0.3
+    popularity: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Signals:
     freshness: float
     similarity: float
     affinity: float = 0.0
+    popularity: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ def blend_rank(
             + weights.freshness * s.freshness
             + weights.similarity * s.similarity
             + weights.affinity * s.affinity
+            + weights.popularity * s.popularity
             for s in signals
         ]
     )

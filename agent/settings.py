@@ -23,6 +23,7 @@ class Weights(BaseModel):
     freshness: float = Field(BlendWeights.freshness, ge=0)
     similarity: float = Field(BlendWeights.similarity, ge=0)
     affinity: float = Field(BlendWeights.affinity, ge=0)
+    popularity: float = Field(BlendWeights.popularity, ge=0)
 
     def frozen(self) -> BlendWeights:
         return BlendWeights(**self.model_dump())

@@ -23,6 +23,7 @@ class SignalsOut(BaseModel):
     freshness: float
     similarity: float
     affinity: float
+    popularity: float
 
 
 class FeedItemOut(BaseModel):
@@ -61,6 +62,7 @@ class FeedItemOut(BaseModel):
                 freshness=r.freshness,
                 similarity=r.similarity,
                 affinity=r.affinity,
+                popularity=r.popularity,
             ),
             explanation=r.explanation,
             explanation_source=r.explanation_source,

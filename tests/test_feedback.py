@@ -91,3 +91,20 @@ def test_ranking_records_round_trip(feedback: FeedbackStore):
     with pytest.raises(sqlite3.IntegrityError):  # ranking ids are unique
         feedback.record_ranking(record("r1", "u", NOW, ["a"]))
     assert len(feedback.ranking("r1").items) == 2  # the failed write left the first intact
+
+
+def test_an_older_database_is_migrated_forward_with_its_data(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    old.execute("INSERT INTO rankings VALUES ('r0','u',1.0,'pointwise','v1','fake','m',NULL,'{}','p',0)")
+    old.execute(
+        "INSERT INTO ranking_items(ranking_id, position, article_id, title, score, relevance, diversity, freshness,"
+        " similarity, affinity, age_hours) VALUES ('r0', 1, 'a', 't', 0.5, 0.5, 1, 1, 0.5, 0.5, 1)"
+    )
+    old.commit()
+    old.close()
+    store = FeedbackStore(path)
+    assert store.schema_version == len(MIGRATIONS) >= 2
+    item = store.ranking("r0").items[0]
+    assert item.article_id == "a" and item.popularity == 0.0
