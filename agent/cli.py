@@ -71,6 +71,64 @@ def cmd_why(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from agent import evaluate
+    from agent.models import offline
+    from agent.service import make_backend
+    from agent.settings import Settings
+    from retrieval.embed import Embedder
+
+    offline()
+    settings = Settings()
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    impressions, errors = evaluate.read_behaviors(Path(args.behaviors))
+    if errors:
+        print(f"{args.behaviors}: {len(errors)} malformed rows skipped, e.g. line {errors[0].line}: {errors[0].reason}")
+    chosen = evaluate.select(impressions, args.part, args.seed, args.limit)
+    if not chosen:
+        raise InvalidInput(f"no impressions in part {args.part!r}")
+    cache = Path(args.cache) if args.cache else settings.data_dir / "eval-cache"
+    corpus = evaluate.Corpus(Path(args.news), Embedder(settings.embedder), cache)
+    needs_llm = any(m in (*evaluate.LLM_METHODS, "blend") for m in methods) or args.fit_weights
+    backend = make_backend(settings) if needs_llm else None
+    if backend is not None:
+        backend.warm()  # so the model's loading time does not count as scoring time
+    adapter = None
+    if args.adapter:
+        adapter = Path(args.adapter).name
+        backend.load_adapter(adapter, args.adapter)
+    evaluator = evaluate.Evaluator(
+        backend, settings.weights.frozen(), args.seed, adapter, args.explain, settings.history_titles
+    )
+    if args.fit_weights and "llm" not in methods:
+        methods = ["llm", *methods]
+    model = f"{settings.backend}:{settings.llm}"
+    rows, prepared = evaluate.run(chosen, corpus, evaluator, methods, cache, model)
+    print(f"{len(prepared)} impressions evaluated ({args.part} part, seed {args.seed}), "
+          f"{len(chosen) - len(prepared)} skipped (no known clicked candidate)")  # fmt: skip
+    base = "llm+adapter" if adapter else "llm"
+    reports = [evaluate.summarize(m, rows[m], prepared, rows[base] if m == "blend" else None) for m in methods]
+    title = f"{Path(args.behaviors).parent.name or 'MIND'}, {args.part} part, {len(prepared)} impressions"
+    table = evaluate.report_markdown(reports, title)
+    print(table)
+    if args.fit_weights:
+        fitted = evaluate.fit_weights(evaluator, rows["llm"], prepared, settings.weights.frozen())
+        print("fitted blend weights (logistic regression on the clicks of these impressions):")
+        for name, value in fitted.__dict__.items():
+            print(f"  NEWSRANK_WEIGHTS__{name.upper()}={value}")
+    if args.predictions:
+        evaluate.write_predictions(Path(args.predictions), rows[methods[0]], prepared)
+        print(f"predictions ({methods[0]}) written to {args.predictions}")
+    if args.report:
+        report = Path(args.report)
+        png = report.with_suffix(".png")
+        evaluate.plot(reports, png, title)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(table + f"\n![AUC and nDCG@10 per method]({png.name})\n")
+        print(f"report written to {report} and {png}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -115,6 +173,25 @@ def parser() -> argparse.ArgumentParser:
     p = events.add_parser("add", help="store events from a JSONL file")
     p.add_argument("file")
     p.set_defaults(run=cmd_events_add)
+
+    p = commands.add_parser("eval", help="replay MIND-format impressions and compare ranking methods")
+    p.add_argument("--news", required=True, help="MIND news.tsv")
+    p.add_argument("--behaviors", required=True, help="MIND behaviors.tsv")
+    p.add_argument(
+        "--method",
+        default="blend",
+        help="comma-separated: random, popularity, category, embedding, llm, llm+adapter, blend (default)",
+    )
+    p.add_argument("--part", default="all", choices=["all", "tune", "heldout"], help="the seeded half split")
+    p.add_argument("--limit", type=int, help="the first N impressions of the part")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--adapter", help="a PEFT LoRA adapter folder, for llm+adapter and the blend")
+    p.add_argument("--explain", type=int, default=0, help="explain the blend's top N per impression")
+    p.add_argument("--fit-weights", action="store_true", help="fit the blend weights on these impressions")
+    p.add_argument("--predictions", help="write MIND leaderboard predictions of the first method here")
+    p.add_argument("--report", help="write a markdown report (and a PNG plot beside it) here")
+    p.add_argument("--cache", help="score cache folder (default DATA_DIR/eval-cache): reruns resume")
+    p.set_defaults(run=cmd_eval)
 
     p = commands.add_parser("serve", help="start the HTTP service (loads the demo data into an empty store)")
     p.add_argument("--host", default="127.0.0.1")

@@ -13,10 +13,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent import prompts
+from agent.backends.base import Backend, GenerateRequest
 from agent.profile import HistoryItem, Profile
 from agent.scoring import cosine_similarity
 from retrieval.store import Article
 
+SYSTEM = "system.v1"
+EXPLAIN = "explain.v1"
+EXPLAIN_ANSWER = "explain_answer.v1"
+EXPLAIN_TOKENS = 32
 HISTORY_MATCH_MIN = 0.35  # cosine above which a history title counts as related to a candidate
 MAX_CHARS = 280
 STOPWORDS = frozenset(
@@ -118,3 +124,35 @@ def choose(generated: Sequence[str | None], groundings: Sequence[Grounding], art
         valid = validate(text, grounding) if text else None
         out.append((valid, "llm") if valid else (template_explanation(grounding, article), "template"))
     return out
+
+
+def write(
+    backend: Backend, articles: Sequence[Article], groundings: Sequence[Grounding], n: int, adapter: str | None = None
+) -> dict[int, tuple[str, str]]:
+    """Explanations for the first n items, keyed by position (1-based): (text, "llm" or "template").
+
+    The model continues a fixed answer start ("You may like this because"), which keeps it talking to the
+    reader about the reason it was given; items with no profile fact to cite go straight to the template.
+    """
+    n = min(n, len(articles))
+    generated: list[str | None] = [None] * n
+    wanted = [i for i in range(n) if groundings[i].facts]
+    if wanted:
+        start = prompts.render(EXPLAIN_ANSWER)
+        system = prompts.render(SYSTEM)
+        requests = [
+            GenerateRequest(
+                backend.chat_prompt(
+                    system,
+                    prompts.render(EXPLAIN, title=articles[i].title, reason=reason_text(groundings[i], articles[i])),
+                )
+                + start,
+                EXPLAIN_TOKENS,
+                adapter,
+            )
+            for i in wanted
+        ]
+        for i, generation in zip(wanted, backend.generate(requests), strict=True):
+            generated[i] = f"{start} {generation.text}"
+    chosen = choose(generated, groundings[:n], articles[:n])
+    return {position: chosen[position - 1] for position in range(1, n + 1)}

@@ -23,13 +23,10 @@ from retrieval.store import Article, ArticleStore, Hit
 SYSTEM = "system.v1"
 RELEVANCE = "relevance.v1"
 CANDIDATE = "candidate.v1"
-EXPLAIN = "explain.v1"
-EXPLAIN_ANSWER = "explain_answer.v1"
 LISTWISE = "listwise.v1"
 PROMPT_VERSION = f"{RELEVANCE}+{CANDIDATE}+profile.v1"
 SPLIT = "\x00CANDIDATE\x00"  # where the shared prefix ends and a candidate's own text begins
 MAX_K = 100
-EXPLAIN_TOKENS = 32
 LISTWISE_TOKENS = 60
 
 
@@ -232,7 +229,11 @@ class Recommender:
 
         top = [hits[p.index] for p in placed]
         groundings = [explain.ground(profile, h.article, h.embedding) for h in top]
-        explanations = self._explain(top, groundings, adapter) if request.explain else {}
+        explanations = (
+            explain.write(self.backend, [h.article for h in top], groundings, s.explain_top, adapter)
+            if request.explain
+            else {}
+        )
         lap("explain")
 
         items = tuple(
@@ -275,42 +276,6 @@ class Recommender:
         lap("record")
         timings["total"] = round(time.perf_counter() - started, 4)
         return Feed(record.ranking_id, request.user_id, profile.cold_start, items, profile_text, timings)
-
-    def _explain(
-        self,
-        top: Sequence[Hit],
-        groundings: Sequence[explain.Grounding],
-        adapter: str | None,
-    ) -> dict[int, tuple[str, str]]:
-        """Explanations for the first `explain_top` items, keyed by position (1-based)."""
-        n = min(self.settings.explain_top, len(top))
-        if n == 0:
-            return {}
-        articles = [h.article for h in top[:n]]
-        generated: list[str | None] = [None] * n
-        wanted = [i for i in range(n) if groundings[i].facts]  # nothing to ground in: go straight to template
-        if wanted:
-            start = prompts.render(EXPLAIN_ANSWER)
-            requests = [
-                GenerateRequest(
-                    self.backend.chat_prompt(
-                        prompts.render(SYSTEM),
-                        prompts.render(
-                            EXPLAIN,
-                            title=articles[i].title,
-                            reason=explain.reason_text(groundings[i], articles[i]),
-                        ),
-                    )
-                    + start,
-                    EXPLAIN_TOKENS,
-                    adapter,
-                )
-                for i in wanted
-            ]
-            for i, generation in zip(wanted, self.backend.generate(requests), strict=True):
-                generated[i] = f"{start} {generation.text}"
-        chosen = explain.choose(generated, groundings[:n], articles)
-        return {position: chosen[position - 1] for position in range(1, n + 1)}
 
 
 def _with_similarity(hit: Hit, query: np.ndarray) -> Hit:

@@ -57,6 +57,10 @@ class Backend(Protocol):
 
     def load_adapter(self, name: str, path: str) -> None: ...
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens in a piece of prompt text, for cost accounting."""
+        ...
+
     def warm(self) -> None:
         """Load the model now, so that the first request does not pay for it."""
         ...

@@ -55,5 +55,8 @@ class FakeBackend:
     def load_adapter(self, name: str, path: str) -> None:
         self.adapters[name] = path
 
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
     def warm(self) -> None:
         pass

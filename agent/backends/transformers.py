@@ -52,6 +52,9 @@ class TransformersBackend:
                 self._answer_ids = (self._first_token(ANSWER_YES), self._first_token(ANSWER_NO))
             return self._loaded
 
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
     def warm(self) -> None:
         self._load()
 

@@ -1,0 +1,481 @@
+"""Offline evaluation on MIND-format impressions, every method side by side.
+
+Each impression is replayed on its own: the profile is built from its history column (as clicks), exactly its
+candidates are scored, and the per-impression metrics are averaged. Scores are cached per impression and
+method in JSONL files, so an interrupted run continues where it stopped; everything random is seeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agent import explain, metrics
+from agent.backends.base import Backend
+from agent.errors import InvalidInput
+from agent.feedback import Event, Preferences
+from agent.profile import Profile, build_profile
+from agent.ranking import PROMPT_VERSION, relevance_requests
+from agent.scoring import BlendWeights, Signals, blend_rank
+from retrieval.embed import Embedder
+from retrieval.ingest import RowError, parse_time, read_mind_news
+from retrieval.store import Article, Hit
+
+METHODS = ("random", "popularity", "category", "embedding", "llm", "llm+adapter", "blend")
+LLM_METHODS = ("llm", "llm+adapter")
+PARTS = ("all", "tune", "heldout")
+TOP = 10
+
+
+@dataclass(frozen=True)
+class Impression:
+    id: str
+    user_id: str
+    time: float | None
+    history: tuple[str, ...]
+    candidates: tuple[str, ...]
+    labels: tuple[int, ...]
+
+
+def read_behaviors(path: Path) -> tuple[list[Impression], list[RowError]]:
+    """MIND behaviors.tsv: impression_id, user_id, time, history, impressions (NEWSID-LABEL ...)."""
+    if not path.is_file():
+        raise InvalidInput(f"no such file: {path}")
+    impressions, errors = [], []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\n").split("\t")
+            try:
+                if len(fields) != 5:
+                    raise InvalidInput(f"expected 5 tab-separated fields, got {len(fields)}")
+                impression_id, user_id, when, history, shown = fields
+                pairs = [item.rsplit("-", 1) for item in shown.split()]
+                if not pairs or any(len(p) != 2 or p[1] not in ("0", "1") for p in pairs):
+                    raise InvalidInput("impressions must be NEWSID-0 or NEWSID-1 items")
+                impressions.append(
+                    Impression(
+                        id=impression_id,
+                        user_id=user_id,
+                        time=parse_time(when, 0.0) if when.strip() else None,
+                        history=tuple(history.split()),
+                        candidates=tuple(p[0] for p in pairs),
+                        labels=tuple(int(p[1]) for p in pairs),
+                    )
+                )
+            except InvalidInput as exc:
+                errors.append(RowError(number, str(exc)))
+    return impressions, errors
+
+
+def in_part(impression_id: str, part: str, seed: int) -> bool:
+    """The documented split: by impression, half for tuning and half held out, from a seeded hash."""
+    if part == "all":
+        return True
+    bucket = int(hashlib.sha256(f"{seed}:{impression_id}".encode()).hexdigest(), 16) % 2
+    return bucket == (0 if part == "tune" else 1)
+
+
+def select(impressions: Sequence[Impression], part: str, seed: int, limit: int | None) -> list[Impression]:
+    if part not in PARTS:
+        raise InvalidInput(f"unknown part {part!r}; expected one of {', '.join(PARTS)}")
+    chosen = [i for i in impressions if in_part(i.id, part, seed)]
+    return chosen[:limit] if limit else chosen
+
+
+class Corpus:
+    """The news of a MIND news.tsv with their embeddings (computed once, cached on disk)."""
+
+    def __init__(self, news: Path, embedder: Embedder, cache_dir: Path, show_progress: bool = True) -> None:
+        rows = list(read_mind_news(news, 0.0))
+        self.articles = {r.id: r for r in rows if isinstance(r, Article)}
+        self.malformed = sum(isinstance(r, RowError) for r in rows)
+        ids = sorted(self.articles)
+        key = _digest(news.read_bytes(), embedder.spec)
+        path = cache_dir / f"embeddings-{key}.npy"
+        if path.is_file():
+            vectors = np.load(path)
+        else:
+            from tqdm import tqdm
+
+            texts = [self.articles[i].text for i in ids]
+            chunks = [texts[s : s + 256] for s in range(0, len(texts), 256)]
+            vectors = np.concatenate(
+                [
+                    embedder.encode(c)
+                    for c in tqdm(chunks, desc="embed news", unit=" batches", disable=not show_progress)
+                ]
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, vectors)
+        self.index = {article_id: row for row, article_id in enumerate(ids)}
+        self.vectors = vectors
+
+    def hit(self, article_id: str) -> Hit:
+        return Hit(self.articles[article_id], self.vectors[self.index[article_id]])
+
+    def __contains__(self, article_id: str) -> bool:
+        return article_id in self.articles
+
+
+@dataclass
+class Context:
+    """One impression, ready to score: the profile from its history and its candidates' signals."""
+
+    impression: Impression
+    profile: Profile
+    hits: list[Hit]
+    labels: list[int]
+    popularity: list[float]
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        return np.stack([h.embedding for h in self.hits])
+
+
+def leave_one_out_clicks(impressions: Iterable[Impression]) -> tuple[Counter, dict[str, Counter]]:
+    """Clicks per article over the evaluated set, and each impression's own, to subtract: an article's
+    popularity for an impression is its clicks in the *other* impressions (no label of its own leaks)."""
+    total: Counter = Counter()
+    own: dict[str, Counter] = {}
+    for imp in impressions:
+        mine = Counter(c for c, label in zip(imp.candidates, imp.labels, strict=True) if label)
+        own[imp.id] = mine
+        total.update(mine)
+    return total, own
+
+
+def contexts(impressions: Sequence[Impression], corpus: Corpus) -> Iterable[Context]:
+    total, own = leave_one_out_clicks(impressions)
+    for imp in impressions:
+        keep = [i for i, c in enumerate(imp.candidates) if c in corpus]
+        if not keep or not any(imp.labels[i] for i in keep):
+            continue
+        # the history column as clicks a second apart, oldest first: recency order, no noticeable decay
+        now = imp.time or 0.0
+        known = [a for a in imp.history if a in corpus]
+        events = [Event(imp.user_id or imp.id, a, "click", now - len(known) + i) for i, a in enumerate(known)]
+        profile = build_profile(imp.user_id or imp.id, events, Preferences(), {a: corpus.hit(a) for a in known}, now)
+        hits = [corpus.hit(imp.candidates[i]) for i in keep]
+        counts = [total[h.article.id] - own[imp.id][h.article.id] for h in hits]
+        logs = np.log1p(counts)
+        popularity = (logs / logs.max()).tolist() if logs.max() > 0 else [0.0] * len(hits)
+        yield Context(imp, profile, hits, [imp.labels[i] for i in keep], popularity)
+
+
+# -- methods ------------------------------------------------------------------------------------------------
+@dataclass
+class MethodResult:
+    scores: list[float]
+    seconds: float
+    prompt_tokens: int = 0
+    explanations: list[str] = field(default_factory=list)  # sources ("llm"/"template") of the top explanations
+
+
+def cosine_to_query(ctx: Context) -> list[float]:
+    if ctx.profile.query is None:
+        return [0.0] * len(ctx.hits)
+    q = ctx.profile.query / max(np.linalg.norm(ctx.profile.query), 1e-12)
+    e = ctx.embeddings
+    return (e @ q / np.maximum(np.linalg.norm(e, axis=1), 1e-12)).tolist()
+
+
+@dataclass
+class Evaluator:
+    backend: Backend | None
+    weights: BlendWeights
+    seed: int = 0
+    adapter: str | None = None
+    explain_top: int = 0
+    history_titles: int = 5
+
+    def score(self, method: str, ctx: Context, llm: Callable[[str], list[float]]) -> MethodResult:
+        start = time.perf_counter()
+        tokens = 0
+        sources: list[str] = []
+        if method == "random":
+            rng = np.random.default_rng([self.seed, int(_digest(ctx.impression.id), 16) % (2**32)])
+            scores = rng.random(len(ctx.hits)).tolist()
+        elif method == "popularity":
+            scores = list(ctx.popularity)
+        elif method == "category":
+            scores = [ctx.profile.category_shares.get(h.article.category, 0.0) for h in ctx.hits]
+        elif method == "embedding":
+            scores = cosine_to_query(ctx)
+        elif method in LLM_METHODS:
+            adapter = self.adapter if method == "llm+adapter" else None
+            requests = relevance_requests(
+                self.backend, ctx.profile.render(self.history_titles), [h.article for h in ctx.hits], adapter
+            )
+            scores = self.backend.score(requests)
+            tokens = self.backend.count_tokens(requests[0].prefix) + sum(
+                self.backend.count_tokens(r.suffix) for r in requests
+            )
+        elif method == "blend":
+            scores, sources = self.blend(ctx, llm("llm+adapter" if self.adapter else "llm"))
+        else:
+            raise InvalidInput(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+        return MethodResult(scores, time.perf_counter() - start, tokens, sources)
+
+    def signals(self, ctx: Context, relevance: Sequence[float]) -> list[Signals]:
+        similarity = cosine_to_query(ctx)
+        return [
+            Signals(
+                relevance=float(y),
+                freshness=1.0,  # MIND news carry no publication time
+                similarity=float(max(s, 0.0)),
+                affinity=ctx.profile.affinity(h.article),
+                popularity=p,
+            )
+            for h, y, s, p in zip(ctx.hits, relevance, similarity, ctx.popularity, strict=True)
+        ]
+
+    def blend(self, ctx: Context, relevance: Sequence[float]) -> tuple[list[float], list[str]]:
+        """The product's own ranking: the blend with greedy MMR; a candidate's score is its place, reversed."""
+        placed = blend_rank(self.signals(ctx, relevance), ctx.embeddings, self.weights)
+        n = len(placed)
+        scores = [0.0] * n
+        for position, p in enumerate(placed):
+            scores[p.index] = float(n - position)
+        sources: list[str] = []
+        if self.explain_top and self.backend is not None:
+            top = [ctx.hits[p.index] for p in placed[: self.explain_top]]
+            groundings = [explain.ground(ctx.profile, h.article, h.embedding) for h in top]
+            written = explain.write(self.backend, [h.article for h in top], groundings, self.explain_top, self.adapter)
+            sources = [source for _, source in written.values()]
+        return scores, sources
+
+
+# -- the run ------------------------------------------------------------------------------------------------
+@dataclass
+class MethodReport:
+    method: str
+    impressions: int
+    auc: float
+    auc_se: float
+    mrr: float
+    ndcg5: float
+    ndcg10: float
+    diversity: float
+    coverage: float
+    candidates_per_second: float
+    prompt_tokens_per_candidate: float
+    grounded_share: float | None
+
+
+def method_key(method: str, evaluator: Evaluator, model: str) -> str:
+    """What a cached score depends on: a different model, adapter, prompt or weights starts a new cache."""
+    parts: list[object] = [method, evaluator.seed]
+    if method in LLM_METHODS or method == "blend":
+        parts += [model, PROMPT_VERSION, evaluator.history_titles]
+    if method == "llm+adapter" or (method == "blend" and evaluator.adapter):
+        parts.append(evaluator.adapter)
+    if method == "blend":
+        parts += [sorted(evaluator.weights.__dict__.items()), evaluator.explain_top]
+    return _digest(json.dumps(parts, default=str))
+
+
+class ScoreCache:
+    """Per-impression results of one method, appended as JSON lines and flushed as they come."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.done: dict[str, dict] = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                    self.done[row["id"]] = row
+                except (json.JSONDecodeError, KeyError):
+                    continue  # a line cut short by an interruption: that impression is simply redone
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", encoding="utf-8")
+
+    def add(self, impression_id: str, result: MethodResult) -> dict:
+        row = {"id": impression_id, "scores": result.scores, "seconds": result.seconds,
+               "prompt_tokens": result.prompt_tokens, "explanations": result.explanations}  # fmt: skip
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        self.done[impression_id] = row
+        return row
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def run(
+    impressions: Sequence[Impression],
+    corpus: Corpus,
+    evaluator: Evaluator,
+    methods: Sequence[str],
+    cache_dir: Path,
+    model: str,
+    show_progress: bool = True,
+) -> tuple[dict[str, dict[str, dict]], list[Context]]:
+    """Score every impression with every method (LLM scores first: the blend reads them). Returns the rows
+    per method and impression id (the blend's LLM scores included), and the contexts that were scored."""
+    from tqdm import tqdm
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InvalidInput(f"unknown method {unknown[0]!r}; expected one of {', '.join(METHODS)}")
+    if "llm+adapter" in methods and not evaluator.adapter:
+        raise InvalidInput("method llm+adapter needs --adapter")
+    needed = list(methods)
+    if "blend" in needed:
+        base = "llm+adapter" if evaluator.adapter else "llm"
+        needed = [base, *[m for m in needed if m != base]]
+    needed.sort(key=lambda m: m == "blend")  # the blend last
+    prepared = list(contexts(impressions, corpus))
+    caches = {m: ScoreCache(cache_dir / f"{m}-{method_key(m, evaluator, model)}.jsonl") for m in needed}
+    try:
+        for method in needed:
+            cache = caches[method]
+            todo = [c for c in prepared if c.impression.id not in cache.done]
+            for ctx in tqdm(todo, desc=method, unit=" impressions", disable=not show_progress or not todo):
+                cache.add(
+                    ctx.impression.id,
+                    evaluator.score(method, ctx, lambda m, c=ctx: caches[m].done[c.impression.id]["scores"]),
+                )
+    finally:
+        for cache in caches.values():
+            cache.close()
+    return {m: caches[m].done for m in needed}, prepared
+
+
+def summarize(
+    method: str, rows: dict[str, dict], prepared: Sequence[Context], inputs: dict[str, dict] | None = None
+) -> MethodReport:
+    """Metrics of one method. `inputs` are the rows of a method it builds on (the blend's LLM scores), whose
+    time and prompt tokens count toward its cost."""
+    aucs, mrrs, n5, n10, diversity, coverage = [], [], [], [], [], []
+    seconds = tokens = candidates = 0.0
+    sources: list[str] = []
+    for ctx in prepared:
+        row = rows[ctx.impression.id]
+        scores = row["scores"]
+        value = metrics.auc(ctx.labels, scores)
+        if value is not None:
+            aucs.append(value)
+        mrrs.append(metrics.mrr(ctx.labels, scores))
+        n5.append(metrics.ndcg(ctx.labels, scores, 5))
+        n10.append(metrics.ndcg(ctx.labels, scores, 10))
+        top = metrics.ranking(scores)[:TOP]
+        diversity.append(metrics.intra_list_distance(ctx.embeddings[top]))
+        coverage.append(len({ctx.hits[i].article.category for i in top}))
+        for source in (row, inputs[ctx.impression.id]) if inputs else (row,):
+            seconds += source["seconds"]
+            tokens += source["prompt_tokens"]
+        candidates += len(scores)
+        sources += row.get("explanations", [])
+    return MethodReport(
+        method=method,
+        impressions=len(prepared),
+        auc=100 * float(np.mean(aucs)),
+        auc_se=100 * metrics.standard_error(aucs),
+        mrr=100 * float(np.mean(mrrs)),
+        ndcg5=100 * float(np.mean(n5)),
+        ndcg10=100 * float(np.mean(n10)),
+        diversity=float(np.mean(diversity)),
+        coverage=float(np.mean(coverage)),
+        candidates_per_second=candidates / seconds if seconds > 0 else float("inf"),
+        prompt_tokens_per_candidate=tokens / candidates if candidates else 0.0,
+        grounded_share=(sources.count("llm") / len(sources)) if sources else None,
+    )
+
+
+def fit_weights(
+    evaluator: Evaluator, rows: dict[str, dict], prepared: Sequence[Context], keep: BlendWeights
+) -> BlendWeights:
+    """Fit relevance, similarity, affinity and popularity weights by logistic regression on clicks; diversity
+    and freshness (not measurable on MIND: no times, and a reranking term) keep their values. The fitted
+    weights are scaled to fill the rest of a unit budget; a negative one is clipped to 0."""
+    features, labels = [], []
+    for ctx in prepared:
+        for s, label in zip(evaluator.signals(ctx, rows[ctx.impression.id]["scores"]), ctx.labels, strict=True):
+            features.append([s.relevance, s.similarity, s.affinity, s.popularity])
+            labels.append(label)
+    w = np.clip(metrics.fit_logistic(np.array(features), np.array(labels))[:4], 0.0, None)
+    budget = max(1.0 - keep.diversity - keep.freshness, 0.0)
+    w = w / w.sum() * budget if w.sum() > 0 else w
+    return BlendWeights(
+        relevance=round(float(w[0]), 3),
+        similarity=round(float(w[1]), 3),
+        affinity=round(float(w[2]), 3),
+        popularity=round(float(w[3]), 3),
+        diversity=keep.diversity,
+        freshness=keep.freshness,
+    )
+
+
+def report_markdown(reports: Sequence[MethodReport], title: str) -> str:
+    lines = [
+        f"### {title}",
+        "",
+        "| method | AUC | MRR | nDCG@5 | nDCG@10 | ILD@10 | categories@10 | candidates/s | prompt tokens/candidate |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in reports:
+        speed = "∞" if r.candidates_per_second == float("inf") else f"{r.candidates_per_second:,.0f}"
+        tokens = f"{r.prompt_tokens_per_candidate:.1f}" if r.prompt_tokens_per_candidate else "–"
+        lines.append(
+            f"| {r.method} | {r.auc:.2f} ± {r.auc_se:.2f} | {r.mrr:.2f} | {r.ndcg5:.2f} | {r.ndcg10:.2f} | "
+            f"{r.diversity:.3f} | {r.coverage:.2f} | {speed} | {tokens} |"
+        )
+    grounded = [r for r in reports if r.grounded_share is not None]
+    for r in grounded:
+        lines.append(f"\nExplanations written by the LLM that passed the grounding check ({r.method}): "
+                     f"{100 * r.grounded_share:.0f}%.")  # fmt: skip
+    lines.append("\nAUC ± its standard error over impressions; metrics ×100, averaged per impression (as in MIND). "
+                 "No publication times in this data: mean age of the top 10 is not reported.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(reports: Sequence[MethodReport], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.method for r in reports]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 4))
+    ax.bar(x - 0.2, [r.auc for r in reports], 0.4, yerr=[r.auc_se for r in reports], capsize=3, label="AUC")
+    ax.bar(x + 0.2, [r.ndcg10 for r in reports], 0.4, label="nDCG@10")
+    ax.set_xticks(x, names)
+    ax.set_ylabel("×100")
+    ax.set_ylim(0, 100)
+    ax.axhline(50, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_predictions(path: Path, rows: dict[str, dict], prepared: Sequence[Context]) -> None:
+    """MIND leaderboard format: `impression_id [r1,r2,...]`, each candidate's rank in input order.
+
+    Candidates missing from the news file are ranked last, after every scored one, in their input order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for ctx in prepared:
+            scores = dict(zip((h.article.id for h in ctx.hits), rows[ctx.impression.id]["scores"], strict=True))
+            full = [scores.get(c, float("-inf")) for c in ctx.impression.candidates]
+            out.write(f"{ctx.impression.id} [{','.join(map(str, metrics.ranks(full)))}]\n")
+
+
+def _digest(*parts: object) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else str(part).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,85 @@
+"""Offline ranking metrics, as in the MIND benchmark: computed per impression, then averaged (×100 in reports).
+
+Pure functions over one impression's labels (1 clicked, 0 not) and scores (higher = better). Ties in the
+ranking keep input order, so results are deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def ranking(scores: Sequence[float]) -> np.ndarray:
+    """Candidate indices, best first; ties keep input order."""
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+
+
+def ranks(scores: Sequence[float]) -> list[int]:
+    """Each candidate's rank (1 = top), in input order: the MIND leaderboard's prediction format."""
+    out = np.empty(len(scores), dtype=int)
+    out[ranking(scores)] = np.arange(1, len(scores) + 1)
+    return out.tolist()
+
+
+def auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
+    """Probability that a clicked item outscores a non-clicked one (ties count half); None without both."""
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    positives, negatives = s[y], s[~y]
+    if len(positives) == 0 or len(negatives) == 0:
+        return None
+    greater = (positives[:, None] > negatives[None, :]).sum()
+    ties = (positives[:, None] == negatives[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(positives) * len(negatives)))
+
+
+def mrr(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Mean reciprocal rank of the clicked items (MIND's definition)."""
+    y = np.asarray(labels, dtype=np.float64)[ranking(scores)]
+    return float((y / np.arange(1, len(y) + 1)).sum() / max(y.sum(), 1.0))
+
+
+def dcg(labels: Sequence[int], scores: Sequence[float], k: int) -> float:
+    y = np.asarray(labels, dtype=np.float64)[ranking(scores)][:k]
+    return float(((2**y - 1) / np.log2(np.arange(len(y)) + 2)).sum())
+
+
+def ndcg(labels: Sequence[int], scores: Sequence[float], k: int) -> float:
+    ideal = dcg(labels, labels, k)
+    return dcg(labels, scores, k) / ideal if ideal > 0 else 0.0
+
+
+def intra_list_distance(embeddings: np.ndarray) -> float:
+    """Mean pairwise cosine distance of a list's items (0 = all the same, higher = more diverse)."""
+    e = np.asarray(embeddings, dtype=np.float64)
+    if len(e) < 2:
+        return 0.0
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    sims = e @ e.T
+    n = len(e)
+    return float((1.0 - sims)[np.triu_indices(n, 1)].mean())
+
+
+def standard_error(values: Sequence[float]) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def fit_logistic(features: np.ndarray, labels: np.ndarray, l2: float = 1e-2, iterations: int = 50) -> np.ndarray:
+    """L2-regularised logistic regression by Newton's method. Returns [w_1..w_d, bias]."""
+    x = np.hstack([np.asarray(features, dtype=np.float64), np.ones((len(features), 1))])
+    y = np.asarray(labels, dtype=np.float64)
+    w = np.zeros(x.shape[1])
+    penalty = np.full(x.shape[1], l2)
+    penalty[-1] = 0.0  # the bias is not shrunk
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(x @ w)))
+        gradient = x.T @ (p - y) + penalty * w
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + np.diag(penalty)
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w

@@ -1,0 +1,47 @@
+import math
+
+import numpy as np
+import pytest
+
+from agent.metrics import auc, dcg, fit_logistic, intra_list_distance, mrr, ndcg, ranks, standard_error
+
+
+def test_auc_by_hand():
+    assert auc([1, 0, 0], [0.9, 0.5, 0.1]) == 1.0
+    assert auc([1, 0, 0], [0.1, 0.5, 0.9]) == 0.0
+    # pairs (pos, neg): (0.6 > 0.5) yes, (0.6 > 0.7) no, (0.2 > 0.5) no, (0.2 > 0.7) no → 1/4
+    assert auc([1, 0, 1, 0], [0.6, 0.5, 0.2, 0.7]) == 0.25
+    assert auc([1, 0], [0.5, 0.5]) == 0.5  # ties count half
+    assert auc([1, 1], [0.1, 0.2]) is None and auc([0, 0], [0.1, 0.2]) is None
+
+
+def test_mrr_and_ndcg_by_hand():
+    labels, scores = [0, 1, 0, 1], [0.9, 0.8, 0.7, 0.1]  # clicked items at ranks 2 and 4
+    assert mrr(labels, scores) == pytest.approx((1 / 2 + 1 / 4) / 2)
+    assert dcg(labels, scores, 10) == pytest.approx(1 / math.log2(3) + 1 / math.log2(5))
+    ideal = 1 + 1 / math.log2(3)
+    assert ndcg(labels, scores, 10) == pytest.approx((1 / math.log2(3) + 1 / math.log2(5)) / ideal)
+    assert ndcg(labels, scores, 2) == pytest.approx((1 / math.log2(3)) / ideal)
+    assert ndcg([0, 0], [1, 2], 5) == 0.0
+
+
+def test_ranks_in_mind_prediction_format():
+    assert ranks([0.2, 0.9, 0.5]) == [3, 1, 2]
+    assert ranks([0.5, 0.5, 0.1]) == [1, 2, 3]  # ties keep input order
+
+
+def test_diversity_and_standard_error():
+    assert intra_list_distance(np.array([[1.0, 0.0], [1.0, 0.0]])) == pytest.approx(0.0)
+    assert intra_list_distance(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])) == pytest.approx(2 / 3)
+    assert intra_list_distance(np.array([[1.0, 0.0]])) == 0.0
+    assert standard_error([1.0, 3.0]) == pytest.approx(1.0)  # std 1.414 / sqrt(2)
+
+
+def test_logistic_regression_recovers_known_weights():
+    rng = np.random.default_rng(0)
+    x = rng.random((20000, 2))
+    true = np.array([3.0, -1.0, -0.5])
+    p = 1 / (1 + np.exp(-(x @ true[:2] + true[2])))
+    y = (rng.random(20000) < p).astype(float)
+    w = fit_logistic(x, y, l2=1e-6)
+    assert w == pytest.approx(true, abs=0.3)
