@@ -1,0 +1,149 @@
+"""Offline evaluation: the replay logic with a fake LLM, and the command end to end with the real one."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent import evaluate
+from agent.backends.fake import FakeBackend
+from agent.errors import InvalidInput
+from agent.scoring import BlendWeights
+
+MIND = Path(__file__).parent / "fixtures" / "mind"
+
+
+@pytest.fixture
+def corpus(embedder, tmp_path):
+    return evaluate.Corpus(MIND / "news.tsv", embedder, tmp_path / "cache", show_progress=False)
+
+
+@pytest.fixture
+def impressions():
+    return evaluate.read_behaviors(MIND / "behaviors.tsv")[0]
+
+
+class CountingBackend(FakeBackend):
+    """The fake LLM, counting candidates scored; it can be told to fail after some calls."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        super().__init__()
+        self.scored = 0
+        self.fail_after = fail_after
+
+    def score(self, requests):
+        if self.fail_after is not None and len([c for c in self.calls if c.startswith("score")]) >= self.fail_after:
+            raise KeyboardInterrupt
+        self.scored += len(requests)
+        return super().score(requests)
+
+
+def test_behaviors_are_read_and_bad_rows_reported(impressions):
+    read, errors = evaluate.read_behaviors(MIND / "behaviors.tsv")
+    assert len(read) == 12 and [e.line for e in errors] == [13, 14]
+    first = read[0]
+    assert first.history == ("N1", "N2", "N3") and first.labels == (1, 0, 0, 0, 1, 0) and first.time is None
+    with pytest.raises(InvalidInput):
+        evaluate.read_behaviors(MIND / "missing.tsv")
+
+
+def test_the_split_is_seeded_disjoint_and_complete(impressions):
+    tune = evaluate.select(impressions, "tune", 0, None)
+    held = evaluate.select(impressions, "heldout", 0, None)
+    assert {i.id for i in tune}.isdisjoint(i.id for i in held) and len(tune) + len(held) == len(impressions)
+    assert evaluate.select(impressions, "tune", 0, None) == tune
+    assert evaluate.select(impressions, "tune", 1, None) != tune  # another seed, another split
+    assert len(evaluate.select(impressions, "all", 0, 5)) == 5
+
+
+def test_contexts_use_history_as_profile_and_leave_one_out_popularity(corpus, impressions):
+    contexts = {c.impression.id: c for c in evaluate.contexts(impressions, corpus)}
+    first = contexts["1"]
+    assert [h.article_id for h in first.profile.history] == ["N3", "N2", "N1"]  # newest (last column) first
+    assert first.profile.category_shares == {"sports": 1.0}
+    # N7 is clicked in impressions 1 and 9: for impression 1 only the click in 9 counts
+    n7 = [h.article.id for h in first.hits].index("N7")
+    assert first.popularity[n7] > 0
+    nine = contexts["9"]
+    assert "NX99" not in [h.article.id for h in nine.hits]  # unknown news are dropped from scoring
+    assert contexts["10"].profile.cold_start
+
+
+def test_run_scores_every_method_and_resumes_after_an_interruption(corpus, impressions, tmp_path):
+    methods = ["random", "popularity", "category", "embedding", "llm", "blend"]
+    interrupted = evaluate.Evaluator(CountingBackend(fail_after=4), BlendWeights())
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.run(impressions, corpus, interrupted, methods, tmp_path / "c", "fake", show_progress=False)
+    assert interrupted.backend.scored > 0
+    cache_file = next((tmp_path / "c").glob("llm-*.jsonl"))
+    assert len(cache_file.read_text().splitlines()) == 4  # what was done is kept
+
+    resumed = evaluate.Evaluator(CountingBackend(), BlendWeights())
+    rows, prepared = evaluate.run(impressions, corpus, resumed, methods, tmp_path / "c", "fake", show_progress=False)
+    assert len(prepared) == 12 and all(len(rows[m]) == 12 for m in methods)
+    assert resumed.backend.calls.count("score:6") + resumed.backend.calls.count("score:5") == 8  # only the rest
+
+    again = evaluate.Evaluator(CountingBackend(), BlendWeights())
+    rows_again, _ = evaluate.run(impressions, corpus, again, methods, tmp_path / "c", "fake", show_progress=False)
+    assert again.backend.scored == 0 and rows_again == rows  # fully cached, and deterministic
+
+    fresh = evaluate.Evaluator(CountingBackend(), BlendWeights())
+    rows_fresh, _ = evaluate.run(impressions, corpus, fresh, methods, tmp_path / "other", "fake", show_progress=False)
+    assert all(rows_fresh[m][i]["scores"] == rows[m][i]["scores"] for m in methods for i in rows[m])
+
+    reports = {m: evaluate.summarize(m, rows[m], prepared) for m in methods}
+    assert reports["category"].auc > 80 and reports["embedding"].auc > 70  # the fixture is easy by design
+    assert 20 < reports["random"].auc < 80
+    assert all(0 <= r.ndcg10 <= 100 and r.coverage >= 1 for r in reports.values())
+
+
+def test_unknown_methods_and_a_missing_adapter_are_refused(corpus, impressions, tmp_path):
+    evaluator = evaluate.Evaluator(FakeBackend(), BlendWeights())
+    with pytest.raises(InvalidInput):
+        evaluate.run(impressions, corpus, evaluator, ["magic"], tmp_path, "fake", show_progress=False)
+    with pytest.raises(InvalidInput):
+        evaluate.run(impressions, corpus, evaluator, ["llm+adapter"], tmp_path, "fake", show_progress=False)
+
+
+def test_predictions_rank_unknown_candidates_last(corpus, impressions, tmp_path):
+    evaluator = evaluate.Evaluator(None, BlendWeights())
+    rows, prepared = evaluate.run(impressions, corpus, evaluator, ["category"], tmp_path, "-", show_progress=False)
+    path = tmp_path / "predictions.txt"
+    evaluate.write_predictions(path, rows["category"], prepared)
+    lines = dict(line.split(" ", 1) for line in path.read_text().splitlines())
+    assert len(lines) == 12
+    ranks9 = json.loads(lines["9"])
+    assert sorted(ranks9) == [1, 2, 3, 4, 5, 6] and ranks9[5] == 6  # NX99, unknown, is last
+
+
+def test_fitted_weights_fill_the_budget(corpus, impressions, tmp_path):
+    evaluator = evaluate.Evaluator(FakeBackend(), BlendWeights())
+    rows, prepared = evaluate.run(impressions, corpus, evaluator, ["llm"], tmp_path, "fake", show_progress=False)
+    fitted = evaluate.fit_weights(evaluator, rows["llm"], prepared, BlendWeights(diversity=0.1, freshness=0.2))
+    assert (fitted.diversity, fitted.freshness) == (0.1, 0.2)
+    total = fitted.relevance + fitted.similarity + fitted.affinity + fitted.popularity
+    assert total == pytest.approx(0.7, abs=0.01) and fitted.affinity > 0
+
+
+def test_the_eval_command_end_to_end_on_the_real_llm(tmp_path):
+    env = {**os.environ, "NEWSRANK_DATA_DIR": str(tmp_path / "data")}
+    args = [
+        sys.executable, "-m", "agent.cli", "eval", "--news", str(MIND / "news.tsv"),
+        "--behaviors", str(MIND / "behaviors.tsv"), "--method", "blend,random,popularity,category,embedding,llm",
+        "--explain", "1", "--predictions", str(tmp_path / "out" / "pred.txt"), "--report", str(tmp_path / "out" / "r.md"),
+    ]  # fmt: skip
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "2 malformed rows skipped" in done.stdout and "12 impressions evaluated" in done.stdout
+    report = (tmp_path / "out" / "r.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ") and "method" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["blend", "random", "popularity", "category", "embedding", "llm"]
+    llm_row = rows[-1].split("|")
+    assert float(llm_row[-3].replace(",", "")) > 0 and float(llm_row[-2]) > 5  # speed and prompt tokens
+    assert "passed the grounding check (blend)" in report
+    assert (tmp_path / "out" / "r.png").read_bytes()[:4] == b"\x89PNG"
+    predictions = (tmp_path / "out" / "pred.txt").read_text().splitlines()
+    assert len(predictions) == 12 and predictions[0].startswith("1 [")
