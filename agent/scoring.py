@@ -22,12 +22,16 @@ import numpy as np
 
 @dataclass(frozen=True)
 class BlendWeights:
-    relevance: float = 0.2
+    """Relevance, similarity, affinity and popularity were fitted by logistic regression on clicks of the tuning
+    part of MIND-dev (`newsrank eval --part tune --fit-weights`, docs/BENCHMARKS.md); diversity and freshness
+    cannot be measured there and are set by hand."""
+
+    relevance: float = 0.064
     diversity: float = 0.1
     freshness: float = 0.15
-    similarity: float = 0.25
-    affinity: float = 0.3
-    popularity: float = 0.1
+    similarity: float = 0.336
+    affinity: float = 0.2
+    popularity: float = 0.15
 
 
 @dataclass(frozen=True)
