@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -51,6 +54,28 @@ CORPUS = [
     article("f2", "Chef opens a seaside restaurant serving local oysters", "food", 3, "restaurants"),
     article("f3", "Why sourdough bread is back in fashion at bakeries", "food", 5, "trends"),
 ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, seconds: float) -> None:
+    """Poll a server's URL until it answers 200; fail with its output if it dies or never answers."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited: {process.stdout.read() if process.stdout else ''}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.5)
+    pytest.fail(f"{url} did not answer within {seconds} s")
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,14 @@
 """The scale-out configuration: the same article store against a real Chroma server (`chroma run`)."""
 
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from retrieval.store import ArticleStore, chroma_client
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, free_port, wait_until_up
 
 CHROMA = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
 
@@ -20,9 +17,7 @@ CHROMA = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
 def chroma_url(tmp_path):
     if not Path(CHROMA).exists():
         pytest.skip("the chroma command is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [CHROMA, "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL,
@@ -30,15 +25,7 @@ def chroma_url(tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
-        else:
-            pytest.fail("chroma server did not start")
+        wait_until_up(f"{url}/api/v2/heartbeat", server, 60)
         yield url
     finally:
         server.terminate()

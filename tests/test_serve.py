@@ -1,10 +1,8 @@
 """The HTTP service: Litestar's TestClient with the real agent, and the real server process on loopback."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -13,7 +11,7 @@ from litestar.testing import TestClient
 from agent.feedback import Event
 from agent.service import Newsrank
 from serve.app import create_app
-from tests.conftest import NOW
+from tests.conftest import NOW, free_port, wait_until_up
 
 
 @pytest.fixture
@@ -46,12 +44,6 @@ def test_errors_are_clear(client):
     assert client.get("/schema/openapi.json").json()["info"]["title"] == "newsrank"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_real_server_seeds_the_demo_and_serves_an_explained_feed(tmp_path):
     port = free_port()
     env = {**os.environ, "NEWSRANK_DATA_DIR": str(tmp_path / "data")}
@@ -64,14 +56,7 @@ def test_the_real_server_seeds_the_demo_and_serves_an_explained_feed(tmp_path):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert server.poll() is None, server.stdout.read()
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(1)
+        wait_until_up(f"{base}/healthz", server, 300)
         response = httpx.post(f"{base}/v1/feed", json={"user_id": "demo-sports", "k": 5}, timeout=120)
         assert response.status_code == 200, response.text
         items = response.json()["items"]
