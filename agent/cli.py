@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -47,7 +49,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from serve.schemas import FeedOut
 
     service = _service()
-    feed = service.recommend(FeedRequest(args.user, args.k, args.explain, tuple(args.category or ())))
+    feed = service.recommend(FeedRequest(args.user, args.k, args.explain, tuple(args.category or ()), args.adapter))
     if args.json:
         print(FeedOut.of(feed).model_dump_json(indent=2))
         return 0
@@ -94,9 +96,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if backend is not None:
         backend.warm()  # so the model's loading time does not count as scoring time
     adapter = None
-    if args.adapter:
-        adapter = Path(args.adapter).name
-        backend.load_adapter(adapter, args.adapter)
+    if args.adapter:  # a registered NAME[@VERSION], or a PEFT adapter folder
+        if Path(args.adapter).is_dir():
+            adapter, folder = Path(args.adapter).name, Path(args.adapter)
+        else:
+            from adapters.registry import AdapterRegistry
+
+            version = AdapterRegistry(settings.adapters_dir).resolve(args.adapter)
+            adapter, folder = version.key, version.path
+        backend.load_adapter(adapter, str(folder))
     evaluator = evaluate.Evaluator(
         backend, settings.weights.frozen(), args.seed, adapter, args.explain, settings.history_titles
     )
@@ -126,6 +134,98 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(table + f"\n![AUC and nDCG@10 per method]({png.name})\n")
         print(f"report written to {report} and {png}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Export examples, train a LoRA adapter, gate it against the served one, publish it if it is better."""
+    from adapters import export, gate, train
+    from adapters.registry import parse_reference
+
+    parse_reference(args.name)
+    service = _service()
+    settings, registry = service.settings, service.adapters
+    run_dir = Path(args.output) if args.output else settings.data_dir / "runs" / args.name
+    data = Path(args.data) if args.data else run_dir / "examples.jsonl"
+    if not args.data:
+        if args.mind_behaviors:
+            examples = _mind_examples(args, service)
+        else:
+            since = _since(args.since, registry, args.name)
+            examples = export.from_feedback(service.feedback, service.articles, service.backend, settings, since)
+        examples = export.sample_negatives(list(examples), args.negatives, args.seed)
+        if not any(e.label for e in examples):
+            raise InvalidInput("no positive examples to learn from (no clicks or likes in the chosen data)")
+        print(f"{export.write_examples(data, examples)} examples written to {data}")
+    config = train.load_config(
+        Path(args.config) if args.config else None, args.set, data=str(data), output=str(run_dir),
+        base_model=settings.llm, model_cache=str(settings.model_cache), seed=args.seed,
+    )  # fmt: skip
+    card = train.main(config)
+    adapter = run_dir / "adapter"
+    print(f"trained {card['steps']} steps on {card['examples']['train']} examples; adapter in {adapter}")
+
+    _, validation = train.split(export.read_examples(data), config.validation_share, config.seed)
+    served = None
+    with contextlib.suppress(NotFound):  # nothing served under this name yet: the base model is the bar
+        served = service.recommender.use_adapter(args.name)
+    service.backend.load_adapter("candidate", str(adapter))
+    decision = gate.gate(service.backend, validation, "candidate", served)
+    print(decision.summary())
+    card["gate"] = {"new": decision.new.__dict__, "served": decision.current.__dict__, "against": served or "base"}
+    (adapter / "card.json").write_text(json.dumps(card, indent=2))
+    if decision.passed or args.force:
+        version = registry.publish(args.name, adapter)
+        print(f"published {version.key} (id {version.id}) and made it active" + (" (forced)" if args.force else ""))
+        return 0
+    print("not published (use --force to publish anyway)")
+    return 0
+
+
+def _mind_examples(args: argparse.Namespace, service):
+    from adapters import export
+    from agent import evaluate
+
+    impressions, _ = evaluate.read_behaviors(Path(args.mind_behaviors))
+    chosen = evaluate.select(impressions, args.part, args.seed, args.limit)
+    corpus = evaluate.Corpus(Path(args.mind_news), service.articles.embedder, service.settings.data_dir / "eval-cache")
+    contexts = evaluate.contexts(chosen, corpus)
+    return export.from_mind(contexts, service.backend, service.settings.history_titles)
+
+
+def _since(value: str | None, registry, name: str) -> float:
+    """--since TIME, or 'last': the time the active adapter of this name was trained (all events if none)."""
+    from retrieval.ingest import parse_time
+
+    if value is None:
+        return float("-inf")
+    if value == "last":
+        try:
+            trained_at = registry.resolve(name).card().get("trained_at")
+        except NotFound:
+            return float("-inf")
+        return parse_time(trained_at, float("-inf"))
+    return parse_time(value, float("-inf"))
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:
+    from adapters.registry import AdapterRegistry
+    from agent.settings import Settings
+
+    registry = AdapterRegistry(Settings().adapters_dir)
+    if args.action == "list":
+        versions = registry.versions()
+        if not versions:
+            print("no adapters yet: `newsrank train` makes one")
+        for v in versions:
+            gate_auc = v.card().get("gate", {}).get("new", {}).get("auc")
+            auc = f"  validation AUC {gate_auc:.2f}" if gate_auc is not None else ""
+            print(f"{'*' if v.active else ' '} {v.key:<24} id {v.id:<4} {v.card().get('trained_at', '?')}{auc}")
+        return 0
+    if not args.reference:
+        raise InvalidInput(f"adapters {args.action} needs an adapter name")
+    version = registry.activate(args.reference) if args.action == "activate" else registry.rollback(args.reference)
+    print(f"{version.key} is now active")
     return 0
 
 
@@ -161,6 +261,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="write explanations for the top items")
     p.add_argument("--category", action="append", help="only this category (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON with every signal")
+    p.add_argument("--adapter", help="NAME (its active version) or NAME@VERSION; default: NEWSRANK_ADAPTER")
     p.set_defaults(run=cmd_recommend)
 
     p = commands.add_parser("why", help="why was an article recommended? (from the stored ranking record)")
@@ -185,13 +286,35 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--part", default="all", choices=["all", "tune", "heldout"], help="the seeded half split")
     p.add_argument("--limit", type=int, help="the first N impressions of the part")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--adapter", help="a PEFT LoRA adapter folder, for llm+adapter and the blend")
+    p.add_argument("--adapter", help="NAME[@VERSION] from the registry, or a PEFT adapter folder")
     p.add_argument("--explain", type=int, default=0, help="explain the blend's top N per impression")
     p.add_argument("--fit-weights", action="store_true", help="fit the blend weights on these impressions")
     p.add_argument("--predictions", help="write MIND leaderboard predictions of the first method here")
     p.add_argument("--report", help="write a markdown report (and a PNG plot beside it) here")
     p.add_argument("--cache", help="score cache folder (default DATA_DIR/eval-cache): reruns resume")
     p.set_defaults(run=cmd_eval)
+
+    p = commands.add_parser("train", help="train a LoRA adapter on feedback, gate it, publish it if better")
+    p.add_argument("--name", required=True, help="adapter name; a better adapter becomes its next active version")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--data", help="training examples JSONL (already exported)")
+    source.add_argument("--mind-behaviors", help="MIND behaviors.tsv (with --mind-news)")
+    source.add_argument("--since", help="events since TIME (ISO-8601), or 'last': since the active adapter")
+    p.add_argument("--mind-news", help="MIND news.tsv")
+    p.add_argument("--part", default="tune", choices=["all", "tune", "heldout"], help="MIND split (default tune)")
+    p.add_argument("--limit", type=int, help="MIND: the first N impressions of the part")
+    p.add_argument("--negatives", type=int, default=None, help="keep at most K negatives per positive")
+    p.add_argument("--config", help="training config, TOML or JSON (see adapters/train.py)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--output", help="run folder (default DATA_DIR/runs/NAME); a rerun resumes from its checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="publish even if the gate finds it no better")
+    p.set_defaults(run=cmd_train)
+
+    p = commands.add_parser("adapters", help="list, activate or roll back adapters")
+    p.add_argument("action", choices=["list", "activate", "rollback"])
+    p.add_argument("reference", nargs="?", help="NAME or NAME@VERSION")
+    p.set_defaults(run=cmd_adapters)
 
     p = commands.add_parser("serve", help="start the HTTP service (loads the demo data into an empty store)")
     p.add_argument("--host", default="127.0.0.1")

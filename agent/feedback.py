@@ -220,6 +220,14 @@ class FeedbackStore:
         ).fetchall()
         return {r[0]: r[1] for r in rows}
 
+    def user_ids(self, since: float | None = None) -> list[str]:
+        """Readers with events since a time, sorted."""
+        rows = self._db.execute(
+            "SELECT DISTINCT user_id FROM events WHERE ts >= ? ORDER BY user_id",
+            (since if since is not None else float("-inf"),),
+        ).fetchall()
+        return [r[0] for r in rows]
+
     def count_events(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from adapters.registry import AdapterRegistry
 from agent import explain, prompts
 from agent.backends.base import Backend, GenerateRequest, ScoreRequest
-from agent.errors import EmptyStore, InvalidInput
+from agent.errors import EmptyStore, InvalidInput, NotFound
 from agent.feedback import FeedbackStore, RankedItem, RankingRecord
 from agent.listwise import Permutation, listwise_rank, parse_permutation, rank_scores
 from agent.profile import Profile, build_profile
@@ -91,12 +92,24 @@ class Recommender:
         backend: Backend,
         settings: Settings,
         clock: Callable[[], float] = time.time,
+        adapters: AdapterRegistry | None = None,
     ) -> None:
         self.articles = articles
         self.feedback = feedback
         self.backend = backend
         self.settings = settings
         self.clock = clock
+        self.adapters = adapters
+
+    def use_adapter(self, reference: str | None) -> str | None:
+        """The backend's name for the adapter a request names ("clicks" = its active version, "clicks@3" = that
+        version), loading it on first use. A newly activated version is picked up on the next request."""
+        if reference is None or self.adapters is None:
+            return reference
+        version = self.adapters.resolve(reference)
+        if version.key not in self.backend.adapters:
+            self.backend.load_adapter(version.key, str(version.path))
+        return version.key
 
     # -- profile ------------------------------------------------------------------------------------------
     def profile(self, user_id: str) -> Profile:
@@ -202,7 +215,12 @@ class Recommender:
 
         if self.articles.count() == 0:
             raise EmptyStore("the article store is empty: run `newsrank ingest FILE` (or `newsrank ingest --demo`)")
-        adapter = request.adapter or s.adapter
+        try:
+            adapter = self.use_adapter(request.adapter or s.adapter)
+        except NotFound:
+            if request.adapter:
+                raise
+            adapter = None  # the configured default is not trained yet: serve the base model
         now = self.clock()
         profile = self.profile(request.user_id)
         profile_text = profile.render(s.history_titles)

@@ -12,6 +12,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from adapters.registry import AdapterRegistry
 from agent import prompts
 from agent.backends.base import Backend
 from agent.errors import InvalidInput, NotFound
@@ -80,13 +81,15 @@ class Newsrank:
         feedback: FeedbackStore,
         backend: Backend,
         clock: Callable[[], float] = time.time,
+        adapters: AdapterRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.articles = articles
         self.feedback = feedback
         self.backend = backend
         self.clock = clock
-        self.recommender = Recommender(articles, feedback, backend, settings, clock)
+        self.adapters = adapters or AdapterRegistry(settings.adapters_dir)
+        self.recommender = Recommender(articles, feedback, backend, settings, clock, self.adapters)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, backend: Backend | None = None) -> Newsrank:

@@ -72,5 +72,9 @@ class Settings(BaseSettings):
         return self.data_dir / "chroma"
 
     @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
     def feedback_db(self) -> Path:
         return self.data_dir / "feedback.sqlite3"

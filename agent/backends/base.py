@@ -46,6 +46,7 @@ class Backend(Protocol):
     name: str  # "transformers", "vllm", "openai", "fake"
     model: str  # what was loaded, for the ranking record
     supports_adapters: bool
+    adapters: dict[str, str]  # loaded adapters: name → folder
 
     def chat_prompt(self, system: str, user: str) -> str:
         """The model's chat template applied to one system and one user message, ready for the answer."""

@@ -18,6 +18,36 @@ from agent.errors import NotFound, require
 from agent.models import offline, resolve_llm
 
 
+def answer_margins(
+    model: Any, tokenizer: Any, suffixes: Sequence[str], cache: Any, n_prefix: int, answer_ids: tuple[int, int]
+) -> Any:
+    """logit(Yes) - logit(No) at the end of each suffix, read after a prefix already in `cache` (repeated to
+    the batch size; None for no prefix). Differentiable: training calls it too, so the trained quantity is
+    exactly the served one, σ(margin) = P(Yes)."""
+    torch = require("torch", "pip install torch==2.13.0")
+    tokenizer.padding_side = "right"  # each row's logits are read at its own last real token
+    batch = tokenizer(list(suffixes), add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+    rows, width = batch.input_ids.shape
+    prefix_mask = torch.ones(rows, n_prefix, dtype=batch.attention_mask.dtype, device=model.device)
+    mask = torch.cat([prefix_mask, batch.attention_mask], 1)
+    positions = (n_prefix + torch.arange(width, device=model.device)).unsqueeze(0).expand(rows, -1)
+    logits = model(
+        input_ids=batch.input_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=cache is not None,
+    ).logits
+    answer = logits[torch.arange(rows, device=model.device), batch.attention_mask.sum(1) - 1]
+    yes, no = answer_ids
+    return answer[:, yes] - answer[:, no]
+
+
+def answer_token_ids(tokenizer: Any) -> tuple[int, int]:
+    """The first tokens of "Yes" and "No": the answer is read from these two logits."""
+    return tuple(tokenizer(word, add_special_tokens=False).input_ids[0] for word in (ANSWER_YES, ANSWER_NO))
+
+
 class TransformersBackend:
     name = "transformers"
     supports_adapters = True
@@ -49,7 +79,7 @@ class TransformersBackend:
                 model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
                 model.eval()
                 self._loaded = (tokenizer, model)
-                self._answer_ids = (self._first_token(ANSWER_YES), self._first_token(ANSWER_NO))
+                self._answer_ids = answer_token_ids(tokenizer)
             return self._loaded
 
     def count_tokens(self, text: str) -> int:
@@ -57,9 +87,6 @@ class TransformersBackend:
 
     def warm(self) -> None:
         self._load()
-
-    def _first_token(self, word: str) -> int:
-        return self.tokenizer(word, add_special_tokens=False).input_ids[0]
 
     @property
     def tokenizer(self) -> Any:
@@ -120,37 +147,17 @@ class TransformersBackend:
 
     def _score_group(self, model: Any, prefix: str, suffixes: list[str]) -> list[float]:
         torch = require("torch", "pip install torch==2.13.0")
-        tokenizer = self.tokenizer
-        yes, no = self._answer_ids
-        prefix_ids = tokenizer(prefix, add_special_tokens=False, return_tensors="pt").input_ids
-        n_prefix = prefix_ids.shape[1]
-        prefix_cache = model(input_ids=prefix_ids, use_cache=True).past_key_values if n_prefix else None
-        tokenizer.padding_side = "right"  # we read each row's logits at its own last real token
+        prefix_ids = self.tokenizer(prefix, add_special_tokens=False, return_tensors="pt").input_ids
+        prefix_cache = model(input_ids=prefix_ids, use_cache=True).past_key_values if prefix_ids.shape[1] else None
         out: list[float] = []
         for start in range(0, len(suffixes), self.batch_size):
-            batch = tokenizer(
-                suffixes[start : start + self.batch_size],
-                add_special_tokens=False,
-                padding=True,
-                return_tensors="pt",
-            )
-            rows, width = batch.input_ids.shape
+            batch = suffixes[start : start + self.batch_size]
             cache = None
             if prefix_cache is not None:
-                cache = copy.deepcopy(prefix_cache)
-                cache.batch_repeat_interleave(rows)
-            mask = torch.cat([torch.ones(rows, n_prefix, dtype=batch.attention_mask.dtype), batch.attention_mask], 1)
-            positions = (n_prefix + torch.arange(width)).unsqueeze(0).expand(rows, -1)
-            logits = model(
-                input_ids=batch.input_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=cache is not None,
-            ).logits
-            last = batch.attention_mask.sum(1) - 1
-            answer = logits[torch.arange(rows), last]
-            out.extend(torch.sigmoid(answer[:, yes] - answer[:, no]).tolist())
+                cache = copy.deepcopy(prefix_cache)  # the forward pass extends it
+                cache.batch_repeat_interleave(len(batch))
+            margins = answer_margins(model, self.tokenizer, batch, cache, prefix_ids.shape[1], self._answer_ids)
+            out.extend(torch.sigmoid(margins).tolist())
         return out
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Generation]:

@@ -1,0 +1,128 @@
+"""Training examples: (profile, candidate, Yes/No) rendered with exactly the serving prompts.
+
+Each example keeps the serving split into a shared prefix (system, profile, question) and the candidate's
+suffix: `prefix + suffix` is byte for byte the prompt the ranker scores, and training reuses the prefix for
+all candidates of one impression just as serving does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from agent.backends.base import Backend
+from agent.errors import InvalidInput
+from agent.feedback import Event, FeedbackStore
+from agent.profile import build_profile
+from agent.ranking import relevance_requests
+from agent.settings import Settings
+from retrieval.store import ArticleStore
+
+POSITIVE = {"click", "like"}
+NEGATIVE = {"impression", "skip", "dislike"}
+
+
+@dataclass(frozen=True)
+class Example:
+    prefix: str
+    suffix: str
+    label: int  # 1: the reader engaged (Yes), 0: shown and passed over (No)
+    group: str  # the split key and the ranking unit: a user, or an impression where users are unknown
+
+    @property
+    def prompt(self) -> str:
+        return self.prefix + self.suffix
+
+
+def in_validation(group: str, share: float, seed: int = 0) -> bool:
+    """A deterministic split by group: the same user (or impression) always lands on the same side."""
+    digest = int(hashlib.sha256(f"{seed}:{group}".encode()).hexdigest(), 16)
+    return (digest % 10_000) / 10_000 < share
+
+
+def sample_negatives(examples: Sequence[Example], per_positive: int | None, seed: int) -> list[Example]:
+    """Keep every positive and, per group, at most `per_positive` negatives for each positive (seeded)."""
+    if per_positive is None:
+        return list(examples)
+    by_group: dict[str, list[Example]] = defaultdict(list)
+    for e in examples:
+        by_group[e.group].append(e)
+    kept: list[Example] = []
+    for group, items in by_group.items():
+        positives = sum(e.label for e in items)
+        negatives = [i for i, e in enumerate(items) if not e.label]
+        rng = random.Random(f"{seed}:{group}")
+        chosen = set(rng.sample(negatives, min(len(negatives), per_positive * max(positives, 1))))
+        kept += [e for i, e in enumerate(items) if e.label or i in chosen]
+    return kept
+
+
+def from_mind(contexts: Iterable, backend: Backend, history_titles: int) -> Iterator[Example]:
+    """Examples from replayed MIND impressions (agent.evaluate.contexts): every candidate with its label."""
+    for ctx in contexts:
+        requests = relevance_requests(backend, ctx.profile.render(history_titles), [h.article for h in ctx.hits])
+        group = ctx.impression.user_id or ctx.impression.id
+        for request, label in zip(requests, ctx.labels, strict=True):
+            yield Example(request.prefix, request.suffix, label, group)
+
+
+def from_feedback(
+    feedback: FeedbackStore, articles: ArticleStore, backend: Backend, settings: Settings, since: float
+) -> Iterator[Example]:
+    """Examples from reader events since a time. Each article a reader saw or touched is one example: Yes if
+    they clicked or liked it, No if it was only shown, skipped or disliked; the profile is built from the
+    events before it, as the ranker saw the reader then."""
+    for user_id in feedback.user_ids(since):
+        events = feedback.events(user_id)
+        first_seen: dict[str, float] = {}
+        kinds: dict[str, set[str]] = defaultdict(set)
+        for e in events:
+            if e.ts >= since and e.type in POSITIVE | NEGATIVE:
+                first_seen.setdefault(e.article_id, e.ts)
+                kinds[e.article_id].add(e.type)
+        if not first_seen:
+            continue
+        known = articles.get(list({e.article_id for e in events}))
+        preferences = feedback.preferences(user_id)
+        for article_id, seen_at in sorted(first_seen.items(), key=lambda kv: kv[1]):
+            if article_id not in known:
+                continue
+            before: list[Event] = [e for e in events if e.ts < seen_at]
+            profile = build_profile(
+                user_id, before, preferences, known, seen_at,
+                half_life_days=settings.interest_half_life_days, top_interests=settings.top_interests,
+            )  # fmt: skip
+            request = relevance_requests(backend, profile.render(settings.history_titles), [known[article_id].article])[
+                0
+            ]
+            yield Example(request.prefix, request.suffix, int(bool(kinds[article_id] & POSITIVE)), user_id)
+
+
+def write_examples(path: Path, examples: Iterable[Example]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("w", encoding="utf-8") as out:
+        for e in examples:
+            out.write(json.dumps(asdict(e), ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def read_examples(path: Path) -> list[Example]:
+    if not path.is_file():
+        raise InvalidInput(f"no such file: {path}")
+    examples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            examples.append(Example(str(row["prefix"]), str(row["suffix"]), int(row["label"]), str(row["group"])))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput(f"{path}:{number}: not a training example ({exc})") from None
+    return examples

@@ -1,0 +1,208 @@
+"""LoRA training on click feedback: a linear `main(config)` over a typed config.
+
+The loss is binary cross-entropy on σ(logit(Yes) − logit(No)) at the answer position, the very P(Yes) the
+ranker serves. Examples of one impression share their prompt prefix, so each step runs the prefix once and
+all its candidates against it (as serving does): most of a step's tokens are candidates, not the profile.
+
+    newsrank train --mind-news N --mind-behaviors B --part tune --name clicks [--config F] [--set key=value]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import time
+import tomllib
+from collections import defaultdict
+from dataclasses import asdict, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from adapters.export import Example, in_validation, read_examples
+from agent.errors import InvalidInput, require
+from agent.models import offline, resolve_llm
+from agent.settings import PACKAGED_LLM
+
+LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(config=ConfigDict(extra="forbid"))
+class TrainConfig:
+    data: str  # training examples (JSONL from adapters.export)
+    output: str  # run folder: checkpoint/, adapter/ and card.json
+    base_model: str = PACKAGED_LLM
+    model_cache: str = "~/.cache/newsrank/models"
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LINEAR))
+    learning_rate: float = 3e-4
+    epochs: int = 1
+    batch_size: int = 32  # most candidates per step; they share one prefix
+    validation_share: float = 0.2
+    max_examples: int | None = None
+    seed: int = 0
+    checkpoint_every: int = 20  # steps
+    threads: int | None = None
+    device: str = "cpu"  # or "cuda" on a GPU machine
+
+
+def load_config(path: Path | None, overrides: list[str], **defaults: Any) -> TrainConfig:
+    """Settings from a TOML or JSON file, then `key=value` overrides (values parsed as JSON when they can be).
+    Unknown keys and badly typed values are rejected."""
+    raw: dict[str, Any] = dict(defaults)
+    if path is not None:
+        if not path.is_file():
+            raise InvalidInput(f"no such config file: {path}")
+        raw.update(tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text()))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidInput(f"override {item!r} is not key=value")
+        try:
+            raw[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            raw[key.strip()] = value
+    try:
+        return TypeAdapter(TrainConfig).validate_python(raw)
+    except ValidationError as exc:
+        raise InvalidInput(f"bad training config: {exc}") from None
+
+
+def split(examples: list[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
+    train = [e for e in examples if not in_validation(e.group, share, seed)]
+    validation = [e for e in examples if in_validation(e.group, share, seed)]
+    return train, validation
+
+
+def batches(examples: list[Example], size: int) -> list[list[Example]]:
+    """Candidates grouped by their shared prefix, at most `size` per batch, in first-seen order."""
+    by_prefix: dict[str, list[Example]] = defaultdict(list)
+    for e in examples:
+        by_prefix[e.prefix].append(e)
+    return [items[i : i + size] for items in by_prefix.values() for i in range(0, len(items), size)]
+
+
+def data_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Train, checkpointing as it goes; a rerun with the same output folder resumes. Returns the card."""
+    offline()
+    torch = require("torch", "pip install torch==2.13.0")
+    transformers = require("transformers", "pip install 'transformers>=5.16.1,<5.20'")
+    peft = require("peft", "pip install peft")
+    from safetensors.torch import load_file
+    from tqdm import tqdm
+
+    from agent.backends.transformers import answer_margins, answer_token_ids
+
+    output = Path(config.output)
+    checkpoint = output / "checkpoint"
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+
+    examples = read_examples(Path(config.data))[: config.max_examples]
+    train, validation = split(examples, config.validation_share, config.seed)
+    if not train or not any(e.label for e in train):
+        raise InvalidInput("no positive training example: nothing to learn from")
+    plan = batches(train, config.batch_size)
+
+    base = resolve_llm(config.base_model, Path(config.model_cache).expanduser())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(config.device)
+    lora = peft.LoraConfig(
+        task_type="CAUSAL_LM", r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+        target_modules=list(config.target_modules),
+    )  # fmt: skip
+    model = peft.get_peft_model(model, lora)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    answer_ids = answer_token_ids(tokenizer)
+
+    step, losses = 0, []
+    run_id = data_hash(Path(config.data)) + json.dumps(asdict(config), sort_keys=True)
+    if (checkpoint / "state.pt").is_file():
+        state = torch.load(checkpoint / "state.pt", weights_only=False, map_location=config.device)
+        if state.get("run_id") == run_id:  # the same data and config: resume where it stopped
+            peft.set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
+            optimizer.load_state_dict(state["optimizer"])
+            step, losses = state["step"], state["losses"]
+
+    base_before = fingerprint(model)
+    total = config.epochs * len(plan)
+    model.train()
+    started = time.perf_counter()
+    with tqdm(total=total, initial=step, desc="train", unit=" steps", disable=not show_progress) as bar:
+        while step < total:
+            epoch, index = divmod(step, len(plan))
+            order = list(range(len(plan)))
+            random.Random(config.seed + epoch).shuffle(order)  # a fixed order per epoch: resumable
+            batch = plan[order[index]]
+            prefix_ids = tokenizer(batch[0].prefix, add_special_tokens=False, return_tensors="pt").input_ids.to(
+                config.device
+            )
+            cache = model(input_ids=prefix_ids, use_cache=True).past_key_values
+            cache.batch_repeat_interleave(len(batch))
+            margins = answer_margins(
+                model, tokenizer, [e.suffix for e in batch], cache, prefix_ids.shape[1], answer_ids
+            )
+            labels = torch.tensor([float(e.label) for e in batch], device=config.device)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(margins, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+            if step % config.checkpoint_every == 0 or step == total:
+                save_checkpoint(model, optimizer, {"step": step, "losses": losses, "run_id": run_id}, checkpoint, torch)
+
+    model.eval()
+    adapter = output / "adapter"
+    model.save_pretrained(adapter)
+    card = {
+        "base_model": config.base_model,
+        "data": config.data,
+        "data_sha256": data_hash(Path(config.data)),
+        "examples": {"train": len(train), "validation": len(validation),
+                     "train_positive": sum(e.label for e in train)},
+        "config": asdict(config),
+        "steps": step,
+        "train_seconds_this_run": round(time.perf_counter() - started, 1),
+        "train_loss_last_20": sum(losses[-20:]) / max(len(losses[-20:]), 1),
+        "base_weights_unchanged": fingerprint(model) == base_before,
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    (adapter / "card.json").write_text(json.dumps(card, indent=2))
+    return card
+
+
+def fingerprint(model: Any) -> list[float]:
+    """A cheap checksum of every frozen (base) weight: LoRA training must leave them all as they were."""
+    return [float(p.detach().double().abs().sum()) for p in model.parameters() if not p.requires_grad]
+
+
+def save_checkpoint(model: Any, optimizer: Any, state: dict[str, Any], checkpoint: Path, torch: Any) -> None:
+    """Write beside the old checkpoint, then swap: an interruption never leaves a broken one."""
+    staging = checkpoint.with_name("checkpoint.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    torch.save({**state, "optimizer": optimizer.state_dict()}, staging / "state.pt")
+    old = checkpoint.with_name("checkpoint.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if checkpoint.exists():
+        checkpoint.rename(old)
+    staging.rename(checkpoint)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,215 @@
+"""Adapters: registry, export, training, the gate and hot reload, on the real packaged model where it matters."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapters import export, gate, train
+from adapters.registry import AdapterRegistry, parse_reference
+from agent import evaluate
+from agent.backends.fake import FakeBackend
+from agent.errors import InvalidInput, NotFound
+from agent.feedback import Event
+from agent.ranking import FeedRequest, relevance_requests
+from agent.service import Newsrank
+from tests.conftest import NOW
+
+MIND = Path(__file__).parent / "fixtures" / "mind"
+
+
+def random_lora(llm, folder: Path, seed: int) -> Path:
+    """A real PEFT adapter for the packaged model, with random weights (it changes scores)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    loaded = llm._load()[1]
+    base = AutoModelForCausalLM.from_config(loaded.config)
+    base.load_state_dict((loaded.get_base_model() if hasattr(loaded, "get_base_model") else loaded).state_dict())
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def fake_adapter(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    return folder
+
+
+def test_registry_versions_ids_activation_and_rollback(tmp_path):
+    registry = AdapterRegistry(tmp_path / "adapters")
+    v1 = registry.publish("clicks", fake_adapter(tmp_path / "a"))
+    v2 = registry.publish("clicks", fake_adapter(tmp_path / "b"))
+    other = registry.publish("sports", fake_adapter(tmp_path / "c"), activate=False)
+    assert (v1.key, v1.id, v2.key, v2.id, other.id) == ("clicks@1", 1, "clicks@2", 2, 3)
+    assert registry.resolve("clicks").key == "clicks@2" and registry.resolve("clicks@1").path.is_dir()
+    with pytest.raises(NotFound):
+        registry.resolve("sports")  # published, not active
+    assert registry.activate("clicks@1").key == "clicks@1"
+    assert registry.rollback("clicks").key == "clicks@2"
+    assert registry.rollback("clicks").key == "clicks@1"
+    with pytest.raises(NotFound):
+        registry.rollback("clicks")  # nothing earlier
+    # ids stay put across reopening and later versions
+    reopened = AdapterRegistry(tmp_path / "adapters")
+    assert {v.key: v.id for v in reopened.versions()} == {"clicks@1": 1, "clicks@2": 2, "sports@1": 3}
+    assert reopened.publish("clicks", fake_adapter(tmp_path / "d")).id == 4
+
+
+def test_registry_rejects_bad_input(tmp_path):
+    registry = AdapterRegistry(tmp_path)
+    for bad in ("Bad Name", "x@y", "../up"):
+        with pytest.raises(InvalidInput):
+            parse_reference(bad)
+    with pytest.raises(InvalidInput):
+        registry.publish("clicks", tmp_path)  # not an adapter folder
+    with pytest.raises(NotFound):
+        registry.resolve("nothing")
+    assert parse_reference("clicks@12") == ("clicks", 12)
+
+
+def test_negative_sampling_and_the_split_are_deterministic():
+    examples = [export.Example("p", f"s{i}", int(i < 2), "g1") for i in range(10)]
+    examples += [export.Example("q", f"t{i}", 0, "g2") for i in range(5)]
+    kept = export.sample_negatives(examples, 1, seed=0)
+    assert [e.suffix for e in kept if e.label] == ["s0", "s1"]
+    assert sum(1 for e in kept if e.group == "g1" and not e.label) == 2 and sum(e.group == "g2" for e in kept) == 1
+    assert kept == export.sample_negatives(examples, 1, seed=0)
+    assert export.sample_negatives(examples, None, 0) == examples
+    assert export.in_validation("user-7", 0.5) == export.in_validation("user-7", 0.5)
+
+
+def test_config_file_overrides_and_unknown_keys(tmp_path):
+    path = tmp_path / "train.toml"
+    path.write_text('rank = 8\nlearning_rate = 0.001\ntarget_modules = ["q_proj"]\n')
+    config = train.load_config(path, ["epochs=3", "rank=4"], data="d.jsonl", output="out")
+    assert (config.rank, config.epochs, config.learning_rate, config.target_modules) == (4, 3, 0.001, ["q_proj"])
+    with pytest.raises(InvalidInput):
+        train.load_config(None, ["ranks=4"], data="d", output="o")
+    with pytest.raises(InvalidInput):
+        train.load_config(None, ["rank=many"], data="d", output="o")
+
+
+def test_the_exported_prompt_is_byte_identical_to_the_served_one(corpus_store, feedback, settings, llm):
+    service = Newsrank(settings, corpus_store, feedback, llm, clock=lambda: NOW)
+    feedback.add_events([Event("fan", a, "click", NOW - 3600 * (4 - i)) for i, a in enumerate(("s1", "s2", "s3"))])
+    feed = service.recommend(FeedRequest("fan", k=4, explain=False))
+    served = feedback.ranking(feed.ranking_id)
+    # the reader is then shown the feed (after every event the ranking used) and clicks the second item
+    shown = [i.article_id for i in served.items]
+    feedback.add_events(
+        [Event("fan", a, "impression", NOW + 1) for a in shown] + [Event("fan", shown[1], "click", NOW + 2)]
+    )
+    examples = list(export.from_feedback(feedback, corpus_store, llm, settings, since=NOW))
+    assert [e.label for e in examples] == [0, 1, 0, 0]
+    for example, article_id in zip(examples, shown, strict=True):
+        article = corpus_store.get([article_id])[article_id].article
+        serving = relevance_requests(llm, served.profile_text, [article])[0]
+        assert example.prompt == serving.prompt and example.prefix == serving.prefix
+
+
+def test_the_gate_refuses_an_adapter_that_is_not_better():
+    worse = gate.decide(gate.Quality(60.0, 40.0, 10), gate.Quality(65.0, 45.0, 10))
+    assert not worse.passed and "keep the served one" in worse.summary()
+    assert gate.decide(gate.Quality(66.0, 45.0, 10), gate.Quality(65.0, 45.0, 10)).passed
+    assert not gate.decide(gate.Quality(66.0, 44.0, 10), gate.Quality(65.0, 45.0, 10)).passed  # nDCG fell
+    # the fake adapter shifts every score alike: the same ranking, so not better
+    backend = FakeBackend()
+    backend.load_adapter("same", "/x")
+    examples = [
+        export.Example("sports fan", s, label, "g")
+        for s, label in [("sports final", 1), ("pasta", 0), ("sports news", 0)]
+    ]
+    assert not gate.gate(backend, examples, "same", None).passed
+
+
+def test_training_changes_the_adapter_not_the_base_and_resumes(llm, tmp_path):
+    impressions = evaluate.read_behaviors(MIND / "behaviors.tsv")[0][:4]
+    corpus = evaluate.Corpus(MIND / "news.tsv", llm_embedder(), tmp_path / "cache", show_progress=False)
+    data = tmp_path / "examples.jsonl"
+    export.write_examples(data, export.from_mind(evaluate.contexts(impressions, corpus), llm, 3))
+    config = train.load_config(None, ["rank=4", "batch_size=8", "validation_share=0.0", "checkpoint_every=2"],
+                               data=str(data), output=str(tmp_path / "run"))  # fmt: skip
+    card = train.main(config, show_progress=False)
+    assert card["steps"] == 4 and card["examples"]["train"] == 23 and card["data_sha256"] == train.data_hash(data)
+
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
+    lora_b = [w for k, w in weights.items() if "lora_B" in k]
+    assert lora_b and all(w.abs().sum() > 0 for w in lora_b)  # LoRA B starts at zero: training moved it
+    assert not any("lora" not in k for k in weights)  # only adapter weights are saved
+    assert card["base_weights_unchanged"]  # every frozen weight has the same fingerprint after training
+    assert json.loads((tmp_path / "run" / "adapter" / "card.json").read_text())["steps"] == 4
+
+    again = train.main(config, show_progress=False)  # a finished run resumes at its last step: no more work
+    assert again["steps"] == 4 and again["train_seconds_this_run"] < card["train_seconds_this_run"] + 5
+
+
+def llm_embedder():
+    from retrieval.embed import Embedder
+
+    return Embedder()
+
+
+def test_a_newly_activated_adapter_is_served_without_restart(corpus_store, feedback, settings, llm, tmp_path):
+    registry = AdapterRegistry(tmp_path / "adapters")
+    service = Newsrank(settings, corpus_store, feedback, llm, clock=lambda: NOW, adapters=registry)
+    feedback.add_events([Event("fan", a, "click", NOW - 3600) for a in ("s1", "s2")])
+    by_default = settings.model_copy(update={"adapter": "clicks"})  # NEWSRANK_ADAPTER=clicks
+    serving = Newsrank(by_default, corpus_store, feedback, llm, clock=lambda: NOW, adapters=registry)
+    before = serving.recommend(FeedRequest("fan", k=3, explain=False))
+    assert feedback.ranking(before.ranking_id).adapter is None  # not trained yet: the base model serves
+    registry.publish("clicks", random_lora(llm, tmp_path / "one", seed=1))
+    first = service.recommend(FeedRequest("fan", k=3, explain=False, adapter="clicks"))
+    assert feedback.ranking(first.ranking_id).adapter == "clicks@1"
+    after = serving.recommend(FeedRequest("fan", k=3, explain=False))
+    assert feedback.ranking(after.ranking_id).adapter == "clicks@1"  # the running service picked it up
+    registry.publish("clicks", random_lora(llm, tmp_path / "two", seed=2))  # a newer version goes live
+    second = service.recommend(FeedRequest("fan", k=3, explain=False, adapter="clicks"))
+    assert feedback.ranking(second.ranking_id).adapter == "clicks@2"
+    relevance = lambda feed: {i.article.id: i.record.relevance for i in feed.items}  # noqa: E731
+    common = set(relevance(first)) & set(relevance(second))
+    assert any(abs(relevance(first)[a] - relevance(second)[a]) > 1e-4 for a in common)
+    pinned = service.recommend(FeedRequest("fan", k=3, explain=False, adapter="clicks@1"))  # an A/B arm
+    assert feedback.ranking(pinned.ranking_id).adapter == "clicks@1"
+    registry.rollback("clicks")
+    assert (
+        feedback.ranking(service.recommend(FeedRequest("fan", k=3, adapter="clicks")).ranking_id).adapter == "clicks@1"
+    )
+    with pytest.raises(NotFound):
+        service.recommend(FeedRequest("fan", k=3, adapter="unknown"))
+
+
+def test_train_publish_serve_round_trip_from_the_command_line(tmp_path):
+    env = {**os.environ, "NEWSRANK_DATA_DIR": str(tmp_path / "data"), "NEWSRANK_EXPLAIN_TOP": "0"}
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "agent.cli", *args], env=env, capture_output=True, text=True, timeout=900
+        )
+
+    trained = run("train", "--name", "clicks", "--mind-news", str(MIND / "news.tsv"), "--mind-behaviors",
+                  str(MIND / "behaviors.tsv"), "--part", "all", "--limit", "6", "--set", "rank=4", "--force")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert "validation" in trained.stdout and "published clicks@1 (id 1)" in trained.stdout
+    listed = run("adapters", "list")
+    assert "* clicks@1" in listed.stdout
+    assert run("ingest", str(MIND / "news.tsv")).returncode == 0
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps({"user_id": "u", "article_id": "N1", "type": "click"}) + "\n")
+    assert run("events", "add", str(events)).returncode == 0
+    feed = run("recommend", "--user", "u", "--k", "3", "--adapter", "clicks", "--json")
+    assert feed.returncode == 0, feed.stderr
+    ranking_id = json.loads(feed.stdout)["ranking_id"]
+    top = json.loads(feed.stdout)["items"][0]["article_id"]
+    why = run("why", "--user", "u", "--article", top, "--ranking", ranking_id)
+    assert "adapter clicks@1" in why.stdout
+    assert run("adapters", "rollback", "clicks").returncode == 3  # no earlier version
