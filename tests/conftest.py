@@ -78,6 +78,22 @@ def wait_until_up(url: str, process: subprocess.Popen, seconds: float) -> None:
     pytest.fail(f"{url} did not answer within {seconds} s")
 
 
+def random_lora(folder: Path, seed: int) -> Path:
+    """A real PEFT adapter for the packaged model with random (non-zero) weights, so it changes scores."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from agent.models import PACKAGED_FOLDER
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(MODEL_CACHE / PACKAGED_FOLDER)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).save_pretrained(
+        folder
+    )
+    return folder
+
+
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
     return Embedder()

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from adapters import export, gate, train
 from adapters.registry import AdapterRegistry, parse_reference
@@ -17,24 +16,9 @@ from agent.errors import InvalidInput, NotFound
 from agent.feedback import Event
 from agent.ranking import FeedRequest, relevance_requests
 from agent.service import Newsrank
-from tests.conftest import NOW
+from tests.conftest import NOW, random_lora
 
 MIND = Path(__file__).parent / "fixtures" / "mind"
-
-
-def random_lora(llm, folder: Path, seed: int) -> Path:
-    """A real PEFT adapter for the packaged model, with random weights (it changes scores)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    loaded = llm._load()[1]
-    base = AutoModelForCausalLM.from_config(loaded.config)
-    base.load_state_dict((loaded.get_base_model() if hasattr(loaded, "get_base_model") else loaded).state_dict())
-    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).save_pretrained(
-        folder
-    )
-    return folder
 
 
 def fake_adapter(folder: Path) -> Path:
@@ -138,7 +122,7 @@ def test_training_changes_the_adapter_not_the_base_and_resumes(llm, tmp_path):
     config = train.load_config(None, ["rank=4", "batch_size=8", "validation_share=0.0", "checkpoint_every=2"],
                                data=str(data), output=str(tmp_path / "run"))  # fmt: skip
     card = train.main(config, show_progress=False)
-    assert card["steps"] == 4 and card["examples"]["train"] == 23 and card["data_sha256"] == train.data_hash(data)
+    assert card["steps"] == 4 and card["examples"]["train"] == 24 and card["data_sha256"] == train.data_hash(data)
 
     from safetensors.torch import load_file
 
@@ -167,12 +151,12 @@ def test_a_newly_activated_adapter_is_served_without_restart(corpus_store, feedb
     serving = Newsrank(by_default, corpus_store, feedback, llm, clock=lambda: NOW, adapters=registry)
     before = serving.recommend(FeedRequest("fan", k=3, explain=False))
     assert feedback.ranking(before.ranking_id).adapter is None  # not trained yet: the base model serves
-    registry.publish("clicks", random_lora(llm, tmp_path / "one", seed=1))
+    registry.publish("clicks", random_lora(tmp_path / "one", seed=1))
     first = service.recommend(FeedRequest("fan", k=3, explain=False, adapter="clicks"))
     assert feedback.ranking(first.ranking_id).adapter == "clicks@1"
     after = serving.recommend(FeedRequest("fan", k=3, explain=False))
     assert feedback.ranking(after.ranking_id).adapter == "clicks@1"  # the running service picked it up
-    registry.publish("clicks", random_lora(llm, tmp_path / "two", seed=2))  # a newer version goes live
+    registry.publish("clicks", random_lora(tmp_path / "two", seed=2))  # a newer version goes live
     second = service.recommend(FeedRequest("fan", k=3, explain=False, adapter="clicks"))
     assert feedback.ranking(second.ranking_id).adapter == "clicks@2"
     relevance = lambda feed: {i.article.id: i.record.relevance for i in feed.items}  # noqa: E731

@@ -40,7 +40,7 @@ def test_errors_are_clear(client):
     missing = client.get("/v1/why", params={"user_id": "fan", "article_id": "zzz"})
     assert missing.status_code == 404 and missing.json()["error"] == "NotFound"
     adapter = client.post("/v1/feed", json={"user_id": "fan", "adapter": "nope"})
-    assert adapter.status_code == 404 and "not loaded" in adapter.json()["detail"]
+    assert adapter.status_code == 404 and "nope" in adapter.json()["detail"]
     assert client.get("/schema/openapi.json").json()["info"]["title"] == "newsrank"
 
 

@@ -5,6 +5,7 @@ import torch
 
 from agent.backends.base import GenerateRequest, ScoreRequest
 from agent.errors import NotFound
+from tests.conftest import random_lora
 
 QUESTION = "Reader profile:\nInterests: sports, football.\n\nWould this reader click on the article below? Answer Yes or No.\nArticle:\n"
 TITLES = [
@@ -23,17 +24,15 @@ def requests(llm, adapter=None):
 
 def full_prompt_scores(llm, reqs):
     """Reference: every prompt in full, one forward pass each, no cache, no batching."""
-    tokenizer, model = llm._load()
+    tokenizer = llm.tokenizer
     yes, no = llm._answer_ids
     out = []
-    for r in reqs:
-        ids = (
-            tokenizer(r.prefix, add_special_tokens=False).input_ids
-            + tokenizer(r.suffix, add_special_tokens=False).input_ids
-        )
-        with torch.inference_mode():
+    with llm._adapter(reqs[0].adapter) as model, torch.inference_mode():  # base model, even with adapters loaded
+        for r in reqs:
+            prefix = tokenizer(r.prefix, add_special_tokens=False).input_ids
+            ids = prefix + tokenizer(r.suffix, add_special_tokens=False).input_ids
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
-        out.append(torch.sigmoid(logits[yes] - logits[no]).item())
+            out.append(torch.sigmoid(logits[yes] - logits[no]).item())
     return out
 
 
@@ -66,16 +65,7 @@ def test_generate_continues_the_prompt(llm):
 
 
 def test_a_lora_adapter_changes_scores_only_when_selected(llm, tmp_path):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base_dir = llm._load()[1]
-    torch.manual_seed(0)
-    # a fresh copy of the base model with random (non-zero) LoRA weights, saved as a normal adapter folder
-    base = AutoModelForCausalLM.from_config(base_dir.config)
-    base.load_state_dict((base_dir.get_base_model() if hasattr(base_dir, "get_base_model") else base_dir).state_dict())
-    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    lora.save_pretrained(tmp_path / "random-lora")
+    random_lora(tmp_path / "random-lora", seed=0)
 
     reqs = requests(llm)
     before = llm.score(reqs)
