@@ -197,3 +197,17 @@ def test_train_publish_serve_round_trip_from_the_command_line(tmp_path):
     why = run("why", "--user", "u", "--article", top, "--ranking", ranking_id)
     assert "adapter clicks@1" in why.stdout
     assert run("adapters", "rollback", "clicks").returncode == 3  # no earlier version
+
+    # continuous learning: the reader's events since clicks@1 was trained become the next version
+    shown = [i["article_id"] for i in json.loads(feed.stdout)["items"]]
+    events.write_text("".join(json.dumps({"user_id": "u", "article_id": a, "type": "impression"}) + "\n" for a in shown)
+                      + json.dumps({"user_id": "u", "article_id": shown[0], "type": "click"}) + "\n")  # fmt: skip
+    assert run("events", "add", str(events)).returncode == 0
+    again = run(
+        "train", "--name", "clicks", "--since", "last", "--set", "rank=4", "--set", "validation_share=0", "--force"
+    )
+    assert again.returncode == 0, again.stderr
+    assert (
+        "4 examples written" in again.stdout
+    )  # N1 clicked, and the three shown (one clicked) and "published clicks@2" in again.stdout
+    assert run("adapters", "rollback", "clicks").stdout.strip() == "clicks@1 is now active"
