@@ -86,7 +86,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     impressions, errors = evaluate.read_behaviors(Path(args.behaviors))
     if errors:
         print(f"{args.behaviors}: {len(errors)} malformed rows skipped, e.g. line {errors[0].line}: {errors[0].reason}")
-    chosen = evaluate.select(impressions, args.part, args.seed, args.limit)
+    chosen = evaluate.select(impressions, args.part, args.seed, args.limit, args.skip)
     if not chosen:
         raise InvalidInput(f"no impressions in part {args.part!r}")
     cache = Path(args.cache) if args.cache else settings.data_dir / "eval-cache"
@@ -108,20 +108,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     evaluator = evaluate.Evaluator(
         backend, settings.weights.frozen(), args.seed, adapter, args.explain, settings.history_titles
     )
-    if args.fit_weights and "llm" not in methods:
-        methods = ["llm", *methods]
+    base = "llm+adapter" if adapter else "llm"
+    if args.fit_weights and base not in methods:
+        methods = [base, *methods]
     model = f"{settings.backend}:{settings.llm}"
     rows, prepared = evaluate.run(chosen, corpus, evaluator, methods, cache, model)
     print(f"{len(prepared)} impressions evaluated ({args.part} part, seed {args.seed}), "
           f"{len(chosen) - len(prepared)} skipped (no known clicked candidate)")  # fmt: skip
-    base = "llm+adapter" if adapter else "llm"
     reports = [evaluate.summarize(m, rows[m], prepared, rows[base] if m == "blend" else None) for m in methods]
     title = f"{Path(args.behaviors).parent.name or 'MIND'}, {args.part} part, {len(prepared)} impressions"
     table = evaluate.report_markdown(reports, title)
     print(table)
     if args.fit_weights:
-        fitted = evaluate.fit_weights(evaluator, rows["llm"], prepared, settings.weights.frozen())
-        print("fitted blend weights (logistic regression on the clicks of these impressions):")
+        fitted = evaluate.fit_weights(evaluator, rows[base], prepared, settings.weights.frozen())
+        print(f"fitted blend weights ({base} relevance; logistic regression on the clicks of these impressions):")
         for name, value in fitted.__dict__.items():
             print(f"  NEWSRANK_WEIGHTS__{name.upper()}={value}")
     if args.predictions:
@@ -285,6 +285,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--part", default="all", choices=["all", "tune", "heldout"], help="the seeded half split")
     p.add_argument("--limit", type=int, help="the first N impressions of the part")
+    p.add_argument("--skip", type=int, default=0, help="skip the first N impressions of the part")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adapter", help="NAME[@VERSION] from the registry, or a PEFT adapter folder")
     p.add_argument("--explain", type=int, default=0, help="explain the blend's top N per impression")

@@ -84,10 +84,13 @@ def in_part(impression_id: str, part: str, seed: int) -> bool:
     return bucket == (0 if part == "tune" else 1)
 
 
-def select(impressions: Sequence[Impression], part: str, seed: int, limit: int | None) -> list[Impression]:
+def select(
+    impressions: Sequence[Impression], part: str, seed: int, limit: int | None, skip: int = 0
+) -> list[Impression]:
+    """The impressions of a part in file order, after skipping the first `skip`, at most `limit` of them."""
     if part not in PARTS:
         raise InvalidInput(f"unknown part {part!r}; expected one of {', '.join(PARTS)}")
-    chosen = [i for i in impressions if in_part(i.id, part, seed)]
+    chosen = [i for i in impressions if in_part(i.id, part, seed)][skip:]
     return chosen[:limit] if limit else chosen
 
 

@@ -57,6 +57,7 @@ def test_the_split_is_seeded_disjoint_and_complete(impressions):
     assert evaluate.select(impressions, "tune", 0, None) == tune
     assert evaluate.select(impressions, "tune", 1, None) != tune  # another seed, another split
     assert len(evaluate.select(impressions, "all", 0, 5)) == 5
+    assert evaluate.select(impressions, "all", 0, 2, skip=3) == impressions[3:5]
 
 
 def test_contexts_use_history_as_profile_and_leave_one_out_popularity(corpus, impressions):
