@@ -173,10 +173,7 @@ class Recommender:
         return hits
 
     # -- relevance ----------------------------------------------------------------------------------------
-    def relevance(self, profile: Profile, profile_text: str, hits: Sequence[Hit], adapter: str | None) -> list[float]:
-        if profile.cold_start:
-            # no history to judge by: popularity is the relevance prior
-            return self.popularity(hits)
+    def relevance(self, profile_text: str, hits: Sequence[Hit], adapter: str | None) -> list[float]:
         articles = [h.article for h in hits]
         if self.settings.strategy == "listwise":
             return self._listwise(profile_text, articles, adapter)
@@ -227,10 +224,11 @@ class Recommender:
         lap("profile")
         hits = self.candidates(profile, request.categories)
         lap("candidates")
-        relevance = self.relevance(profile, profile_text, hits, adapter) if hits else []
+        popularity = self.popularity(hits)
+        # a cold-start reader has no history to judge by: popularity is the relevance prior
+        relevance = popularity if profile.cold_start or not hits else self.relevance(profile_text, hits, adapter)
         lap("relevance")
 
-        popularity = self.popularity(hits)
         signals = [
             Signals(
                 relevance=float(y),
