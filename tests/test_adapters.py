@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from adapters import export, gate, train
 from adapters.registry import AdapterRegistry, parse_reference
@@ -135,6 +136,16 @@ def test_training_changes_the_adapter_not_the_base_and_resumes(llm, tmp_path):
 
     again = train.main(config, show_progress=False)  # a finished run resumes at its last step: no more work
     assert again["steps"] == 4 and again["train_seconds_this_run"] < card["train_seconds_this_run"] + 5
+
+    # an interruption after step 2: the checkpoint says so, and the rerun does steps 3 and 4 only
+    state_path = tmp_path / "run" / "checkpoint" / "state.pt"
+    state = torch.load(state_path, weights_only=False)
+    first_losses = list(state["losses"])
+    torch.save({**state, "step": 2, "losses": first_losses[:2]}, state_path)
+    resumed = train.main(config, show_progress=False)
+    losses = torch.load(state_path, weights_only=False)["losses"]
+    assert resumed["steps"] == 4 and len(losses) == 4 and losses[:2] == first_losses[:2]
+    assert losses[2:] != first_losses[2:]  # steps 3 and 4 ran again, from the checkpoint's weights
 
 
 def llm_embedder():
