@@ -4,7 +4,7 @@
     <root>/registry.json           {"names": {name: {"active": k, "history": [k, ...]}}, "ids": {"name@k": id}}
 
 Integer ids never change or get reused (vLLM's LoRARequest needs them). `registry.json` is replaced
-atomically, so a reader never sees half of it; serving notices a new active version by its content.
+atomically, so a reader never sees half of it; serving resolves a name to its active version per request.
 """
 
 from __future__ import annotations
@@ -72,10 +72,6 @@ class AdapterRegistry:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._index_path)
-
-    def signature(self) -> str:
-        """Changes whenever an adapter is published, activated or rolled back."""
-        return self._index_path.read_text() if self._index_path.is_file() else ""
 
     # -- reading ------------------------------------------------------------------------------------------
     def versions(self, name: str | None = None) -> list[AdapterVersion]:

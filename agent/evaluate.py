@@ -23,7 +23,7 @@ from agent.errors import InvalidInput
 from agent.feedback import Event, Preferences
 from agent.profile import Profile, build_profile
 from agent.ranking import PROMPT_VERSION, relevance_requests
-from agent.scoring import BlendWeights, Signals, blend_rank
+from agent.scoring import BlendWeights, Signals, blend_rank, cosine_similarity
 from retrieval.embed import Embedder
 from retrieval.ingest import RowError, parse_time, read_mind_news
 from retrieval.store import Article, Hit
@@ -186,9 +186,7 @@ class MethodResult:
 def cosine_to_query(ctx: Context) -> list[float]:
     if ctx.profile.query is None:
         return [0.0] * len(ctx.hits)
-    q = ctx.profile.query / max(np.linalg.norm(ctx.profile.query), 1e-12)
-    e = ctx.embeddings
-    return (e @ q / np.maximum(np.linalg.norm(e, axis=1), 1e-12)).tolist()
+    return cosine_similarity(ctx.embeddings, ctx.profile.query[None, :])[:, 0].tolist()
 
 
 @dataclass

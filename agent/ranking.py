@@ -17,7 +17,7 @@ from agent.errors import EmptyStore, InvalidInput, NotFound
 from agent.feedback import FeedbackStore, RankedItem, RankingRecord
 from agent.listwise import Permutation, listwise_rank, parse_permutation, rank_scores
 from agent.profile import Profile, build_profile
-from agent.scoring import Signals, blend_rank, freshness
+from agent.scoring import Signals, blend_rank, cosine_similarity, freshness
 from agent.settings import Settings
 from retrieval.store import Article, ArticleStore, Hit
 
@@ -295,8 +295,7 @@ class Recommender:
 
 
 def _with_similarity(hit: Hit, query: np.ndarray) -> Hit:
-    sim = float(np.dot(hit.embedding, query) / max(np.linalg.norm(hit.embedding) * np.linalg.norm(query), 1e-12))
-    return Hit(hit.article, hit.embedding, sim)
+    return Hit(hit.article, hit.embedding, float(cosine_similarity(hit.embedding[None, :], query[None, :])[0, 0]))
 
 
 def _passes(article: Article, filters: dict) -> bool:

@@ -126,13 +126,3 @@ def blend_rank(
         remaining[best] = False
         closest = np.maximum(closest, sim[best])
     return placed
-
-
-def minmax(values: Sequence[float]) -> list[float]:
-    """Rescale to [0, 1]; a constant list maps to 0.5 everywhere (no information, no preference)."""
-    if not values:
-        return []
-    lo, hi = min(values), max(values)
-    if hi - lo < 1e-12:
-        return [0.5] * len(values)
-    return [(v - lo) / (hi - lo) for v in values]

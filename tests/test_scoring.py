@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from agent.scoring import BlendWeights, Signals, blend_rank, freshness, minmax, weighted_mean, yes_probability
+from agent.scoring import BlendWeights, Signals, blend_rank, freshness, weighted_mean, yes_probability
 
 
 def test_freshness_halves_every_half_life():
@@ -22,10 +22,7 @@ def test_yes_probability_is_two_way_softmax():
     assert yes_probability(-800.0, 800.0) == pytest.approx(0.0)  # no overflow
 
 
-def test_minmax_and_weighted_mean():
-    assert minmax([1.0, 3.0, 2.0]) == [0.0, 1.0, 0.5]
-    assert minmax([4.0, 4.0]) == [0.5, 0.5]
-    assert minmax([]) == []
+def test_weighted_mean():
     assert weighted_mean(np.array([[0.0, 2.0], [4.0, 0.0]]), [1, 3]).tolist() == [3.0, 0.5]
     with pytest.raises(ValueError):
         weighted_mean(np.zeros((1, 2)), [0])
