@@ -235,12 +235,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from agent.models import offline
     from agent.settings import Settings
     from serve.app import create_app
+    from serve.auth import KeyRing
 
     offline()
     settings = Settings()
+    app = create_app(settings=settings, seed_demo=not args.no_demo)  # creates the admin key on first start
+    base = f"http://{args.host}:{args.port}"
     print(f"newsrank: data in {settings.data_dir.resolve()}, LLM {settings.llm} on {settings.backend}")
-    print(f"newsrank: open http://{args.host}:{args.port}/healthz, POST /v1/feed, API docs at /schema")
-    uvicorn.run(create_app(settings=settings, seed_demo=not args.no_demo), host=args.host, port=args.port)
+    print(f"newsrank: API docs at {base}/schema; API keys in {settings.api_keys_path.resolve()}")
+    admin = next((k for k in KeyRing.from_settings(settings).keys if k.admin), None)
+    if admin is not None and args.host in ("127.0.0.1", "localhost"):
+        # the key rides in the URL fragment, which the browser keeps to itself; only shown on loopback
+        print(f"newsrank: web page {base}/#key={admin.key}")
+    else:
+        print(f"newsrank: web page {base}/ (paste an API key)")
+    uvicorn.run(app, host=args.host, port=args.port)
     return 0
 
 

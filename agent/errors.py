@@ -33,3 +33,7 @@ def require(module: str, install_hint: str):
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingDependency(f"{module} is not installed: {install_hint}") from exc
+
+
+class Conflict(NewsrankError):
+    """The request clashes with the current state (a training job is already running)."""

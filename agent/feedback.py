@@ -75,6 +75,20 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE ranking_items ADD COLUMN popularity REAL NOT NULL DEFAULT 0;
     """,
+    # 3: background jobs started from the API (training)
+    """
+    CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        args TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        exit_code INTEGER,
+        log_path TEXT NOT NULL,
+        pid INTEGER
+    );
+    """,
 ]
 
 
@@ -145,6 +159,21 @@ class RankingRecord:
     profile_text: str
     cold_start: bool
     items: tuple[RankedItem, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A background job (training) and what became of it; its output goes to `log_path`."""
+
+    job_id: str
+    kind: str
+    args: list[str]
+    status: str  # running, succeeded, failed, interrupted
+    created_at: float
+    finished_at: float | None = None
+    exit_code: int | None = None
+    log_path: str = ""
+    pid: int | None = None  # the child process while it runs
 
 
 class FeedbackStore:
@@ -228,14 +257,22 @@ class FeedbackStore:
         ).fetchall()
         return [r[0] for r in rows]
 
+    def known_users(self) -> list[str]:
+        """Every reader newsrank holds anything on: events, preferences or rankings, sorted."""
+        rows = self._db.execute(
+            "SELECT user_id FROM events UNION SELECT user_id FROM users UNION SELECT user_id FROM rankings ORDER BY 1"
+        ).fetchall()
+        return [r[0] for r in rows]
+
     def count_events(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
     def known_user(self, user_id: str) -> bool:
         return bool(
             self._db.execute(
-                "SELECT 1 FROM users WHERE user_id = ? UNION ALL SELECT 1 FROM events WHERE user_id = ? LIMIT 1",
-                (user_id, user_id),
+                "SELECT 1 FROM users WHERE user_id = ? UNION ALL SELECT 1 FROM events WHERE user_id = ?"
+                " UNION ALL SELECT 1 FROM rankings WHERE user_id = ? LIMIT 1",
+                (user_id, user_id, user_id),
             ).fetchone()
         )
 
@@ -304,6 +341,70 @@ class FeedbackStore:
         if row is None:
             raise NotFound(f"article {article_id!r} was never recommended to user {user_id!r}")
         return self.ranking(row[0])
+
+    def rankings_for(self, user_id: str) -> list[RankingRecord]:
+        rows = self._db.execute(
+            "SELECT ranking_id FROM rankings WHERE user_id = ? ORDER BY created_at", (user_id,)
+        ).fetchall()
+        return [self.ranking(r[0]) for r in rows]
+
+    # -- a reader's data as a whole -----------------------------------------------------------------------
+    def export_user(self, user_id: str) -> dict:
+        """Everything held on one reader: preferences, events and the rankings made for them."""
+        return {
+            "user_id": user_id,
+            "preferences": asdict(self.preferences(user_id)),
+            "events": [asdict(e) for e in self.events(user_id)],
+            "rankings": [asdict(r) for r in self.rankings_for(user_id)],
+        }
+
+    def delete_user(self, user_id: str) -> dict[str, int]:
+        """Erase a reader in one transaction: events, preferences, rankings (their items cascade)."""
+        counts = {}
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for table in ("events", "users", "rankings"):
+                    counts[table] = self._db.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,)).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return counts
+
+    # -- background jobs ----------------------------------------------------------------------------------
+    def add_job(self, job: Job) -> None:
+        self._write("INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?)", [_job_row(job)])
+
+    def update_job(self, job: Job) -> None:
+        self._write(
+            "UPDATE jobs SET status = ?, finished_at = ?, exit_code = ? WHERE job_id = ?",
+            [(job.status, job.finished_at, job.exit_code, job.job_id)],
+        )
+
+    def job(self, job_id: str) -> Job:
+        row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id!r}")
+        return _job(row)
+
+    def jobs(self, status: str | None = None) -> list[Job]:
+        rows = self._db.execute(
+            "SELECT * FROM jobs WHERE ? IS NULL OR status = ? ORDER BY created_at DESC", (status, status)
+        ).fetchall()
+        return [_job(r) for r in rows]
+
+
+def _job_row(job: Job) -> tuple:
+    values = asdict(job)
+    values["args"] = json.dumps(job.args)
+    return tuple(values.values())
+
+
+def _job(row: sqlite3.Row) -> Job:
+    data = dict(row)
+    data["args"] = json.loads(data["args"])
+    return Job(**data)
 
 
 def _item(row: sqlite3.Row) -> RankedItem:

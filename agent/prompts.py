@@ -23,6 +23,7 @@ TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
     "explain.v1": frozenset({"title", "reason"}),
     "explain_answer.v1": frozenset(),  # the start of the answer, so the model continues a sentence to "you"
     "listwise.v1": frozenset({"profile", "candidates"}),
+    "chat.v1": frozenset({"title", "category", "position", "reasons", "grounded_in"}),
     "why.v1": frozenset(
         {
             "item",

@@ -36,14 +36,19 @@ class FeedRequest:
     user_id: str
     k: int = 10
     explain: bool = True
-    categories: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()  # only these categories, if any
     adapter: str | None = None
+    exclude_categories: tuple[str, ...] = ()  # never these (besides the reader's mutes)
+    max_age_hours: float | None = None  # only articles at most this old (default: the recency window, widened
+    # when empty)
 
     def __post_init__(self) -> None:
         if not self.user_id or not self.user_id.strip():
             raise InvalidInput("user_id must not be empty")
         if not 1 <= self.k <= MAX_K:
             raise InvalidInput(f"k must be between 1 and {MAX_K}")
+        if self.max_age_hours is not None and self.max_age_hours <= 0:
+            raise InvalidInput("max_age_hours must be positive")
 
 
 @dataclass(frozen=True)
@@ -129,12 +134,22 @@ class Recommender:
         )
 
     # -- candidates ---------------------------------------------------------------------------------------
-    def candidates(self, profile: Profile, categories: Sequence[str] = ()) -> list[Hit]:
+    def candidates(
+        self,
+        profile: Profile,
+        categories: Sequence[str] = (),
+        exclude_categories: Sequence[str] = (),
+        max_age_hours: float | None = None,
+    ) -> list[Hit]:
         """Unseen, unmuted articles from the recency window: nearest to the profile, plus the freshest
         (exploration) or, for a cold-start reader, the most popular and the freshest."""
         s = self.settings
-        filters = dict(categories=list(categories) or None, exclude_categories=list(profile.mutes) or None)
-        for since in (self.clock() - s.recency_hours * 3600, None):  # widen when the window is empty
+        excluded = list(dict.fromkeys((*profile.mutes, *exclude_categories)))
+        filters = dict(categories=list(categories) or None, exclude_categories=excluded or None)
+        windows = [self.clock() - s.recency_hours * 3600, None]  # widen when the window is empty
+        if max_age_hours is not None:  # a hard limit the caller asked for: never widened
+            windows = [self.clock() - max_age_hours * 3600]
+        for since in windows:
             hits = self._gather(profile, since, filters)
             if hits:
                 break
@@ -222,7 +237,7 @@ class Recommender:
         profile = self.profile(request.user_id)
         profile_text = profile.render(s.history_titles)
         lap("profile")
-        hits = self.candidates(profile, request.categories)
+        hits = self.candidates(profile, request.categories, request.exclude_categories, request.max_age_hours)
         lap("candidates")
         popularity = self.popularity(hits)
         # a cold-start reader has no history to judge by: popularity is the relevance prior

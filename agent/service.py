@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -15,8 +15,12 @@ from typing import Any
 from adapters.registry import AdapterRegistry
 from agent import prompts
 from agent.backends.base import Backend
+from agent.backends.metered import MeteredBackend
+from agent.chat import Chat, Message, Reply
 from agent.errors import InvalidInput, NotFound
 from agent.feedback import Event, FeedbackStore, Preferences
+from agent.jobs import TrainingJobs
+from agent.profile import Profile
 from agent.ranking import Feed, FeedRequest, Recommender
 from agent.settings import Settings
 from retrieval.embed import Embedder
@@ -30,8 +34,10 @@ def make_backend(settings: Settings) -> Backend:
     if settings.backend == "transformers":
         from agent.backends.transformers import TransformersBackend
 
-        return TransformersBackend(settings.llm, settings.model_cache, settings.batch_size, settings.threads)
-    raise InvalidInput(f"unknown backend {settings.backend!r}")
+        inner: Backend = TransformersBackend(settings.llm, settings.model_cache, settings.batch_size, settings.threads)
+    else:
+        raise InvalidInput(f"unknown backend {settings.backend!r}")
+    return MeteredBackend(inner)
 
 
 @dataclass
@@ -73,6 +79,32 @@ def read_jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
                     yield number, exc
 
 
+def clean_labels(labels: Sequence[str]) -> list[str]:
+    cleaned = [" ".join(str(label).split()).lower() for label in labels]
+    if any(not 1 <= len(label) <= 60 for label in cleaned):
+        raise InvalidInput("each interest or mute must have 1-60 characters")
+    return cleaned
+
+
+def scrub_examples(path: Path, user_id: str) -> int:
+    """Drop one reader's rows from an exported examples file (rewritten atomically); returns how many."""
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            mine = json.loads(line).get("group") == user_id
+        except (json.JSONDecodeError, AttributeError):
+            mine = False
+        if mine:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
+    return dropped
+
+
 class Newsrank:
     def __init__(
         self,
@@ -90,6 +122,8 @@ class Newsrank:
         self.clock = clock
         self.adapters = adapters or AdapterRegistry(settings.adapters_dir)
         self.recommender = Recommender(articles, feedback, backend, settings, clock, self.adapters)
+        self.chat = Chat(feedback, articles, backend, clock)
+        self.jobs = TrainingJobs(feedback, settings, clock)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, backend: Backend | None = None) -> Newsrank:
@@ -130,7 +164,31 @@ class Newsrank:
             self.feedback.add_events([replace(e, ts=e.ts + shift) for e in events if e.user_id == user["user_id"]])
         return report
 
+    def upsert_articles(self, rows: Sequence[Any]) -> int:
+        """Validate every row first: one bad row rejects the batch, so nothing is half stored."""
+        now = self.clock()
+        articles = []
+        for number, row in enumerate(rows, start=1):
+            if not isinstance(row, dict):
+                raise InvalidInput(f"article {number}: expected a JSON object")
+            try:
+                articles.append(article_from_dict(row, now))
+            except InvalidInput as exc:
+                raise InvalidInput(f"article {number}: {exc}") from None
+        return self.articles.upsert(articles)
+
     # -- events -------------------------------------------------------------------------------------------
+    def add_events(self, rows: Sequence[Any]) -> int:
+        """Store a batch of events atomically, after every row validated; returns only once durable."""
+        now = self.clock()
+        events = []
+        for number, row in enumerate(rows, start=1):
+            try:
+                events.append(event_from_dict(row, now))
+            except InvalidInput as exc:
+                raise InvalidInput(f"event {number}: {exc}") from None
+        return self.feedback.add_events(events)
+
     def add_events_file(self, path: Path) -> EventReport:
         """Store every valid event of a JSONL file in one transaction; report the malformed rows."""
         report = EventReport()
@@ -152,6 +210,45 @@ class Newsrank:
     # -- the feed -----------------------------------------------------------------------------------------
     def recommend(self, request: FeedRequest) -> Feed:
         return self.recommender.recommend(request)
+
+    def answer(
+        self, user_id: str, messages: Sequence[Message], ranking_id: str | None = None, article_id: str | None = None
+    ) -> Reply:
+        return self.chat.answer(user_id, messages, ranking_id, article_id)
+
+    # -- readers ------------------------------------------------------------------------------------------
+    def user(self, user_id: str) -> Profile:
+        if not self.feedback.known_user(user_id):
+            raise NotFound(f"no user {user_id!r}")
+        return self.recommender.profile(user_id)
+
+    def set_preferences(
+        self, user_id: str, interests: Sequence[str] | None = None, mutes: Sequence[str] | None = None
+    ) -> Preferences:
+        """Replace the explicit interests and/or mutes (None keeps what is there)."""
+        current = self.feedback.preferences(user_id)
+        updated = Preferences(
+            tuple(dict.fromkeys(clean_labels(interests))) if interests is not None else current.interests,
+            tuple(dict.fromkeys(clean_labels(mutes))) if mutes is not None else current.mutes,
+        )
+        self.feedback.set_preferences(user_id, updated, self.clock())
+        return updated
+
+    def export_user(self, user_id: str) -> dict[str, Any]:
+        if not self.feedback.known_user(user_id):
+            raise NotFound(f"no user {user_id!r}")
+        return self.feedback.export_user(user_id)
+
+    def delete_user(self, user_id: str) -> dict[str, int]:
+        """Erase a reader: events, preferences, rankings, and their rows in exported training examples, so
+        no later training run sees them. Adapters already trained are not unlearned; retrain to drop them."""
+        if not self.feedback.known_user(user_id):
+            raise NotFound(f"no user {user_id!r}")
+        counts = self.feedback.delete_user(user_id)
+        counts["training_examples"] = sum(
+            scrub_examples(path, user_id) for path in (self.settings.data_dir / "runs").glob("*/examples.jsonl")
+        )
+        return counts
 
     def why(self, user_id: str, article_id: str, ranking_id: str | None = None) -> str:
         """Answer "why was this recommended?" from the stored ranking record, not from a fresh guess."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +47,10 @@ class Settings(BaseSettings):
     batch_size: int = Field(16, ge=1)
     threads: int | None = None  # torch CPU threads; None = torch's default
 
+    # API keys: a JSON list [{"name", "key", "scope": "admin"|"client", "users": [ids or patterns]}], or a file
+    api_keys: str | None = None
+    api_keys_file: Path | None = None  # default DATA_DIR/api_keys.json, created with an admin key if missing
+
     # ranking
     strategy: Literal["pointwise", "listwise"] = "pointwise"
     weights: Weights = Weights()
@@ -62,14 +67,26 @@ class Settings(BaseSettings):
     history_titles: int = Field(5, ge=0)
     top_interests: int = Field(5, ge=1)
 
-    @field_validator("data_dir", "model_cache")
+    @field_validator("data_dir", "model_cache", "api_keys_file")
     @classmethod
-    def _expand(cls, path: Path) -> Path:
-        return path.expanduser()
+    def _expand(cls, path: Path | None) -> Path | None:
+        return path.expanduser() if path else path
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as NEWSRANK_* variables, for a child process (a training job) to see the same."""
+        env = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is not None:
+                env[f"NEWSRANK_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+        return env
 
     @property
     def chroma_dir(self) -> Path:
         return self.data_dir / "chroma"
+
+    @property
+    def api_keys_path(self) -> Path:
+        return self.api_keys_file or self.data_dir / "api_keys.json"
 
     @property
     def adapters_dir(self) -> Path:

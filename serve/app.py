@@ -1,29 +1,43 @@
-"""The Litestar app: `create_app()` builds the heavy objects once in the lifespan and injects them."""
+"""The Litestar app: `create_app()` builds the heavy objects once in the lifespan and injects them.
+
+Routes live in serve/api.py (the JSON API) and serve/web.py (the page for people); this module wires them
+together with the error table, authentication and metrics.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.resources import files
 
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Request, Response
+from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import ValidationException
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.template.config import TemplateConfig
 
 from agent import __version__
-from agent.errors import BackendError, EmptyStore, InvalidInput, NewsrankError, NotFound
-from agent.ranking import FeedRequest
+from agent.errors import BackendError, Conflict, EmptyStore, InvalidInput, NewsrankError, NotFound
 from agent.service import Newsrank
 from agent.settings import Settings
-from serve.schemas import FeedOut, FeedRequestIn, WhyOut
+from serve import api, web
+from serve.auth import ApiKeyMiddleware, KeyRing, NotAuthenticated, PermissionDenied
+from serve.metrics import Metrics, RequestMetrics
 
 log = logging.getLogger("newsrank.serve")
 
 # one table from error class to HTTP status; anything else is a 500 the framework logs
 ERROR_STATUS: dict[type[NewsrankError], int] = {
-    InvalidInput: 422,
+    NotAuthenticated: 401,
+    PermissionDenied: 403,
+    InvalidInput: 400,
     NotFound: 404,
+    Conflict: 409,
     EmptyStore: 503,
     BackendError: 502,
     NewsrankError: 500,
@@ -32,27 +46,21 @@ ERROR_STATUS: dict[type[NewsrankError], int] = {
 
 def error_response(_: Request, exc: NewsrankError) -> Response:
     status = next(code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls))
-    return Response({"error": type(exc).__name__, "detail": str(exc)}, status_code=status)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return Response({"error": type(exc).__name__, "detail": str(exc)}, status_code=status, headers=headers)
 
 
-@get("/healthz", sync_to_thread=False)
-def healthz() -> dict[str, str]:
-    return {"status": "ok", "version": __version__}
-
-
-@post("/v1/feed", status_code=200, sync_to_thread=True)
-def feed(data: FeedRequestIn, newsrank: Newsrank) -> FeedOut:
-    request = FeedRequest(data.user_id, data.k, data.explain, tuple(data.categories), data.adapter)
-    return FeedOut.of(newsrank.recommend(request))
-
-
-@get("/v1/why", sync_to_thread=True)
-def why(user_id: str, article_id: str, newsrank: Newsrank, ranking_id: str | None = None) -> WhyOut:
-    return WhyOut(user_id=user_id, article_id=article_id, answer=newsrank.why(user_id, article_id, ranking_id))
+def validation_response(_: Request, exc: ValidationException) -> Response:
+    """Malformed requests get the same error body as every other error, with the fields at fault."""
+    body = {"error": "InvalidInput", "detail": exc.detail, "fields": exc.extra or []}
+    return Response(body, status_code=400)
 
 
 def create_app(newsrank: Newsrank | None = None, settings: Settings | None = None, seed_demo: bool = False) -> Litestar:
     """`newsrank` may be given (tests); otherwise it is built from `settings` when the app starts."""
+    settings = newsrank.settings if newsrank else settings or Settings()
+    keys = KeyRing.from_settings(settings)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -60,6 +68,7 @@ def create_app(newsrank: Newsrank | None = None, settings: Settings | None = Non
         if seed_demo and service.articles.count() == 0:
             report = service.seed_demo(show_progress=False)
             log.info("store was empty: loaded %d demo articles and the demo users", report.ingested)
+        service.jobs.recover()
         service.backend.warm()
         app.state.newsrank = service
         yield
@@ -68,9 +77,23 @@ def create_app(newsrank: Newsrank | None = None, settings: Settings | None = Non
         return state.newsrank
 
     return Litestar(
-        route_handlers=[healthz, feed, why],
+        route_handlers=[*api.ROUTES, *web.ROUTES],
         lifespan=[lifespan],
-        dependencies={"newsrank": Provide(provide_newsrank, sync_to_thread=False)},
-        exception_handlers={NewsrankError: error_response},
-        openapi_config=OpenAPIConfig(title="newsrank", version=__version__, path="/schema"),
+        dependencies={
+            "newsrank": Provide(provide_newsrank, sync_to_thread=False),
+            "metrics": Provide(lambda: metrics, sync_to_thread=False, use_cache=True),
+        },
+        middleware=[RequestMetrics(metrics), DefineMiddleware(ApiKeyMiddleware, keys=keys, exclude=["^/schema"])],
+        exception_handlers={NewsrankError: error_response, ValidationException: validation_response},
+        template_config=TemplateConfig(directory=str(files("serve") / "templates"), engine=JinjaTemplateEngine),
+        openapi_config=OpenAPIConfig(
+            title="newsrank",
+            version=__version__,
+            path="/schema",
+            description="A ranked and explained news feed per reader. Send 'Authorization: Bearer KEY'.",
+            components=Components(
+                security_schemes={"apiKey": SecurityScheme(type="http", scheme="bearer", description="an API key")}
+            ),
+            security=[{"apiKey": []}],
+        ),
     )

@@ -3,18 +3,43 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from agent.ranking import MAX_K, Feed, FeedItem
+from adapters.registry import AdapterVersion
+from agent.chat import MAX_MESSAGE_CHARS, MAX_MESSAGES, Message, Reply
+from agent.feedback import EVENT_TYPES, Job
+from agent.jobs import log_tail
+from agent.profile import Profile
+from agent.ranking import MAX_K, Feed, FeedItem, FeedRequest
+from retrieval.store import Article
+
+UserId = Annotated[str, Field(min_length=1, max_length=200)]
+Label = Annotated[str, Field(min_length=1, max_length=60)]
+
+
+class FiltersIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    categories: list[Label] = Field(default_factory=list, description="only these categories, if given")
+    exclude_categories: list[Label] = Field(default_factory=list, description="never these categories")
+    max_age_hours: float | None = Field(None, gt=0, description="only articles at most this old")
 
 
 class FeedRequestIn(BaseModel):
-    user_id: str = Field(min_length=1, max_length=200)
+    model_config = ConfigDict(extra="forbid")
+    user_id: UserId
     k: int = Field(10, ge=1, le=MAX_K)
     explain: bool = True
-    categories: list[str] = Field(default_factory=list, description="only these categories, if given")
-    adapter: str | None = Field(None, description="a loaded LoRA adapter; default: the configured one")
+    filters: FiltersIn = Field(default_factory=FiltersIn)
+    adapter: str | None = Field(None, description="NAME (its active version) or NAME@VERSION; default: configured")
+
+    def request(self) -> FeedRequest:
+        f = self.filters
+        return FeedRequest(
+            self.user_id, self.k, self.explain, tuple(f.categories), self.adapter, tuple(f.exclude_categories),
+            f.max_age_hours,
+        )  # fmt: skip
 
 
 class SignalsOut(BaseModel):
@@ -92,3 +117,173 @@ class WhyOut(BaseModel):
     user_id: str
     article_id: str
     answer: str
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: UserId
+    article_id: str = Field(min_length=1, max_length=200)
+    type: Literal[EVENT_TYPES]  # type: ignore[valid-type]
+    ts: datetime | float | None = Field(None, description="ISO-8601 or epoch seconds; default: now")
+    dwell_seconds: float | None = Field(None, ge=0)
+    ranking_id: str | None = None
+
+
+class EventsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[EventIn] = Field(min_length=1, max_length=10_000)
+
+
+class StoredOut(BaseModel):
+    stored: int
+
+
+class ArticleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=200)
+    title: str = Field(min_length=1, max_length=1000)
+    abstract: str = Field("", max_length=10_000)
+    category: str = Field("", max_length=60)
+    subcategory: str = Field("", max_length=60)
+    url: str = Field("", max_length=2000)
+    published_at: datetime | float | None = Field(None, description="ISO-8601 or epoch seconds; default: now")
+
+
+class ArticlesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    articles: list[ArticleIn] = Field(min_length=1, max_length=10_000)
+
+
+class ArticleOut(BaseModel):
+    id: str
+    title: str
+    abstract: str
+    category: str
+    subcategory: str
+    url: str
+    published_at: datetime
+
+    @classmethod
+    def of(cls, a: Article) -> ArticleOut:
+        return cls(
+            id=a.id, title=a.title, abstract=a.abstract, category=a.category, subcategory=a.subcategory, url=a.url,
+            published_at=datetime.fromtimestamp(a.published_at, UTC),
+        )  # fmt: skip
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["user", "assistant"]
+    content: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+
+
+class ChatIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: UserId
+    ranking_id: str | None = None
+    article_id: str | None = None
+    messages: list[MessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
+
+    def chat_messages(self) -> list[Message]:
+        return [Message(m.role, m.content) for m in self.messages]
+
+
+class PreferencesOut(BaseModel):
+    interests: list[str]
+    mutes: list[str]
+
+
+class ChatOut(BaseModel):
+    answer: str
+    source: str = Field(description="llm: phrased by the model and checked against the record; record: written from it")
+    intent: str = Field(description="why, less (a mute was added) or more (an interest was added)")
+    ranking_id: str
+    article_id: str
+    title: str
+    facts: dict[str, Any]
+    preferences: PreferencesOut | None
+
+    @classmethod
+    def of(cls, reply: Reply) -> ChatOut:
+        prefs = reply.preferences
+        return cls(
+            answer=reply.text, source=reply.source, intent=reply.intent, ranking_id=reply.ranking_id,
+            article_id=reply.article_id, title=reply.title, facts=reply.facts,
+            preferences=PreferencesOut(interests=list(prefs.interests), mutes=list(prefs.mutes)) if prefs else None,
+        )  # fmt: skip
+
+
+class InterestOut(BaseModel):
+    label: str
+    weight: float
+
+
+class UserOut(BaseModel):
+    user_id: str
+    cold_start: bool
+    interests: list[InterestOut]
+    explicit_interests: list[str]
+    mutes: list[str]
+    history: list[str] = Field(description="titles the reader engaged with, most recent first")
+    profile_text: str = Field(description="the profile as the LLM reads it")
+
+    @classmethod
+    def of(cls, profile: Profile, history_titles: int) -> UserOut:
+        return cls(
+            user_id=profile.user_id, cold_start=profile.cold_start,
+            interests=[InterestOut(label=i.label, weight=round(i.weight, 4)) for i in profile.interests],
+            explicit_interests=list(profile.explicit), mutes=list(profile.mutes),
+            history=[h.title for h in profile.history], profile_text=profile.render(history_titles),
+        )  # fmt: skip
+
+
+class PreferencesPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    interests: list[Label] | None = Field(None, description="replaces the explicit interests")
+    mutes: list[Label] | None = Field(None, description="replaces the muted categories or subcategories")
+
+
+class AdapterOut(BaseModel):
+    name: str
+    version: int
+    id: int
+    active: bool
+    card: dict[str, Any]
+
+    @classmethod
+    def of(cls, v: AdapterVersion) -> AdapterOut:
+        return cls(name=v.name, version=v.version, id=v.id, active=v.active, card=v.card())
+
+
+class ActivateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int | None = Field(None, ge=1, description="default: the newest version")
+
+
+class TrainIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64)
+    since: str = Field("last", description="'last' (since the active version was trained) or an ISO-8601 time")
+    overrides: list[str] = Field(default_factory=list, description="training settings, KEY=VALUE")
+    force: bool = Field(False, description="publish even if the gate finds it no better")
+
+
+class JobOut(BaseModel):
+    job_id: str
+    kind: str
+    args: list[str]
+    status: str
+    created_at: datetime
+    finished_at: datetime | None
+    exit_code: int | None
+    log_tail: str
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        def when(ts: float | None) -> datetime | None:
+            return datetime.fromtimestamp(ts, UTC) if ts is not None else None
+
+        return cls(
+            job_id=job.job_id, kind=job.kind, args=job.args, status=job.status, created_at=when(job.created_at),
+            finished_at=when(job.finished_at), exit_code=job.exit_code, log_tail=log_tail(job),
+        )  # fmt: skip

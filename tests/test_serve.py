@@ -1,53 +1,26 @@
-"""The HTTP service: Litestar's TestClient with the real agent, and the real server process on loopback."""
+"""The real server process on loopback, as `newsrank serve` starts it: HTTP with the key it created on first
+start, and the web page driven in headless Chromium."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
 import httpx
 import pytest
-from litestar.testing import TestClient
 
-from agent.feedback import Event
-from agent.service import Newsrank
-from serve.app import create_app
-from tests.conftest import NOW, free_port, wait_until_up
+from tests.conftest import free_port, wait_until_up
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-@pytest.fixture
-def client(corpus_store, feedback, settings, llm):
-    feedback.add_events([Event("fan", a, "click", NOW - 3600) for a in ("s1", "s2")])
-    service = Newsrank(settings, corpus_store, feedback, llm, clock=lambda: NOW)
-    with TestClient(app=create_app(newsrank=service)) as client:
-        yield client
-
-
-def test_health_feed_and_why(client):
-    assert client.get("/healthz").json()["status"] == "ok"
-    response = client.post("/v1/feed", json={"user_id": "fan", "k": 4, "explain": True})
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert len(body["items"]) == 4 and body["ranking_id"] and not body["cold_start"]
-    first = body["items"][0]
-    assert first["category"] == "sports" and first["explanation"] and first["grounded_in"]
-    why = client.get("/v1/why", params={"user_id": "fan", "article_id": first["article_id"]})
-    assert why.status_code == 200 and "#1 of 4" in why.json()["answer"]
-
-
-def test_errors_are_clear(client):
-    assert client.post("/v1/feed", json={"user_id": "fan", "k": 0}).status_code == 400
-    assert client.post("/v1/feed", json={"k": 3}).status_code == 400
-    missing = client.get("/v1/why", params={"user_id": "fan", "article_id": "zzz"})
-    assert missing.status_code == 404 and missing.json()["error"] == "NotFound"
-    adapter = client.post("/v1/feed", json={"user_id": "fan", "adapter": "nope"})
-    assert adapter.status_code == 404 and "nope" in adapter.json()["detail"]
-    assert client.get("/schema/openapi.json").json()["info"]["title"] == "newsrank"
-
-
-def test_the_real_server_seeds_the_demo_and_serves_an_explained_feed(tmp_path):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("serve") / "data"
     port = free_port()
-    env = {**os.environ, "NEWSRANK_DATA_DIR": str(tmp_path / "data")}
-    server = subprocess.Popen(
+    env = {**os.environ, "NEWSRANK_DATA_DIR": str(data)}
+    process = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "serve", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
@@ -56,14 +29,77 @@ def test_the_real_server_seeds_the_demo_and_serves_an_explained_feed(tmp_path):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until_up(f"{base}/healthz", server, 300)
-        response = httpx.post(f"{base}/v1/feed", json={"user_id": "demo-sports", "k": 5}, timeout=120)
-        assert response.status_code == 200, response.text
-        items = response.json()["items"]
-        assert [i["category"] for i in items].count("sports") >= 4
-        assert all(i["explanation"] for i in items[:3])
-        cold = httpx.post(f"{base}/v1/feed", json={"user_id": "demo-new", "k": 5}, timeout=120).json()
-        assert cold["cold_start"] and len({i["category"] for i in cold["items"]}) >= 3
+        wait_until_up(f"{base}/readyz", process, 300)
+        yield base, json.loads((data / "api_keys.json").read_text())[0]["key"], process
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_the_real_server_seeds_the_demo_and_serves_an_explained_feed(server):
+    base, key, _ = server
+    headers = {"Authorization": f"Bearer {key}"}
+    assert httpx.post(f"{base}/v1/feed", json={"user_id": "demo-sports"}, timeout=30).status_code == 401
+    response = httpx.post(f"{base}/v1/feed", json={"user_id": "demo-sports", "k": 5}, headers=headers, timeout=120)
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert [i["category"] for i in items].count("sports") >= 4
+    assert all(i["explanation"] for i in items[:3])
+    cold = httpx.post(f"{base}/v1/feed", json={"user_id": "demo-new", "k": 5}, headers=headers, timeout=120).json()
+    assert cold["cold_start"] and len({i["category"] for i in cold["items"]}) >= 3
+    spec = httpx.get(f"{base}/schema/openapi.json", timeout=30).json()
+    assert {"/v1/feed", "/v1/events", "/v1/chat", "/v1/chat/stream", "/v1/users/{user_id}"} <= set(spec["paths"])
+    metrics = httpx.get(f"{base}/metrics", headers=headers, timeout=30).text
+    assert 'newsrank_http_requests_total{method="POST",route="/v1/feed",status="200"} 2' in metrics
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed (make test installs it)")
+def test_the_web_page_feed_feedback_and_chat(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    base, key, _ = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                  "--disable-background-networking", "--disable-component-update"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(120_000)
+            expect.set_options(timeout=120_000)  # a feed with explanations takes seconds on a CPU
+            page.goto(f"{base}/#key={key}")  # the fragment `newsrank serve` prints; the page keeps the key
+            assert "key=" not in page.url
+            page.get_by_test_id("user").fill("demo-tech")
+            page.get_by_test_id("user").dispatch_event("change")
+            items = page.get_by_test_id("item")
+            expect(items.first).to_be_visible()
+            expect(page.get_by_test_id("explanation").first).to_be_visible()
+            first_id = items.first.get_attribute("data-article")
+            first_title = items.first.locator("h3").inner_text()
+
+            # a click is stored and the feed is ranked again without the article just read
+            items.first.get_by_test_id("read").click()
+            expect(page.get_by_test_id("status")).to_contain_text(" s")
+            expect(page.locator(f'[data-testid=item][data-article="{first_id}"]')).to_have_count(0)
+
+            # ask why about the new top item, then ask for less like it: the feed changes again
+            items.first.get_by_test_id("why").click()
+            page.get_by_test_id("ask").click()
+            expect(page.get_by_test_id("msg-assistant")).not_to_have_text("…")
+            answer = page.get_by_test_id("msg-assistant").first.inner_text()
+            assert len(answer) > 20 and answer != first_title
+            before = items.evaluate_all("nodes => nodes.map(n => n.dataset.article)")
+            page.get_by_test_id("question").fill("show me less like this")
+            page.get_by_test_id("ask").click()
+            expect(page.get_by_test_id("msg-assistant").nth(1)).to_contain_text("no more")
+            page.wait_for_function(
+                "before => JSON.stringify([...document.querySelectorAll('[data-testid=item]')]"
+                ".map(n => n.dataset.article)) !== JSON.stringify(before)",
+                arg=before,
+            )
+        finally:
+            browser.close()
+    headers = {"Authorization": f"Bearer {key}"}
+    profile = httpx.get(f"{base}/v1/users/demo-tech", headers=headers, timeout=30).json()
+    assert profile["mutes"] and first_title in profile["history"]

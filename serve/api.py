@@ -1,0 +1,220 @@
+"""The versioned JSON API. Every route needs an API key except the probes; admin routes carry a guard, and
+routes that act for a reader check that the key may act for that reader."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.response import Response, ServerSentEvent
+
+from agent import __version__
+from agent.errors import NotFound
+from agent.service import Newsrank
+from serve.auth import PUBLIC, ApiKey, admin_only
+from serve.metrics import Metrics
+from serve.schemas import (
+    ActivateIn,
+    AdapterOut,
+    ArticleOut,
+    ArticlesIn,
+    ChatIn,
+    ChatOut,
+    EventsIn,
+    FeedOut,
+    FeedRequestIn,
+    JobOut,
+    PreferencesOut,
+    PreferencesPatch,
+    StoredOut,
+    TrainIn,
+    UserOut,
+    WhyOut,
+)
+
+Req = Request[ApiKey, str, object]
+
+
+# -- probes -----------------------------------------------------------------------------------------------
+@get("/healthz", sync_to_thread=False, opt={PUBLIC: True}, tags=["ops"])
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok", "version": __version__}
+
+
+@get("/readyz", sync_to_thread=True, opt={PUBLIC: True}, tags=["ops"])
+def readyz(newsrank: Newsrank) -> Response[dict[str, object]]:
+    """Readiness: the model is loaded, the stores answer and there are articles to rank."""
+    checks = {"articles": newsrank.articles.count() > 0, "feedback": newsrank.feedback.count_events() >= 0}
+    ready = all(checks.values())
+    return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+@get("/metrics", sync_to_thread=False, guards=[admin_only], tags=["ops"], media_type="text/plain; version=0.0.4")
+def metrics_text(metrics: Metrics, newsrank: Newsrank) -> str:
+    """Prometheus text: request counts and latencies by route, LLM work and cache hits."""
+    stats = getattr(newsrank.backend, "stats", {})
+    lines = [metrics.render()]
+    for name, help in (
+        ("candidates_scored", "candidates the LLM scored"),
+        ("prefix_cache_hits", "candidates scored on an already computed profile prefix"),
+        ("prompt_tokens", "prompt tokens the LLM read"),
+        ("completion_tokens", "tokens the LLM generated"),
+        ("generations", "texts the LLM generated"),
+    ):
+        metric = f"newsrank_llm_{name}_total"
+        lines.append(f"# HELP {metric} {help}\n# TYPE {metric} counter\n{metric} {stats.get(name, 0)}\n")
+    return "".join(lines)
+
+
+# -- what clients use: feed, events, chat -------------------------------------------------------------------
+@post("/v1/feed", status_code=200, sync_to_thread=True, tags=["feed"])
+def feed(data: FeedRequestIn, newsrank: Newsrank, request: Req) -> FeedOut:
+    """A ranked feed for one reader with the score breakdown, explanations for the top items and a ranking_id
+    that events and chat can refer to."""
+    request.user.check_user(data.user_id)
+    return FeedOut.of(newsrank.recommend(data.request()))
+
+
+@post("/v1/events", status_code=201, sync_to_thread=True, tags=["feed"])
+def events(data: EventsIn, newsrank: Newsrank, request: Req) -> StoredOut:
+    """Store a batch of reader events, all or none; the answer comes only after they are durably stored."""
+    for event in data.events:
+        request.user.check_user(event.user_id)
+    return StoredOut(stored=newsrank.add_events([e.model_dump(mode="json") for e in data.events]))
+
+
+@post("/v1/chat", status_code=200, sync_to_thread=True, tags=["feed"])
+def chat(data: ChatIn, newsrank: Newsrank, request: Req) -> ChatOut:
+    """Ask about a recommendation: "why was this recommended?", "show me less like this", "more about X".
+    Answers come from the stored ranking record; the last two change the reader's explicit preferences.
+    The item is `article_id`, else "#N" or title words in the question, else the top item of `ranking_id`."""
+    request.user.check_user(data.user_id)
+    return ChatOut.of(newsrank.answer(data.user_id, data.chat_messages(), data.ranking_id, data.article_id))
+
+
+@post("/v1/chat/stream", status_code=200, sync_to_thread=True, tags=["feed"])
+def chat_stream(data: ChatIn, newsrank: Newsrank, request: Req) -> ServerSentEvent:
+    """The same as /v1/chat, as server-sent events: `facts` (the answer from the record) at once, then
+    `answer` (the final reply, phrased by the model when its text checks out) when the model is done."""
+    request.user.check_user(data.user_id)
+    reply, generate = newsrank.chat.prepare(data.user_id, data.chat_messages(), data.ranking_id, data.article_id)
+
+    def events() -> Iterator[dict[str, str]]:
+        yield {"event": "facts", "data": ChatOut.of(reply).model_dump_json()}
+        final = reply
+        if generate is not None:  # the slow part, after the facts are already with the reader
+            final = newsrank.chat.finish(reply, newsrank.backend.generate([generate])[0].text)
+        yield {"event": "answer", "data": ChatOut.of(final).model_dump_json()}
+
+    return ServerSentEvent(events())
+
+
+@get("/v1/why", sync_to_thread=True, tags=["feed"])
+def why(user_id: str, article_id: str, newsrank: Newsrank, request: Req, ranking_id: str | None = None) -> WhyOut:
+    """The full audit of one recommendation: every signal, weight and the model behind it."""
+    request.user.check_user(user_id)
+    return WhyOut(user_id=user_id, article_id=article_id, answer=newsrank.why(user_id, article_id, ranking_id))
+
+
+# -- admin: articles, readers, adapters, training -------------------------------------------------------------
+class Articles(Controller):
+    path = "/v1/articles"
+    guards = (admin_only,)
+    tags = ("articles",)
+
+    @post("/", status_code=201, sync_to_thread=True)
+    def upsert(self, data: ArticlesIn, newsrank: Newsrank) -> StoredOut:
+        """Insert or replace articles by id (embedded on the way in); one invalid article rejects the batch."""
+        return StoredOut(stored=newsrank.upsert_articles([a.model_dump(mode="json") for a in data.articles]))
+
+    @get("/{article_id:str}", sync_to_thread=True)
+    def get_article(self, article_id: str, newsrank: Newsrank) -> ArticleOut:
+        hit = newsrank.articles.get([article_id]).get(article_id)
+        if hit is None:
+            raise NotFound(f"no article {article_id!r}")
+        return ArticleOut.of(hit.article)
+
+    @delete("/{article_id:str}", sync_to_thread=True)
+    def delete_article(self, article_id: str, newsrank: Newsrank) -> None:
+        if article_id not in newsrank.articles.get([article_id]):
+            raise NotFound(f"no article {article_id!r}")
+        newsrank.articles.delete([article_id])
+
+
+class Users(Controller):
+    path = "/v1/users"
+    guards = (admin_only,)
+    tags = ("users",)
+
+    @get("/", sync_to_thread=True)
+    def list_users(self, newsrank: Newsrank) -> list[str]:
+        """Every reader newsrank holds data on."""
+        return newsrank.feedback.known_users()
+
+    @get("/{user_id:str}", sync_to_thread=True)
+    def get_user(self, user_id: str, newsrank: Newsrank) -> UserOut:
+        """The profile built from the reader's events and explicit preferences."""
+        return UserOut.of(newsrank.user(user_id), newsrank.settings.history_titles)
+
+    @patch("/{user_id:str}", sync_to_thread=True)
+    def patch_user(self, user_id: str, data: PreferencesPatch, newsrank: Newsrank) -> PreferencesOut:
+        """Replace explicit interests and/or mutes; fields left out stay as they are."""
+        prefs = newsrank.set_preferences(user_id, data.interests, data.mutes)
+        return PreferencesOut(interests=list(prefs.interests), mutes=list(prefs.mutes))
+
+    @delete("/{user_id:str}", status_code=200, sync_to_thread=True)
+    def delete_user(self, user_id: str, newsrank: Newsrank) -> dict[str, int]:
+        """Erase the reader's events, preferences, rankings and exported training rows; returns the counts."""
+        return newsrank.delete_user(user_id)
+
+    @get("/{user_id:str}/export", sync_to_thread=True)
+    def export_user(self, user_id: str, newsrank: Newsrank) -> Response[str]:
+        """Everything held on the reader, as one JSON document."""
+        body = json.dumps(newsrank.export_user(user_id), indent=1, ensure_ascii=False)
+        disposition = f'attachment; filename="newsrank-user-{user_id}.json"'
+        return Response(body, media_type="application/json", headers={"Content-Disposition": disposition})
+
+
+class Adapters(Controller):
+    path = "/v1/adapters"
+    guards = (admin_only,)
+    tags = ("adapters",)
+
+    @get("/", sync_to_thread=True)
+    def list_adapters(self, newsrank: Newsrank) -> list[AdapterOut]:
+        return [AdapterOut.of(v) for v in newsrank.adapters.versions()]
+
+    @post("/{name:str}/activate", status_code=200, sync_to_thread=True)
+    def activate(self, name: str, data: ActivateIn, newsrank: Newsrank) -> AdapterOut:
+        """Serve this version (default: the newest) for requests naming the adapter, from the next request."""
+        return AdapterOut.of(newsrank.adapters.activate(name if data.version is None else f"{name}@{data.version}"))
+
+    @post("/{name:str}/rollback", status_code=200, sync_to_thread=True)
+    def rollback(self, name: str, newsrank: Newsrank) -> AdapterOut:
+        """Serve the previously active version again."""
+        return AdapterOut.of(newsrank.adapters.rollback(name))
+
+
+class Jobs(Controller):
+    path = "/v1/jobs"
+    guards = (admin_only,)
+    tags = ("adapters",)
+
+    @post("/train", status_code=202, sync_to_thread=True)
+    def train(self, data: TrainIn, newsrank: Newsrank) -> JobOut:
+        """Start training an adapter on recent feedback in the background; poll GET /v1/jobs/{job_id}. A
+        better adapter is published as the next version of `name` and becomes active."""
+        return JobOut.of(newsrank.jobs.start(data.name, data.since, data.overrides, data.force))
+
+    @get("/", sync_to_thread=True)
+    def list_jobs(self, newsrank: Newsrank) -> list[JobOut]:
+        return [JobOut.of(j) for j in newsrank.jobs.list()]
+
+    @get("/{job_id:str}", sync_to_thread=True)
+    def get_job(self, job_id: str, newsrank: Newsrank) -> JobOut:
+        return JobOut.of(newsrank.jobs.get(job_id))
+
+
+ROUTES = [healthz, readyz, metrics_text, feed, events, chat, chat_stream, why, Articles, Users, Adapters, Jobs]
