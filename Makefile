@@ -10,7 +10,7 @@ PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup serve test lint format clean
+.PHONY: setup browser serve test lint format clean
 
 setup: $(STAMP)
 
@@ -27,7 +27,13 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/newsrank serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+# Debian's Chromium for the web page test: Playwright drives it and never downloads a browser of its own
+browser:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	@command -v chromium >/dev/null || echo "chromium is not installed (needs root: apt-get install chromium); the browser test will skip"
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -26,6 +26,7 @@ MAX_MESSAGE_CHARS = 2000
 HISTORY_TURNS = 4  # earlier turns shown to the model: enough for "and the second one?", short enough for 2 cores
 
 LESS = re.compile(r"\b(less like (this|that|it)|fewer like|not interested|no more (of )?(this|these)|stop showing)\b")
+MORE_LIKE = re.compile(r"\bmore (like|of) (this|that|these|it)\b")
 MORE = re.compile(r"\bmore (about|on|of)\s+(?P<topic>[\w][\w &'-]{1,40}?)\s*[.!?]*$")
 POSITION = re.compile(r"(?:#|number |no\. ?)(?P<n>\d{1,3})\b")
 SIGNAL_WORDS = {
@@ -69,10 +70,13 @@ def check_messages(messages: Sequence[Message]) -> None:
 
 
 def intent_of(question: str) -> tuple[str, str | None]:
-    """("less", None), ("more", topic) or ("why", None): rules, not the model, decide what changes a profile."""
+    """("less", None), ("more", topic), ("more", None) for more like the item, or ("why", None): rules, not the
+    model, decide what changes a profile."""
     text = " ".join(question.lower().split())
     if LESS.search(text):
         return "less", None
+    if MORE_LIKE.search(text):
+        return "more", None
     more = MORE.search(text)
     if more:
         return "more", more.group("topic").strip()
@@ -186,7 +190,7 @@ class Chat:
         if intent == "less":
             return self._less(reply, user_id), None
         if intent == "more":
-            return self._more(reply, user_id, topic or ""), None
+            return self._more(reply, user_id, topic or self._label(item.article_id)), None
         article = self.articles.get([item.article_id]).get(item.article_id)
         system = prompts.render(
             CHAT,
@@ -215,7 +219,7 @@ class Chat:
 
     # -- preference changes -------------------------------------------------------------------------------
     def _label(self, article_id: str) -> str:
-        """What "less like this" mutes: the article's subcategory, or its category when it has none."""
+        """What "less/more like this" is about: the article's subcategory, or its category when it has none."""
         hit = self.articles.get([article_id]).get(article_id)
         if hit is None:
             raise NotFound(f"article {article_id!r} is no longer in the store")

@@ -58,9 +58,7 @@ def test_feed_with_filters_and_why(client):
     assert "sports" not in {i["category"] for i in without["items"]}
     fresh = feed_for(client, explain=False, filters={"max_age_hours": 5})
     assert fresh["items"] and all(i["age_hours"] <= 5 for i in fresh["items"])
-    why = client.get(
-        "/v1/why", params={"user_id": "fan", "article_id": first["article_id"]}, headers=auth(FANS)
-    ).json()
+    why = client.get("/v1/why", params={"user_id": "fan", "article_id": first["article_id"]}, headers=auth(FANS)).json()
     assert "#1 of 4" in why["answer"]
 
 
@@ -98,7 +96,9 @@ def test_chat_answers_from_the_record_and_changes_preferences(client, service):
                       headers=auth(FANS))  # fmt: skip
     assert why.status_code == 200, why.text
     reply = why.json()
-    assert reply["intent"] == "why" and reply["source"] in ("llm", "record") and reply["article_id"] == first["article_id"]
+    assert (
+        reply["intent"] == "why" and reply["source"] in ("llm", "record") and reply["article_id"] == first["article_id"]
+    )
     assert reply["facts"]["position"] == 1 and reply["facts"]["grounded_in"] == first["grounded_in"]
     if reply["source"] == "record":
         assert first["title"] in reply["answer"]
@@ -135,7 +135,12 @@ def test_chat_streams_server_sent_events(client):
     events = [block for block in text.split("\n\n") if block.strip()]
     names = [line.split(": ", 1)[1] for block in events for line in block.splitlines() if line.startswith("event:")]
     assert names == ["facts", "answer"]
-    data = [json.loads(line.split(": ", 1)[1]) for block in events for line in block.splitlines() if line.startswith("data:")]
+    data = [
+        json.loads(line.split(": ", 1)[1])
+        for block in events
+        for line in block.splitlines()
+        if line.startswith("data:")
+    ]
     assert data[0]["article_id"] == body["items"][1]["article_id"] == data[1]["article_id"]  # "#2" picked the item
 
 
@@ -144,7 +149,10 @@ def test_chat_errors(client):
     cases = [
         ({"user_id": "fan", "messages": [{"role": "user", "content": "why?"}]}, 400),  # neither ranking nor article
         ({"user_id": "fan", "ranking_id": "nope", "messages": [{"role": "user", "content": "why?"}]}, 404),
-        ({"user_id": "fan", "ranking_id": body["ranking_id"], "messages": [{"role": "assistant", "content": "hi"}]}, 400),
+        (
+            {"user_id": "fan", "ranking_id": body["ranking_id"], "messages": [{"role": "assistant", "content": "hi"}]},
+            400,
+        ),
         ({"user_id": "fan", "ranking_id": body["ranking_id"], "messages": []}, 400),
     ]
     for payload, status in cases:
