@@ -118,8 +118,14 @@ def record_answer(item: RankedItem, record: RankingRecord) -> str:
     if record.cold_start:
         text += " You had no reading history yet, so fresh and popular articles came first."
     if item.grounded_in:
-        text += f" It connects to your profile through {'; '.join(item.grounded_in)}."
+        text += f" It connects to {' and to '.join(map(fact_phrase, item.grounded_in))}."
     return text
+
+
+def fact_phrase(fact: str) -> str:
+    """A profile fact of the record ('interest: soccer', 'read: "T"') in words."""
+    kind, _, value = fact.partition(": ")
+    return {"interest": f"your interest in {value}", "read": f"{value}, which you read"}.get(kind, fact)
 
 
 def valid_reply(text: str, facts: Sequence[str]) -> str | None:

@@ -53,7 +53,8 @@ def test_record_answer_names_the_strongest_signals_and_the_profile_link():
     top = RECORD.items[0]
     assert main_reasons(top, WEIGHTS) == ["it is close to what you read", "the model judged it relevant to your profile"]
     answer = record_answer(top, RECORD)
-    assert answer.startswith('"Hawks beat Mariners') and "#1" in answer and "interest: football" in answer
+    assert answer.startswith('"Hawks beat Mariners') and "#1" in answer
+    assert answer.endswith('It connects to your interest in football and to "Hawks clinch division", which you read.')
     second = record_answer(RECORD.items[1], RECORD)
     assert "it is fresh" in second and "many readers" in second and "connects" not in second
 
