@@ -15,6 +15,7 @@ from typing import Any
 from adapters.registry import AdapterRegistry
 from agent import prompts
 from agent.backends.base import Backend
+from agent.backends.batching import MicroBatcher
 from agent.backends.metered import MeteredBackend
 from agent.chat import Chat, Message, Reply
 from agent.errors import InvalidInput, NotFound
@@ -37,6 +38,8 @@ def make_backend(settings: Settings) -> Backend:
         inner: Backend = TransformersBackend(settings.llm, settings.model_cache, settings.batch_size, settings.threads)
     else:
         raise InvalidInput(f"unknown backend {settings.backend!r}")
+    if settings.micro_batching:
+        inner = MicroBatcher(inner, max_wait_ms=settings.batch_window_ms)
     return MeteredBackend(inner)
 
 

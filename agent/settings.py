@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     adapter: str | None = None  # adapter served when a request names none
     batch_size: int = Field(16, ge=1)
     threads: int | None = None  # torch CPU threads; None = torch's default
+    micro_batching: bool = True  # concurrent requests share LLM calls (agent/backends/batching.py)
+    batch_window_ms: float = Field(5.0, ge=0)  # how long a call waits for others to join it
 
     # API keys: a JSON list [{"name", "key", "scope": "admin"|"client", "users": [ids or patterns]}], or a file
     api_keys: str | None = None

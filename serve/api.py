@@ -51,21 +51,32 @@ def readyz(newsrank: Newsrank) -> Response[dict[str, object]]:
     return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
+LLM_COUNTERS = {
+    "candidates_scored": "candidates the LLM scored",
+    "prefix_cache_hits": "candidates scored on an already computed profile prefix",
+    "prompt_tokens": "prompt tokens the LLM read",
+    "completion_tokens": "tokens the LLM generated",
+    "generations": "texts the LLM generated",
+}
+BATCH_COUNTERS = {"batches": "LLM calls made", "merged_calls": "calls that rode in another call's batch"}
+
+
+def counter(name: str, help: str, series: dict[str, float]) -> str:
+    head = f"# HELP {name} {help}\n# TYPE {name} counter\n"
+    return head + "".join(f"{name}{labels} {value:g}\n" for labels, value in series.items())
+
+
 @get("/metrics", sync_to_thread=False, guards=[admin_only], tags=["ops"], media_type="text/plain; version=0.0.4")
 def metrics_text(metrics: Metrics, newsrank: Newsrank) -> str:
-    """Prometheus text: request counts and latencies by route, LLM work and cache hits."""
-    stats = getattr(newsrank.backend, "stats", {})
-    lines = [metrics.render()]
-    for name, help in (
-        ("candidates_scored", "candidates the LLM scored"),
-        ("prefix_cache_hits", "candidates scored on an already computed profile prefix"),
-        ("prompt_tokens", "prompt tokens the LLM read"),
-        ("completion_tokens", "tokens the LLM generated"),
-        ("generations", "texts the LLM generated"),
-    ):
-        metric = f"newsrank_llm_{name}_total"
-        lines.append(f"# HELP {metric} {help}\n# TYPE {metric} counter\n{metric} {stats.get(name, 0)}\n")
-    return "".join(lines)
+    """Prometheus text: request counts and latencies by route, LLM work, prefix-cache hits, micro-batching."""
+    llm = getattr(newsrank.backend, "stats", {})  # a MeteredBackend's counters
+    batcher = getattr(getattr(newsrank.backend, "inner", None), "stats", None)  # a MicroBatcher's
+    parts = [metrics.render()]
+    parts += [counter(f"newsrank_llm_{n}_total", h, {"": llm.get(n, 0)}) for n, h in LLM_COUNTERS.items()]
+    for n, h in BATCH_COUNTERS.items() if batcher is not None else ():
+        by_kind = {f'{{kind="{kind}"}}': batcher[f"{kind}_{n}"] for kind in ("score", "generate")}
+        parts.append(counter(f"newsrank_llm_{n}_total", h, by_kind))
+    return "".join(parts)
 
 
 # -- what clients use: feed, events, chat -------------------------------------------------------------------

@@ -6,6 +6,7 @@ import time
 import pytest
 from litestar.testing import TestClient
 
+from agent.backends.batching import MicroBatcher
 from agent.backends.metered import MeteredBackend
 from agent.feedback import Event
 from agent.service import Newsrank
@@ -30,7 +31,8 @@ def auth(key: str) -> dict[str, str]:
 def service(corpus_store, feedback, settings, llm):
     settings = settings.model_copy(update={"api_keys": json.dumps(KEYS)})
     feedback.add_events([Event("fan", a, "click", NOW - 3600) for a in ("s1", "s2")])
-    return Newsrank(settings, corpus_store, feedback, MeteredBackend(llm), clock=lambda: NOW)
+    # the backend stack the service builds: metered, micro-batched
+    return Newsrank(settings, corpus_store, feedback, MeteredBackend(MicroBatcher(llm)), clock=lambda: NOW)
 
 
 @pytest.fixture
@@ -267,6 +269,7 @@ def test_probes_and_metrics(client):
     values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("newsrank_llm")}
     assert values["newsrank_llm_candidates_scored_total"] > 0 and values["newsrank_llm_completion_tokens_total"] > 0
     assert values["newsrank_llm_prefix_cache_hits_total"] == values["newsrank_llm_candidates_scored_total"] - 1
+    assert values['newsrank_llm_batches_total{kind="score"}'] == 1 == values['newsrank_llm_batches_total{kind="generate"}']
     assert client.get("/schema/openapi.json").json()["info"]["title"] == "newsrank"
 
 

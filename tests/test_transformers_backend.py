@@ -85,3 +85,19 @@ def test_any_local_model_folder_can_be_configured(llm):
 
     by_path = TransformersBackend(str(llm.cache_dir / PACKAGED_FOLDER), llm.cache_dir)
     assert by_path.score(requests(by_path)[:2]) == pytest.approx(llm.score(requests(llm)[:2]), abs=1e-5)
+
+
+def test_training_margins_equal_served_scores(llm):
+    """Training calls `answer_margins` with one prefix's cache repeated per row and no prefix mask: the quantity
+    it trains must stay exactly the one `score` serves (which now batches rows across prefixes)."""
+    from agent.backends.transformers import answer_margins
+
+    reqs = requests(llm)
+    prefix_ids = llm.tokenizer(reqs[0].prefix, add_special_tokens=False, return_tensors="pt").input_ids
+    with llm._adapter(None) as model, torch.inference_mode():
+        cache = model(input_ids=prefix_ids, use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(reqs))
+        margins = answer_margins(
+            model, llm.tokenizer, [r.suffix for r in reqs], cache, prefix_ids.shape[1], llm._answer_ids
+        )
+    assert torch.sigmoid(margins).tolist() == pytest.approx(llm.score(reqs), abs=1e-5)

@@ -1,12 +1,12 @@
 """The embedded default backend: a Hugging Face causal LM on the CPU in fp32, PEFT adapters per request.
 
-Scoring computes each distinct prefix once and reuses its KV cache for every candidate suffix, in batches.
+Scoring computes each distinct prefix once and reuses its KV cache for every candidate suffix, in batches that
+may mix prefixes: the candidates of several readers (calls merged by the MicroBatcher) share forward passes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -19,18 +19,29 @@ from agent.models import offline, resolve_llm
 
 
 def answer_margins(
-    model: Any, tokenizer: Any, suffixes: Sequence[str], cache: Any, n_prefix: int, answer_ids: tuple[int, int]
+    model: Any,
+    tokenizer: Any,
+    suffixes: Sequence[str],
+    cache: Any,
+    n_prefix: int,
+    answer_ids: tuple[int, int],
+    prefix_mask: Any = None,
 ) -> Any:
-    """logit(Yes) - logit(No) at the end of each suffix, read after a prefix already in `cache` (repeated to
-    the batch size; None for no prefix). Differentiable: training calls it too, so the trained quantity is
-    exactly the served one, σ(margin) = P(Yes)."""
+    """logit(Yes) - logit(No) at the end of each suffix, read after a prefix already in `cache` (one row per
+    suffix; None for no prefix). Differentiable: training calls it too, so the trained quantity is exactly the
+    served one, σ(margin) = P(Yes).
+
+    `prefix_mask` (rows × n_prefix, 0 on left padding) lets the rows continue different prefixes of different
+    lengths, cached together; each row's suffix then starts at its own prefix length. None: every row's prefix
+    is all n_prefix tokens."""
     torch = require("torch", "pip install torch==2.13.0")
     tokenizer.padding_side = "right"  # each row's logits are read at its own last real token
     batch = tokenizer(list(suffixes), add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
     rows, width = batch.input_ids.shape
-    prefix_mask = torch.ones(rows, n_prefix, dtype=batch.attention_mask.dtype, device=model.device)
+    if prefix_mask is None:
+        prefix_mask = torch.ones(rows, n_prefix, dtype=batch.attention_mask.dtype, device=model.device)
     mask = torch.cat([prefix_mask, batch.attention_mask], 1)
-    positions = (n_prefix + torch.arange(width, device=model.device)).unsqueeze(0).expand(rows, -1)
+    positions = prefix_mask.sum(1, keepdim=True) + torch.arange(width, device=model.device).unsqueeze(0)
     logits = model(
         input_ids=batch.input_ids,
         attention_mask=mask,
@@ -133,32 +144,65 @@ class TransformersBackend:
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[float]:
         torch = require("torch", "pip install torch==2.13.0")
-        groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
+        by_adapter: dict[str | None, list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
-            groups[(r.prefix, r.adapter)].append(i)
+            by_adapter[r.adapter].append(i)
         scores = [0.0] * len(requests)
         with self._lock, torch.inference_mode():
-            for (prefix, adapter), indices in groups.items():
+            for adapter, indices in by_adapter.items():
                 with self._adapter(adapter) as model:
-                    suffixes = [requests[i].suffix for i in indices]
-                    for i, p in zip(indices, self._score_group(model, prefix, suffixes), strict=True):
+                    chosen = [requests[i] for i in indices]
+                    for i, p in zip(indices, self._score_rows(model, chosen), strict=True):
                         scores[i] = p
         return scores
 
-    def _score_group(self, model: Any, prefix: str, suffixes: list[str]) -> list[float]:
+    def _score_rows(self, model: Any, requests: Sequence[ScoreRequest]) -> list[float]:
+        """P(Yes) for rows that may continue different prefixes (several readers' feeds merged into one call).
+
+        Up to `batch_size` distinct prefixes are computed together in one left-padded forward pass; then every
+        batch of `batch_size` suffixes, whatever prefixes its rows continue, is one forward pass over its rows'
+        prefix caches: two readers' candidates share passes instead of queueing one reader after the other.
+        Taking the prefixes a window at a time bounds the cache memory however many readers one call holds."""
         torch = require("torch", "pip install torch==2.13.0")
-        prefix_ids = self.tokenizer(prefix, add_special_tokens=False, return_tensors="pt").input_ids
-        prefix_cache = model(input_ids=prefix_ids, use_cache=True).past_key_values if prefix_ids.shape[1] else None
-        out: list[float] = []
-        for start in range(0, len(suffixes), self.batch_size):
-            batch = suffixes[start : start + self.batch_size]
-            cache = None
-            if prefix_cache is not None:
-                cache = copy.deepcopy(prefix_cache)  # the forward pass extends it
-                cache.batch_repeat_interleave(len(batch))
-            margins = answer_margins(model, self.tokenizer, batch, cache, prefix_ids.shape[1], self._answer_ids)
-            out.extend(torch.sigmoid(margins).tolist())
-        return out
+        transformers = require("transformers", "pip install 'transformers>=5.16.1,<5.20'")
+        by_prefix: dict[str, list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            by_prefix[r.prefix].append(i)
+        prefixes = list(by_prefix)
+        scores = [0.0] * len(requests)
+        for first in range(0, len(prefixes), self.batch_size):
+            window = prefixes[first : first + self.batch_size]
+            layers, prefix_mask = self._prefix_caches(model, window)
+            rows = [(g, i) for g, prefix in enumerate(window) for i in by_prefix[prefix]]  # (prefix row, request)
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start : start + self.batch_size]
+                cache = mask = None
+                if layers is not None:
+                    groups = torch.tensor([g for g, _ in batch], device=model.device)
+                    # indexing copies: the forward pass extends this cache, never the shared prefix tensors
+                    cache = transformers.DynamicCache([(keys[groups], values[groups]) for keys, values in layers])
+                    mask = prefix_mask[groups]
+                suffixes = [requests[i].suffix for _, i in batch]
+                n_prefix = 0 if mask is None else mask.shape[1]
+                margins = answer_margins(model, self.tokenizer, suffixes, cache, n_prefix, self._answer_ids, mask)
+                for (_, i), p in zip(batch, torch.sigmoid(margins).tolist(), strict=True):
+                    scores[i] = p
+        return scores
+
+    def _prefix_caches(self, model: Any, prefixes: list[str]) -> tuple[list[tuple[Any, Any]] | None, Any]:
+        """Key and value tensors per layer (one row per prefix) and the prefixes' attention mask (rows × width),
+        from one forward pass. Left padding puts every prefix's end at the right edge, where its suffix continues;
+        explicit positions give each prefix's real tokens 0..len-1, as if computed alone. (None, None): all empty."""
+        tokenizer = self.tokenizer
+        tokenizer.padding_side = "left"
+        batch = tokenizer(prefixes, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+        if batch.input_ids.shape[1] == 0:
+            return None, None
+        positions = (batch.attention_mask.cumsum(1) - 1).clamp(min=0)
+        cache = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions, use_cache=True
+        ).past_key_values
+        return [(layer.keys, layer.values) for layer in cache.layers], batch.attention_mask
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
         torch = require("torch", "pip install torch==2.13.0")
