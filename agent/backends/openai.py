@@ -65,6 +65,7 @@ class OpenAIBackend:
         self._http = httpx.Client(timeout=timeout, headers=headers)
         self._clock = clock
         self._lock = threading.Lock()
+        self._loading = threading.Lock()
         self._turn = itertools.cycle(range(len(self.urls)))
         self._down_until = [0.0] * len(self.urls)
         self._served: set[tuple[str, str]] = set()  # (replica, adapter) known to be loaded there
@@ -124,24 +125,24 @@ class OpenAIBackend:
     def _ensure_adapter(self, url: str, name: str) -> None:
         """Load an adapter onto a replica the first time a request for it goes there (runtime LoRA loading:
         replicas started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, the adapter folder visible to them)."""
-        if (url, name) in self._served:
-            return
-        models = self._call(url, "GET", "/v1/models")
-        data = models.get("data") if isinstance(models, dict) else None
-        listed = {m.get("id") for m in data if isinstance(m, dict)} if isinstance(data, list) else set()
-        if name not in listed:
-            try:
-                self._call(
-                    url, "POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": self.adapters[name]}, False
-                )
-            except BackendError as exc:
-                raise BackendError(
-                    f"{url} does not serve adapter {name!r} and could not load it ({exc}); start the replicas with "
-                    f"VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and the adapter folder visible to them, or with "
-                    f"--lora-modules {name}=FOLDER"
-                ) from exc
-        with self._lock:
-            self._served.add((url, name))
+        with self._loading:  # concurrent batches must not load the same adapter twice
+            if (url, name) in self._served:
+                return
+            models = self._call(url, "GET", "/v1/models")
+            data = models.get("data") if isinstance(models, dict) else None
+            listed = {m.get("id") for m in data if isinstance(m, dict)} if isinstance(data, list) else set()
+            if name not in listed:
+                body = {"lora_name": name, "lora_path": self.adapters[name]}
+                try:
+                    self._call(url, "POST", "/v1/load_lora_adapter", body, reply=False)
+                except BackendError as exc:
+                    raise BackendError(
+                        f"{url} does not serve adapter {name!r} and could not load it ({exc}); start the replicas "
+                        f"with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and the adapter folder visible to them, or "
+                        f"with --lora-modules {name}=FOLDER"
+                    ) from exc
+            with self._lock:
+                self._served.add((url, name))
 
     # -- the protocol -------------------------------------------------------------------------------------
     def warm(self) -> None:
