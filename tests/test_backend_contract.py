@@ -93,9 +93,10 @@ def openai_backend(tmp_path: Path):
         log.close()
 
 
-@pytest.fixture(scope="session", params=["transformers", "vllm", "openai"])
+@pytest.fixture(scope="module", params=["transformers", "vllm", "openai"])
 def backend(request, llm, tmp_path_factory):
-    """Each backend in turn; pytest finishes one (and stops its engine) before it starts the next."""
+    """Each backend in turn; pytest finishes one (and stops its engine) before it starts the next, and the last
+    one at the end of this module, so no engine outlives these tests."""
     if request.param == "transformers":
         yield llm
     elif request.param == "vllm":
