@@ -105,8 +105,8 @@ def backend(request, llm, tmp_path_factory):
         yield from openai_backend(tmp_path_factory.mktemp("openai"))
 
 
-def test_scores_agree_with_the_transformers_backend(backend, llm):
-    reference = llm.score(requests(llm))
+def test_scores_agree_with_the_transformers_backend(backend, expected):
+    reference = expected["base"]
     scores = backend.score(requests(backend))
     assert scores == pytest.approx(reference, abs=TOLERANCE)
     assert top(scores) == top(reference)
@@ -118,16 +118,21 @@ def test_the_prompt_is_the_same_everywhere(backend, llm):
     assert backend.count_tokens(QUESTION) == llm.count_tokens(QUESTION)
 
 
+@pytest.fixture(scope="module")
+def expected(llm, contract_lora) -> dict[str, list[float]]:
+    """The transformers backend's scores, without and with the adapter: what every backend must give."""
+    llm.load_adapter("contract", str(contract_lora))
+    return {"base": llm.score(requests(llm)), "adapted": llm.score(requests(llm, adapter="contract"))}
+
+
 @pytest.fixture
-def with_lora(backend, llm, contract_lora):
-    for b in (llm, backend):
-        if "contract" not in b.adapters:
-            b.load_adapter("contract", str(contract_lora))
+def with_lora(backend, contract_lora, expected):
+    if "contract" not in backend.adapters:
+        backend.load_adapter("contract", str(contract_lora))
 
 
-def test_a_lora_adapter_has_the_same_effect(backend, llm, with_lora):
-    base = llm.score(requests(llm))
-    reference = llm.score(requests(llm, adapter="contract"))
+def test_a_lora_adapter_has_the_same_effect(backend, expected, with_lora):
+    base, reference = expected["base"], expected["adapted"]
     assert max(abs(a - b) for a, b in zip(reference, base, strict=True)) > 0.02  # the adapter matters
 
     adapted = backend.score(requests(backend, adapter="contract"))
