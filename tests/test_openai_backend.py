@@ -181,3 +181,6 @@ def test_adapters_are_loaded_on_each_replica_at_first_use(replicas, tmp_path):
     assert a.loras == b.loras == {"clicks@1"}
     assert a.hits["/v1/load_lora_adapter"] == b.hits["/v1/load_lora_adapter"] == 1
     assert {body["model"] for body in a.bodies if "max_tokens" in body} == {"clicks@1"}
+    a.loras.clear()  # a replica restarted and forgot it
+    client.score(reqs(4, adapter="clicks@1"))
+    assert a.loras == {"clicks@1"} and a.hits["/v1/load_lora_adapter"] == 2

@@ -36,6 +36,10 @@ class ReplicaError(Exception):
     """One replica failed to answer (transport error or 5xx): worth trying another."""
 
 
+class UnknownModel(BackendError):
+    """A replica does not serve the model or adapter asked for (HTTP 404)."""
+
+
 class OpenAIBackend:
     name = "openai"
     supports_adapters = True
@@ -95,6 +99,8 @@ class OpenAIBackend:
             raise ReplicaError(f"{url}: {type(exc).__name__}: {exc}") from exc
         if response.status_code >= 500:
             raise ReplicaError(f"{url}: HTTP {response.status_code}")
+        if response.status_code == 404:
+            raise UnknownModel(f"{url}{path}: HTTP 404: {response.text[:300]}")
         if response.status_code >= 400:
             raise BackendError(f"{url}{path}: HTTP {response.status_code}: {response.text[:300]}")
         if not reply:  # the LoRA endpoints answer in plain text
@@ -112,7 +118,16 @@ class OpenAIBackend:
             try:
                 if adapter is not None:
                     self._ensure_adapter(url, adapter)
-                reply = self._call(url, "POST", "/v1/completions", body)
+                try:
+                    reply = self._call(url, "POST", "/v1/completions", body)
+                except UnknownModel:
+                    if adapter is None:
+                        raise
+                    # the replica restarted and forgot an adapter loaded at run time: load it again, once
+                    with self._lock:
+                        self._served.discard((url, adapter))
+                    self._ensure_adapter(url, adapter)
+                    reply = self._call(url, "POST", "/v1/completions", body)
             except ReplicaError as exc:
                 self._mark_down(url)
                 errors.append(str(exc))
