@@ -184,3 +184,16 @@ def test_adapters_are_loaded_on_each_replica_at_first_use(replicas, tmp_path):
     a.loras.clear()  # a replica restarted and forgot it
     client.score(reqs(4, adapter="clicks@1"))
     assert a.loras == {"clicks@1"} and a.hits["/v1/load_lora_adapter"] == 2
+
+
+def test_replicas_come_from_the_settings(monkeypatch, tmp_path):
+    from agent.service import make_backend
+    from agent.settings import Settings
+
+    monkeypatch.setenv("NEWSRANK_BACKEND", "openai")
+    monkeypatch.setenv("NEWSRANK_OPENAI_URLS", "http://llm-1:8001/, http://llm-2:8001")
+    client = make_backend(Settings(data_dir=tmp_path, model_cache=MODEL_CACHE))
+    assert isinstance(client, OpenAIBackend) and client.urls == ["http://llm-1:8001", "http://llm-2:8001"]
+    monkeypatch.setenv("NEWSRANK_OPENAI_URLS", " , ")
+    with pytest.raises(ValueError):
+        Settings()
