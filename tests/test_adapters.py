@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from adapters import export, gate, train
-from adapters.registry import AdapterRegistry, parse_reference
+from adapters.registry import AdapterRegistry, parse_reference, registered_id
 from agent import evaluate
 from agent.backends.fake import FakeBackend
 from agent.errors import InvalidInput, NotFound
@@ -46,6 +46,9 @@ def test_registry_versions_ids_activation_and_rollback(tmp_path):
     reopened = AdapterRegistry(tmp_path / "adapters")
     assert {v.key: v.id for v in reopened.versions()} == {"clicks@1": 1, "clicks@2": 2, "sports@1": 3}
     assert reopened.publish("clicks", fake_adapter(tmp_path / "d")).id == 4
+    # what a backend reads from a version folder alone (vLLM's LoRA int ids)
+    assert registered_id(v2.path) == 2 and registered_id(other.path) == 3
+    assert registered_id(tmp_path / "a") is None and registered_id(tmp_path / "adapters" / "clicks" / "v9") is None
 
 
 def test_registry_rejects_bad_input(tmp_path):

@@ -269,7 +269,9 @@ def test_probes_and_metrics(client):
     values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("newsrank_llm")}
     assert values["newsrank_llm_candidates_scored_total"] > 0 and values["newsrank_llm_completion_tokens_total"] > 0
     assert values["newsrank_llm_prefix_cache_hits_total"] == values["newsrank_llm_candidates_scored_total"] - 1
-    assert values['newsrank_llm_batches_total{kind="score"}'] == 1 == values['newsrank_llm_batches_total{kind="generate"}']
+    assert (
+        values['newsrank_llm_batches_total{kind="score"}'] == 1 == values['newsrank_llm_batches_total{kind="generate"}']
+    )
     assert client.get("/schema/openapi.json").json()["info"]["title"] == "newsrank"
 
 

@@ -6,7 +6,14 @@ from agent.chat import Message, check_messages, intent_of, main_reasons, pick_it
 from agent.errors import InvalidInput, NotFound
 from agent.feedback import RankedItem, RankingRecord
 
-WEIGHTS = {"relevance": 0.1, "diversity": 0.1, "freshness": 0.15, "similarity": 0.35, "affinity": 0.2, "popularity": 0.1}
+WEIGHTS = {
+    "relevance": 0.1,
+    "diversity": 0.1,
+    "freshness": 0.15,
+    "similarity": 0.35,
+    "affinity": 0.2,
+    "popularity": 0.1,
+}
 
 
 def item(position, article_id, title, **signals):
@@ -51,7 +58,10 @@ def test_pick_item_by_id_position_title_or_top():
 
 def test_record_answer_names_the_strongest_signals_and_the_profile_link():
     top = RECORD.items[0]
-    assert main_reasons(top, WEIGHTS) == ["it is close to what you read", "the model judged it relevant to your profile"]
+    assert main_reasons(top, WEIGHTS) == [
+        "it is close to what you read",
+        "the model judged it relevant to your profile",
+    ]
     answer = record_answer(top, RECORD)
     assert answer.startswith('"Hawks beat Mariners') and "#1" in answer
     assert answer.endswith('It connects to your interest in football and to "Hawks clinch division", which you read.')

@@ -49,3 +49,16 @@ def test_blend_rank_edges():
     assert blend_rank([], np.zeros((0, 2)), BlendWeights()) == []
     one = [Signals(0.5, 0.5, 0.5)]
     assert [p.index for p in blend_rank(one * 3, np.eye(3), BlendWeights(), k=2)] == [0, 1]  # ties: earlier first
+
+
+def test_yes_probability_from_top_logprobs():
+    from agent.scoring import yes_probability_from_top
+
+    top = {7: -0.1, 9: -2.5, 3: -4.0}  # Yes = 7, No = 9
+    assert yes_probability_from_top(top, (7, 9)) == pytest.approx(yes_probability(-0.1, -2.5))
+    # a missing answer is bounded by the least likely token shown
+    assert yes_probability_from_top(top, (7, 11)) == pytest.approx(yes_probability(-0.1, -4.0))
+    assert yes_probability_from_top(top, (11, 9)) == pytest.approx(yes_probability(-4.0, -2.5))
+    assert yes_probability_from_top(top, (11, 12)) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        yes_probability_from_top({}, (7, 9))
