@@ -4,13 +4,15 @@ routes that act for a reader check that the key may act for that reader."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.response import Response, ServerSentEvent
 
 from agent import __version__
 from agent.errors import NotFound
+from agent.feedback import MIGRATIONS
 from agent.service import Newsrank
 from serve.auth import PUBLIC, ApiKey, admin_only
 from serve.metrics import Metrics
@@ -34,6 +36,7 @@ from serve.schemas import (
 )
 
 Req = Request[ApiKey, str, object]
+log = logging.getLogger("newsrank.serve")
 
 
 # -- probes -----------------------------------------------------------------------------------------------
@@ -43,10 +46,22 @@ def healthz() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
 
 
+def passes(check: Callable[[], bool]) -> bool:
+    try:
+        return check()
+    except Exception:  # a store that does not answer is not ready; the probe itself must not fail
+        log.exception("readiness check failed")
+        return False
+
+
 @get("/readyz", sync_to_thread=True, opt={PUBLIC: True}, tags=["ops"])
 def readyz(newsrank: Newsrank) -> Response[dict[str, object]]:
-    """Readiness: the model is loaded, the stores answer and there are articles to rank."""
-    checks = {"articles": newsrank.articles.count() > 0, "feedback": newsrank.feedback.count_events() >= 0}
+    """Readiness: the model is loaded (the app starts serving only after), the stores answer, the feedback
+    store's schema is current and there are articles to rank."""
+    checks = {
+        "articles": passes(lambda: newsrank.articles.count() > 0),
+        "feedback": passes(lambda: newsrank.feedback.schema_version == len(MIGRATIONS)),
+    }
     ready = all(checks.values())
     return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

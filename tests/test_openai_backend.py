@@ -192,7 +192,7 @@ def test_replicas_come_from_the_settings(monkeypatch, tmp_path):
 
     monkeypatch.setenv("NEWSRANK_BACKEND", "openai")
     monkeypatch.setenv("NEWSRANK_OPENAI_URLS", "http://llm-1:8001/, http://llm-2:8001")
-    client = make_backend(Settings(data_dir=tmp_path, model_cache=MODEL_CACHE))
+    client = make_backend(Settings(data_dir=tmp_path, model_cache=MODEL_CACHE)).inner.inner  # metered, micro-batched
     assert isinstance(client, OpenAIBackend) and client.urls == ["http://llm-1:8001", "http://llm-2:8001"]
     monkeypatch.setenv("NEWSRANK_OPENAI_URLS", " , ")
     with pytest.raises(ValueError):
