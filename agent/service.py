@@ -17,7 +17,7 @@ from agent import prompts
 from agent.backends.base import Backend
 from agent.backends.batching import MicroBatcher
 from agent.backends.metered import MeteredBackend
-from agent.chat import Chat, Message, Reply
+from agent.chat import Chat
 from agent.errors import InvalidInput, NotFound
 from agent.feedback import Event, FeedbackStore, Preferences
 from agent.jobs import TrainingJobs
@@ -239,11 +239,6 @@ class Newsrank:
     # -- the feed -----------------------------------------------------------------------------------------
     def recommend(self, request: FeedRequest) -> Feed:
         return self.recommender.recommend(request)
-
-    def answer(
-        self, user_id: str, messages: Sequence[Message], ranking_id: str | None = None, article_id: str | None = None
-    ) -> Reply:
-        return self.chat.answer(user_id, messages, ranking_id, article_id)
 
     # -- readers ------------------------------------------------------------------------------------------
     def user(self, user_id: str) -> Profile:

@@ -117,7 +117,7 @@ def chat(data: ChatIn, newsrank: Newsrank, request: Req) -> ChatOut:
     Answers come from the stored ranking record; the last two change the reader's explicit preferences.
     The item is `article_id`, else "#N" or title words in the question, else the top item of `ranking_id`."""
     request.user.check_user(data.user_id)
-    return ChatOut.of(newsrank.answer(data.user_id, data.chat_messages(), data.ranking_id, data.article_id))
+    return ChatOut.of(newsrank.chat.answer(data.user_id, data.chat_messages(), data.ranking_id, data.article_id))
 
 
 @post("/v1/chat/stream", status_code=200, sync_to_thread=True, tags=["feed"])
