@@ -126,3 +126,22 @@ def read_examples(path: Path) -> list[Example]:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"{path}:{number}: not a training example ({exc})") from None
     return examples
+
+
+def drop_group(path: Path, group: str) -> int:
+    """Drop one group's rows (a reader erased) from an examples file, rewritten atomically; returns how many."""
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            mine = json.loads(line).get("group") == group
+        except (json.JSONDecodeError, AttributeError):
+            mine = False
+        if mine:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
+    return dropped

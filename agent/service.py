@@ -12,12 +12,13 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from adapters import export
 from adapters.registry import AdapterRegistry
 from agent import prompts
 from agent.backends.base import Backend
 from agent.backends.batching import MicroBatcher
 from agent.backends.metered import MeteredBackend
-from agent.chat import Chat
+from agent.chat import Chat, pick_item
 from agent.errors import InvalidInput, NotFound
 from agent.feedback import Event, FeedbackStore, Preferences
 from agent.jobs import TrainingJobs
@@ -113,25 +114,6 @@ def clean_labels(labels: Sequence[str]) -> list[str]:
     if any(not 1 <= len(label) <= 60 for label in cleaned):
         raise InvalidInput("each interest or mute must have 1-60 characters")
     return cleaned
-
-
-def scrub_examples(path: Path, user_id: str) -> int:
-    """Drop one reader's rows from an exported examples file (rewritten atomically); returns how many."""
-    kept, dropped = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        try:
-            mine = json.loads(line).get("group") == user_id
-        except (json.JSONDecodeError, AttributeError):
-            mine = False
-        if mine:
-            dropped += 1
-        else:
-            kept.append(line)
-    if dropped:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        tmp.replace(path)
-    return dropped
 
 
 class Newsrank:
@@ -270,20 +252,14 @@ class Newsrank:
             raise NotFound(f"no user {user_id!r}")
         counts = self.feedback.delete_user(user_id)
         counts["training_examples"] = sum(
-            scrub_examples(path, user_id) for path in (self.settings.data_dir / "runs").glob("*/examples.jsonl")
+            export.drop_group(path, user_id) for path in (self.settings.data_dir / "runs").glob("*/examples.jsonl")
         )
         return counts
 
     def why(self, user_id: str, article_id: str, ranking_id: str | None = None) -> str:
         """Answer "why was this recommended?" from the stored ranking record, not from a fresh guess."""
-        record = (
-            self.feedback.ranking(ranking_id) if ranking_id else self.feedback.latest_ranking_with(user_id, article_id)
-        )
-        if record.user_id != user_id:
-            raise NotFound(f"ranking {record.ranking_id!r} is not for user {user_id!r}")
-        item = next((i for i in record.items if i.article_id == article_id), None)
-        if item is None:
-            raise NotFound(f"article {article_id!r} is not in ranking {record.ranking_id!r}")
+        record = self.chat.record(user_id, ranking_id, article_id)
+        item = pick_item(record, article_id, "")
         created = datetime.fromtimestamp(record.created_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
         return prompts.render(
             "why.v1",

@@ -131,3 +131,25 @@ def llm():
     backend = TransformersBackend("smollm2-135m", MODEL_CACHE, batch_size=8)
     backend.warm()
     return backend
+
+
+# One reader's question and a few candidate titles: the backend tests score these on the real model.
+SPORTS_QUESTION = (
+    "Reader profile:\nInterests: sports, football.\n\nWould this reader click on the article below? Answer Yes or No.\n"
+    "Article:\n"
+)
+SPORTS_TITLES = [
+    "Hawks win the football final in overtime (sports, football)",
+    "Senate passes the budget bill (politics)",
+    "New laptop chip doubles battery life (technology)",
+    "Ten easy pasta recipes (food)",
+    "Quarterback injured before the playoffs (sports, football)",
+]
+
+
+def sports_requests(backend, adapter: str | None = None, titles=SPORTS_TITLES) -> list:
+    """The question as a shared prefix and one title per suffix, in the backend's chat template."""
+    from agent.backends.base import ScoreRequest
+
+    prefix, tail = backend.chat_prompt("You pick news articles for one reader.", SPORTS_QUESTION + "\x00").split("\x00")
+    return [ScoreRequest(prefix, title + tail, adapter) for title in titles]

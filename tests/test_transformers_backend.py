@@ -3,23 +3,9 @@
 import pytest
 import torch
 
-from agent.backends.base import GenerateRequest, ScoreRequest
+from agent.backends.base import GenerateRequest
 from agent.errors import NotFound
-from tests.conftest import random_lora
-
-QUESTION = "Reader profile:\nInterests: sports, football.\n\nWould this reader click on the article below? Answer Yes or No.\nArticle:\n"
-TITLES = [
-    "Hawks win the football final in overtime (sports, football)",
-    "Senate passes the budget bill (politics)",
-    "New laptop chip doubles battery life (technology)",
-    "Ten easy pasta recipes (food)",
-    "Quarterback injured before the playoffs (sports, football)",
-]
-
-
-def requests(llm, adapter=None):
-    prefix, tail = llm.chat_prompt("You pick news articles for one reader.", QUESTION + "\x00").split("\x00")
-    return [ScoreRequest(prefix, title + tail, adapter) for title in TITLES]
+from tests.conftest import random_lora, sports_requests
 
 
 def full_prompt_scores(llm, reqs):
@@ -37,7 +23,7 @@ def full_prompt_scores(llm, reqs):
 
 
 def test_cached_prefix_batched_scores_equal_full_prompt_scores(llm):
-    reqs = requests(llm)
+    reqs = sports_requests(llm)
     cached = llm.score(reqs)
     assert cached == pytest.approx(full_prompt_scores(llm, reqs), abs=1e-4)
     assert all(0.0 < p < 1.0 for p in cached)
@@ -45,7 +31,7 @@ def test_cached_prefix_batched_scores_equal_full_prompt_scores(llm):
 
 
 def test_scores_do_not_depend_on_batching_or_order(llm):
-    reqs = requests(llm)
+    reqs = sports_requests(llm)
     batch_size = llm.batch_size
     try:
         llm.batch_size = 2
@@ -67,16 +53,16 @@ def test_generate_continues_the_prompt(llm):
 def test_a_lora_adapter_changes_scores_only_when_selected(llm, tmp_path):
     random_lora(tmp_path / "random-lora", seed=0)
 
-    reqs = requests(llm)
+    reqs = sports_requests(llm)
     before = llm.score(reqs)
     llm.load_adapter("random", str(tmp_path / "random-lora"))
-    with_adapter = llm.score(requests(llm, adapter="random"))
+    with_adapter = llm.score(sports_requests(llm, adapter="random"))
     assert max(abs(a - b) for a, b in zip(with_adapter, before, strict=True)) > 1e-3
     assert llm.score(reqs) == pytest.approx(before, abs=1e-5)  # no adapter named: the base model
-    mixed = llm.score([reqs[0], requests(llm, adapter="random")[0]])  # one batch, two adapters
+    mixed = llm.score([reqs[0], sports_requests(llm, adapter="random")[0]])  # one batch, two adapters
     assert mixed == pytest.approx([before[0], with_adapter[0]], abs=1e-4)
     with pytest.raises(NotFound):
-        llm.score(requests(llm, adapter="missing"))
+        llm.score(sports_requests(llm, adapter="missing"))
 
 
 def test_any_local_model_folder_can_be_configured(llm):
@@ -84,7 +70,7 @@ def test_any_local_model_folder_can_be_configured(llm):
     from agent.models import PACKAGED_FOLDER
 
     by_path = TransformersBackend(str(llm.cache_dir / PACKAGED_FOLDER), llm.cache_dir)
-    assert by_path.score(requests(by_path)[:2]) == pytest.approx(llm.score(requests(llm)[:2]), abs=1e-5)
+    assert by_path.score(sports_requests(by_path)[:2]) == pytest.approx(llm.score(sports_requests(llm)[:2]), abs=1e-5)
 
 
 def test_training_margins_equal_served_scores(llm):
@@ -92,7 +78,7 @@ def test_training_margins_equal_served_scores(llm):
     it trains must stay exactly the one `score` serves (which now batches rows across prefixes)."""
     from agent.backends.transformers import answer_margins
 
-    reqs = requests(llm)
+    reqs = sports_requests(llm)
     prefix_ids = llm.tokenizer(reqs[0].prefix, add_special_tokens=False, return_tensors="pt").input_ids
     with llm._adapter(None) as model, torch.inference_mode():
         cache = model(input_ids=prefix_ids, use_cache=True).past_key_values
