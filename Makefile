@@ -10,7 +10,7 @@ PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup browser serve test lint format clean
+.PHONY: setup browser postgres serve test lint format clean
 
 setup: $(STAMP)
 
@@ -36,7 +36,13 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 	@command -v chromium >/dev/null || echo "chromium is not installed (needs root: apt-get install chromium); the browser test will skip"
 
-test: $(STAMP) browser
+# Debian's PostgreSQL for the store tests: they start a throwaway server of their own (initdb + pg_ctl)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo "PostgreSQL is not installed (needs root: apt-get install postgresql); its tests will skip"
+
+test: $(STAMP) browser postgres
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -15,13 +15,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from agent.backends.base import Backend
-from agent.errors import InvalidInput
-from agent.feedback import Event, FeedbackStore
 from agent.profile import build_profile
 from agent.ranking import relevance_requests
 from agent.settings import Settings
-from retrieval.store import ArticleStore
+from core.errors import InvalidInput
+from core.llm import Backend
+from core.records import Event
+from core.stores import ArticleStore, FeedbackStore
 
 POSITIVE = {"click", "like"}
 NEGATIVE = {"impression", "skip", "dislike"}

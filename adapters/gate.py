@@ -11,7 +11,7 @@ import numpy as np
 
 from adapters.export import Example
 from agent import metrics
-from agent.backends.base import Backend, ScoreRequest
+from core.llm import Backend, ScoreRequest
 
 
 @dataclass(frozen=True)

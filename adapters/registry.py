@@ -1,45 +1,30 @@
 """The adapter registry: versioned folders, one active version per adapter name, stable integer ids.
 
-    <root>/<name>/v<k>/            the PEFT adapter files and card.json
-    <root>/registry.json           {"names": {name: {"active": k, "history": [k, ...]}}, "ids": {"name@k": id}}
+    <adapters dir>/<name>/v<k>/     the PEFT adapter files, card.json and registry_id
 
-Integer ids never change or get reused (vLLM's LoRARequest needs them). `registry.json` is replaced
-atomically, so a reader never sees half of it; serving resolves a name to its active version per request.
+The files live in a directory that every instance and `llm-serve` replica can read (NEWSRANK_ADAPTERS_DIR, a
+shared volume at scale); which versions exist, their ids and the active pointer live in the feedback store,
+so an activation or a rollback through one instance is what every instance serves from its next request.
+Integer ids never change or get reused (vLLM's LoRARequest needs them).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
-import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from agent.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound
+from core.records import ADAPTER_ID_FILE, AdapterVersion
+from core.stores import FeedbackStore
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-
-
-@dataclass(frozen=True)
-class AdapterVersion:
-    name: str
-    version: int
-    id: int
-    path: Path
-    active: bool
-
-    @property
-    def key(self) -> str:
-        """How a backend knows this exact version: name@version."""
-        return f"{self.name}@{self.version}"
-
-    def card(self) -> dict[str, Any]:
-        card = self.path / "card.json"
-        return json.loads(card.read_text()) if card.is_file() else {}
+LEGACY_INDEX = "registry.json"  # where versions and ids were kept before the feedback store held them
 
 
 def parse_reference(reference: str) -> tuple[str, int | None]:
@@ -51,43 +36,15 @@ def parse_reference(reference: str) -> tuple[str, int | None]:
 
 
 class AdapterRegistry:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, store: FeedbackStore, clock: Callable[[], float] = time.time) -> None:
         self.root = root
-        self._lock = threading.Lock()
-
-    @property
-    def _index_path(self) -> Path:
-        return self.root / "registry.json"
-
-    def _read(self) -> dict[str, Any]:
-        if not self._index_path.is_file():
-            return {"names": {}, "ids": {}}
-        return json.loads(self._index_path.read_text())
-
-    def _write(self, index: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".registry-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(index, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._index_path)
+        self.store = store
+        self.clock = clock
+        self._import_legacy_index()
 
     # -- reading ------------------------------------------------------------------------------------------
     def versions(self, name: str | None = None) -> list[AdapterVersion]:
-        index = self._read()
-        out = []
-        for adapter, entry in sorted(index["names"].items()):
-            if name is not None and adapter != name:
-                continue
-            for version in entry["versions"]:
-                out.append(
-                    AdapterVersion(
-                        adapter, version, index["ids"][f"{adapter}@{version}"], self.root / adapter / f"v{version}",
-                        version == entry["active"],
-                    )
-                )  # fmt: skip
-        return out
+        return [replace(v, path=self.root / v.path) for v in self.store.adapter_versions(name)]
 
     def resolve(self, reference: str) -> AdapterVersion:
         """The version a reference names: NAME@K exactly, or NAME's active version."""
@@ -106,58 +63,55 @@ class AdapterRegistry:
         parse_reference(name)
         if not (folder / "adapter_config.json").is_file():
             raise InvalidInput(f"{folder} is not a PEFT adapter folder (no adapter_config.json)")
-        with self._lock:
-            index = self._read()
-            entry = index["names"].setdefault(name, {"versions": [], "active": None, "history": []})
-            version = max(entry["versions"], default=0) + 1
-            target = self.root / name / f"v{version}"
-            self.root.mkdir(parents=True, exist_ok=True)
-            # copy beside the target, then rename: a crash never leaves a half-copied version
-            staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".publish-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        # copy beside the target first: the registry's transaction only renames, so it stays short, and a
+        # crash never leaves a half-copied version
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".publish-"))
+        try:
             shutil.copytree(folder, staging, dirs_exist_ok=True)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging.rename(target)
-            entry["versions"].append(version)
-            index["ids"][f"{name}@{version}"] = max(index["ids"].values(), default=0) + 1
-            if activate:
-                _activate(entry, version)
-            self._write(index)
+
+            def place(version: int, adapter_id: int) -> None:
+                (staging / ADAPTER_ID_FILE).write_text(str(adapter_id))
+                target = self.root / name / f"v{version}"
+                if target.exists():  # left by a publish whose registration did not commit
+                    shutil.rmtree(target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                staging.rename(target)
+
+            version, _ = self.store.add_adapter_version(name, place, activate, self.clock())
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return self.resolve(f"{name}@{version}")
 
     def activate(self, reference: str) -> AdapterVersion:
         name, version = parse_reference(reference)
-        with self._lock:
-            index = self._read()
-            entry = index["names"].get(name)
-            if entry is None or (version is not None and version not in entry["versions"]):
-                raise NotFound(f"no adapter {reference!r}")
-            _activate(entry, version if version is not None else max(entry["versions"]))
-            self._write(index)
+        self.store.activate_adapter(name, version)
         return self.resolve(name)
 
     def rollback(self, name: str) -> AdapterVersion:
         """Make the previously active version active again."""
-        with self._lock:
-            index = self._read()
-            entry = index["names"].get(name)
-            if entry is None or len(entry["history"]) < 2:
-                raise NotFound(f"adapter {name!r} has no earlier active version to roll back to")
-            entry["history"].pop()
-            entry["active"] = entry["history"][-1]
-            self._write(index)
+        parse_reference(name)
+        self.store.rollback_adapter(name)
         return self.resolve(name)
 
+    def _import_legacy_index(self) -> None:
+        """Versions an older newsrank listed in <root>/registry.json move into the store, once, with their ids."""
+        index_path = self.root / LEGACY_INDEX
+        if not index_path.is_file() or self.store.adapter_versions():
+            return
+        index = json.loads(index_path.read_text())
+        for key, adapter_id in sorted(index["ids"].items(), key=lambda kv: kv[1]):  # in publishing order
+            name, version = parse_reference(key)
+            folder = self.root / name / f"v{version}"
 
-def registered_id(folder: Path) -> int | None:
-    """The stable integer id of a version folder (<root>/<name>/v<k>) if a registry holds it, else None."""
-    folder = Path(folder)
-    index = folder.parent.parent / "registry.json"
-    if not folder.name.startswith("v") or not folder.name[1:].isdigit() or not index.is_file():
-        return None
-    return json.loads(index.read_text())["ids"].get(f"{folder.parent.name}@{folder.name[1:]}")
+            def place(new_version: int, _: int, folder: Path = folder, version: int | None = version,
+                      adapter_id: int = adapter_id) -> None:  # fmt: skip
+                if new_version != version:
+                    raise InvalidInput(f"{index_path}: the versions of {folder.parent.name} are not 1, 2, ...")
+                (folder / ADAPTER_ID_FILE).write_text(str(adapter_id))
 
-
-def _activate(entry: dict[str, Any], version: int) -> None:
-    if entry["active"] != version:
-        entry["active"] = version
-        entry["history"].append(version)
+            self.store.add_adapter_version(name, place, activate=False, now=self.clock(), adapter_id=adapter_id)
+        for name, entry in sorted(index["names"].items()):
+            for version in entry["history"]:
+                self.store.activate_adapter(name, version)
+        index_path.rename(index_path.with_suffix(".json.imported"))

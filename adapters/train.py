@@ -25,9 +25,9 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from adapters.export import Example, in_validation, read_examples
-from agent.errors import InvalidInput, require
 from agent.models import offline, resolve_llm
 from agent.settings import PACKAGED_LLM
+from core.errors import InvalidInput, require
 
 LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -3,7 +3,7 @@
 Importing this package is cheap: torch, transformers and chromadb load only when first used.
 """
 
-from agent.errors import BackendError, EmptyStore, InvalidInput, NewsrankError, NotFound
+from core.errors import BackendError, EmptyStore, InvalidInput, NewsrankError, NotFound
 
 __all__ = ["BackendError", "EmptyStore", "InvalidInput", "NewsrankError", "NotFound"]
 __version__ = "0.1.0"

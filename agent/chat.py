@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from agent import explain, prompts
-from agent.backends.base import Backend, GenerateRequest
-from agent.errors import InvalidInput, NotFound
-from agent.feedback import FeedbackStore, Preferences, RankedItem, RankingRecord
-from retrieval.store import ArticleStore
+from core.errors import InvalidInput, NotFound
+from core.llm import Backend, GenerateRequest
+from core.records import Preferences, RankedItem, RankingRecord
+from core.stores import ArticleStore, FeedbackStore
 
 CHAT = "chat.v1"
 CHAT_TOKENS = 48

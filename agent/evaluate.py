@@ -18,15 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from agent import explain, metrics
-from agent.backends.base import Backend
-from agent.errors import InvalidInput
-from agent.feedback import Event, Preferences
 from agent.profile import Profile, build_profile
 from agent.ranking import PROMPT_VERSION, relevance_requests
-from agent.scoring import BlendWeights, Signals, blend_rank, cosine_similarity
+from agent.scoring import BlendWeights, blend_rank, cosine_similarity
+from core.errors import InvalidInput
+from core.llm import Backend
+from core.records import Article, Event, Hit, Preferences, Signals
 from retrieval.embed import Embedder
 from retrieval.ingest import RowError, parse_time, read_mind_news
-from retrieval.store import Article, Hit
 
 METHODS = ("random", "popularity", "category", "embedding", "llm", "llm+adapter", "blend")
 LLM_METHODS = ("llm", "llm+adapter")

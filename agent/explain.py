@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent import prompts
-from agent.backends.base import Backend, GenerateRequest
 from agent.profile import HistoryItem, Profile
 from agent.scoring import cosine_similarity
-from retrieval.store import Article
+from core.llm import Backend, GenerateRequest
+from core.records import Article
 
 SYSTEM = "system.v1"
 EXPLAIN = "explain.v1"

@@ -14,8 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from agent.errors import MissingDependency, require
 from agent.settings import PACKAGED_LLM
+from core.errors import MissingDependency, require
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent import prompts
-from agent.feedback import Event, Preferences
 from agent.scoring import decay, weighted_mean
-from retrieval.store import Article, Hit
+from core.records import Article, Event, Hit, Preferences
 
 PROFILE_TEMPLATE = "profile.v1"
 SECONDS_PER_DAY = 86400.0

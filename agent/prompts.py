@@ -13,7 +13,7 @@ from importlib.resources import files
 import jinja2
 from jinja2 import meta
 
-from agent.errors import InvalidInput
+from core.errors import InvalidInput
 
 TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
     "system.v1": frozenset(),

@@ -10,16 +10,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from adapters.registry import AdapterRegistry
 from agent import explain, prompts
-from agent.backends.base import Backend, GenerateRequest, ScoreRequest
-from agent.errors import EmptyStore, InvalidInput, NotFound
-from agent.feedback import FeedbackStore, RankedItem, RankingRecord
 from agent.listwise import Permutation, listwise_rank, parse_permutation, rank_scores
 from agent.profile import Profile, build_profile
-from agent.scoring import Signals, blend_rank, cosine_similarity, freshness
+from agent.scoring import blend_rank, cosine_similarity, freshness
 from agent.settings import Settings
-from retrieval.store import Article, ArticleStore, Hit
+from core.errors import EmptyStore, InvalidInput, NotFound
+from core.llm import Backend, GenerateRequest, ScoreRequest
+from core.records import Article, Hit, RankedItem, RankingRecord, Signals
+from core.stores import AdapterResolver, ArticleStore, FeedbackStore
 
 SYSTEM = "system.v1"
 RELEVANCE = "relevance.v1"
@@ -65,6 +64,7 @@ class Feed:
     items: tuple[FeedItem, ...]
     profile_text: str
     timings: dict[str, float] = field(default_factory=dict)
+    adapter: str | None = None  # the adapter version that scored it (name@version), if any
 
 
 def candidate_text(article: Article, with_abstract: bool = False) -> str:
@@ -97,7 +97,7 @@ class Recommender:
         backend: Backend,
         settings: Settings,
         clock: Callable[[], float] = time.time,
-        adapters: AdapterRegistry | None = None,
+        adapters: AdapterResolver | None = None,
     ) -> None:
         self.articles = articles
         self.feedback = feedback
@@ -306,7 +306,9 @@ class Recommender:
         self.feedback.record_ranking(record)
         lap("record")
         timings["total"] = round(time.perf_counter() - started, 4)
-        return Feed(record.ranking_id, request.user_id, profile.cold_start, items, profile_text, timings)
+        return Feed(
+            record.ranking_id, request.user_id, profile.cold_start, items, profile_text, timings, record.adapter
+        )
 
 
 def _with_similarity(hit: Hit, query: np.ndarray) -> Hit:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.records import Signals
+
 
 @dataclass(frozen=True)
 class BlendWeights:
@@ -32,17 +34,6 @@ class BlendWeights:
     similarity: float = 0.336
     affinity: float = 0.2
     popularity: float = 0.15
-
-
-@dataclass(frozen=True)
-class Signals:
-    """The per-candidate numbers the blend reads, each in [0, 1]."""
-
-    relevance: float
-    freshness: float
-    similarity: float
-    affinity: float = 0.0
-    popularity: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agent.scoring import BlendWeights
+from retrieval import PACKAGED_EMBEDDER
 
 PACKAGED_LLM = "smollm2-135m"
-PACKAGED_EMBEDDER = "all-minilm-l6-v2"
 
 
 class Weights(BaseModel):
@@ -35,6 +35,11 @@ class Settings(BaseSettings):
 
     # storage
     data_dir: Path = Path("data")
+    # the feedback store: unset = SQLite at DATA_DIR/feedback.sqlite3; sqlite:///PATH; or
+    # postgresql://USER:PASSWORD@HOST:PORT/DB, shared by every instance
+    database_url: str | None = None
+    database_pool_size: int = Field(10, ge=1)  # connections per instance (PostgreSQL)
+    adapters_dir: Path | None = None  # adapter files; default DATA_DIR/adapters; a shared volume for many instances
     chroma_url: str | None = None  # e.g. http://chroma:8000; unset = embedded PersistentClient under data_dir
     collection: str = "articles"
 
@@ -48,6 +53,11 @@ class Settings(BaseSettings):
     threads: int | None = None  # torch CPU threads; None = torch's default
     micro_batching: bool = True  # concurrent requests share LLM calls (agent/backends/batching.py)
     batch_window_ms: float = Field(5.0, ge=0)  # how long a call waits for others to join it
+
+    # background jobs: a running job's instance reports every `job_heartbeat_seconds`; any instance marks a job
+    # interrupted after `job_silence_seconds` without a report (its runner is gone)
+    job_heartbeat_seconds: float = Field(5.0, gt=0)
+    job_silence_seconds: float = Field(60.0, gt=0)
 
     # API keys: a JSON list [{"name", "key", "scope": "admin"|"client", "users": [ids or patterns]}], or a file
     api_keys: str | None = None
@@ -84,7 +94,7 @@ class Settings(BaseSettings):
     history_titles: int = Field(5, ge=0)
     top_interests: int = Field(5, ge=1)
 
-    @field_validator("data_dir", "model_cache", "api_keys_file")
+    @field_validator("data_dir", "model_cache", "api_keys_file", "adapters_dir")
     @classmethod
     def _expand(cls, path: Path | None) -> Path | None:
         return path.expanduser() if path else path
@@ -118,9 +128,10 @@ class Settings(BaseSettings):
         return self.api_keys_file or self.data_dir / "api_keys.json"
 
     @property
-    def adapters_dir(self) -> Path:
-        return self.data_dir / "adapters"
+    def adapters_path(self) -> Path:
+        return self.adapters_dir or self.data_dir / "adapters"
 
     @property
-    def feedback_db(self) -> Path:
-        return self.data_dir / "feedback.sqlite3"
+    def store_url(self) -> str:
+        """The feedback store's URL: DATABASE_URL, or the embedded SQLite file under DATA_DIR."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'feedback.sqlite3'}"

@@ -25,11 +25,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from agent.backends.base import Backend, ScoreRequest
 from agent.models import offline
 from agent.ranking import relevance_requests
-from agent.service import Newsrank, make_backend
 from agent.settings import Settings
+from core.llm import Backend, ScoreRequest
+from serve.service import Newsrank, make_backend
 
 READERS = ("demo-sports", "demo-politics", "demo-tech")
 
@@ -52,7 +52,7 @@ def llm_server(settings: Settings, port: int) -> Iterator[None]:
     import httpx
 
     env = {**os.environ, "NEWSRANK_DATA_DIR": str(settings.data_dir), "NEWSRANK_MODEL_CACHE": str(settings.model_cache)}
-    command = [sys.executable, "-m", "agent.cli", "llm-serve", "--port", str(port)]
+    command = [sys.executable, "-m", "serve.cli", "llm-serve", "--port", str(port)]
     log = open(settings.data_dir / "vllm-serve.log", "w")  # noqa: SIM115 - closed below
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

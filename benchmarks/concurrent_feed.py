@@ -31,14 +31,14 @@ from typing import Any
 import httpx
 import uvicorn
 
-from agent.backends.base import Backend, GenerateRequest, Generation, ScoreRequest
 from agent.backends.batching import MicroBatcher
 from agent.backends.transformers import TransformersBackend
 from agent.models import offline
 from agent.ranking import FeedRequest
-from agent.service import DEMO_USERS, Newsrank
 from agent.settings import Settings
+from core.llm import Backend, GenerateRequest, Generation, ScoreRequest
 from serve.app import create_app
+from serve.service import DEMO_USERS, Newsrank
 
 
 def free_port() -> int:

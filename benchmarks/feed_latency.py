@@ -15,11 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.backends.base import ScoreRequest
 from agent.models import offline
 from agent.ranking import FeedRequest, relevance_requests
-from agent.service import Newsrank
 from agent.settings import Settings
+from core.llm import ScoreRequest
+from serve.service import Newsrank
 
 
 def median_seconds(fn, repeats: int) -> float:

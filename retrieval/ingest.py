@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.errors import InvalidInput
-from retrieval.store import Article, ArticleStore
+from core.errors import InvalidInput
+from core.records import Article
+from core.stores import ArticleStore
 
 MIND_NEWS_COLUMNS = (
     "id",

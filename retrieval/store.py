@@ -7,68 +7,40 @@ Times are stored as epoch seconds because Chroma metadata values must be str, in
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 
-from agent.errors import InvalidInput
+from core.errors import InvalidInput
+from core.records import Article, Hit
 from retrieval.embed import Embedder
 
 UPSERT_BATCH = 256
 
 
-@dataclass(frozen=True)
-class Article:
-    id: str
-    title: str
-    published_at: float  # epoch seconds, UTC
-    abstract: str = ""
-    category: str = ""
-    subcategory: str = ""
-    url: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.id.strip():
-            raise InvalidInput("an article needs an id")
-        if not self.title.strip():
-            raise InvalidInput(f"article {self.id!r} has no title")
-
-    @property
-    def text(self) -> str:
-        """What gets embedded and what the LLM reads about a candidate."""
-        return f"{self.title}. {self.abstract}".strip() if self.abstract else self.title
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "title": self.title,
-            "abstract": self.abstract,
-            "category": self.category,
-            "subcategory": self.subcategory,
-            "url": self.url,
-            "published_at": float(self.published_at),
-        }
-
-    @classmethod
-    def from_chroma(cls, article_id: str, meta: dict[str, Any]) -> Article:
-        return cls(
-            id=article_id,
-            title=str(meta.get("title", "")),
-            abstract=str(meta.get("abstract", "")),
-            category=str(meta.get("category", "")),
-            subcategory=str(meta.get("subcategory", "")),
-            url=str(meta.get("url", "")),
-            published_at=float(meta.get("published_at", 0.0)),
-        )
+def chroma_metadata(article: Article) -> dict[str, Any]:
+    return {
+        "title": article.title,
+        "abstract": article.abstract,
+        "category": article.category,
+        "subcategory": article.subcategory,
+        "url": article.url,
+        "published_at": float(article.published_at),
+    }
 
 
-@dataclass(frozen=True)
-class Hit:
-    article: Article
-    embedding: np.ndarray
-    similarity: float | None = None  # cosine to the query, when there was one
+def article_from_chroma(article_id: str, meta: dict[str, Any]) -> Article:
+    return Article(
+        id=article_id,
+        title=str(meta.get("title", "")),
+        abstract=str(meta.get("abstract", "")),
+        category=str(meta.get("category", "")),
+        subcategory=str(meta.get("subcategory", "")),
+        url=str(meta.get("url", "")),
+        published_at=float(meta.get("published_at", 0.0)),
+    )
 
 
 def chroma_client(chroma_dir: Path, url: str | None = None) -> Any:
@@ -107,7 +79,9 @@ def where_clause(
     return conditions[0] if len(conditions) == 1 else {"$and": conditions}
 
 
-class ArticleStore:
+class ChromaArticleStore:
+    """core.stores.ArticleStore on a Chroma collection."""
+
     def __init__(self, client: Any, embedder: Embedder, collection: str = "articles") -> None:
         self.embedder = embedder
         self.collection = client.get_or_create_collection(
@@ -127,7 +101,7 @@ class ArticleStore:
                 ids=[a.id for a in unique],
                 documents=[a.text for a in unique],
                 embeddings=self.embedder.encode([a.text for a in unique]),
-                metadatas=[a.metadata() for a in unique],
+                metadatas=[chroma_metadata(a) for a in unique],
             )
             written += len(unique)
             if progress is not None:
@@ -200,7 +174,7 @@ def _hits(ids, metadatas, embeddings, distances=None) -> dict[str, Hit]:
     embeddings = [] if embeddings is None else embeddings
     return {
         article_id: Hit(
-            article=Article.from_chroma(article_id, meta or {}),
+            article=article_from_chroma(article_id, meta or {}),
             embedding=np.asarray(embeddings[i], dtype=np.float32),
             similarity=None if distances is None else float(1.0 - distances[i]),
         )

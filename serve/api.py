@@ -11,9 +11,7 @@ from litestar import Controller, Request, delete, get, patch, post
 from litestar.response import Response, ServerSentEvent
 
 from agent import __version__
-from agent.errors import NotFound
-from agent.feedback import MIGRATIONS
-from agent.service import Newsrank
+from core.errors import NotFound
 from serve.auth import PUBLIC, ApiKey, admin_only
 from serve.metrics import Metrics
 from serve.schemas import (
@@ -34,6 +32,7 @@ from serve.schemas import (
     UserOut,
     WhyOut,
 )
+from serve.service import Newsrank
 
 Req = Request[ApiKey, str, object]
 log = logging.getLogger("newsrank.serve")
@@ -60,7 +59,7 @@ def readyz(newsrank: Newsrank) -> Response[dict[str, object]]:
     store's schema is current and there are articles to rank."""
     checks = {
         "articles": passes(lambda: newsrank.articles.count() > 0),
-        "feedback": passes(lambda: newsrank.feedback.schema_version == len(MIGRATIONS)),
+        "feedback": passes(newsrank.feedback.schema_current),
     }
     ready = all(checks.values())
     return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)

@@ -22,12 +22,12 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.template.config import TemplateConfig
 
 from agent import __version__
-from agent.errors import BackendError, Conflict, EmptyStore, InvalidInput, NewsrankError, NotFound
-from agent.service import Newsrank
 from agent.settings import Settings
+from core.errors import BackendError, Conflict, EmptyStore, InvalidInput, NewsrankError, NotFound
 from serve import api, web
 from serve.auth import ApiKeyMiddleware, KeyRing, NotAuthenticated, PermissionDenied
 from serve.metrics import Metrics, RequestMetrics
+from serve.service import Newsrank
 
 log = logging.getLogger("newsrank.serve")
 

@@ -25,8 +25,8 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from agent.errors import InvalidInput, NewsrankError
 from agent.settings import Settings
+from core.errors import InvalidInput, NewsrankError
 
 log = logging.getLogger("newsrank.serve")
 

@@ -7,13 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.registry import AdapterVersion
 from agent.chat import MAX_MESSAGE_CHARS, MAX_MESSAGES, Message, Reply
-from agent.feedback import EVENT_TYPES, Job
-from agent.jobs import log_tail
 from agent.profile import Profile
 from agent.ranking import MAX_K, Feed, FeedItem, FeedRequest
-from retrieval.store import Article
+from core.records import EVENT_TYPES, AdapterVersion, Article, Job
 
 UserId = Annotated[str, Field(min_length=1, max_length=200)]
 Label = Annotated[str, Field(min_length=1, max_length=60)]
@@ -101,6 +98,7 @@ class FeedOut(BaseModel):
     cold_start: bool
     items: list[FeedItemOut]
     timings: dict[str, float]
+    adapter: str | None = Field(None, description="the adapter version that scored the feed (NAME@VERSION)")
 
     @classmethod
     def of(cls, feed: Feed) -> FeedOut:
@@ -110,6 +108,7 @@ class FeedOut(BaseModel):
             cold_start=feed.cold_start,
             items=[FeedItemOut.of(i) for i in feed.items],
             timings=feed.timings,
+            adapter=feed.adapter,
         )
 
 
@@ -276,7 +275,10 @@ class JobOut(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     exit_code: int | None
-    log_tail: str
+    log_tail: str = Field(description="the end of the job's output, where the result or the error is")
+    instance: str = Field(description="the service process that runs the job (host:pid)")
+    pid: int | None = Field(description="the job's own process on that instance's machine")
+    heartbeat_at: datetime | None = Field(description="when its instance last reported on it")
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
@@ -285,5 +287,6 @@ class JobOut(BaseModel):
 
         return cls(
             job_id=job.job_id, kind=job.kind, args=job.args, status=job.status, created_at=when(job.created_at),
-            finished_at=when(job.finished_at), exit_code=job.exit_code, log_tail=log_tail(job),
+            finished_at=when(job.finished_at), exit_code=job.exit_code, log_tail=job.log_tail,
+            instance=job.instance, pid=job.pid, heartbeat_at=when(job.heartbeat_at),
         )  # fmt: skip

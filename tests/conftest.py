@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,10 +18,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from agent.feedback import FeedbackStore
+
 from agent.settings import Settings
+from core.records import Article
 from retrieval.embed import Embedder
-from retrieval.store import Article, ArticleStore, chroma_client
+from retrieval.store import ChromaArticleStore, chroma_client
+from store.sqlite import SqliteFeedbackStore
 
 NOW = 1_767_000_000.0  # a fixed clock for everything time-dependent
 HOUR = 3600.0
@@ -78,6 +84,27 @@ def wait_until_up(url: str, process: subprocess.Popen, seconds: float) -> None:
     pytest.fail(f"{url} did not answer within {seconds} s")
 
 
+@contextlib.contextmanager
+def chroma_server(folder: Path) -> Iterator[str]:
+    """A real Chroma server (`chroma run`) on a free loopback port; yields its URL."""
+    command = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+    if not Path(command).exists():
+        pytest.skip("the chroma command is not installed")
+    port = free_port()
+    server = subprocess.Popen(
+        [command, "run", "--path", str(folder), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{url}/api/v2/heartbeat", server, 60)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def random_lora(folder: Path, seed: int) -> Path:
     """A real PEFT adapter for the packaged model with random (non-zero) weights, so it changes scores."""
     import torch
@@ -100,22 +127,37 @@ def embedder() -> Embedder:
 
 
 @pytest.fixture
-def article_store(embedder: Embedder, tmp_path: Path) -> ArticleStore:
+def article_store(embedder: Embedder, tmp_path: Path) -> ChromaArticleStore:
     # a unique collection name: clients in one process share state
-    return ArticleStore(chroma_client(tmp_path / "chroma"), embedder, f"articles-{uuid.uuid4().hex[:8]}")
+    return ChromaArticleStore(chroma_client(tmp_path / "chroma"), embedder, f"articles-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
-def corpus_store(article_store: ArticleStore) -> ArticleStore:
+def corpus_store(article_store: ChromaArticleStore) -> ChromaArticleStore:
     article_store.upsert(CORPUS)
     return article_store
 
 
 @pytest.fixture
-def feedback(tmp_path: Path) -> FeedbackStore:
-    store = FeedbackStore(tmp_path / "feedback.sqlite3")
+def feedback(tmp_path: Path) -> SqliteFeedbackStore:
+    store = SqliteFeedbackStore(tmp_path / "feedback.sqlite3")
     yield store
     store.close()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server of our own: initdb and pg_ctl in a temporary directory, on a free loopback port
+    (as the `postgres` user when the tests run as root: initdb refuses root). Yields a function that creates
+    a fresh database and returns its URL. `make test` installs PostgreSQL when it is missing."""
+    from store.throwaway import NoPostgres, ThrowawayPostgres
+
+    try:
+        server = ThrowawayPostgres()
+    except NoPostgres as exc:
+        pytest.skip(str(exc))
+    yield server.new_database
+    server.stop()
 
 
 @pytest.fixture
@@ -149,7 +191,7 @@ SPORTS_TITLES = [
 
 def sports_requests(backend, adapter: str | None = None, titles=SPORTS_TITLES) -> list:
     """The question as a shared prefix and one title per suffix, in the backend's chat template."""
-    from agent.backends.base import ScoreRequest
+    from core.llm import ScoreRequest
 
     prefix, tail = backend.chat_prompt("You pick news articles for one reader.", SPORTS_QUESTION + "\x00").split("\x00")
     return [ScoreRequest(prefix, title + tail, adapter) for title in titles]

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from adapters import export, gate, train
-from adapters.registry import AdapterRegistry, parse_reference, registered_id
+from adapters.registry import AdapterRegistry, parse_reference
 from agent import evaluate
 from agent.backends.fake import FakeBackend
-from agent.errors import InvalidInput, NotFound
-from agent.feedback import Event
 from agent.ranking import FeedRequest, relevance_requests
-from agent.service import Newsrank
+from core.errors import InvalidInput, NotFound
+from core.records import Event, registered_id
+from serve.service import Newsrank
+from store.sqlite import SqliteFeedbackStore
 from tests.conftest import NOW, random_lora
 
 MIND = Path(__file__).parent / "fixtures" / "mind"
@@ -29,7 +30,7 @@ def fake_adapter(folder: Path) -> Path:
 
 
 def test_registry_versions_ids_activation_and_rollback(tmp_path):
-    registry = AdapterRegistry(tmp_path / "adapters")
+    registry = AdapterRegistry(tmp_path / "adapters", SqliteFeedbackStore(tmp_path / "feedback.sqlite3"))
     v1 = registry.publish("clicks", fake_adapter(tmp_path / "a"))
     v2 = registry.publish("clicks", fake_adapter(tmp_path / "b"))
     other = registry.publish("sports", fake_adapter(tmp_path / "c"), activate=False)
@@ -43,7 +44,7 @@ def test_registry_versions_ids_activation_and_rollback(tmp_path):
     with pytest.raises(NotFound):
         registry.rollback("clicks")  # nothing earlier
     # ids stay put across reopening and later versions
-    reopened = AdapterRegistry(tmp_path / "adapters")
+    reopened = AdapterRegistry(tmp_path / "adapters", SqliteFeedbackStore(tmp_path / "feedback.sqlite3"))
     assert {v.key: v.id for v in reopened.versions()} == {"clicks@1": 1, "clicks@2": 2, "sports@1": 3}
     assert reopened.publish("clicks", fake_adapter(tmp_path / "d")).id == 4
     # what a backend reads from a version folder alone (vLLM's LoRA int ids)
@@ -51,8 +52,8 @@ def test_registry_versions_ids_activation_and_rollback(tmp_path):
     assert registered_id(tmp_path / "a") is None and registered_id(tmp_path / "adapters" / "clicks" / "v9") is None
 
 
-def test_registry_rejects_bad_input(tmp_path):
-    registry = AdapterRegistry(tmp_path)
+def test_registry_rejects_bad_input(tmp_path, feedback):
+    registry = AdapterRegistry(tmp_path, feedback)
     for bad in ("Bad Name", "x@y", "../up"):
         with pytest.raises(InvalidInput):
             parse_reference(bad)
@@ -61,6 +62,25 @@ def test_registry_rejects_bad_input(tmp_path):
     with pytest.raises(NotFound):
         registry.resolve("nothing")
     assert parse_reference("clicks@12") == ("clicks", 12)
+
+
+def test_a_registry_json_of_an_older_newsrank_moves_into_the_store(tmp_path, feedback):
+    root = tmp_path / "adapters"
+    for key in ("clicks@1", "sports@1", "clicks@2"):
+        fake_adapter(root / key.split("@")[0] / f"v{key[-1]}")
+    index = {
+        "names": {"clicks": {"versions": [1, 2], "active": 1, "history": [1, 2, 1]},
+                  "sports": {"versions": [1], "active": None, "history": []}},
+        "ids": {"clicks@1": 1, "sports@1": 2, "clicks@2": 3},
+    }  # fmt: skip
+    (root / "registry.json").write_text(json.dumps(index))
+    registry = AdapterRegistry(root, feedback)
+    assert [(v.key, v.id, v.active) for v in registry.versions()] == [
+        ("clicks@1", 1, True), ("clicks@2", 3, False), ("sports@1", 2, False)
+    ]  # fmt: skip
+    assert registered_id(root / "clicks" / "v2") == 3 and not (root / "registry.json").exists()
+    assert registry.rollback("clicks").key == "clicks@2"  # the activation history came along
+    assert registry.publish("sports", fake_adapter(tmp_path / "new")).id == 4
 
 
 def test_negative_sampling_and_the_split_are_deterministic():
@@ -158,7 +178,7 @@ def llm_embedder():
 
 
 def test_a_newly_activated_adapter_is_served_without_restart(corpus_store, feedback, settings, llm, tmp_path):
-    registry = AdapterRegistry(tmp_path / "adapters")
+    registry = AdapterRegistry(tmp_path / "adapters", feedback)
     service = Newsrank(settings, corpus_store, feedback, llm, clock=lambda: NOW, adapters=registry)
     feedback.add_events([Event("fan", a, "click", NOW - 3600) for a in ("s1", "s2")])
     by_default = settings.model_copy(update={"adapter": "clicks"})  # NEWSRANK_ADAPTER=clicks
@@ -191,7 +211,7 @@ def test_train_publish_serve_round_trip_from_the_command_line(tmp_path):
 
     def run(*args):
         return subprocess.run(
-            [sys.executable, "-m", "agent.cli", *args], env=env, capture_output=True, text=True, timeout=900
+            [sys.executable, "-m", "serve.cli", *args], env=env, capture_output=True, text=True, timeout=900
         )
 
     trained = run("train", "--name", "clicks", "--mind-news", str(MIND / "news.tsv"), "--mind-behaviors",

@@ -8,9 +8,9 @@ from litestar.testing import TestClient
 
 from agent.backends.batching import MicroBatcher
 from agent.backends.metered import MeteredBackend
-from agent.feedback import Event
-from agent.service import Newsrank
+from core.records import Event
 from serve.app import create_app
+from serve.service import Newsrank
 from tests.conftest import CORPUS, NOW, random_lora
 
 ADMIN = "admin-key-0123456789abcdef"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.backends.base import GenerateRequest
-from agent.errors import NotFound
+from core.errors import NotFound
+from core.llm import GenerateRequest
 from tests.conftest import (
     MODEL_CACHE,
     SPORTS_QUESTION,
@@ -72,7 +72,7 @@ def openai_backend(tmp_path: Path):
         "VLLM_CPU_KVCACHE_SPACE": "1",
     }
     log = (tmp_path / "vllm-serve.log").open("w")
-    command = [sys.executable, "-m", "agent.cli", "llm-serve", "--port", str(port)]
+    command = [sys.executable, "-m", "serve.cli", "llm-serve", "--port", str(port)]
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         try:

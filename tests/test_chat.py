@@ -3,8 +3,8 @@
 import pytest
 
 from agent.chat import Message, check_messages, intent_of, main_reasons, pick_item, record_answer, valid_reply
-from agent.errors import InvalidInput, NotFound
-from agent.feedback import RankedItem, RankingRecord
+from core.errors import InvalidInput, NotFound
+from core.records import RankedItem, RankingRecord
 
 WEIGHTS = {
     "relevance": 0.1,

@@ -17,7 +17,7 @@ def run(tmp_path):
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "agent.cli", *args], env=env, capture_output=True, text=True, timeout=600
+            [sys.executable, "-m", "serve.cli", *args], env=env, capture_output=True, text=True, timeout=600
         )
 
     return run

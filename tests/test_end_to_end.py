@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from agent.feedback import Event
 from agent.ranking import FeedRequest, Recommender
-from agent.service import Newsrank
+from core.records import Event
+from serve.service import Newsrank
 from tests.conftest import NOW
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from agent import evaluate
 from agent.backends.fake import FakeBackend
-from agent.errors import InvalidInput
 from agent.scoring import BlendWeights
+from core.errors import InvalidInput
 
 MIND = Path(__file__).parent / "fixtures" / "mind"
 
@@ -132,7 +132,7 @@ def test_fitted_weights_fill_the_budget(corpus, impressions, tmp_path):
 def test_the_eval_command_end_to_end_on_the_real_llm(tmp_path):
     env = {**os.environ, "NEWSRANK_DATA_DIR": str(tmp_path / "data")}
     args = [
-        sys.executable, "-m", "agent.cli", "eval", "--news", str(MIND / "news.tsv"),
+        sys.executable, "-m", "serve.cli", "eval", "--news", str(MIND / "news.tsv"),
         "--behaviors", str(MIND / "behaviors.tsv"), "--method", "blend,random,popularity,category,embedding,llm",
         "--explain", "1", "--predictions", str(tmp_path / "out" / "pred.txt"), "--report", str(tmp_path / "out" / "r.md"),
     ]  # fmt: skip

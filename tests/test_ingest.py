@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import InvalidInput
+from core.errors import InvalidInput
 from retrieval.ingest import RowError, ingest_file, parse_time, read_articles, read_mind_news
-from retrieval.store import ArticleStore
+from retrieval.store import ChromaArticleStore as ArticleStore
 from tests.conftest import NOW, SHARED_DATA
 
 FIXTURES = Path(__file__).parent / "fixtures"

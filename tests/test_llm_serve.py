@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 
 from adapters.registry import AdapterRegistry
+from store.sqlite import SqliteFeedbackStore
 from tests.conftest import MODEL_CACHE
 
 
 def test_the_command_serves_the_model_and_the_active_adapters(tmp_path):
-    registry = AdapterRegistry(tmp_path / "data" / "adapters")
+    registry = AdapterRegistry(
+        tmp_path / "data" / "adapters", SqliteFeedbackStore(tmp_path / "data" / "feedback.sqlite3")
+    )
     for name in ("clicks", "clicks", "sports"):
         folder = tmp_path / f"src-{name}"
         folder.mkdir(exist_ok=True)
@@ -20,7 +23,7 @@ def test_the_command_serves_the_model_and_the_active_adapters(tmp_path):
         registry.publish(name, folder)
     env = {**os.environ, "NEWSRANK_DATA_DIR": str(tmp_path / "data"), "NEWSRANK_MODEL_CACHE": str(MODEL_CACHE)}
     out = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "llm-serve", "--port", "8123", "--print", "--", "--max-num-seqs", "8"],
+        [sys.executable, "-m", "serve.cli", "llm-serve", "--port", "8123", "--print", "--", "--max-num-seqs", "8"],
         env=env, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
     ).stdout  # fmt: skip
     words = shlex.split(out)

@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from agent.backends.base import GenerateRequest, ScoreRequest
 from agent.backends.openai import DOWN_SECONDS, OpenAIBackend
-from agent.errors import BackendError, NotFound
 from agent.scoring import yes_probability
+from core.errors import BackendError, NotFound
+from core.llm import GenerateRequest, ScoreRequest
 from tests.conftest import MODEL_CACHE, free_port
 
 YES_LOGPROB, NO_LOGPROB = -0.4, -1.9
@@ -187,8 +187,8 @@ def test_adapters_are_loaded_on_each_replica_at_first_use(replicas, tmp_path):
 
 
 def test_replicas_come_from_the_settings(monkeypatch, tmp_path):
-    from agent.service import make_backend
     from agent.settings import Settings
+    from serve.service import make_backend
 
     monkeypatch.setenv("NEWSRANK_BACKEND", "openai")
     monkeypatch.setenv("NEWSRANK_OPENAI_URLS", "http://llm-1:8001/, http://llm-2:8001")

@@ -4,7 +4,7 @@ import jinja2
 import pytest
 
 from agent import prompts
-from agent.errors import InvalidInput
+from core.errors import InvalidInput
 
 
 def test_every_template_file_is_pinned_and_matches_its_variables():

@@ -5,10 +5,10 @@ import math
 import pytest
 
 from agent.backends.fake import FakeBackend
-from agent.errors import EmptyStore, InvalidInput, NotFound
-from agent.feedback import Event, Preferences
 from agent.ranking import FeedRequest, Recommender, relevance_requests
-from retrieval.store import ArticleStore, chroma_client
+from core.errors import EmptyStore, InvalidInput, NotFound
+from core.records import Event, Preferences
+from retrieval.store import ChromaArticleStore, chroma_client
 from tests.conftest import NOW
 
 
@@ -89,7 +89,7 @@ def test_an_empty_recency_window_widens_instead_of_returning_nothing(corpus_stor
 
 
 def test_bad_requests(recommender, feedback, settings, embedder, tmp_path):
-    empty = ArticleStore(chroma_client(tmp_path / "empty"), embedder, "empty")
+    empty = ChromaArticleStore(chroma_client(tmp_path / "empty"), embedder, "empty")
     with pytest.raises(InvalidInput):
         FeedRequest("u", k=0)
     with pytest.raises(InvalidInput):

@@ -21,7 +21,7 @@ def server(tmp_path_factory):
     port = free_port()
     env = {**os.environ, "NEWSRANK_DATA_DIR": str(data)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "serve.cli", "serve", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

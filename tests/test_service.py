@@ -3,16 +3,16 @@ import json
 import pytest
 
 from agent.backends.fake import FakeBackend
-from agent.errors import InvalidInput, NotFound
 from agent.ranking import FeedRequest
-from agent.service import DEMO_USERS, Newsrank
-from retrieval.store import ArticleStore, chroma_client
+from core.errors import InvalidInput, NotFound
+from retrieval.store import ChromaArticleStore, chroma_client
+from serve.service import DEMO_USERS, Newsrank
 from tests.conftest import NOW
 
 
 @pytest.fixture
 def service(settings, embedder, feedback, tmp_path):
-    articles = ArticleStore(chroma_client(tmp_path / "chroma"), embedder, "demo")
+    articles = ChromaArticleStore(chroma_client(tmp_path / "chroma"), embedder, "demo")
     return Newsrank(settings, articles, feedback, FakeBackend(), clock=lambda: NOW)
 
 

@@ -1,7 +1,9 @@
 import pytest
 
-from agent.errors import InvalidInput
-from retrieval.store import Article, ArticleStore, chroma_client, where_clause
+from core.errors import InvalidInput
+from core.records import Article
+from retrieval.store import ChromaArticleStore as ArticleStore
+from retrieval.store import chroma_client, where_clause
 from tests.conftest import CORPUS, HOUR, NOW, article
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from agent.backends.base import GenerateRequest
-from agent.errors import NotFound
+from core.errors import NotFound
+from core.llm import GenerateRequest
 from tests.conftest import random_lora, sports_requests
 
 

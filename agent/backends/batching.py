@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from agent.backends.base import Backend, GenerateRequest, Generation, ScoreRequest
-from agent.errors import BackendError
+from core.errors import BackendError
+from core.llm import Backend, GenerateRequest, Generation, ScoreRequest
 
 R = TypeVar("R")
 T = TypeVar("T")

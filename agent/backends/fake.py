@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from agent.backends.base import GenerateRequest, Generation, ScoreRequest
-from agent.errors import NotFound
 from agent.scoring import sigmoid
+from core.errors import NotFound
+from core.llm import GenerateRequest, Generation, ScoreRequest
 
 WORD = re.compile(r"[a-z]{4,}")
 

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from agent.backends.base import Backend, GenerateRequest, Generation, ScoreRequest
+from core.llm import Backend, GenerateRequest, Generation, ScoreRequest
 
 
 class MeteredBackend:

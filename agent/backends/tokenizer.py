@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.backends.transformers import answer_token_ids
-from agent.errors import require
 from agent.models import offline, resolve_llm
+from core.errors import require
 
 
 class ModelTokenizer:

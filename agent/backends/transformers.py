@@ -13,9 +13,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.backends.base import ANSWER_NO, ANSWER_YES, GenerateRequest, Generation, ScoreRequest
-from agent.errors import NotFound, require
 from agent.models import offline, resolve_llm
+from core.errors import NotFound, require
+from core.llm import ANSWER_NO, ANSWER_YES, GenerateRequest, Generation, ScoreRequest
 
 
 def answer_margins(

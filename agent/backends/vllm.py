@@ -19,12 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapters.registry import AdapterVersion, registered_id
-from agent.backends.base import GenerateRequest, Generation, ScoreRequest
 from agent.backends.tokenizer import ModelTokenizer
-from agent.errors import NotFound, require
 from agent.models import offline
 from agent.scoring import yes_probability_from_top
+from core.errors import NotFound, require
+from core.llm import GenerateRequest, Generation, ScoreRequest
+from core.records import AdapterVersion, registered_id
 
 if TYPE_CHECKING:
     from agent.settings import Settings

@@ -37,3 +37,7 @@ def require(module: str, install_hint: str):
 
 class Conflict(NewsrankError):
     """The request clashes with the current state (a training job is already running)."""
+
+
+class StoreUnavailable(NewsrankError):
+    """A store (the database, the Chroma server) did not answer; try again later."""

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.errors import BackendError, EmptyStore, InvalidInput, NewsrankError, NotFound
+from core.errors import BackendError, EmptyStore, InvalidInput, NewsrankError, NotFound
 
 EXIT_CODES: dict[type[NewsrankError], int] = {InvalidInput: 2, NotFound: 3, EmptyStore: 4, BackendError: 5}
 
@@ -19,9 +19,17 @@ def _service():
     from agent.models import offline
 
     offline()
-    from agent.service import Newsrank
+    from serve.service import Newsrank
 
     return Newsrank.from_settings()
+
+
+def _registry(settings):
+    """The adapter registry alone, without the embedder and the LLM (for commands that only need it)."""
+    from adapters.registry import AdapterRegistry
+    from store import open_store
+
+    return AdapterRegistry(settings.adapters_path, open_store(settings.store_url))
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -76,9 +84,9 @@ def cmd_why(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from agent import evaluate
     from agent.models import offline
-    from agent.service import make_backend
     from agent.settings import Settings
     from retrieval.embed import Embedder
+    from serve.service import make_backend
 
     offline()
     settings = Settings()
@@ -100,9 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if Path(args.adapter).is_dir():
             adapter, folder = Path(args.adapter).name, Path(args.adapter)
         else:
-            from adapters.registry import AdapterRegistry
-
-            version = AdapterRegistry(settings.adapters_dir).resolve(args.adapter)
+            version = _registry(settings).resolve(args.adapter)
             adapter, folder = version.key, version.path
         backend.load_adapter(adapter, str(folder))
     evaluator = evaluate.Evaluator(
@@ -209,10 +215,9 @@ def _since(value: str | None, registry, name: str) -> float:
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:
-    from adapters.registry import AdapterRegistry
     from agent.settings import Settings
 
-    registry = AdapterRegistry(Settings().adapters_dir)
+    registry = _registry(Settings())
     if args.action == "list":
         versions = registry.versions()
         if not versions:
@@ -229,6 +234,34 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from agent.settings import Settings
+    from store import TABLES, copy_store, open_store, redact
+
+    settings = Settings()
+    source = open_store(settings.store_url)  # opening applies any migration not applied yet
+    if args.action == "status":
+        print(f"{redact(source.url)}: schema version {source.schema_version} of {len(source.MIGRATIONS)}")
+        for table in TABLES:
+            print(f"  {table:<18} {source.count_rows(table):>10} rows")
+        return 0
+    if args.action == "migrate":
+        print(f"{redact(source.url)} is at schema version {source.schema_version}")
+        return 0
+    if not args.url:
+        raise InvalidInput("db migrate-to needs the URL of the new store, e.g. postgresql://USER@HOST:5432/newsrank")
+    from tqdm import tqdm
+
+    target = open_store(args.url)
+    total = sum(source.count_rows(t) for t in TABLES)
+    with tqdm(total=total, desc="copying", unit=" rows") as bar:
+        copied = copy_store(source, target, progress=bar)
+    print(f"copied {sum(copied.values())} rows into {redact(target.url)}: " + ", ".join(
+        f"{n} {table}" for table, n in copied.items()))  # fmt: skip
+    print(f"now serve with NEWSRANK_DATABASE_URL={redact(target.url)}; {redact(source.url)} is left as it was")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -241,7 +274,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings()
     app = create_app(settings=settings, seed_demo=not args.no_demo)  # creates the admin key on first start
     base = f"http://{args.host}:{args.port}"
+    from store import redact
+
     print(f"newsrank: data in {settings.data_dir.resolve()}, LLM {settings.llm} on {settings.backend}")
+    print(f"newsrank: feedback store {redact(settings.store_url)}")
     print(f"newsrank: API docs at {base}/schema; API keys in {settings.api_keys_path.resolve()}")
     admin = next((k for k in KeyRing.from_settings(settings).keys if k.admin), None)
     if admin is not None and args.host in ("127.0.0.1", "localhost"):
@@ -258,14 +294,13 @@ def cmd_llm_serve(args: argparse.Namespace) -> int:
     import os
     import shlex
 
-    from adapters.registry import AdapterRegistry
     from agent.backends.vllm import serve_command
     from agent.models import offline
     from agent.settings import Settings
 
     offline()
     settings = Settings()
-    active = [v for v in AdapterRegistry(settings.adapters_dir).versions() if v.active]
+    active = [v for v in _registry(settings).versions() if v.active]
     command, env = serve_command(settings, active, args.host, args.port)
     command += args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args
     if args.print:
@@ -347,6 +382,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "activate", "rollback"])
     p.add_argument("reference", nargs="?", help="NAME or NAME@VERSION")
     p.set_defaults(run=cmd_adapters)
+
+    p = commands.add_parser("db", help="the feedback store: status, migrate, or copy it into a new database")
+    p.add_argument("action", choices=["status", "migrate", "migrate-to"])
+    p.add_argument("url", nargs="?", help="migrate-to: the new store, postgresql://USER:PASSWORD@HOST:PORT/DB")
+    p.set_defaults(run=cmd_db)
 
     p = commands.add_parser("serve", help="start the HTTP service (loads the demo data into an empty store)")
     p.add_argument("--host", default="127.0.0.1")

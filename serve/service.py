@@ -15,19 +15,21 @@ from typing import Any
 from adapters import export
 from adapters.registry import AdapterRegistry
 from agent import prompts
-from agent.backends.base import Backend
 from agent.backends.batching import MicroBatcher
 from agent.backends.metered import MeteredBackend
 from agent.chat import Chat, pick_item
-from agent.errors import InvalidInput, NotFound
-from agent.feedback import Event, FeedbackStore, Preferences
-from agent.jobs import TrainingJobs
 from agent.profile import Profile
 from agent.ranking import Feed, FeedRequest, Recommender
 from agent.settings import Settings
+from core.errors import InvalidInput, NotFound
+from core.llm import Backend
+from core.records import Event, Preferences
+from core.stores import ArticleStore, FeedbackStore
 from retrieval.embed import Embedder
 from retrieval.ingest import MAX_EXAMPLES, IngestReport, RowError, article_from_dict, ingest_file, parse_time
-from retrieval.store import ArticleStore, chroma_client
+from retrieval.store import ChromaArticleStore, chroma_client
+from serve.jobs import TrainingJobs
+from store import open_store
 
 DEMO_USERS = ("demo-sports", "demo-politics", "demo-tech", "demo-new")
 
@@ -131,7 +133,7 @@ class Newsrank:
         self.feedback = feedback
         self.backend = backend
         self.clock = clock
-        self.adapters = adapters or AdapterRegistry(settings.adapters_dir)
+        self.adapters = adapters or AdapterRegistry(settings.adapters_path, feedback, clock)
         self.recommender = Recommender(articles, feedback, backend, settings, clock, self.adapters)
         self.chat = Chat(feedback, articles, backend, clock)
         self.jobs = TrainingJobs(feedback, settings, clock)
@@ -140,8 +142,9 @@ class Newsrank:
     def from_settings(cls, settings: Settings | None = None, backend: Backend | None = None) -> Newsrank:
         settings = settings or Settings()
         embedder = Embedder(settings.embedder)
-        articles = ArticleStore(chroma_client(settings.chroma_dir, settings.chroma_url), embedder, settings.collection)
-        feedback = FeedbackStore(settings.feedback_db)
+        chroma = chroma_client(settings.chroma_dir, settings.chroma_url)
+        articles = ChromaArticleStore(chroma, embedder, settings.collection)
+        feedback = open_store(settings.store_url, pool_size=settings.database_pool_size)
         return cls(settings, articles, feedback, backend or make_backend(settings))
 
     # -- articles -----------------------------------------------------------------------------------------

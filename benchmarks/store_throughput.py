@@ -1,0 +1,103 @@
+"""The feedback store on SQLite and on PostgreSQL, side by side: events acknowledged per second and warm feeds.
+
+    .venv/bin/python benchmarks/store_throughput.py [--writers 8] [--events 4000] [--feeds 5]
+
+Starts a throwaway PostgreSQL server (Debian's postgresql package) and an embedded SQLite file. Events: each of
+`--writers` threads stores batches of 1 and of 100 events through the store, and a batch counts once
+`add_events` returned (committed: what the API acknowledges). Feeds: the demo corpus in one embedded Chroma
+store, the same reader's feed (the real packaged LLM, no explanations) made `--feeds` times on each store after
+a warm-up; the store's share is the profile and record phases. Ratios compare runs in this one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from agent.models import offline
+from agent.ranking import FeedRequest
+from agent.settings import Settings
+from core.records import Event
+from serve.service import Newsrank, make_backend
+from store import open_store
+from store.throwaway import ThrowawayPostgres
+
+
+def events_per_second(url: str, writers: int, batch: int, events: int) -> float:
+    store = open_store(url, pool_size=writers)
+    per_writer = max(1, events // (writers * batch))
+
+    def write(writer: int) -> None:
+        for n in range(per_writer):
+            store.add_events(
+                [Event(f"bench-{writer}", f"a{n}-{i}", "impression", 1_767_000_000.0 + n) for i in range(batch)]
+            )
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    store.close()
+    return writers * per_writer * batch / seconds
+
+
+def feed_latency(settings: Settings, backend, feeds: int) -> tuple[float, float]:
+    """Median seconds of a warm feed, and of its store phases (profile + record)."""
+    service = Newsrank.from_settings(settings, backend=backend)
+    if not service.feedback.known_user("demo-sports"):  # a new store: the demo readers (and the corpus, again)
+        service.seed_demo(show_progress=False)
+    request = FeedRequest("demo-sports", k=10, explain=False)
+    service.recommend(request)  # warm: prefix caches, connections, Chroma's index
+    totals, store_parts = [], []
+    for _ in range(feeds):
+        timings = service.recommend(request).timings
+        totals.append(timings["total"])
+        store_parts.append(timings["profile"] + timings["record"])
+    service.feedback.close()
+    return statistics.median(totals), statistics.median(store_parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--writers", type=int, default=8)
+    parser.add_argument("--events", type=int, default=4000, help="events per run (batches of 1: a tenth)")
+    parser.add_argument("--feeds", type=int, default=5)
+    args = parser.parse_args()
+    offline()
+    server = ThrowawayPostgres()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            stores = {
+                "SQLite": lambda name: f"sqlite:///{Path(tmp) / name}.sqlite3",
+                "PostgreSQL": lambda _: server.new_database(),
+            }
+            print(f"events acknowledged per second, {args.writers} concurrent writers")
+            print("| batch | SQLite | PostgreSQL | PostgreSQL / SQLite |\n|---:|---:|---:|---:|")
+            for batch, events in ((1, args.events // 10), (100, args.events * 10)):
+                rates = {name: events_per_second(url(f"events-{batch}"), args.writers, batch, events)
+                         for name, url in stores.items()}  # fmt: skip
+                print(f"| {batch} | {rates['SQLite']:,.0f} | {rates['PostgreSQL']:,.0f} | "
+                      f"{rates['PostgreSQL'] / rates['SQLite']:.2f}x |")  # fmt: skip
+
+            base = Settings(data_dir=Path(tmp) / "data", candidates=20)
+            backend = make_backend(base)
+            backend.warm()
+            print(f"\nwarm feed, demo-sports, {base.candidates} candidates, k = 10, median of {args.feeds}")
+            print("| store | feed (s) | store phases (s) |\n|---|---:|---:|")
+            for name, url in stores.items():
+                total, store_part = feed_latency(base.model_copy(update={"database_url": url("feeds")}), backend,
+                                                 args.feeds)  # fmt: skip
+                print(f"| {name} | {total:.3f} | {store_part:.4f} |")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

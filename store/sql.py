@@ -1,0 +1,412 @@
+"""The feedback store on SQL, written once for every dialect.
+
+Readers' events and preferences, ranking records, background jobs and the adapter registry's state. The SQL
+text is shared (`?` placeholders); a dialect (store/sqlite.py, store/postgres.py) supplies connections, its
+migrations and how it holds times and JSON. Values cross into and out of the database through one codec keyed
+by column name, so a method never converts a timestamp or a JSON list by hand.
+
+Durability: every write runs in one transaction that has committed when the method returns, so an API that
+acknowledges after `add_events` never loses an acknowledged event.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from core.errors import Conflict, InvalidInput, NotFound
+from core.records import AdapterVersion, Event, Job, Preferences, RankedItem, RankingRecord
+
+TIME_COLUMNS = frozenset({"ts", "updated_at", "created_at", "finished_at", "heartbeat_at"})
+JSON_COLUMNS = frozenset({"interests", "mutes", "weights", "grounded_in", "args", "history"})
+BOOL_COLUMNS = frozenset({"cold_start"})
+# every table, parents before children: the order to copy a store in (`newsrank db migrate-to`)
+TABLES = ("users", "events", "rankings", "ranking_items", "jobs", "adapters", "adapter_versions")
+ITEM_COLUMNS = ("ranking_id", *(f.name for f in fields(RankedItem)))
+EVENT_COLUMNS = ("user_id", "article_id", "type", "ts", "dwell_seconds", "ranking_id")
+
+
+class Tx:
+    """One open transaction: SQL in, rows out as dicts of plain Python values."""
+
+    def __init__(self, store: SqlFeedbackStore, connection: Any) -> None:
+        self.store = store
+        self.connection = connection
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.connection.execute(self.store.placeholders(sql), tuple(params))
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return [self.store.decode(row) for row in self.execute(sql, params).fetchall()]
+
+    def row(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        row = self.execute(sql, params).fetchone()
+        return None if row is None else self.store.decode(row)
+
+    def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert rows (dicts with the same keys), each value encoded by its column's name."""
+        if not rows:
+            return
+        columns = list(rows[0])
+        sql = f"INSERT INTO {table}({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        values = [tuple(self.store.encode(c, row[c]) for c in columns) for row in rows]
+        cursor = self.connection.cursor()
+        try:
+            cursor.executemany(self.store.placeholders(sql), values)
+        finally:
+            cursor.close()
+
+
+class SqlFeedbackStore(ABC):
+    """The feedback store (core.stores.FeedbackStore) over a SQL database; a dialect fills in the rest."""
+
+    url: str
+    MIGRATIONS: Sequence[str]
+
+    # -- what a dialect provides --------------------------------------------------------------------------
+    @abstractmethod
+    def transaction(self, lock: str | None = None) -> AbstractContextManager[Tx]:
+        """A transaction that commits on leaving and rolls back on an error. `lock` names a lock held until
+        the end of the transaction, across every process that shares the database (`migrations`, `jobs`,
+        `adapters`): what is read under it cannot change before the transaction's own write commits."""
+
+    @abstractmethod
+    def _read_version(self, tx: Tx) -> int: ...
+
+    @abstractmethod
+    def _write_version(self, tx: Tx, version: int) -> None: ...
+
+    @abstractmethod
+    def encode_time(self, epoch: float) -> Any: ...
+
+    @abstractmethod
+    def decode_time(self, value: Any) -> float: ...
+
+    def encode_json(self, value: Any) -> Any:
+        return json.dumps(value)
+
+    def decode_json(self, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str | bytes) else value
+
+    def placeholders(self, sql: str) -> str:
+        return sql
+
+    def after_copy(self, tx: Tx) -> None:  # noqa: B027 - most dialects have nothing to do
+        """After rows were copied in with their ids (a dialect moves its id sequences past them)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connections."""
+
+    # -- the codec ----------------------------------------------------------------------------------------
+    def encode(self, column: str, value: Any) -> Any:
+        if value is None:
+            return None
+        if column in TIME_COLUMNS:
+            return self.encode_time(value)
+        if column in JSON_COLUMNS:
+            return self.encode_json(value)
+        if column in BOOL_COLUMNS:
+            return bool(value)
+        return value
+
+    def decode(self, row: Any) -> dict[str, Any]:
+        out = dict(row)
+        for column, value in out.items():
+            if value is None:
+                continue
+            if column in TIME_COLUMNS:
+                out[column] = self.decode_time(value)
+            elif column in JSON_COLUMNS:
+                out[column] = self.decode_json(value)
+            elif column in BOOL_COLUMNS:
+                out[column] = bool(value)
+        return out
+
+    # -- schema -------------------------------------------------------------------------------------------
+    @property
+    def schema_version(self) -> int:
+        with self.transaction() as tx:
+            return self._read_version(tx)
+
+    def schema_current(self) -> bool:
+        return self.schema_version == len(self.MIGRATIONS)
+
+    def migrate(self) -> None:
+        """Apply the numbered migrations not applied yet, each in its own transaction under the migrations
+        lock: of two instances starting at once, one migrates and the other then finds nothing to do."""
+        for version, script in enumerate(self.MIGRATIONS, start=1):
+            with self.transaction(lock="migrations") as tx:
+                if self._read_version(tx) >= version:
+                    continue
+                for statement in filter(str.strip, script.split(";")):
+                    tx.execute(statement)
+                self._write_version(tx, version)
+
+    # -- events -------------------------------------------------------------------------------------------
+    def add_events(self, events: Sequence[Event]) -> int:
+        """Store a batch atomically: all of it or none of it. Returns how many were stored."""
+        with self.transaction() as tx:
+            tx.insert("events", [{c: getattr(e, c) for c in EVENT_COLUMNS} for e in events])
+        return len(events)
+
+    def events(self, user_id: str, since: float | None = None) -> list[Event]:
+        sql, params = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE user_id = ?", [user_id]
+        if since is not None:
+            sql, params = sql + " AND ts >= ?", [*params, self.encode_time(since)]
+        with self.transaction() as tx:
+            return [Event(**r) for r in tx.rows(sql + " ORDER BY ts, id", params)]
+
+    def click_counts(self, since: float) -> dict[str, int]:
+        """Positive interactions per article since a time: the popularity prior for cold-start readers."""
+        with self.transaction() as tx:
+            rows = tx.rows(
+                "SELECT article_id, COUNT(*) AS n FROM events WHERE type IN ('click', 'like') AND ts >= ?"
+                " GROUP BY article_id",
+                [self.encode_time(since)],
+            )
+        return {r["article_id"]: r["n"] for r in rows}
+
+    def user_ids(self, since: float | None = None) -> list[str]:
+        """Readers with events since a time, sorted."""
+        sql, params = "SELECT DISTINCT user_id FROM events", []
+        if since is not None:
+            sql, params = sql + " WHERE ts >= ?", [self.encode_time(since)]
+        with self.transaction() as tx:
+            return [r["user_id"] for r in tx.rows(sql + " ORDER BY user_id", params)]
+
+    def known_users(self) -> list[str]:
+        """Every reader newsrank holds anything on: events, preferences or rankings, sorted."""
+        with self.transaction() as tx:
+            rows = tx.rows(
+                "SELECT user_id FROM events UNION SELECT user_id FROM users UNION SELECT user_id FROM rankings"
+                " ORDER BY 1"
+            )
+        return [r["user_id"] for r in rows]
+
+    def count_events(self) -> int:
+        with self.transaction() as tx:
+            return tx.row("SELECT COUNT(*) AS n FROM events")["n"]
+
+    def known_user(self, user_id: str) -> bool:
+        with self.transaction() as tx:
+            return (
+                tx.row(
+                    "SELECT 1 AS known FROM users WHERE user_id = ? UNION ALL SELECT 1 FROM events WHERE user_id = ?"
+                    " UNION ALL SELECT 1 FROM rankings WHERE user_id = ? LIMIT 1",
+                    [user_id] * 3,
+                )
+                is not None
+            )
+
+    # -- explicit preferences -----------------------------------------------------------------------------
+    def preferences(self, user_id: str) -> Preferences:
+        with self.transaction() as tx:
+            row = tx.row("SELECT interests, mutes FROM users WHERE user_id = ?", [user_id])
+        return Preferences() if row is None else Preferences(tuple(row["interests"]), tuple(row["mutes"]))
+
+    def set_preferences(self, user_id: str, prefs: Preferences, now: float) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                "INSERT INTO users(user_id, interests, mutes, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT(user_id)"
+                " DO UPDATE SET interests = excluded.interests, mutes = excluded.mutes,"
+                " updated_at = excluded.updated_at",
+                [
+                    user_id,
+                    self.encode_json(list(prefs.interests)),
+                    self.encode_json(list(prefs.mutes)),
+                    self.encode_time(now),
+                ],
+            )
+
+    # -- ranking records ----------------------------------------------------------------------------------
+    def record_ranking(self, record: RankingRecord) -> None:
+        head = {k: v for k, v in asdict(record).items() if k != "items"}
+        items = [{"ranking_id": record.ranking_id, **asdict(item)} for item in record.items]
+        with self.transaction() as tx:
+            tx.insert("rankings", [head])
+            tx.insert("ranking_items", [{**i, "grounded_in": list(i["grounded_in"])} for i in items])
+
+    def ranking(self, ranking_id: str) -> RankingRecord:
+        with self.transaction() as tx:
+            head = tx.row("SELECT * FROM rankings WHERE ranking_id = ?", [ranking_id])
+            if head is None:
+                raise NotFound(f"no ranking {ranking_id!r}")
+            items = tx.rows(
+                f"SELECT {', '.join(ITEM_COLUMNS[1:])} FROM ranking_items WHERE ranking_id = ? ORDER BY position",
+                [ranking_id],
+            )
+        return RankingRecord(
+            **head, items=tuple(RankedItem(**{**i, "grounded_in": tuple(i["grounded_in"])}) for i in items)
+        )
+
+    def latest_ranking_with(self, user_id: str, article_id: str) -> RankingRecord:
+        with self.transaction() as tx:
+            row = tx.row(
+                "SELECT r.ranking_id FROM rankings r JOIN ranking_items i ON i.ranking_id = r.ranking_id"
+                " WHERE r.user_id = ? AND i.article_id = ? ORDER BY r.created_at DESC LIMIT 1",
+                [user_id, article_id],
+            )
+        if row is None:
+            raise NotFound(f"article {article_id!r} was never recommended to user {user_id!r}")
+        return self.ranking(row["ranking_id"])
+
+    def rankings_for(self, user_id: str) -> list[RankingRecord]:
+        with self.transaction() as tx:
+            rows = tx.rows("SELECT ranking_id FROM rankings WHERE user_id = ? ORDER BY created_at", [user_id])
+        return [self.ranking(r["ranking_id"]) for r in rows]
+
+    # -- a reader's data as a whole -----------------------------------------------------------------------
+    def export_user(self, user_id: str) -> dict[str, Any]:
+        """Everything held on one reader: preferences, events and the rankings made for them."""
+        return {
+            "user_id": user_id,
+            "preferences": asdict(self.preferences(user_id)),
+            "events": [asdict(e) for e in self.events(user_id)],
+            "rankings": [asdict(r) for r in self.rankings_for(user_id)],
+        }
+
+    def delete_user(self, user_id: str) -> dict[str, int]:
+        """Erase a reader in one transaction: events, preferences, rankings (their items cascade)."""
+        with self.transaction() as tx:
+            return {
+                table: tx.execute(f"DELETE FROM {table} WHERE user_id = ?", [user_id]).rowcount
+                for table in ("events", "users", "rankings")
+            }
+
+    # -- background jobs ----------------------------------------------------------------------------------
+    def claim_job(self, job: Job) -> None:
+        """Record a new running job, unless a job of its kind is running already (Conflict), across every
+        instance that shares the database."""
+        with self.transaction(lock="jobs") as tx:
+            running = tx.row("SELECT job_id FROM jobs WHERE kind = ? AND status = 'running'", [job.kind])
+            if running is not None:
+                raise Conflict(f"{job.kind} job {running['job_id']} is still running; one job runs at a time")
+            tx.insert("jobs", [asdict(job)])
+
+    def update_job(self, job: Job) -> bool:
+        """Write a running job's progress or outcome. A job that is no longer running (an instance found its
+        runner gone and marked it) stays as it is: returns False then."""
+        with self.transaction() as tx:
+            return (
+                tx.execute(
+                    "UPDATE jobs SET status = ?, finished_at = ?, exit_code = ?, pid = ?, heartbeat_at = ?,"
+                    " log_tail = ? WHERE job_id = ? AND status = 'running'",
+                    [
+                        job.status,
+                        self.encode("finished_at", job.finished_at),
+                        job.exit_code,
+                        job.pid,
+                        self.encode("heartbeat_at", job.heartbeat_at),
+                        job.log_tail,
+                        job.job_id,
+                    ],
+                ).rowcount
+                == 1
+            )
+
+    def interrupt_jobs(self, silent_since: float, now: float, instance: str | None = None) -> int:
+        """Mark interrupted every running job whose runner has not reported since `silent_since` (and, with
+        `instance`, every running job of that instance): their runner is gone. Returns how many."""
+        sql = "UPDATE jobs SET status = 'interrupted', finished_at = ? WHERE status = 'running' AND ("
+        sql += "COALESCE(heartbeat_at, created_at) < ?" + (" OR instance = ?)" if instance else ")")
+        params = [self.encode_time(now), self.encode_time(silent_since), *([instance] if instance else [])]
+        with self.transaction() as tx:
+            return tx.execute(sql, params).rowcount
+
+    def job(self, job_id: str) -> Job:
+        with self.transaction() as tx:
+            row = tx.row("SELECT * FROM jobs WHERE job_id = ?", [job_id])
+        if row is None:
+            raise NotFound(f"no job {job_id!r}")
+        return Job(**row)
+
+    def jobs(self, status: str | None = None) -> list[Job]:
+        sql, params = "SELECT * FROM jobs", []
+        if status is not None:
+            sql, params = sql + " WHERE status = ?", [status]
+        with self.transaction() as tx:
+            return [Job(**r) for r in tx.rows(sql + " ORDER BY created_at DESC", params)]
+
+    # -- the adapter registry's state ---------------------------------------------------------------------
+    def adapter_versions(self, name: str | None = None) -> list[AdapterVersion]:
+        """Registered versions, by name then version; `path` is relative to the adapters directory."""
+        sql = (
+            "SELECT v.name, v.version, v.id, a.active FROM adapter_versions v JOIN adapters a ON a.name = v.name"
+            + (" WHERE v.name = ?" if name is not None else "")
+            + " ORDER BY v.name, v.version"
+        )
+        with self.transaction() as tx:
+            rows = tx.rows(sql, [name] if name is not None else [])
+        return [
+            AdapterVersion(r["name"], v := r["version"], r["id"], Path(r["name"], f"v{v}"), r["active"] == v)
+            for r in rows
+        ]
+
+    def add_adapter_version(
+        self, name: str, place: Callable[[int, int], None], activate: bool, now: float, adapter_id: int | None = None
+    ) -> tuple[int, int]:
+        """Register the next version of `name` and (optionally) make it active. `place(version, id)` puts the
+        files where the version lives; it runs inside the transaction, so a failed copy registers nothing.
+        The id is the next unused one unless given (importing an older registry)."""
+        with self.transaction(lock="adapters") as tx:
+            tx.execute("INSERT INTO adapters(name, active, history) VALUES (?, NULL, ?) ON CONFLICT(name) DO NOTHING",
+                       [name, self.encode_json([])])  # fmt: skip
+            next_version = "SELECT COALESCE(MAX(version), 0) + 1 AS v FROM adapter_versions WHERE name = ?"
+            version = tx.row(next_version, [name])["v"]
+            if adapter_id is None:
+                adapter_id = tx.row("SELECT COALESCE(MAX(id), 0) + 1 AS id FROM adapter_versions")["id"]
+            place(version, adapter_id)
+            tx.insert("adapter_versions", [{"name": name, "version": version, "id": adapter_id, "created_at": now}])
+            if activate:
+                self._activate(tx, name, version)
+        return version, adapter_id
+
+    def activate_adapter(self, name: str, version: int | None = None) -> None:
+        """Make a version (default: the newest) the one `name` serves."""
+        with self.transaction(lock="adapters") as tx:
+            known = [r["version"] for r in tx.rows("SELECT version FROM adapter_versions WHERE name = ?", [name])]
+            if not known or (version is not None and version not in known):
+                raise NotFound(f"no adapter {name if version is None else f'{name}@{version}'!r}")
+            self._activate(tx, name, max(known) if version is None else version)
+
+    def rollback_adapter(self, name: str) -> None:
+        """Make the previously active version active again."""
+        with self.transaction(lock="adapters") as tx:
+            row = tx.row("SELECT history FROM adapters WHERE name = ?", [name])
+            if row is None or len(row["history"]) < 2:
+                raise NotFound(f"adapter {name!r} has no earlier active version to roll back to")
+            history = row["history"][:-1]
+            tx.execute("UPDATE adapters SET active = ?, history = ? WHERE name = ?",
+                       [history[-1], self.encode_json(history), name])  # fmt: skip
+
+    def _activate(self, tx: Tx, name: str, version: int) -> None:
+        row = tx.row("SELECT active, history FROM adapters WHERE name = ?", [name])
+        if row["active"] != version:
+            tx.execute("UPDATE adapters SET active = ?, history = ? WHERE name = ?",
+                       [version, self.encode_json([*row["history"], version]), name])  # fmt: skip
+
+    # -- a whole store ------------------------------------------------------------------------------------
+    def table_rows(self, table: str, batch: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        """Every row of a table, decoded, in batches (to copy a store into another)."""
+        if table not in TABLES:
+            raise InvalidInput(f"unknown table {table!r}")
+        offset = 0
+        while True:
+            with self.transaction() as tx:
+                rows = tx.rows(f"SELECT * FROM {table} ORDER BY 1, 2 LIMIT ? OFFSET ?", [batch, offset])
+            if not rows:
+                return
+            yield rows
+            offset += len(rows)
+
+    def count_rows(self, table: str) -> int:
+        if table not in TABLES:
+            raise InvalidInput(f"unknown table {table!r}")
+        with self.transaction() as tx:
+            return tx.row(f"SELECT COUNT(*) AS n FROM {table}")["n"]
