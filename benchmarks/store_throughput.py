@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/store_throughput.py [--writers 8] [--events 4000] [--feeds 5]
 
 Starts a throwaway PostgreSQL server (Debian's postgresql package) and an embedded SQLite file. Events: each of
-`--writers` threads stores batches of 1 and of 100 events through the store, and a batch counts once
-`add_events` returned (committed: what the API acknowledges). Feeds: the demo corpus in one embedded Chroma
+`--writers` threads stores batches of 1 and of 100 events, first through the store alone (a batch counts once
+`add_events` returned: committed), then over HTTP (the real app under uvicorn on loopback, in this process; a
+batch counts once its 201 arrived, which the API sends after the commit). Feeds: the demo corpus in one embedded Chroma
 store, the same reader's feed (the real packaged LLM, no explanations) made `--feeds` times on each store after
 a warm-up; the store's share is the profile and record phases. Ratios compare runs in this one process.
 """
@@ -12,11 +13,16 @@ a warm-up; the store's share is the profile and record phases. Ratios compare ru
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+import httpx
+from concurrent_feed import serving  # the app under uvicorn in a thread (benchmarks/concurrent_feed.py)
 
 from agent.models import offline
 from agent.ranking import FeedRequest
@@ -25,6 +31,9 @@ from core.records import Event
 from serve.service import Newsrank, make_backend
 from store import open_store
 from store.throwaway import ThrowawayPostgres
+
+KEY = "benchmark-admin-key"
+ADMIN = {"name": "benchmark", "key": KEY, "scope": "admin"}
 
 
 def events_per_second(url: str, writers: int, batch: int, events: int) -> float:
@@ -45,6 +54,34 @@ def events_per_second(url: str, writers: int, batch: int, events: int) -> float:
         t.join()
     seconds = time.perf_counter() - start
     store.close()
+    return writers * per_writer * batch / seconds
+
+
+def acknowledged_per_second(settings: Settings, backend, writers: int, batch: int, events: int) -> float:
+    """Events per second that `POST /v1/events` acknowledged, from `writers` concurrent clients."""
+    service = Newsrank.from_settings(settings, backend=backend)
+    per_writer = max(1, events // (writers * batch))
+    failures = []
+
+    def write(base: str, writer: int) -> None:
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as client:
+            for n in range(per_writer):
+                body = {"events": [{"user_id": f"http-{writer}", "article_id": f"a{n}-{i}", "type": "impression"}
+                                   for i in range(batch)]}  # fmt: skip
+                if client.post("/v1/events", json=body).status_code != 201:
+                    failures.append(n)
+
+    with serving(service) as base:
+        threads = [threading.Thread(target=write, args=(base, w)) for w in range(writers)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - start
+    service.feedback.close()
+    if failures:
+        raise SystemExit(f"{len(failures)} batches were not acknowledged")
     return writers * per_writer * batch / seconds
 
 
@@ -71,6 +108,7 @@ def main() -> None:
     parser.add_argument("--feeds", type=int, default=5)
     args = parser.parse_args()
     offline()
+    logging.disable(logging.INFO)  # no line per request
     server = ThrowawayPostgres()
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -86,9 +124,22 @@ def main() -> None:
                 print(f"| {batch} | {rates['SQLite']:,.0f} | {rates['PostgreSQL']:,.0f} | "
                       f"{rates['PostgreSQL'] / rates['SQLite']:.2f}x |")  # fmt: skip
 
-            base = Settings(data_dir=Path(tmp) / "data", candidates=20)
+            base = Settings(data_dir=Path(tmp) / "data", candidates=20, api_keys=json.dumps([ADMIN]))
             backend = make_backend(base)
             backend.warm()
+            print(f"\nevents acknowledged per second over HTTP (POST /v1/events), {args.writers} concurrent clients")
+            print("| batch | SQLite | PostgreSQL | PostgreSQL / SQLite |\n|---:|---:|---:|---:|")
+            for batch, events in ((1, args.events // 10), (100, args.events * 10)):
+                rates = {
+                    name: acknowledged_per_second(
+                        base.model_copy(update={"database_url": url(f"http-{batch}")}), backend, args.writers, batch,
+                        events,
+                    )
+                    for name, url in stores.items()
+                }  # fmt: skip
+                print(f"| {batch} | {rates['SQLite']:,.0f} | {rates['PostgreSQL']:,.0f} | "
+                      f"{rates['PostgreSQL'] / rates['SQLite']:.2f}x |")  # fmt: skip
+
             print(f"\nwarm feed, demo-sports, {base.candidates} candidates, k = 10, median of {args.feeds}")
             print("| store | feed (s) | store phases (s) |\n|---|---:|---:|")
             for name, url in stores.items():

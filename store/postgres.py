@@ -9,7 +9,7 @@ event is never lost, whatever the server's default.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +18,7 @@ from core.errors import StoreUnavailable, require
 from store import redact
 from store.sql import SqlFeedbackStore, Tx
 
+COPY_FROM_ROWS = 10  # batches this large are inserted with COPY
 INSTALL_HINT = "pip install 'psycopg[binary]' psycopg-pool"
 
 
@@ -176,6 +177,14 @@ class PostgresFeedbackStore(SqlFeedbackStore):
         from psycopg.types.json import Jsonb
 
         return Jsonb(value)
+
+    def insert_rows(self, connection: Any, table: str, columns: Sequence[str], values: Sequence[tuple]) -> None:
+        if len(values) < COPY_FROM_ROWS:
+            return super().insert_rows(connection, table, columns, values)
+        # COPY: one round trip for the whole batch, several times faster than a pipeline of INSERTs
+        with connection.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in values:
+                copy.write_row(row)
 
     def after_copy(self, tx: Tx) -> None:
         tx.execute("SELECT setval(pg_get_serial_sequence('events', 'id'), COALESCE((SELECT MAX(id) FROM events), 1))")

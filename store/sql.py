@@ -50,16 +50,10 @@ class Tx:
 
     def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
         """Insert rows (dicts with the same keys), each value encoded by its column's name."""
-        if not rows:
-            return
-        columns = list(rows[0])
-        sql = f"INSERT INTO {table}({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        values = [tuple(self.store.encode(c, row[c]) for c in columns) for row in rows]
-        cursor = self.connection.cursor()
-        try:
-            cursor.executemany(self.store.placeholders(sql), values)
-        finally:
-            cursor.close()
+        if rows:
+            columns = list(rows[0])
+            values = [tuple(self.store.encode(c, row[c]) for c in columns) for row in rows]
+            self.store.insert_rows(self.connection, table, columns, values)
 
 
 class SqlFeedbackStore(ABC):
@@ -95,6 +89,15 @@ class SqlFeedbackStore(ABC):
 
     def placeholders(self, sql: str) -> str:
         return sql
+
+    def insert_rows(self, connection: Any, table: str, columns: Sequence[str], values: Sequence[tuple]) -> None:
+        """Insert encoded rows in one go (a dialect may have a faster way than executemany)."""
+        sql = f"INSERT INTO {table}({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        cursor = connection.cursor()
+        try:
+            cursor.executemany(self.placeholders(sql), values)
+        finally:
+            cursor.close()
 
     def after_copy(self, tx: Tx) -> None:  # noqa: B027 - most dialects have nothing to do
         """After rows were copied in with their ids (a dialect moves its id sequences past them)."""

@@ -82,12 +82,21 @@ def test_bad_events_are_rejected(kwargs):
         Event(**kwargs)
 
 
-def test_a_failing_batch_stores_nothing(store):
+@pytest.mark.parametrize("size", [2, 50])  # a small batch, and one large enough for PostgreSQL's COPY
+def test_a_failing_batch_stores_nothing(store, size):
     bad = Event("u", "bad", "click", NOW)
     object.__setattr__(bad, "article_id", None)  # past validation: the database itself refuses the row
     with pytest.raises(Exception, match=r"(?i)null"):
-        store.add_events([Event("u", "good", "click", NOW), bad])
+        store.add_events([Event("u", f"good{i}", "click", NOW) for i in range(size - 1)] + [bad])
     assert store.count_events() == 0
+
+
+def test_a_large_batch_round_trips(store):
+    events = [
+        Event(f"u{i % 3}", f"a{i}", "dwell", NOW + i / 8, dwell_seconds=i / 4, ranking_id=f"r{i}") for i in range(60)
+    ]
+    assert store.add_events(events) == 60
+    assert store.events("u1") == events[1::3] and store.click_counts(NOW - 1) == {}
 
 
 def test_popularity_users_and_preferences(store):
