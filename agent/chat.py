@@ -16,7 +16,7 @@ from typing import Literal
 from agent import explain, prompts
 from core.errors import InvalidInput, NotFound
 from core.llm import Backend, GenerateRequest
-from core.records import Preferences, RankedItem, RankingRecord
+from core.records import BLEND, Preferences, RankedItem, RankingRecord
 from core.stores import ArticleStore, FeedbackStore
 
 CHAT = "chat.v1"
@@ -29,14 +29,7 @@ LESS = re.compile(r"\b(less like (this|that|it)|fewer like|not interested|no mor
 MORE_LIKE = re.compile(r"\bmore (like|of) (this|that|these|it)\b")
 MORE = re.compile(r"\bmore (about|on|of)\s+(?P<topic>[\w][\w &'-]{1,40}?)\s*[.!?]*$")
 POSITION = re.compile(r"(?:#|number |no\. ?)(?P<n>\d{1,3})\b")
-SIGNAL_WORDS = {
-    "relevance": "the model judged it relevant to your profile",
-    "similarity": "it is close to what you read",
-    "affinity": "you read a lot in this topic",
-    "popularity": "many readers clicked it recently",
-    "freshness": "it is fresh",
-    "diversity": "it adds variety to the feed",
-}
+SIGNAL_WORDS = {spec.name: spec.reason for spec in BLEND}
 
 Role = Literal["user", "assistant"]
 
@@ -106,7 +99,7 @@ def pick_item(record: RankingRecord, article_id: str | None, question: str) -> R
 def main_reasons(item: RankedItem, weights: dict[str, float], n: int = 2) -> list[str]:
     """The signals that contributed most to the blended score (weight x value), in words."""
     contributions = sorted(
-        ((weights.get(name, 0.0) * float(getattr(item, name)), name) for name in SIGNAL_WORDS), reverse=True
+        ((weights.get(name, 0.0) * item.signals.get(name, 0.0), name) for name in SIGNAL_WORDS), reverse=True
     )
     return [SIGNAL_WORDS[name] for value, name in contributions[:n] if value > 0]
 
@@ -186,7 +179,7 @@ class Chat:
             facts={
                 "position": item.position,
                 "score": item.score,
-                "signals": {name: float(getattr(item, name)) for name in SIGNAL_WORDS},
+                "signals": dict(item.signals),
                 "weights": record.weights,
                 "grounded_in": list(item.grounded_in),
                 "explanation": item.explanation,

@@ -23,7 +23,7 @@ from agent.ranking import PROMPT_VERSION, relevance_requests
 from agent.scoring import BlendWeights, blend_rank, cosine_similarity
 from core.errors import InvalidInput
 from core.llm import Backend
-from core.records import Article, Event, Hit, Preferences, Signals
+from core.records import SIGNALS, Article, Event, Hit, Preferences, Signals
 from retrieval.embed import Embedder
 from retrieval.ingest import RowError, parse_time, read_mind_news
 
@@ -230,10 +230,10 @@ class Evaluator:
         return [
             Signals(
                 relevance=float(y),
-                freshness=1.0,  # MIND news carry no publication time
                 similarity=float(max(s, 0.0)),
                 affinity=ctx.profile.affinity(h.article),
                 popularity=p,
+                freshness=1.0,  # MIND news carry no publication time
             )
             for h, y, s, p in zip(ctx.hits, relevance, similarity, ctx.popularity, strict=True)
         ]
@@ -395,25 +395,19 @@ def summarize(
 def fit_weights(
     evaluator: Evaluator, rows: dict[str, dict], prepared: Sequence[Context], keep: BlendWeights
 ) -> BlendWeights:
-    """Fit relevance, similarity, affinity and popularity weights by logistic regression on clicks; diversity
-    and freshness (not measurable on MIND: no times, and a reranking term) keep their values. The fitted
-    weights are scaled to fill the rest of a unit budget; a negative one is clipped to 0."""
+    """Fit the weights of the fitted signals (core.records.SIGNALS) by logistic regression on clicks; the
+    others (freshness and diversity: no times on MIND, and a reranking term) keep their values from `keep`.
+    The fitted weights are scaled to fill the rest of a unit budget; a negative one is clipped to 0."""
+    fitted = [spec.name for spec in SIGNALS if spec.fitted]
     features, labels = [], []
     for ctx in prepared:
         for s, label in zip(evaluator.signals(ctx, rows[ctx.impression.id]["scores"]), ctx.labels, strict=True):
-            features.append([s.relevance, s.similarity, s.affinity, s.popularity])
+            features.append([getattr(s, name) for name in fitted])
             labels.append(label)
-    w = np.clip(metrics.fit_logistic(np.array(features), np.array(labels))[:4], 0.0, None)
-    budget = max(1.0 - keep.diversity - keep.freshness, 0.0)
+    w = np.clip(metrics.fit_logistic(np.array(features), np.array(labels))[: len(fitted)], 0.0, None)
+    budget = max(1.0 - sum(value for name, value in keep.items() if name not in fitted), 0.0)
     w = w / w.sum() * budget if w.sum() > 0 else w
-    return BlendWeights(
-        relevance=round(float(w[0]), 3),
-        similarity=round(float(w[1]), 3),
-        affinity=round(float(w[2]), 3),
-        popularity=round(float(w[3]), 3),
-        diversity=keep.diversity,
-        freshness=keep.freshness,
-    )
+    return BlendWeights(**{**keep, **{name: round(float(v), 3) for name, v in zip(fitted, w, strict=True)}})
 
 
 def report_markdown(reports: Sequence[MethodReport], title: str) -> str:

@@ -24,7 +24,7 @@ TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
     "explain_answer.v1": frozenset(),  # the start of the answer, so the model continues a sentence to "you"
     "listwise.v1": frozenset({"profile", "candidates"}),
     "chat.v1": frozenset({"title", "category", "position", "reasons", "grounded_in"}),
-    "why.v1": frozenset(
+    "why.v2": frozenset(
         {
             "item",
             "total",
@@ -36,7 +36,7 @@ TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
             "adapter",
             "prompt_version",
             "cold_start",
-            "relevance_source",
+            "signals",
             "weights",
         }
     ),

@@ -6,7 +6,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from agent.scoring import blend_rank, cosine_similarity, freshness
 from agent.settings import Settings
 from core.errors import EmptyStore, InvalidInput, NotFound
 from core.llm import Backend, GenerateRequest, ScoreRequest
-from core.records import Article, Hit, RankedItem, RankingRecord, Signals
+from core.records import DIVERSITY, Article, Hit, RankedItem, RankingRecord, Signals
 from core.stores import AdapterResolver, ArticleStore, FeedbackStore
 
 SYSTEM = "system.v1"
@@ -275,12 +275,7 @@ class Recommender:
                     article_id=hit.article.id,
                     title=hit.article.title,
                     score=p.score,
-                    relevance=signals[p.index].relevance,
-                    diversity=p.diversity,
-                    freshness=signals[p.index].freshness,
-                    similarity=signals[p.index].similarity,
-                    affinity=signals[p.index].affinity,
-                    popularity=signals[p.index].popularity,
+                    signals={**asdict(signals[p.index]), DIVERSITY.name: p.diversity},
                     age_hours=max(0.0, (now - hit.article.published_at) / 3600),
                     explanation=explanations.get(position, (None, None))[0],
                     explanation_source=explanations.get(position, (None, None))[1],

@@ -1,14 +1,15 @@
 """The ranking math, as pure functions: no clock, no I/O, no model.
 
-For profile u and candidate x the final score is
+For profile u and candidate x the final score is the weighted sum of the signals declared in
+core.records.SIGNALS plus the diversity gain:
 
-    L = w_relevance·y(u,x) + w_diversity·d(x) + w_freshness·f(x) + w_similarity·s(u,x)
-        + w_affinity·a(u,x) + w_popularity·p(x)
+    L = w_relevance·y(u,x) + w_similarity·s(u,x) + w_affinity·a(u,x) + w_popularity·p(x) + w_freshness·f(x)
+        + w_diversity·d(x)
 
-y is the LLM's P(Yes), f = 0.5^(age/half_life), s the retrieval cosine similarity, a the reader's topic
-affinity (their share of engagement in x's category and subcategory), p the article's recent clicks
-(log-scaled, the most clicked = 1), and d the diversity gain of greedy MMR selection: 1 - max cosine to the
-items already placed above x (1 for the first item).
+y is the LLM's P(Yes), s the retrieval cosine similarity, a the reader's topic affinity (their share of
+engagement in x's category and subcategory), p the article's recent clicks (log-scaled, the most clicked = 1),
+f = 0.5^(age/half_life), and d the diversity gain of greedy MMR selection: 1 - max cosine to the items already
+placed above x (1 for the first item).
 """
 
 from __future__ import annotations
@@ -19,21 +20,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.records import Signals
+from core.records import BLEND, DIVERSITY, SIGNALS, Signals
 
 
-@dataclass(frozen=True)
-class BlendWeights:
-    """Relevance, similarity, affinity and popularity were fitted by logistic regression on clicks of the tuning
-    part of MIND-dev (`newsrank eval --part tune --fit-weights`, docs/BENCHMARKS.md); diversity and freshness
-    cannot be measured there and are set by hand."""
+class BlendWeights(dict[str, float]):
+    """A weight per term of the blend (core.records.BLEND), by name; those not given take their declared
+    defaults."""
 
-    relevance: float = 0.064
-    diversity: float = 0.1
-    freshness: float = 0.15
-    similarity: float = 0.336
-    affinity: float = 0.2
-    popularity: float = 0.15
+    def __init__(self, **weights: float) -> None:
+        defaults = {spec.name: spec.weight for spec in BLEND}
+        unknown = set(weights) - set(defaults)
+        if unknown:
+            raise ValueError(f"unknown signals {sorted(unknown)}; the blend has {', '.join(defaults)}")
+        super().__init__({**defaults, **weights})
 
 
 @dataclass(frozen=True)
@@ -111,23 +110,14 @@ def blend_rank(
     if n == 0 or k <= 0:
         return []
     sim = cosine_similarity(embeddings, embeddings)
-    base = np.array(
-        [
-            weights.relevance * s.relevance
-            + weights.freshness * s.freshness
-            + weights.similarity * s.similarity
-            + weights.affinity * s.affinity
-            + weights.popularity * s.popularity
-            for s in signals
-        ]
-    )
+    base = np.array([sum(weights[spec.name] * getattr(s, spec.name) for spec in SIGNALS) for s in signals])
     # closest[i]: highest similarity of candidate i to anything placed so far (none yet: -inf → gain 1)
     closest = np.full(n, -np.inf)
     remaining = np.ones(n, dtype=bool)
     placed: list[Placed] = []
     for _ in range(k):
         gain = np.where(np.isinf(closest), 1.0, np.clip(1.0 - closest, 0.0, 1.0))
-        total = np.where(remaining, base + weights.diversity * gain, -np.inf)
+        total = np.where(remaining, base + weights[DIVERSITY.name] * gain, -np.inf)
         best = int(np.argmax(total))
         placed.append(Placed(index=best, diversity=float(gain[best]), score=float(total[best])))
         remaining[best] = False

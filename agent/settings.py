@@ -7,27 +7,27 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, create_model, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agent.scoring import BlendWeights
+from core.records import BLEND
 from retrieval import PACKAGED_EMBEDDER
 
 PACKAGED_LLM = "smollm2-135m"
 
 
-class Weights(BaseModel):
-    """Blend weights of the ranking signals (see agent/scoring.py)."""
-
-    relevance: float = Field(BlendWeights.relevance, ge=0)
-    diversity: float = Field(BlendWeights.diversity, ge=0)
-    freshness: float = Field(BlendWeights.freshness, ge=0)
-    similarity: float = Field(BlendWeights.similarity, ge=0)
-    affinity: float = Field(BlendWeights.affinity, ge=0)
-    popularity: float = Field(BlendWeights.popularity, ge=0)
-
+class _Weights(BaseModel):
     def frozen(self) -> BlendWeights:
         return BlendWeights(**self.model_dump())
+
+
+# the blend weights, one field per term of the blend as core.records declares it (agent/scoring.py)
+Weights = create_model(
+    "Weights",
+    __base__=_Weights,
+    **{spec.name: (float, Field(spec.weight, ge=0, description=spec.meaning)) for spec in BLEND},
+)
 
 
 class Settings(BaseSettings):

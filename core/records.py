@@ -79,34 +79,68 @@ class Preferences:
 
 # -- rankings -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Signals:
-    """The per-candidate numbers the blend reads, each in [0, 1]."""
+class SignalSpec:
+    """One ranking signal, declared once: the blend, its weight setting, the ranking record, the API, the
+    evaluation and the "why" text all read this declaration."""
 
-    relevance: float
-    freshness: float
-    similarity: float
+    name: str
+    weight: float  # its default blend weight (setting NEWSRANK_WEIGHTS__<NAME>)
+    meaning: str  # what the number is, for the API's schema and the "why" text
+    reason: str  # what a high value says about an item, in the reader's words (chat)
+    short: str  # a column header of four letters (the command line)
+    fitted: bool = True  # its weight can be fitted on logged clicks (`newsrank eval --fit-weights`)
+
+
+# Each a candidate's own number in [0, 1]. The weights of relevance, similarity, affinity and popularity were
+# fitted by logistic regression on the clicks of the tuning part of MIND-dev (`newsrank eval --part tune
+# --fit-weights`, docs/BENCHMARKS.md); freshness cannot be measured there (MIND has no times) and is set by hand.
+# A new signal: declare it here and as a field of Signals, and compute it in agent/ranking.py (and, for
+# replayed impressions, in agent/evaluate.py).
+SIGNALS = (
+    SignalSpec("relevance", 0.064, "the LLM's P(Yes) that the reader clicks it (for a reader without history: "
+               "popularity)", "the model judged it relevant to your profile", "llm"),
+    SignalSpec("similarity", 0.336, "cosine similarity of the article to the reader's profile",
+               "it is close to what you read", "sim"),
+    SignalSpec("affinity", 0.2, "the reader's share of reading in the article's category and subcategory",
+               "you read a lot in this topic", "top"),
+    SignalSpec("popularity", 0.15, "readers' recent clicks, log-scaled (the most clicked = 1)",
+               "many readers clicked it recently", "pop"),
+    SignalSpec("freshness", 0.15, "0.5 ^ (age / half-life): 1 for a brand-new article", "it is fresh", "new",
+               fitted=False),
+)  # fmt: skip
+# not a candidate's own number: its gain at the place the blend gives it (greedy MMR), set by hand
+DIVERSITY = SignalSpec("diversity", 0.1, "1 - the highest cosine similarity to the items placed above it",
+                       "it adds variety to the feed", "div", fitted=False)  # fmt: skip
+BLEND = (*SIGNALS, DIVERSITY)  # every term of the blended score
+
+
+@dataclass(frozen=True)
+class Signals:
+    """A candidate's signals, one field per entry of SIGNALS."""
+
+    relevance: float = 0.0
+    similarity: float = 0.0
     affinity: float = 0.0
     popularity: float = 0.0
+    freshness: float = 0.0
 
 
 @dataclass(frozen=True)
 class RankedItem:
-    """Every number behind one slot of a feed: it powers explanations, audits and training export."""
+    """Every number behind one slot of a feed: it powers explanations, audits and training export.
+
+    `signals` holds each term of the blend by name (SIGNALS and DIVERSITY); an older record may lack a signal
+    declared after it was made."""
 
     position: int
     article_id: str
     title: str
     score: float
-    relevance: float
-    diversity: float
-    freshness: float
-    similarity: float
-    affinity: float
+    signals: dict[str, float]
     age_hours: float
     explanation: str | None = None
     explanation_source: str | None = None  # "llm" or "template"
     grounded_in: tuple[str, ...] = ()
-    popularity: float = 0.0
 
 
 @dataclass(frozen=True)

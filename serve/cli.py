@@ -54,6 +54,7 @@ def cmd_events_add(args: argparse.Namespace) -> int:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     from agent.ranking import FeedRequest
+    from core.records import BLEND
     from serve.schemas import FeedOut
 
     service = _service()
@@ -63,16 +64,13 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         return 0
     label = " (new reader: fresh and popular picks)" if feed.cold_start else ""
     print(f"feed for {feed.user_id}{label}  ranking {feed.ranking_id}  {feed.timings['total']:.1f}s")
-    print(f"{'#':>3} {'score':>5}  {'llm':>4} {'sim':>4} {'top':>4} {'pop':>4} {'new':>4} {'div':>4}  article")
+    print(f"{'#':>3} {'score':>5}  " + " ".join(f"{spec.short:>4}" for spec in BLEND) + "  article")
     for item in feed.items:
         r, a = item.record, item.article
-        print(
-            f"{r.position:>3} {r.score:5.3f}  {r.relevance:4.2f} {r.similarity:4.2f} {r.affinity:4.2f} "
-            f"{r.popularity:4.2f} {r.freshness:4.2f} {r.diversity:4.2f}  "
-            f"[{a.category}] {a.title}  ({a.id}, {r.age_hours:.0f}h)"
-        )
+        values = " ".join(f"{r.signals.get(spec.name, 0.0):4.2f}" for spec in BLEND)
+        print(f"{r.position:>3} {r.score:5.3f}  {values}  [{a.category}] {a.title}  ({a.id}, {r.age_hours:.0f}h)")
         if r.explanation:
-            print(f"{'':>30}↳ {r.explanation}")
+            print(f"{'':>{12 + 5 * len(BLEND)}}↳ {r.explanation}")
     return 0
 
 
@@ -128,7 +126,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.fit_weights:
         fitted = evaluate.fit_weights(evaluator, rows[base], prepared, settings.weights.frozen())
         print(f"fitted blend weights ({base} relevance; logistic regression on the clicks of these impressions):")
-        for name, value in fitted.__dict__.items():
+        for name, value in fitted.items():
             print(f"  NEWSRANK_WEIGHTS__{name.upper()}={value}")
     if args.predictions:
         evaluate.write_predictions(Path(args.predictions), rows[methods[0]], prepared)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from agent.chat import MAX_MESSAGE_CHARS, MAX_MESSAGES, Message, Reply
 from agent.profile import Profile
 from agent.ranking import MAX_K, Feed, FeedItem, FeedRequest
-from core.records import EVENT_TYPES, AdapterVersion, Article, Job
+from core.records import BLEND, EVENT_TYPES, AdapterVersion, Article, Job
 
 UserId = Annotated[str, Field(min_length=1, max_length=200)]
 Label = Annotated[str, Field(min_length=1, max_length=60)]
@@ -39,13 +39,10 @@ class FeedRequestIn(BaseModel):
         )  # fmt: skip
 
 
-class SignalsOut(BaseModel):
-    relevance: float
-    diversity: float
-    freshness: float
-    similarity: float
-    affinity: float
-    popularity: float
+# each term of the blend as core.records declares it
+SignalsOut = create_model(
+    "SignalsOut", **{spec.name: (float, Field(description=spec.meaning)) for spec in BLEND}
+)  # fmt: skip
 
 
 class FeedItemOut(BaseModel):
@@ -78,14 +75,7 @@ class FeedItemOut(BaseModel):
             published_at=datetime.fromtimestamp(a.published_at, UTC),
             age_hours=round(r.age_hours, 2),
             score=r.score,
-            signals=SignalsOut(
-                relevance=r.relevance,
-                diversity=r.diversity,
-                freshness=r.freshness,
-                similarity=r.similarity,
-                affinity=r.affinity,
-                popularity=r.popularity,
-            ),
+            signals=SignalsOut(**{spec.name: r.signals.get(spec.name, 0.0) for spec in BLEND}),
             explanation=r.explanation,
             explanation_source=r.explanation_source,
             grounded_in=list(r.grounded_in),

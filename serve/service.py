@@ -23,7 +23,7 @@ from agent.ranking import Feed, FeedRequest, Recommender
 from agent.settings import Settings
 from core.errors import InvalidInput, NotFound
 from core.llm import Backend
-from core.records import Event, Preferences
+from core.records import BLEND, Event, Preferences
 from core.stores import ArticleStore, FeedbackStore
 from retrieval.embed import Embedder
 from retrieval.ingest import MAX_EXAMPLES, IngestReport, RowError, article_from_dict, ingest_file, parse_time
@@ -265,7 +265,7 @@ class Newsrank:
         item = pick_item(record, article_id, "")
         created = datetime.fromtimestamp(record.created_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
         return prompts.render(
-            "why.v1",
+            "why.v2",
             item=item,
             total=len(record.items),
             user_id=user_id,
@@ -276,6 +276,6 @@ class Newsrank:
             adapter=record.adapter,
             prompt_version=record.prompt_version,
             cold_start=record.cold_start,
-            relevance_source="popularity among readers" if record.cold_start else "the LLM's P(Yes)",
+            signals=BLEND,
             weights=record.weights,
         )

@@ -114,6 +114,14 @@ class PostgresFeedbackStore(SqlFeedbackStore):
             PRIMARY KEY (name, version)
         );
         """,
+        # 5: a ranked item's signals in one JSON object, so that a new signal needs no new column
+        """
+        ALTER TABLE ranking_items ADD COLUMN signals JSONB NOT NULL DEFAULT '{}';
+        UPDATE ranking_items SET signals = jsonb_build_object('relevance', relevance, 'similarity', similarity,
+            'affinity', affinity, 'popularity', popularity, 'freshness', freshness, 'diversity', diversity);
+        ALTER TABLE ranking_items DROP COLUMN relevance, DROP COLUMN similarity, DROP COLUMN affinity,
+            DROP COLUMN popularity, DROP COLUMN freshness, DROP COLUMN diversity;
+        """,
     )
 
     def __init__(self, url: str, pool_size: int = 10, timeout: float = 10.0) -> None:

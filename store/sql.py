@@ -23,7 +23,7 @@ from core.errors import Conflict, InvalidInput, NotFound
 from core.records import AdapterVersion, Event, Job, Preferences, RankedItem, RankingRecord
 
 TIME_COLUMNS = frozenset({"ts", "updated_at", "created_at", "finished_at", "heartbeat_at"})
-JSON_COLUMNS = frozenset({"interests", "mutes", "weights", "grounded_in", "args", "history"})
+JSON_COLUMNS = frozenset({"interests", "mutes", "weights", "grounded_in", "args", "history", "signals"})
 BOOL_COLUMNS = frozenset({"cold_start"})
 # every table, parents before children: the order to copy a store in (`newsrank db migrate-to`)
 TABLES = ("users", "events", "rankings", "ranking_items", "jobs", "adapters", "adapter_versions")

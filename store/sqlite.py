@@ -110,6 +110,18 @@ class SqliteFeedbackStore(SqlFeedbackStore):
             PRIMARY KEY (name, version)
         );
         """,
+        # 5: a ranked item's signals in one JSON object, so that a new signal needs no new column
+        """
+        ALTER TABLE ranking_items ADD COLUMN signals TEXT NOT NULL DEFAULT '{}';
+        UPDATE ranking_items SET signals = json_object('relevance', relevance, 'similarity', similarity,
+            'affinity', affinity, 'popularity', popularity, 'freshness', freshness, 'diversity', diversity);
+        ALTER TABLE ranking_items DROP COLUMN relevance;
+        ALTER TABLE ranking_items DROP COLUMN similarity;
+        ALTER TABLE ranking_items DROP COLUMN affinity;
+        ALTER TABLE ranking_items DROP COLUMN popularity;
+        ALTER TABLE ranking_items DROP COLUMN freshness;
+        ALTER TABLE ranking_items DROP COLUMN diversity;
+        """,
     )
 
     def __init__(self, path: Path | str) -> None:

@@ -193,7 +193,7 @@ def test_a_newly_activated_adapter_is_served_without_restart(corpus_store, feedb
     registry.publish("clicks", random_lora(tmp_path / "two", seed=2))  # a newer version goes live
     second = service.recommend(FeedRequest("fan", k=3, explain=False, adapter="clicks"))
     assert feedback.ranking(second.ranking_id).adapter == "clicks@2"
-    relevance = lambda feed: {i.article.id: i.record.relevance for i in feed.items}  # noqa: E731
+    relevance = lambda feed: {i.article.id: i.record.signals["relevance"] for i in feed.items}  # noqa: E731
     common = set(relevance(first)) & set(relevance(second))
     assert any(abs(relevance(first)[a] - relevance(second)[a]) > 1e-4 for a in common)
     pinned = service.recommend(FeedRequest("fan", k=3, explain=False, adapter="clicks@1"))  # an A/B arm

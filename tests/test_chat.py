@@ -16,9 +16,9 @@ WEIGHTS = {
 }
 
 
-def item(position, article_id, title, **signals):
-    values = dict(score=0.5, relevance=0.5, diversity=0.1, freshness=0.2, similarity=0.1, affinity=0.0, age_hours=3)
-    return RankedItem(position, article_id, title, **{**values, **signals})
+def item(position, article_id, title, grounded_in=(), **signals):
+    values = dict(relevance=0.5, diversity=0.1, freshness=0.2, similarity=0.1, affinity=0.0)
+    return RankedItem(position, article_id, title, 0.5, {**values, **signals}, 3, grounded_in=grounded_in)
 
 
 RECORD = RankingRecord(

@@ -39,7 +39,7 @@ def test_a_sports_reader_gets_sports_first_with_explanations_that_cite_the_histo
     # the stored record answers "why?" with the same numbers
     top = feed.items[0].record
     answer = service.why("fan", top.article_id)
-    assert f"#1 of {len(feed.items)}" in answer and f"{top.relevance:.2f}" in answer and "smollm2" in answer
+    assert f"#1 of {len(feed.items)}" in answer and f"{top.signals['relevance']:.2f}" in answer and "smollm2" in answer
     assert top.title in answer
 
 
@@ -47,7 +47,7 @@ def test_the_llm_relevance_is_read_from_first_token_logits(corpus_store, feedbac
     feedback.add_events([Event("fan", a, "click", NOW - 3600) for a in ("s1", "s2")])
     recommender = Recommender(corpus_store, feedback, llm, settings, clock=lambda: NOW)
     feed = recommender.recommend(FeedRequest("fan", k=5, explain=False))
-    relevances = [i.record.relevance for i in feed.items]
+    relevances = [i.record.signals["relevance"] for i in feed.items]
     assert all(0.0 < y < 1.0 for y in relevances) and len(set(relevances)) > 1
 
 
@@ -58,6 +58,6 @@ def test_listwise_strategy_on_the_real_llm(corpus_store, feedback, settings, llm
     )
     recommender = Recommender(corpus_store, feedback, llm, listwise, clock=lambda: NOW)
     feed = recommender.recommend(FeedRequest("fan", k=6, explain=False))
-    relevances = sorted(i.record.relevance for i in feed.items)
+    relevances = sorted(i.record.signals["relevance"] for i in feed.items)
     assert relevances == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])  # a full permutation, whatever it wrote
     assert feedback.ranking(feed.ranking_id).strategy == "listwise"

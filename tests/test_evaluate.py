@@ -124,9 +124,9 @@ def test_fitted_weights_fill_the_budget(corpus, impressions, tmp_path):
     evaluator = evaluate.Evaluator(FakeBackend(), BlendWeights())
     rows, prepared = evaluate.run(impressions, corpus, evaluator, ["llm"], tmp_path, "fake", show_progress=False)
     fitted = evaluate.fit_weights(evaluator, rows["llm"], prepared, BlendWeights(diversity=0.1, freshness=0.2))
-    assert (fitted.diversity, fitted.freshness) == (0.1, 0.2)
-    total = fitted.relevance + fitted.similarity + fitted.affinity + fitted.popularity
-    assert total == pytest.approx(0.7, abs=0.01) and fitted.affinity > 0
+    assert (fitted["diversity"], fitted["freshness"]) == (0.1, 0.2)
+    total = fitted["relevance"] + fitted["similarity"] + fitted["affinity"] + fitted["popularity"]
+    assert total == pytest.approx(0.7, abs=0.01) and fitted["affinity"] > 0
 
 
 def test_the_eval_command_end_to_end_on_the_real_llm(tmp_path):

@@ -17,7 +17,17 @@ from tests.conftest import NOW
 
 def record(ranking_id: str, user_id: str, created_at: float, article_ids: list[str]) -> RankingRecord:
     items = tuple(
-        RankedItem(i, a, f"title {a}", 0.5, 0.6, 1.0, 0.9, 0.4, 0.3, 2.0, "because", "template", ("interest: x",))
+        RankedItem(
+            i,
+            a,
+            f"title {a}",
+            0.5,
+            {"relevance": 0.6, "diversity": 1.0, "similarity": 0.4},
+            2.0,
+            "because",
+            "template",
+            ("interest: x",),
+        )
         for i, a in enumerate(article_ids, start=1)
     )
     return RankingRecord(ranking_id, user_id, created_at, "pointwise", "v1", "fake", "m", None, {"relevance": 1.0},
@@ -45,7 +55,7 @@ def job(job_id: str, status: str = "running", at: float = NOW, instance: str = "
 
 def test_a_store_implements_the_protocol_and_its_schema_is_current(store):
     assert isinstance(store, FeedbackStore)
-    assert store.schema_current() and store.schema_version == len(store.MIGRATIONS) == 4
+    assert store.schema_current() and store.schema_version == len(store.MIGRATIONS) == 5
     store.migrate()  # idempotent
     assert store.schema_current()
 
@@ -218,7 +228,7 @@ def test_instances_starting_at_once_migrate_once(store_url):
         if isinstance(opened[0], SqliteFeedbackStore):
             assert tx.row("SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'events'")["n"] == 1
         else:
-            assert [r["version"] for r in tx.rows("SELECT version FROM newsrank_schema ORDER BY 1")] == [1, 2, 3, 4]
+            assert [r["version"] for r in tx.rows("SELECT version FROM newsrank_schema ORDER BY 1")] == [1, 2, 3, 4, 5]
     for s in opened:
         s.close()
 
@@ -288,7 +298,9 @@ def test_an_older_sqlite_database_is_migrated_forward_with_its_data(tmp_path):
     store = SqliteFeedbackStore(path)
     assert store.schema_version == len(store.MIGRATIONS) >= 2
     item = store.ranking("r0").items[0]
-    assert item.article_id == "a" and item.popularity == 0.0
+    assert item.article_id == "a" and item.signals == {
+        "relevance": 0.5, "similarity": 0.5, "affinity": 0.5, "popularity": 0.0, "freshness": 1.0, "diversity": 1.0
+    }  # fmt: skip
 
 
 def test_sqlite_is_durable_on_every_commit(feedback: SqliteFeedbackStore):

@@ -29,7 +29,7 @@ def test_a_sports_reader_gets_unseen_sports_first_and_the_record_is_stored(recom
     assert {"s1", "s2", "s3"}.isdisjoint(ids)  # already read
     assert [i.article.category for i in feed.items[:3]] == ["sports"] * 3
     scores = [i.record.score for i in feed.items]
-    assert all(0 <= i.record.relevance <= 1 and 0 <= i.record.affinity <= 1 for i in feed.items)
+    assert all(0 <= i.record.signals["relevance"] <= 1 and 0 <= i.record.signals["affinity"] <= 1 for i in feed.items)
     assert [i.record.position for i in feed.items] == [1, 2, 3, 4, 5, 6]
     stored = feedback.ranking(feed.ranking_id)
     assert [i.article_id for i in stored.items] == ids and [i.score for i in stored.items] == scores
@@ -73,8 +73,8 @@ def test_a_new_reader_gets_a_fresh_popular_feed_without_the_llm(recommender, fee
     feedback.add_events([Event(f"other{i}", "p3", "click", NOW - 30 * 86400) for i in range(9)])  # long ago
     feed = recommender.recommend(FeedRequest("never-seen", k=5))
     assert feed.cold_start and recommender.backend.calls == []
-    assert feed.items[0].article.id == "t3" and feed.items[0].record.relevance == 1.0  # the most clicked
-    relevance = {i.article.id: i.record.relevance for i in feed.items}
+    assert feed.items[0].article.id == "t3" and feed.items[0].record.signals["relevance"] == 1.0  # the most clicked
+    relevance = {i.article.id: i.record.signals["relevance"] for i in feed.items}
     assert relevance["f2"] == pytest.approx(math.log1p(2) / math.log1p(5))
     assert relevance.get("p3", 0.0) == 0.0  # popularity counts the last two half-lives only
     categories = [i.article.category for i in feed.items]
@@ -108,7 +108,7 @@ def test_a_named_adapter_reaches_the_backend_and_the_record(recommender, feedbac
     tuned = recommender.recommend(FeedRequest("fan", k=3, explain=False, adapter="clicks-v1"))
     assert feedback.ranking(tuned.ranking_id).adapter == "clicks-v1"
     assert feedback.ranking(plain.ranking_id).adapter is None
-    assert tuned.items[0].record.relevance > plain.items[0].record.relevance - 1e-9
+    assert tuned.items[0].record.signals["relevance"] > plain.items[0].record.signals["relevance"] - 1e-9
 
 
 def test_prompts_share_one_prefix_and_end_where_the_answer_starts(recommender, corpus_store):
@@ -126,5 +126,5 @@ def test_listwise_strategy_reads_the_permutation(corpus_store, feedback, setting
     feed = Recommender(corpus_store, feedback, backend, listwise, clock=lambda: NOW).recommend(
         FeedRequest("fan", k=4, explain=False)
     )
-    relevance = sorted(i.record.relevance for i in feed.items)
+    relevance = sorted(i.record.signals["relevance"] for i in feed.items)
     assert relevance == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0]) and backend.calls == ["generate:1"]

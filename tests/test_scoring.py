@@ -62,3 +62,20 @@ def test_yes_probability_from_top_logprobs():
     assert yes_probability_from_top(top, (11, 12)) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         yes_probability_from_top({}, (7, 9))
+
+
+def test_every_part_reads_the_one_declaration_of_the_signals():
+    from dataclasses import fields
+
+    from agent.chat import SIGNAL_WORDS
+    from agent.settings import Weights
+    from core.records import BLEND, SIGNALS
+    from serve.schemas import SignalsOut
+
+    names = [spec.name for spec in BLEND]
+    assert [f.name for f in fields(Signals)] == [spec.name for spec in SIGNALS] == names[:-1]
+    assert list(Weights.model_fields) == list(BlendWeights()) == list(SignalsOut.model_fields) == names
+    assert list(SIGNAL_WORDS) == names
+    assert Weights().frozen() == BlendWeights() == {spec.name: spec.weight for spec in BLEND}
+    with pytest.raises(ValueError, match="unknown signals"):
+        BlendWeights(recency=1.0)
