@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     # postgresql://USER:PASSWORD@HOST:PORT/DB, shared by every instance
     database_url: str | None = None
     database_pool_size: int = Field(10, ge=1)  # connections per instance (PostgreSQL)
+    database_timeout: float = Field(5.0, gt=0)  # seconds to wait for a connection before answering 503
     adapters_dir: Path | None = None  # adapter files; default DATA_DIR/adapters; a shared volume for many instances
     chroma_url: str | None = None  # e.g. http://chroma:8000; unset = embedded PersistentClient under data_dir
     collection: str = "articles"

@@ -23,7 +23,15 @@ from litestar.template.config import TemplateConfig
 
 from agent import __version__
 from agent.settings import Settings
-from core.errors import BackendError, Conflict, EmptyStore, InvalidInput, NewsrankError, NotFound
+from core.errors import (
+    BackendError,
+    Conflict,
+    EmptyStore,
+    InvalidInput,
+    NewsrankError,
+    NotFound,
+    StoreUnavailable,
+)
 from serve import api, web
 from serve.auth import ApiKeyMiddleware, KeyRing, NotAuthenticated, PermissionDenied
 from serve.metrics import Metrics, RequestMetrics
@@ -39,6 +47,7 @@ ERROR_STATUS: dict[type[NewsrankError], int] = {
     NotFound: 404,
     Conflict: 409,
     EmptyStore: 503,
+    StoreUnavailable: 503,
     BackendError: 502,
     NewsrankError: 500,
 }
@@ -71,7 +80,11 @@ def create_app(newsrank: Newsrank | None = None, settings: Settings | None = Non
         service.jobs.recover()
         service.backend.warm()
         app.state.newsrank = service
-        yield
+        try:
+            yield
+        finally:
+            if newsrank is None:  # built here: release its database connections
+                service.feedback.close()
 
     def provide_newsrank(state: State) -> Newsrank:
         return state.newsrank

@@ -10,9 +10,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.errors import BackendError, EmptyStore, InvalidInput, NewsrankError, NotFound
+from core.errors import BackendError, EmptyStore, InvalidInput, NewsrankError, NotFound, StoreUnavailable
 
-EXIT_CODES: dict[type[NewsrankError], int] = {InvalidInput: 2, NotFound: 3, EmptyStore: 4, BackendError: 5}
+EXIT_CODES: dict[type[NewsrankError], int] = {
+    InvalidInput: 2,
+    NotFound: 3,
+    EmptyStore: 4,
+    BackendError: 5,
+    StoreUnavailable: 6,
+}
 
 
 def _service():

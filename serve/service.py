@@ -144,7 +144,9 @@ class Newsrank:
         embedder = Embedder(settings.embedder)
         chroma = chroma_client(settings.chroma_dir, settings.chroma_url)
         articles = ChromaArticleStore(chroma, embedder, settings.collection)
-        feedback = open_store(settings.store_url, pool_size=settings.database_pool_size)
+        feedback = open_store(
+            settings.store_url, pool_size=settings.database_pool_size, timeout=settings.database_timeout
+        )
         return cls(settings, articles, feedback, backend or make_backend(settings))
 
     # -- articles -----------------------------------------------------------------------------------------

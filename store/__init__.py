@@ -24,10 +24,10 @@ def _sqlite(url: str, **_: Any) -> SqlFeedbackStore:
     return SqliteFeedbackStore(path[1:] or ":memory:")
 
 
-def _postgres(url: str, pool_size: int = 10, **_: Any) -> SqlFeedbackStore:
+def _postgres(url: str, pool_size: int = 10, timeout: float = 5.0, **_: Any) -> SqlFeedbackStore:
     from store.postgres import PostgresFeedbackStore
 
-    return PostgresFeedbackStore(url, pool_size=pool_size)
+    return PostgresFeedbackStore(url, pool_size=pool_size, timeout=timeout)
 
 
 STORES: dict[str, Callable[..., SqlFeedbackStore]] = {

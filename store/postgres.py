@@ -124,7 +124,7 @@ class PostgresFeedbackStore(SqlFeedbackStore):
         """,
     )
 
-    def __init__(self, url: str, pool_size: int = 10, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, pool_size: int = 10, timeout: float = 5.0) -> None:
         psycopg = require("psycopg", INSTALL_HINT)
         pool = require("psycopg_pool", INSTALL_HINT)
         from psycopg.rows import dict_row
@@ -143,6 +143,7 @@ class PostgresFeedbackStore(SqlFeedbackStore):
             timeout=timeout,
             kwargs={"row_factory": dict_row, "connect_timeout": max(1, int(timeout))},
             configure=configure,
+            check=pool.ConnectionPool.check_connection,  # a connection the server dropped is replaced, not used
             open=False,
         )
         try:

@@ -34,11 +34,18 @@ class ThrowawayPostgres:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        data = str(self.folder / "data")
-        self._run("initdb", "-D", data, "-A", "trust", "-U", user, "--no-sync")
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c max_connections=200"
-        self._run("pg_ctl", "-D", data, "-l", str(self.folder / "server.log"), "-w", "-t", "60", "-o", options, "start")
+        self._run("initdb", "-D", str(self.folder / "data"), "-A", "trust", "-U", user, "--no-sync")
+        self.start()
         self.databases = 0
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        log = str(self.folder / "server.log")
+        self._run("pg_ctl", "-D", str(self.folder / "data"), "-l", log, "-w", "-t", "60", "-o", options, "start")
+
+    def kill(self) -> None:
+        """Stop the server at once, as a crash would (an immediate shutdown: no checkpoint, clients cut off)."""
+        self._run("pg_ctl", "-D", str(self.folder / "data"), "-m", "immediate", "stop")
 
     def _run(self, tool: str, *args: str) -> None:
         command = [str(self.bin / tool), *args]
@@ -60,5 +67,6 @@ class ThrowawayPostgres:
         return self.url(name)
 
     def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.folder / "data"), "-m", "immediate", "stop")
+        """Stop the server and remove its files."""
+        self.kill()
         shutil.rmtree(self.folder, ignore_errors=True)

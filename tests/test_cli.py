@@ -73,3 +73,28 @@ def test_bad_input_gives_one_line_and_an_exit_code(run, tmp_path):
     assert unknown.returncode == 3 and "never recommended" in unknown.stderr
     bad_k = run("recommend", "--user", "u1", "--k", "0")
     assert bad_k.returncode == 2 and "k must be" in bad_k.stderr
+
+
+def test_db_status_and_migrate_to_postgresql(run, tmp_path, postgres):
+    """From one machine to many: the embedded store is copied into PostgreSQL, all of it, and served from there."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps({"user_id": f"u{i}", "article_id": "N1", "type": "click"}) + "\n"
+                              for i in range(3)))  # fmt: skip
+    assert run("events", "add", str(events)).returncode == 0
+    status = run("db", "status")
+    assert status.returncode == 0 and "schema version 5 of 5" in status.stdout
+    assert " events " in status.stdout and status.stdout.split(" events ")[1].split()[0] == "3"
+
+    url = postgres().replace("newsrank@", "newsrank:secret@")  # trust auth ignores the password; it is not shown
+    assert run("db", "migrate-to").returncode == 2
+    moved = run("db", "migrate-to", url)
+    assert moved.returncode == 0, moved.stderr
+    assert "copied 3 rows" in moved.stdout and "3 events" in moved.stdout and "secret" not in moved.stdout
+    again = run("db", "migrate-to", url)
+    assert again.returncode == 2 and "not empty" in again.stderr
+
+    from store import open_store
+
+    store = open_store(url)
+    assert store.user_ids() == ["u0", "u1", "u2"] and store.count_events() == 3
+    store.close()

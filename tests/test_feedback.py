@@ -12,7 +12,7 @@ from core.records import Event, Job, Preferences, RankedItem, RankingRecord
 from core.stores import FeedbackStore
 from store import TABLES, copy_store, open_store
 from store.sqlite import SqliteFeedbackStore
-from tests.conftest import NOW
+from tests.conftest import NOW, free_port
 
 
 def record(ranking_id: str, user_id: str, created_at: float, article_ids: list[str]) -> RankingRecord:
@@ -320,3 +320,27 @@ def test_both_dialects_have_the_same_migrations():
     from store.postgres import PostgresFeedbackStore
 
     assert len(PostgresFeedbackStore.MIGRATIONS) == len(SqliteFeedbackStore.MIGRATIONS)
+
+
+def test_a_database_that_does_not_answer_is_an_error_of_its_own_and_the_store_recovers():
+    from core.errors import StoreUnavailable
+    from store.throwaway import NoPostgres, ThrowawayPostgres
+
+    with pytest.raises(StoreUnavailable, match="cannot reach PostgreSQL") as refused:
+        open_store(f"postgresql://newsrank:secret@127.0.0.1:{free_port()}/none", timeout=1)
+    assert "secret" not in str(refused.value)
+    try:
+        server = ThrowawayPostgres()
+    except NoPostgres as exc:
+        pytest.skip(str(exc))
+    try:
+        store = open_store(server.new_database(), timeout=2)
+        store.add_events([Event("u", "a", "click", NOW)])
+        server.kill()
+        with pytest.raises(StoreUnavailable):
+            store.count_events()
+        server.start()
+        assert store.count_events() == 1  # the pool replaced the connections the restart cut
+        store.close()
+    finally:
+        server.stop()
