@@ -36,6 +36,17 @@ KEY = "benchmark-admin-key"
 ADMIN = {"name": "benchmark", "key": KEY, "scope": "admin"}
 
 
+def concurrently(work, threads: int) -> float:
+    """Run work(0) .. work(threads - 1) at once, each in a thread; the seconds until all are done."""
+    running = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    start = time.perf_counter()
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join()
+    return time.perf_counter() - start
+
+
 def events_per_second(url: str, writers: int, batch: int, events: int) -> float:
     store = open_store(url, pool_size=writers)
     per_writer = max(1, events // (writers * batch))
@@ -46,13 +57,7 @@ def events_per_second(url: str, writers: int, batch: int, events: int) -> float:
                 [Event(f"bench-{writer}", f"a{n}-{i}", "impression", 1_767_000_000.0 + n) for i in range(batch)]
             )
 
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - start
+    seconds = concurrently(write, writers)
     store.close()
     return writers * per_writer * batch / seconds
 
@@ -63,7 +68,7 @@ def acknowledged_per_second(settings: Settings, backend, writers: int, batch: in
     per_writer = max(1, events // (writers * batch))
     failures = []
 
-    def write(base: str, writer: int) -> None:
+    def write(writer: int) -> None:
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as client:
             for n in range(per_writer):
                 body = {"events": [{"user_id": f"http-{writer}", "article_id": f"a{n}-{i}", "type": "impression"}
@@ -72,13 +77,7 @@ def acknowledged_per_second(settings: Settings, backend, writers: int, batch: in
                     failures.append(n)
 
     with serving(service) as base:
-        threads = [threading.Thread(target=write, args=(base, w)) for w in range(writers)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        seconds = time.perf_counter() - start
+        seconds = concurrently(write, writers)
     service.feedback.close()
     if failures:
         raise SystemExit(f"{len(failures)} batches were not acknowledged")

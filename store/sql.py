@@ -233,7 +233,7 @@ class SqlFeedbackStore(ABC):
         items = [{"ranking_id": record.ranking_id, **asdict(item)} for item in record.items]
         with self.transaction() as tx:
             tx.insert("rankings", [head])
-            tx.insert("ranking_items", [{**i, "grounded_in": list(i["grounded_in"])} for i in items])
+            tx.insert("ranking_items", items)
 
     def ranking(self, ranking_id: str) -> RankingRecord:
         with self.transaction() as tx:
