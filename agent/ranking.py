@@ -67,9 +67,9 @@ class Feed:
     adapter: str | None = None  # the adapter version that scored it (name@version), if any
 
 
-def candidate_text(article: Article, with_abstract: bool = False) -> str:
+def candidate_text(article: Article, with_abstract: bool = False, template: str = CANDIDATE) -> str:
     return prompts.render(
-        CANDIDATE,
+        template,
         title=article.title,
         category=article.category,
         subcategory=article.subcategory,
@@ -78,7 +78,11 @@ def candidate_text(article: Article, with_abstract: bool = False) -> str:
 
 
 def relevance_requests(
-    backend: Backend, profile_text: str, articles: Sequence[Article], adapter: str | None = None
+    backend: Backend,
+    profile_text: str,
+    articles: Sequence[Article],
+    adapter: str | None = None,
+    candidate_template: str = CANDIDATE,
 ) -> list[ScoreRequest]:
     """The pointwise prompts: one shared prefix (system, profile, question), one suffix per candidate.
 
@@ -86,7 +90,7 @@ def relevance_requests(
     """
     user = prompts.render(RELEVANCE, profile=profile_text, candidate=SPLIT)
     prefix, tail = backend.chat_prompt(prompts.render(SYSTEM), user).split(SPLIT)
-    return [ScoreRequest(prefix, candidate_text(a) + tail, adapter) for a in articles]
+    return [ScoreRequest(prefix, candidate_text(a, template=candidate_template) + tail, adapter) for a in articles]
 
 
 class Recommender:
