@@ -16,7 +16,8 @@ import shutil
 import time
 import tomllib
 from collections import defaultdict
-from dataclasses import asdict, field
+from collections.abc import Sequence
+from dataclasses import asdict, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,22 +54,35 @@ class TrainConfig:
     device: str = "cpu"  # or "cuda" on a GPU machine
 
 
-def load_config(path: Path | None, overrides: list[str], **defaults: Any) -> TrainConfig:
-    """Settings from a TOML or JSON file, then `key=value` overrides (values parsed as JSON when they can be).
-    Unknown keys and badly typed values are rejected."""
+# what an override may set: the learning itself, never where data, output or models are read or written
+OVERRIDABLE = frozenset(f.name for f in fields(TrainConfig)) - {"data", "output", "base_model", "model_cache"}
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` overrides of training settings (values parsed as JSON when they can be). The one parser for
+    the command line and the API: a key is taken exactly as given, and only the keys of OVERRIDABLE."""
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in OVERRIDABLE:
+            keys = ", ".join(sorted(OVERRIDABLE))
+            raise InvalidInput(f"bad training override {item[:80]!r}; expected KEY=VALUE with KEY one of {keys}")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+def load_config(path: Path | None, overrides: Sequence[str], **defaults: Any) -> TrainConfig:
+    """Settings from a TOML or JSON file, then `key=value` overrides (parse_overrides). Unknown keys and badly
+    typed values are rejected."""
     raw: dict[str, Any] = dict(defaults)
     if path is not None:
         if not path.is_file():
             raise InvalidInput(f"no such config file: {path}")
         raw.update(tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text()))
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InvalidInput(f"override {item!r} is not key=value")
-        try:
-            raw[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            raw[key.strip()] = value
+    raw.update(parse_overrides(overrides))
     try:
         return TypeAdapter(TrainConfig).validate_python(raw)
     except ValidationError as exc:
@@ -133,7 +147,8 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     step, losses = 0, []
     run_id = data_hash(Path(config.data)) + json.dumps(asdict(config), sort_keys=True)
     if (checkpoint / "state.pt").is_file():
-        state = torch.load(checkpoint / "state.pt", weights_only=False, map_location=config.device)
+        # tensors and plain values only: a checkpoint is never a way to run code
+        state = torch.load(checkpoint / "state.pt", weights_only=True, map_location=config.device)
         if state.get("run_id") == run_id:  # the same data and config: resume where it stopped
             peft.set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
             optimizer.load_state_dict(state["optimizer"])

@@ -226,20 +226,14 @@ class Chat:
 
     def _less(self, reply: Reply, user_id: str) -> Reply:
         label = self._label(reply.article_id)
-        prefs = self.feedback.preferences(user_id)
-        updated = Preferences(
-            tuple(i for i in prefs.interests if i != label), tuple(dict.fromkeys((*prefs.mutes, label)))
-        )
+        updated = self.feedback.preferences(user_id).with_mute(label)
         self.feedback.set_preferences(user_id, updated, self.clock())
         text = f'Done: you will see no more "{label}" articles. Say "more about {label}" to undo it.'
         return replace(reply, text=text, preferences=updated)
 
     def _more(self, reply: Reply, user_id: str, topic: str) -> Reply:
         topic = topic.lower()
-        prefs = self.feedback.preferences(user_id)
-        updated = Preferences(
-            tuple(dict.fromkeys((*prefs.interests, topic))), tuple(m for m in prefs.mutes if m != topic)
-        )
+        updated = self.feedback.preferences(user_id).with_interest(topic)
         self.feedback.set_preferences(user_id, updated, self.clock())
         text = f'Done: "{topic}" is now one of your interests, and your next feed will lean towards it.'
         return replace(reply, text=text, preferences=updated)

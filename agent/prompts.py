@@ -13,12 +13,14 @@ from importlib.resources import files
 import jinja2
 from jinja2 import meta
 
+from agent.untrusted import neutralize
 from core.errors import InvalidInput
 
 TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
     "system.v1": frozenset(),
     "profile.v1": frozenset({"cold_start", "interests", "explicit", "mutes", "history"}),
     "candidate.v1": frozenset({"title", "category", "subcategory", "abstract"}),
+    "candidate.v2": frozenset({"title", "category", "subcategory", "abstract"}),  # quoted, neutralized article text
     "relevance.v1": frozenset({"profile", "candidate"}),
     "explain.v1": frozenset({"title", "reason"}),
     "explain_answer.v1": frozenset(),  # the start of the answer, so the model continues a sentence to "you"
@@ -45,12 +47,14 @@ TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
 
 @cache
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(files("prompts"))),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
         autoescape=False,  # plain text for a model, not HTML
     )
+    env.filters["untrusted"] = neutralize  # text from article feeds: `{{ title | untrusted }}`, `untrusted(300)`
+    return env
 
 
 def declared_variables(name: str) -> frozenset[str]:

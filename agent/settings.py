@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     micro_batching: bool = True  # concurrent requests share LLM calls (agent/backends/batching.py)
     batch_window_ms: float = Field(5.0, ge=0)  # how long a call waits for others to join it
 
+    # events a reader's client may send through the API per minute (per instance); bulk imports: `events add`
+    events_per_reader_per_minute: int = Field(600, ge=1)
+
     # background jobs: a running job's instance reports every `job_heartbeat_seconds`; any instance marks a job
     # interrupted after `job_silence_seconds` without a report (its runner is gone)
     job_heartbeat_seconds: float = Field(5.0, gt=0)

@@ -41,3 +41,11 @@ class Conflict(NewsrankError):
 
 class StoreUnavailable(NewsrankError):
     """A store (the database, the Chroma server) did not answer; try again later."""
+
+
+class RateLimited(NewsrankError):
+    """Too many requests of one kind (a reader's events): try again after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

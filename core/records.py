@@ -8,6 +8,7 @@ lives here; validation of one edge's input format lives at that edge.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,10 +72,34 @@ class Event:
             raise InvalidInput("dwell_seconds must be >= 0")
 
 
+MAX_INTERESTS = 20  # explicit interests go into every prompt: a cap keeps the prompt (and the feed) fast
+MAX_MUTES = 50
+
+
 @dataclass(frozen=True)
 class Preferences:
     interests: tuple[str, ...] = ()
     mutes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.interests) > MAX_INTERESTS or len(self.mutes) > MAX_MUTES:
+            raise InvalidInput(f"at most {MAX_INTERESTS} interests and {MAX_MUTES} mutes")
+
+    @classmethod
+    def newest(cls, interests: Sequence[str], mutes: Sequence[str]) -> Preferences:
+        """Preferences from labels in the order they were given, duplicates dropped and, past the caps, the
+        oldest ones forgotten (a reader who keeps asking for "more about X" keeps their latest wishes)."""
+        return cls(tuple(dict.fromkeys(interests))[-MAX_INTERESTS:], tuple(dict.fromkeys(mutes))[-MAX_MUTES:])
+
+    def with_interest(self, label: str) -> Preferences:
+        return Preferences.newest(
+            [i for i in self.interests if i != label] + [label], [m for m in self.mutes if m != label]
+        )
+
+    def with_mute(self, label: str) -> Preferences:
+        return Preferences.newest(
+            [i for i in self.interests if i != label], [m for m in self.mutes if m != label] + [label]
+        )
 
 
 # -- rankings -------------------------------------------------------------------------------------------------

@@ -54,6 +54,9 @@ class IngestReport:
         return "\n".join([text, *(f"  line {e.line}: {e.reason}" for e in self.examples)])
 
 
+EARLIEST, LATEST = 0.0, 4_102_444_800.0  # 1970 to 2100: anything else is a mistake, not news
+
+
 def parse_time(value: Any, default: float) -> float:
     """Epoch seconds from an ISO-8601 string or a number; `default` when absent. Naive times are UTC."""
     if value is None or value == "":
@@ -61,7 +64,7 @@ def parse_time(value: Any, default: float) -> float:
     if isinstance(value, bool):
         raise InvalidInput(f"bad time {value!r}")
     if isinstance(value, int | float):
-        return float(value)
+        return _plausible(float(value), value)
     try:
         parsed = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
     except ValueError:
@@ -72,7 +75,13 @@ def parse_time(value: Any, default: float) -> float:
             raise InvalidInput(f"bad time {value!r}; expected ISO-8601 or epoch seconds") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    return _plausible(parsed.timestamp(), value)
+
+
+def _plausible(epoch: float, given: Any) -> float:
+    if not EARLIEST <= epoch <= LATEST:  # NaN fails this too
+        raise InvalidInput(f"bad time {str(given)[:40]!r}; expected a time between 1970 and 2100")
+    return epoch
 
 
 def article_from_dict(row: dict[str, Any], now: float) -> Article:

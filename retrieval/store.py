@@ -115,6 +115,11 @@ class ChromaArticleStore:
         got = self.collection.get(ids=list(dict.fromkeys(ids)), include=["metadatas", "embeddings"])
         return _hits(got["ids"], got["metadatas"], got["embeddings"])
 
+    def known(self, ids: Sequence[str]) -> set[str]:
+        if not ids:
+            return set()
+        return set(self.collection.get(ids=list(dict.fromkeys(ids)), include=[])["ids"])
+
     def delete(self, ids: Sequence[str]) -> None:
         if ids:
             self.collection.delete(ids=list(ids))

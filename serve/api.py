@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
+from typing import Annotated
+from urllib.parse import quote
 
 from litestar import Controller, Request, delete, get, patch, post
+from litestar.params import Parameter
 from litestar.response import Response, ServerSentEvent
 
 from agent import __version__
@@ -15,6 +19,8 @@ from core.errors import NotFound
 from serve.auth import PUBLIC, ApiKey, admin_only
 from serve.metrics import Metrics
 from serve.schemas import (
+    PRINTABLE,
+    USER_ID,
     ActivateIn,
     AdapterOut,
     ArticleOut,
@@ -35,6 +41,15 @@ from serve.schemas import (
 from serve.service import Newsrank
 
 Req = Request[ApiKey, str, object]
+# ids in paths and query strings, checked like the same ids in bodies
+PathUser = Annotated[str, Parameter(min_length=1, max_length=200, pattern=USER_ID)]
+PathArticle = Annotated[str, Parameter(min_length=1, max_length=200, pattern=PRINTABLE)]
+PathName = Annotated[str, Parameter(max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+PathJob = Annotated[str, Parameter(max_length=64, pattern=r"^[0-9a-f]+$")]
+IdempotencyKey = Annotated[
+    str | None, Parameter(header="Idempotency-Key", min_length=1, max_length=200, pattern=PRINTABLE)
+]
+QueryRanking = Annotated[str | None, Parameter(max_length=64, pattern=r"^[0-9a-f]+$")]
 log = logging.getLogger("newsrank.serve")
 
 
@@ -103,11 +118,15 @@ def feed(data: FeedRequestIn, newsrank: Newsrank, request: Req) -> FeedOut:
 
 
 @post("/v1/events", status_code=201, sync_to_thread=True, tags=["feed"])
-def events(data: EventsIn, newsrank: Newsrank, request: Req) -> StoredOut:
-    """Store a batch of reader events, all or none; the answer comes only after they are durably stored."""
+def events(data: EventsIn, newsrank: Newsrank, request: Req, idempotency_key: IdempotencyKey = None) -> StoredOut:
+    """Store a batch of reader events, all or none; the answer comes only after they are durably stored.
+    Send an `Idempotency-Key` header to retry safely: a batch sent again with the same key (within a day) is
+    not stored twice, and the answer says `replayed`."""
     for event in data.events:
         request.user.check_user(event.user_id)
-    return StoredOut(stored=newsrank.add_events([e.model_dump(mode="json") for e in data.events]))
+    key = f"{request.user.name}:{idempotency_key}" if idempotency_key else None
+    stored = newsrank.add_events([e.model_dump(mode="json") for e in data.events], key)
+    return StoredOut(stored=stored, replayed=key is not None and stored == 0)
 
 
 @post("/v1/chat", status_code=200, sync_to_thread=True, tags=["feed"])
@@ -137,7 +156,9 @@ def chat_stream(data: ChatIn, newsrank: Newsrank, request: Req) -> ServerSentEve
 
 
 @get("/v1/why", sync_to_thread=True, tags=["feed"])
-def why(user_id: str, article_id: str, newsrank: Newsrank, request: Req, ranking_id: str | None = None) -> WhyOut:
+def why(
+    user_id: PathUser, article_id: PathArticle, newsrank: Newsrank, request: Req, ranking_id: QueryRanking = None
+) -> WhyOut:
     """The full audit of one recommendation: every signal, weight and the model behind it."""
     request.user.check_user(user_id)
     return WhyOut(user_id=user_id, article_id=article_id, answer=newsrank.why(user_id, article_id, ranking_id))
@@ -155,14 +176,14 @@ class Articles(Controller):
         return StoredOut(stored=newsrank.upsert_articles([a.model_dump(mode="json") for a in data.articles]))
 
     @get("/{article_id:str}", sync_to_thread=True)
-    def get_article(self, article_id: str, newsrank: Newsrank) -> ArticleOut:
+    def get_article(self, article_id: PathArticle, newsrank: Newsrank) -> ArticleOut:
         hit = newsrank.articles.get([article_id]).get(article_id)
         if hit is None:
             raise NotFound(f"no article {article_id!r}")
         return ArticleOut.of(hit.article)
 
     @delete("/{article_id:str}", sync_to_thread=True)
-    def delete_article(self, article_id: str, newsrank: Newsrank) -> None:
+    def delete_article(self, article_id: PathArticle, newsrank: Newsrank) -> None:
         if article_id not in newsrank.articles.get([article_id]):
             raise NotFound(f"no article {article_id!r}")
         newsrank.articles.delete([article_id])
@@ -179,27 +200,26 @@ class Users(Controller):
         return newsrank.feedback.known_users()
 
     @get("/{user_id:str}", sync_to_thread=True)
-    def get_user(self, user_id: str, newsrank: Newsrank) -> UserOut:
+    def get_user(self, user_id: PathUser, newsrank: Newsrank) -> UserOut:
         """The profile built from the reader's events and explicit preferences."""
         return UserOut.of(newsrank.user(user_id), newsrank.settings.history_titles)
 
     @patch("/{user_id:str}", sync_to_thread=True)
-    def patch_user(self, user_id: str, data: PreferencesPatch, newsrank: Newsrank) -> PreferencesOut:
+    def patch_user(self, user_id: PathUser, data: PreferencesPatch, newsrank: Newsrank) -> PreferencesOut:
         """Replace explicit interests and/or mutes; fields left out stay as they are."""
         prefs = newsrank.set_preferences(user_id, data.interests, data.mutes)
         return PreferencesOut(interests=list(prefs.interests), mutes=list(prefs.mutes))
 
     @delete("/{user_id:str}", status_code=200, sync_to_thread=True)
-    def delete_user(self, user_id: str, newsrank: Newsrank) -> dict[str, int]:
+    def delete_user(self, user_id: PathUser, newsrank: Newsrank) -> dict[str, int]:
         """Erase the reader's events, preferences, rankings and exported training rows; returns the counts."""
         return newsrank.delete_user(user_id)
 
     @get("/{user_id:str}/export", sync_to_thread=True)
-    def export_user(self, user_id: str, newsrank: Newsrank) -> Response[str]:
+    def export_user(self, user_id: PathUser, newsrank: Newsrank) -> Response[str]:
         """Everything held on the reader, as one JSON document."""
         body = json.dumps(newsrank.export_user(user_id), indent=1, ensure_ascii=False)
-        disposition = f'attachment; filename="newsrank-user-{user_id}.json"'
-        return Response(body, media_type="application/json", headers={"Content-Disposition": disposition})
+        return Response(body, media_type="application/json", headers={"Content-Disposition": attachment(user_id)})
 
 
 class Adapters(Controller):
@@ -212,12 +232,12 @@ class Adapters(Controller):
         return [AdapterOut.of(v) for v in newsrank.adapters.versions()]
 
     @post("/{name:str}/activate", status_code=200, sync_to_thread=True)
-    def activate(self, name: str, data: ActivateIn, newsrank: Newsrank) -> AdapterOut:
+    def activate(self, name: PathName, data: ActivateIn, newsrank: Newsrank) -> AdapterOut:
         """Serve this version (default: the newest) for requests naming the adapter, from the next request."""
         return AdapterOut.of(newsrank.adapters.activate(name if data.version is None else f"{name}@{data.version}"))
 
     @post("/{name:str}/rollback", status_code=200, sync_to_thread=True)
-    def rollback(self, name: str, newsrank: Newsrank) -> AdapterOut:
+    def rollback(self, name: PathName, newsrank: Newsrank) -> AdapterOut:
         """Serve the previously active version again."""
         return AdapterOut.of(newsrank.adapters.rollback(name))
 
@@ -238,8 +258,16 @@ class Jobs(Controller):
         return [JobOut.of(j) for j in newsrank.jobs.list()]
 
     @get("/{job_id:str}", sync_to_thread=True)
-    def get_job(self, job_id: str, newsrank: Newsrank) -> JobOut:
+    def get_job(self, job_id: PathJob, newsrank: Newsrank) -> JobOut:
         return JobOut.of(newsrank.jobs.get(job_id))
+
+
+def attachment(user_id: str) -> str:
+    """A Content-Disposition for a reader's export: an ASCII file name for every client, and the exact one
+    (RFC 6266/5987, percent-encoded UTF-8) for those that read it. Nothing of the id can break the header."""
+    plain = re.sub(r"[^A-Za-z0-9._-]+", "_", user_id)[:80] or "reader"
+    exact = quote(f"newsrank-user-{user_id}.json")
+    return f"attachment; filename=\"newsrank-user-{plain}.json\"; filename*=UTF-8''{exact}"
 
 
 ROUTES = [healthz, readyz, metrics_text, feed, events, chat, chat_stream, why, Articles, Users, Adapters, Jobs]

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from importlib.resources import files
 
 from litestar import Litestar, Request, Response
 from litestar.contrib.jinja import JinjaTemplateEngine
-from litestar.datastructures import State
+from litestar.datastructures import ResponseHeader, State
 from litestar.di import Provide
-from litestar.exceptions import ValidationException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
@@ -30,6 +31,7 @@ from core.errors import (
     InvalidInput,
     NewsrankError,
     NotFound,
+    RateLimited,
     StoreUnavailable,
 )
 from serve import api, web
@@ -39,7 +41,7 @@ from serve.service import Newsrank
 
 log = logging.getLogger("newsrank.serve")
 
-# one table from error class to HTTP status; anything else is a 500 the framework logs
+# one table from error class to HTTP status; anything else is a 500, logged with its traceback
 ERROR_STATUS: dict[type[NewsrankError], int] = {
     NotAuthenticated: 401,
     PermissionDenied: 403,
@@ -48,15 +50,43 @@ ERROR_STATUS: dict[type[NewsrankError], int] = {
     Conflict: 409,
     EmptyStore: 503,
     StoreUnavailable: 503,
+    RateLimited: 429,
     BackendError: 502,
     NewsrankError: 500,
 }
 
 
+# every response: no sniffing, no framing, no referrer, and a page that loads nothing from elsewhere
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' "
+    "'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'",
+}
+
+
 def error_response(_: Request, exc: NewsrankError) -> Response:
     status = next(code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls))
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     return Response({"error": type(exc).__name__, "detail": str(exc)}, status_code=status, headers=headers)
+
+
+def http_error_response(_: Request, exc: HTTPException) -> Response:
+    """The framework's own errors (no such route, a method not allowed, a body too large) in the same shape."""
+    name = HTTPStatus(exc.status_code).phrase.replace(" ", "") if exc.status_code in HTTPStatus else "HTTPError"
+    return Response({"error": name, "detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def internal_error_response(request: Request, exc: Exception) -> Response:
+    """A bug: logged with its traceback (route template only: ids stay out of logs), answered in the one shape."""
+    route = request.scope.get("path_template") or "?"
+    log.error("%s %s failed", request.method, route, exc_info=exc)
+    body = {"error": "InternalError", "detail": "the request failed inside the service; it was logged"}
+    return Response(body, status_code=500)
 
 
 def validation_response(_: Request, exc: ValidationException) -> Response:
@@ -97,7 +127,13 @@ def create_app(newsrank: Newsrank | None = None, settings: Settings | None = Non
             "metrics": Provide(lambda: metrics, sync_to_thread=False, use_cache=True),
         },
         middleware=[RequestMetrics(metrics), DefineMiddleware(ApiKeyMiddleware, keys=keys, exclude=["^/schema"])],
-        exception_handlers={NewsrankError: error_response, ValidationException: validation_response},
+        exception_handlers={
+            NewsrankError: error_response,
+            ValidationException: validation_response,
+            HTTPException: http_error_response,
+            Exception: internal_error_response,
+        },
+        response_headers=[ResponseHeader(name=k, value=v) for k, v in SECURITY_HEADERS.items()],
         template_config=TemplateConfig(directory=str(files("serve") / "templates"), engine=JinjaTemplateEngine),
         openapi_config=OpenAPIConfig(
             title="newsrank",

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from adapters.registry import parse_reference
+from adapters.train import parse_overrides
 from agent.settings import Settings
 from core.errors import BackendError, InvalidInput
 from core.records import Job
@@ -51,10 +52,9 @@ class TrainingJobs:
     def start(self, name: str, since: str = "last", overrides: Sequence[str] = (), force: bool = False) -> Job:
         """Train adapter `name` on the events since `since` ("last": since its active version), gate it and
         publish it if it is better (or always, with force)."""
-        parse_reference(name)
-        for override in overrides:
-            if "=" not in override or override.split("=", 1)[0] in {"data", "output", "base_model", "model_cache"}:
-                raise InvalidInput(f"bad training override {override!r}; expected KEY=VALUE of a training setting")
+        if parse_reference(name)[1] is not None:
+            raise InvalidInput(f"train a name, not a version: {name!r}")
+        parse_overrides(overrides)  # the trainer parses them again, the same way
         args = ["train", "--name", name, "--since", since, *(a for o in overrides for a in ("--set", o))]
         args += ["--force"] if force else []
         self.recover()  # a dead runner must not hold the one slot

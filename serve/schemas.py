@@ -10,17 +10,24 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from agent.chat import MAX_MESSAGE_CHARS, MAX_MESSAGES, Message, Reply
 from agent.profile import Profile
 from agent.ranking import MAX_K, Feed, FeedItem, FeedRequest
-from core.records import BLEND, EVENT_TYPES, AdapterVersion, Article, Job
+from core.records import BLEND, EVENT_TYPES, MAX_INTERESTS, MAX_MUTES, AdapterVersion, Article, Job
 
-UserId = Annotated[str, Field(min_length=1, max_length=200)]
-Label = Annotated[str, Field(min_length=1, max_length=60)]
+# Ids travel in URL paths, headers and logs: printable text only, and a reader id without "/" or "\\", so
+# that every reader created through events can also be exported and erased by their id.
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+USER_ID = r"^[^\x00-\x1f\x7f/\\]+$"
+UserId = Annotated[str, Field(min_length=1, max_length=200, pattern=USER_ID)]
+ArticleId = Annotated[str, Field(min_length=1, max_length=200, pattern=PRINTABLE)]
+RankingId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")]
+Label = Annotated[str, Field(min_length=1, max_length=60, pattern=PRINTABLE)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class FiltersIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    categories: list[Label] = Field(default_factory=list, description="only these categories, if given")
-    exclude_categories: list[Label] = Field(default_factory=list, description="never these categories")
-    max_age_hours: float | None = Field(None, gt=0, description="only articles at most this old")
+    categories: list[Label] = Field(default_factory=list, max_length=50, description="only these categories")
+    exclude_categories: list[Label] = Field(default_factory=list, max_length=50, description="never these")
+    max_age_hours: Finite | None = Field(None, gt=0, le=24 * 365 * 100, description="only articles at most this old")
 
 
 class FeedRequestIn(BaseModel):
@@ -29,7 +36,9 @@ class FeedRequestIn(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K)
     explain: bool = True
     filters: FiltersIn = Field(default_factory=FiltersIn)
-    adapter: str | None = Field(None, description="NAME (its active version) or NAME@VERSION; default: configured")
+    adapter: str | None = Field(
+        None, max_length=80, description="NAME (its active version) or NAME@VERSION; default: configured"
+    )
 
     def request(self) -> FeedRequest:
         f = self.filters
@@ -111,11 +120,11 @@ class WhyOut(BaseModel):
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: UserId
-    article_id: str = Field(min_length=1, max_length=200)
+    article_id: ArticleId
     type: Literal[EVENT_TYPES]  # type: ignore[valid-type]
-    ts: datetime | float | None = Field(None, description="ISO-8601 or epoch seconds; default: now")
-    dwell_seconds: float | None = Field(None, ge=0)
-    ranking_id: str | None = None
+    ts: datetime | Finite | None = Field(None, description="ISO-8601 or epoch seconds; default: now")
+    dwell_seconds: Finite | None = Field(None, ge=0, le=24 * 3600)
+    ranking_id: RankingId | None = Field(None, description="the feed the event happened in (one of this reader's)")
 
 
 class EventsIn(BaseModel):
@@ -125,17 +134,18 @@ class EventsIn(BaseModel):
 
 class StoredOut(BaseModel):
     stored: int
+    replayed: bool = Field(False, description="this batch's Idempotency-Key was seen before: nothing new stored")
 
 
 class ArticleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1, max_length=200)
+    id: ArticleId
     title: str = Field(min_length=1, max_length=1000)
     abstract: str = Field("", max_length=10_000)
     category: str = Field("", max_length=60)
     subcategory: str = Field("", max_length=60)
     url: str = Field("", max_length=2000)
-    published_at: datetime | float | None = Field(None, description="ISO-8601 or epoch seconds; default: now")
+    published_at: datetime | Finite | None = Field(None, description="ISO-8601 or epoch seconds; default: now")
 
 
 class ArticlesIn(BaseModel):
@@ -169,8 +179,8 @@ class MessageIn(BaseModel):
 class ChatIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: UserId
-    ranking_id: str | None = None
-    article_id: str | None = None
+    ranking_id: RankingId | None = None
+    article_id: ArticleId | None = None
     messages: list[MessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
 
     def chat_messages(self) -> list[Message]:
@@ -228,8 +238,10 @@ class UserOut(BaseModel):
 
 class PreferencesPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    interests: list[Label] | None = Field(None, description="replaces the explicit interests")
-    mutes: list[Label] | None = Field(None, description="replaces the muted categories or subcategories")
+    interests: list[Label] | None = Field(None, max_length=MAX_INTERESTS, description="replaces the interests")
+    mutes: list[Label] | None = Field(
+        None, max_length=MAX_MUTES, description="replaces the muted categories or subcategories"
+    )
 
 
 class AdapterOut(BaseModel):
@@ -251,9 +263,13 @@ class ActivateIn(BaseModel):
 
 class TrainIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=64)
-    since: str = Field("last", description="'last' (since the active version was trained) or an ISO-8601 time")
-    overrides: list[str] = Field(default_factory=list, description="training settings, KEY=VALUE")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="the adapter's name (no @VERSION)")
+    since: str = Field(
+        "last", max_length=40, description="'last' (since the active version was trained) or an ISO-8601 time"
+    )
+    overrides: list[Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=list, max_length=20, description="training settings, KEY=VALUE"
+    )
     force: bool = Field(False, description="publish even if the gate finds it no better")
 
 

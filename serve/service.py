@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -23,12 +24,13 @@ from agent.ranking import Feed, FeedRequest, Recommender
 from agent.settings import Settings
 from core.errors import InvalidInput, NotFound
 from core.llm import Backend
-from core.records import BLEND, Event, Preferences
+from core.records import BLEND, MAX_INTERESTS, MAX_MUTES, Event, Preferences
 from core.stores import ArticleStore, FeedbackStore
 from retrieval.embed import Embedder
 from retrieval.ingest import MAX_EXAMPLES, IngestReport, RowError, article_from_dict, ingest_file, parse_time
 from retrieval.store import ChromaArticleStore, chroma_client
 from serve.jobs import TrainingJobs
+from serve.limits import RateLimiter
 from store import open_store
 
 DEMO_USERS = ("demo-sports", "demo-politics", "demo-tech", "demo-new")
@@ -137,6 +139,7 @@ class Newsrank:
         self.recommender = Recommender(articles, feedback, backend, settings, clock, self.adapters)
         self.chat = Chat(feedback, articles, backend, clock)
         self.jobs = TrainingJobs(feedback, settings, clock)
+        self.event_rate = RateLimiter(settings.events_per_reader_per_minute, time.monotonic)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, backend: Backend | None = None) -> Newsrank:
@@ -194,8 +197,9 @@ class Newsrank:
         return self.articles.upsert(articles)
 
     # -- events -------------------------------------------------------------------------------------------
-    def add_events(self, rows: Sequence[Any]) -> int:
-        """Store a batch of events atomically, after every row validated; returns only once durable."""
+    def add_events(self, rows: Sequence[Any], batch_key: str | None = None) -> int:
+        """Store a batch of events atomically, after every row validated; returns only once durable. A batch
+        sent again with the same `batch_key` stores nothing and returns 0."""
         now = self.clock()
         events = []
         for number, row in enumerate(rows, start=1):
@@ -203,7 +207,20 @@ class Newsrank:
                 events.append(event_from_dict(row, now))
             except InvalidInput as exc:
                 raise InvalidInput(f"event {number}: {exc}") from None
-        return self.feedback.add_events(events)
+        self.check_events(events)
+        return self.feedback.add_events(events, batch_key, now)
+
+    def check_events(self, events: Sequence[Event]) -> None:
+        """What a client's batch may claim: articles that exist, rankings made for the event's own reader, and
+        no more events per reader than the rate allows (a reader's clicks can't be used to steer others)."""
+        unknown = {e.article_id for e in events} - self.articles.known([e.article_id for e in events])
+        if unknown:
+            raise InvalidInput(f"unknown articles: {', '.join(repr(a) for a in sorted(unknown)[:5])}")
+        owners = self.feedback.ranking_owners([e.ranking_id for e in events if e.ranking_id])
+        for e in events:
+            if e.ranking_id and owners.get(e.ranking_id) != e.user_id:
+                raise InvalidInput(f"ranking {e.ranking_id!r} was not made for {e.user_id!r}")
+        self.event_rate.take(Counter(e.user_id for e in events))
 
     def add_events_file(self, path: Path) -> EventReport:
         """Store every valid event of a JSONL file in one transaction; report the malformed rows."""
@@ -238,10 +255,11 @@ class Newsrank:
     ) -> Preferences:
         """Replace the explicit interests and/or mutes (None keeps what is there)."""
         current = self.feedback.preferences(user_id)
-        updated = Preferences(
-            tuple(dict.fromkeys(clean_labels(interests))) if interests is not None else current.interests,
-            tuple(dict.fromkeys(clean_labels(mutes))) if mutes is not None else current.mutes,
-        )
+        interests = clean_labels(interests) if interests is not None else current.interests
+        mutes = clean_labels(mutes) if mutes is not None else current.mutes
+        if len(set(interests)) > MAX_INTERESTS or len(set(mutes)) > MAX_MUTES:
+            raise InvalidInput(f"at most {MAX_INTERESTS} interests and {MAX_MUTES} mutes")
+        updated = Preferences.newest(interests, mutes)
         self.feedback.set_preferences(user_id, updated, self.clock())
         return updated
 

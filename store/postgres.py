@@ -122,6 +122,15 @@ class PostgresFeedbackStore(SqlFeedbackStore):
         ALTER TABLE ranking_items DROP COLUMN relevance, DROP COLUMN similarity, DROP COLUMN affinity,
             DROP COLUMN popularity, DROP COLUMN freshness, DROP COLUMN diversity;
         """,
+        # 6: keys of event batches already stored, so that a retried batch is not stored twice
+        """
+        CREATE TABLE event_batches (
+            batch_key TEXT PRIMARY KEY,
+            stored INTEGER NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE INDEX event_batches_created ON event_batches(created_at);
+        """,
     )
 
     def __init__(self, url: str, pool_size: int = 10, timeout: float = 5.0) -> None:

@@ -26,9 +26,10 @@ TIME_COLUMNS = frozenset({"ts", "updated_at", "created_at", "finished_at", "hear
 JSON_COLUMNS = frozenset({"interests", "mutes", "weights", "grounded_in", "args", "history", "signals"})
 BOOL_COLUMNS = frozenset({"cold_start"})
 # every table, parents before children: the order to copy a store in (`newsrank db migrate-to`)
-TABLES = ("users", "events", "rankings", "ranking_items", "jobs", "adapters", "adapter_versions")
+TABLES = ("users", "events", "rankings", "ranking_items", "jobs", "adapters", "adapter_versions", "event_batches")
 ITEM_COLUMNS = ("ranking_id", *(f.name for f in fields(RankedItem)))
 EVENT_COLUMNS = ("user_id", "article_id", "type", "ts", "dwell_seconds", "ranking_id")
+BATCH_KEY_DAYS = 1
 
 
 class Tx:
@@ -152,9 +153,23 @@ class SqlFeedbackStore(ABC):
                 self._write_version(tx, version)
 
     # -- events -------------------------------------------------------------------------------------------
-    def add_events(self, events: Sequence[Event]) -> int:
-        """Store a batch atomically: all of it or none of it. Returns how many were stored."""
+    def add_events(self, events: Sequence[Event], batch_key: str | None = None, now: float = 0.0) -> int:
+        """Store a batch atomically: all of it or none of it. Returns how many were stored.
+
+        A batch sent again with the same `batch_key` (a client retrying after a lost answer) stores nothing
+        and returns 0: keys are remembered for a day from `now`."""
         with self.transaction() as tx:
+            if batch_key is not None:
+                tx.execute(
+                    "DELETE FROM event_batches WHERE created_at < ?", [self.encode_time(now - BATCH_KEY_DAYS * 86400)]
+                )
+                claimed = tx.execute(
+                    "INSERT INTO event_batches(batch_key, stored, created_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT(batch_key) DO NOTHING",
+                    [batch_key, len(events), self.encode_time(now)],
+                )
+                if claimed.rowcount == 0:
+                    return 0
             tx.insert("events", [{c: getattr(e, c) for c in EVENT_COLUMNS} for e in events])
         return len(events)
 
@@ -166,11 +181,12 @@ class SqlFeedbackStore(ABC):
             return [Event(**r) for r in tx.rows(sql + " ORDER BY ts, id", params)]
 
     def click_counts(self, since: float) -> dict[str, int]:
-        """Positive interactions per article since a time: the popularity prior for cold-start readers."""
+        """Readers who clicked or liked each article since a time: the popularity signal. Readers, not
+        clicks: a thousand clicks of one reader count once, so no single reader can make an article popular."""
         with self.transaction() as tx:
             rows = tx.rows(
-                "SELECT article_id, COUNT(*) AS n FROM events WHERE type IN ('click', 'like') AND ts >= ?"
-                " GROUP BY article_id",
+                "SELECT article_id, COUNT(DISTINCT user_id) AS n FROM events WHERE type IN ('click', 'like')"
+                " AND ts >= ? GROUP BY article_id",
                 [self.encode_time(since)],
             )
         return {r["article_id"]: r["n"] for r in rows}
@@ -211,7 +227,7 @@ class SqlFeedbackStore(ABC):
     def preferences(self, user_id: str) -> Preferences:
         with self.transaction() as tx:
             row = tx.row("SELECT interests, mutes FROM users WHERE user_id = ?", [user_id])
-        return Preferences() if row is None else Preferences(tuple(row["interests"]), tuple(row["mutes"]))
+        return Preferences() if row is None else Preferences.newest(row["interests"], row["mutes"])
 
     def set_preferences(self, user_id: str, prefs: Preferences, now: float) -> None:
         with self.transaction() as tx:
@@ -247,6 +263,17 @@ class SqlFeedbackStore(ABC):
         return RankingRecord(
             **head, items=tuple(RankedItem(**{**i, "grounded_in": tuple(i["grounded_in"])}) for i in items)
         )
+
+    def ranking_owners(self, ranking_ids: Sequence[str]) -> dict[str, str]:
+        """The reader each known ranking was made for; unknown ids are absent."""
+        ids = list(dict.fromkeys(ranking_ids))
+        owners: dict[str, str] = {}
+        with self.transaction() as tx:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                sql = f"SELECT ranking_id, user_id FROM rankings WHERE ranking_id IN ({', '.join('?' * len(chunk))})"
+                owners.update({r["ranking_id"]: r["user_id"] for r in tx.rows(sql, chunk)})
+        return owners
 
     def latest_ranking_with(self, user_id: str, article_id: str) -> RankingRecord:
         with self.transaction() as tx:

@@ -122,6 +122,15 @@ class SqliteFeedbackStore(SqlFeedbackStore):
         ALTER TABLE ranking_items DROP COLUMN freshness;
         ALTER TABLE ranking_items DROP COLUMN diversity;
         """,
+        # 6: keys of event batches already stored, so that a retried batch is not stored twice
+        """
+        CREATE TABLE event_batches (
+            batch_key TEXT PRIMARY KEY,
+            stored INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX event_batches_created ON event_batches(created_at);
+        """,
     )
 
     def __init__(self, path: Path | str) -> None:

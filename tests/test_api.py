@@ -150,7 +150,8 @@ def test_chat_errors(client):
     body = feed_for(client, explain=False)
     cases = [
         ({"user_id": "fan", "messages": [{"role": "user", "content": "why?"}]}, 400),  # neither ranking nor article
-        ({"user_id": "fan", "ranking_id": "nope", "messages": [{"role": "user", "content": "why?"}]}, 404),
+        ({"user_id": "fan", "ranking_id": "0123abcd", "messages": [{"role": "user", "content": "why?"}]}, 404),
+        ({"user_id": "fan", "ranking_id": "nope", "messages": [{"role": "user", "content": "why?"}]}, 400),  # no id
         (
             {"user_id": "fan", "ranking_id": body["ranking_id"], "messages": [{"role": "assistant", "content": "hi"}]},
             400,
