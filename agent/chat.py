@@ -8,6 +8,7 @@ fact from the record; otherwise the reader gets the answer written from the reco
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,7 @@ POSITION = re.compile(r"(?:#|number |no\. ?)(?P<n>\d{1,3})\b")
 SIGNAL_WORDS = {spec.name: spec.reason for spec in BLEND}
 
 Role = Literal["user", "assistant"]
+log = logging.getLogger("newsrank.chat")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Reply:
     title: str
     facts: dict[str, object] = field(default_factory=dict)
     preferences: Preferences | None = None  # the reader's preferences after a "less" or "more" request
+    degraded: bool = False  # the model failed: the answer comes from the record alone
 
 
 def check_messages(messages: Sequence[Message]) -> None:
@@ -208,13 +211,21 @@ class Chat:
         phrased = valid_reply(generated, reply.facts["cite"])  # type: ignore[arg-type]
         return replace(reply, text=phrased, source="llm") if phrased else reply
 
+    def phrase(self, reply: Reply, request: GenerateRequest) -> Reply:
+        """Let the model phrase a "why" answer. If the model fails, the record's own answer stands, marked
+        degraded: the reader still gets a true answer."""
+        try:
+            generated = self.backend.generate([request])[0].text
+        except Exception:
+            log.exception("the LLM failed to phrase a chat answer; answering from the record")
+            return replace(reply, degraded=True)
+        return self.finish(reply, generated)
+
     def answer(
         self, user_id: str, messages: Sequence[Message], ranking_id: str | None = None, article_id: str | None = None
     ) -> Reply:
         reply, request = self.prepare(user_id, messages, ranking_id, article_id)
-        if request is None:
-            return reply
-        return self.finish(reply, self.backend.generate([request])[0].text)
+        return reply if request is None else self.phrase(reply, request)
 
     # -- preference changes -------------------------------------------------------------------------------
     def _label(self, article_id: str) -> str:

@@ -126,6 +126,13 @@ def choose(generated: Sequence[str | None], groundings: Sequence[Grounding], art
     return out
 
 
+def templates(articles: Sequence[Article], groundings: Sequence[Grounding], n: int) -> dict[int, tuple[str, str]]:
+    """Explanations for the first n items from the template alone (when the model is not there to write)."""
+    n = min(n, len(articles))
+    chosen = choose([None] * n, groundings[:n], articles[:n])
+    return {position: chosen[position - 1] for position in range(1, n + 1)}
+
+
 def write(
     backend: Backend, articles: Sequence[Article], groundings: Sequence[Grounding], n: int, adapter: str | None = None
 ) -> dict[int, tuple[str, str]]:

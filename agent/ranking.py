@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -13,12 +14,14 @@ import numpy as np
 from agent import explain, prompts
 from agent.listwise import Permutation, listwise_rank, parse_permutation, rank_scores
 from agent.profile import Profile, build_profile
-from agent.scoring import blend_rank, cosine_similarity, freshness
+from agent.scoring import blend_rank, cosine_similarity, freshness, without
 from agent.settings import Settings
 from core.errors import EmptyStore, InvalidInput, NotFound
 from core.llm import Backend, GenerateRequest, ScoreRequest
 from core.records import DIVERSITY, Article, Hit, RankedItem, RankingRecord, Signals
 from core.stores import AdapterResolver, ArticleStore, FeedbackStore
+
+log = logging.getLogger("newsrank.ranking")
 
 SYSTEM = "system.v1"
 RELEVANCE = "relevance.v1"
@@ -65,6 +68,7 @@ class Feed:
     profile_text: str
     timings: dict[str, float] = field(default_factory=dict)
     adapter: str | None = None  # the adapter version that scored it (name@version), if any
+    degraded: tuple[str, ...] = ()  # parts done without the LLM because it failed: relevance, explanations
 
 
 def candidate_text(article: Article, with_abstract: bool = False, template: str = CANDIDATE) -> str:
@@ -244,8 +248,17 @@ class Recommender:
         hits = self.candidates(profile, request.categories, request.exclude_categories, request.max_age_hours)
         lap("candidates")
         popularity = self.popularity(hits)
+        weights, degraded = s.weights.frozen(), []
         # a cold-start reader has no history to judge by: popularity is the relevance prior
-        relevance = popularity if profile.cold_start or not hits else self.relevance(profile_text, hits, adapter)
+        if profile.cold_start or not hits:
+            relevance = popularity
+        else:
+            try:
+                relevance = self.relevance(profile_text, hits, adapter)
+            except Exception:  # the feed goes on without the model: the other signals blend, renormalised
+                log.exception("scoring relevance failed; the feed is blended without it")
+                relevance, weights = [0.0] * len(hits), without(weights, "relevance")
+                degraded.append("relevance")
         lap("relevance")
 
         signals = [
@@ -259,16 +272,20 @@ class Recommender:
             for h, y, p in zip(hits, relevance, popularity, strict=True)
         ]
         embeddings = np.stack([h.embedding for h in hits]) if hits else np.zeros((0, 1))
-        placed = blend_rank(signals, embeddings, s.weights.frozen(), request.k)
+        placed = blend_rank(signals, embeddings, weights, request.k)
         lap("blend")
 
         top = [hits[p.index] for p in placed]
         groundings = [explain.ground(profile, h.article, h.embedding) for h in top]
-        explanations = (
-            explain.write(self.backend, [h.article for h in top], groundings, s.explain_top, adapter)
-            if request.explain
-            else {}
-        )
+        explanations = {}
+        if request.explain:
+            articles = [h.article for h in top]
+            try:
+                explanations = explain.write(self.backend, articles, groundings, s.explain_top, adapter)
+            except Exception:  # the template says the same facts plainly
+                log.exception("writing explanations failed; the template explains instead")
+                explanations = explain.templates(articles, groundings, s.explain_top)
+                degraded.append("explanations")
         lap("explain")
 
         items = tuple(
@@ -297,16 +314,24 @@ class Recommender:
             backend=self.backend.name,
             model=self.backend.model,
             adapter=None if profile.cold_start else adapter,
-            weights=s.weights.model_dump(),
+            weights=dict(weights),
             profile_text=profile_text,
             cold_start=profile.cold_start,
             items=tuple(i.record for i in items),
+            degraded=tuple(degraded),
         )
         self.feedback.record_ranking(record)
         lap("record")
         timings["total"] = round(time.perf_counter() - started, 4)
         return Feed(
-            record.ranking_id, request.user_id, profile.cold_start, items, profile_text, timings, record.adapter
+            record.ranking_id,
+            request.user_id,
+            profile.cold_start,
+            items,
+            profile_text,
+            timings,
+            record.adapter,
+            record.degraded,
         )
 
 

@@ -35,6 +35,15 @@ class BlendWeights(dict[str, float]):
         super().__init__({**defaults, **weights})
 
 
+def without(weights: BlendWeights, missing: str) -> BlendWeights:
+    """The weights for a blend that lacks one signal: its weight goes to the other signals in proportion, so
+    the candidates' own signals keep their total weight against diversity."""
+    others = [spec.name for spec in SIGNALS if spec.name != missing]
+    total = sum(weights[name] for name in others)
+    scale = (total + weights[missing]) / total if total > 0 else 1.0
+    return BlendWeights(**{**weights, missing: 0.0, **{name: weights[name] * scale for name in others}})
+
+
 @dataclass(frozen=True)
 class Placed:
     """One slot of a blended ranking: which candidate, its diversity gain there, and its final score."""

@@ -182,6 +182,7 @@ class RankingRecord:
     profile_text: str
     cold_start: bool
     items: tuple[RankedItem, ...] = field(default_factory=tuple)
+    degraded: tuple[str, ...] = ()  # parts done without the LLM because it failed (relevance, explanations)
 
 
 # -- background work ------------------------------------------------------------------------------------------

@@ -163,16 +163,17 @@ class ChromaArticleStore:
         exclude_categories: Sequence[str] | None = None,
         exclude_ids: Iterable[str] = (),
     ) -> list[Hit]:
-        """The newest articles published since a time, newest first."""
+        """The newest articles published since a time, newest first. Only their metadata is read to choose
+        them; vectors are read for the chosen k alone (a window can hold many thousands of articles)."""
         exclude = set(exclude_ids)
-        got = self.collection.get(
-            where=where_clause(since, categories, exclude_categories), include=["metadatas", "embeddings"]
-        )
-        hits = [
-            h for h in _hits(got["ids"], got["metadatas"], got["embeddings"]).values() if h.article.id not in exclude
-        ]
-        hits.sort(key=lambda h: (-h.article.published_at, h.article.id))
-        return hits[:k]
+        got = self.collection.get(where=where_clause(since, categories, exclude_categories), include=["metadatas"])
+        newest = sorted(
+            ((float((meta or {}).get("published_at", 0.0)), article_id) for article_id, meta in
+             zip(got["ids"], got["metadatas"], strict=True) if article_id not in exclude),
+            key=lambda t: (-t[0], t[1]),
+        )[:k]  # fmt: skip
+        chosen = self.get([article_id for _, article_id in newest])
+        return [chosen[article_id] for _, article_id in newest if article_id in chosen]
 
 
 def _hits(ids, metadatas, embeddings, distances=None) -> dict[str, Hit]:

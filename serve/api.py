@@ -147,9 +147,8 @@ def chat_stream(data: ChatIn, newsrank: Newsrank, request: Req) -> ServerSentEve
 
     def events() -> Iterator[dict[str, str]]:
         yield {"event": "facts", "data": ChatOut.of(reply).model_dump_json()}
-        final = reply
-        if generate is not None:  # the slow part, after the facts are already with the reader
-            final = newsrank.chat.finish(reply, newsrank.backend.generate([generate])[0].text)
+        # the slow part, after the facts are already with the reader
+        final = reply if generate is None else newsrank.chat.phrase(reply, generate)
         yield {"event": "answer", "data": ChatOut.of(final).model_dump_json()}
 
     return ServerSentEvent(events())

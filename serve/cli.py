@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -284,12 +285,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"newsrank: feedback store {redact(settings.store_url)}")
     print(f"newsrank: API docs at {base}/schema; API keys in {settings.api_keys_path.resolve()}")
     admin = next((k for k in KeyRing.from_settings(settings).keys if k.admin), None)
-    if admin is not None and args.host in ("127.0.0.1", "localhost"):
-        # the key rides in the URL fragment, which the browser keeps to itself; only shown on loopback
+    if admin is not None and args.host in ("127.0.0.1", "localhost") and sys.stdout.isatty():
+        # the key rides in the URL fragment, which the browser keeps to itself; shown only to a person at a
+        # terminal on loopback, never into a log
         print(f"newsrank: web page {base}/#key={admin.key}")
     else:
-        print(f"newsrank: web page {base}/ (paste an API key)")
-    uvicorn.run(app, host=args.host, port=args.port)
+        print(f"newsrank: web page {base}/ (paste an API key from {settings.api_keys_path.resolve()})")
+    logging.getLogger("newsrank.access").setLevel(logging.INFO)
+    # uvicorn's own access log would write reader ids (they are in paths); serve/metrics.py logs route templates
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_config=None)
     return 0
 
 
@@ -411,6 +415,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(0o077)  # every file newsrank writes (stores, keys, logs, runs) is for its own user only
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:

@@ -7,6 +7,7 @@ ids never become label values); LLM tokens and cache hits are counted where the 
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -72,6 +73,9 @@ class Metrics:
         return "".join(line + "\n" for line in lines)
 
 
+access = logging.getLogger("newsrank.access")
+
+
 class RequestMetrics(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
@@ -92,6 +96,8 @@ class RequestMetrics(ASGIMiddleware):
         finally:
             route: Any = scope.get("path_template") or "unmatched"
             method = scope.get("method", "")
+            # the access log: route templates, never the ids in paths or query strings (readers stay out of logs)
+            access.info("%s %s %s %.0f ms", method, route, status["code"], 1000 * (time.perf_counter() - started))
             self.metrics.inc(
                 "newsrank_http_requests_total", help="HTTP requests", route=route, method=method,
                 status=str(status["code"]),

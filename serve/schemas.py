@@ -98,6 +98,11 @@ class FeedOut(BaseModel):
     items: list[FeedItemOut]
     timings: dict[str, float]
     adapter: str | None = Field(None, description="the adapter version that scored the feed (NAME@VERSION)")
+    degraded: list[str] = Field(
+        default_factory=list,
+        description="parts that failed and were done without the LLM: relevance (the blend ran on the other "
+        "signals), explanations (written from the template)",
+    )
 
     @classmethod
     def of(cls, feed: Feed) -> FeedOut:
@@ -108,6 +113,7 @@ class FeedOut(BaseModel):
             items=[FeedItemOut.of(i) for i in feed.items],
             timings=feed.timings,
             adapter=feed.adapter,
+            degraded=list(feed.degraded),
         )
 
 
@@ -201,6 +207,7 @@ class ChatOut(BaseModel):
     title: str
     facts: dict[str, Any]
     preferences: PreferencesOut | None
+    degraded: bool = Field(False, description="the model failed: the answer comes from the record alone")
 
     @classmethod
     def of(cls, reply: Reply) -> ChatOut:
@@ -209,6 +216,7 @@ class ChatOut(BaseModel):
             answer=reply.text, source=reply.source, intent=reply.intent, ranking_id=reply.ranking_id,
             article_id=reply.article_id, title=reply.title, facts=reply.facts,
             preferences=PreferencesOut(interests=list(prefs.interests), mutes=list(prefs.mutes)) if prefs else None,
+            degraded=reply.degraded,
         )  # fmt: skip
 
 

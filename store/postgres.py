@@ -122,7 +122,8 @@ class PostgresFeedbackStore(SqlFeedbackStore):
         ALTER TABLE ranking_items DROP COLUMN relevance, DROP COLUMN similarity, DROP COLUMN affinity,
             DROP COLUMN popularity, DROP COLUMN freshness, DROP COLUMN diversity;
         """,
-        # 6: keys of event batches already stored, so that a retried batch is not stored twice
+        # 6: keys of event batches already stored, so that a retried batch is not stored twice; what a ranking
+        # did without the LLM when it failed
         """
         CREATE TABLE event_batches (
             batch_key TEXT PRIMARY KEY,
@@ -130,6 +131,7 @@ class PostgresFeedbackStore(SqlFeedbackStore):
             created_at TIMESTAMPTZ NOT NULL
         );
         CREATE INDEX event_batches_created ON event_batches(created_at);
+        ALTER TABLE rankings ADD COLUMN degraded JSONB NOT NULL DEFAULT '[]';
         """,
     )
 

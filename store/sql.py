@@ -23,7 +23,7 @@ from core.errors import Conflict, InvalidInput, NotFound
 from core.records import AdapterVersion, Event, Job, Preferences, RankedItem, RankingRecord
 
 TIME_COLUMNS = frozenset({"ts", "updated_at", "created_at", "finished_at", "heartbeat_at"})
-JSON_COLUMNS = frozenset({"interests", "mutes", "weights", "grounded_in", "args", "history", "signals"})
+JSON_COLUMNS = frozenset({"interests", "mutes", "weights", "grounded_in", "args", "history", "signals", "degraded"})
 BOOL_COLUMNS = frozenset({"cold_start"})
 # every table, parents before children: the order to copy a store in (`newsrank db migrate-to`)
 TABLES = ("users", "events", "rankings", "ranking_items", "jobs", "adapters", "adapter_versions", "event_batches")
@@ -99,6 +99,9 @@ class SqlFeedbackStore(ABC):
             cursor.executemany(self.placeholders(sql), values)
         finally:
             cursor.close()
+
+    def after_erasure(self) -> None:  # noqa: B027 - a dialect that keeps old copies of rows removes them here
+        """After a reader's rows were deleted and committed."""
 
     def after_copy(self, tx: Tx) -> None:  # noqa: B027 - most dialects have nothing to do
         """After rows were copied in with their ids (a dialect moves its id sequences past them)."""
@@ -261,7 +264,8 @@ class SqlFeedbackStore(ABC):
                 [ranking_id],
             )
         return RankingRecord(
-            **head, items=tuple(RankedItem(**{**i, "grounded_in": tuple(i["grounded_in"])}) for i in items)
+            **{**head, "degraded": tuple(head["degraded"])},
+            items=tuple(RankedItem(**{**i, "grounded_in": tuple(i["grounded_in"])}) for i in items),
         )
 
     def ranking_owners(self, ranking_ids: Sequence[str]) -> dict[str, str]:
@@ -304,10 +308,12 @@ class SqlFeedbackStore(ABC):
     def delete_user(self, user_id: str) -> dict[str, int]:
         """Erase a reader in one transaction: events, preferences, rankings (their items cascade)."""
         with self.transaction() as tx:
-            return {
+            counts = {
                 table: tx.execute(f"DELETE FROM {table} WHERE user_id = ?", [user_id]).rowcount
                 for table in ("events", "users", "rankings")
             }
+        self.after_erasure()
+        return counts
 
     # -- background jobs ----------------------------------------------------------------------------------
     def claim_job(self, job: Job) -> None:

@@ -122,7 +122,8 @@ class SqliteFeedbackStore(SqlFeedbackStore):
         ALTER TABLE ranking_items DROP COLUMN freshness;
         ALTER TABLE ranking_items DROP COLUMN diversity;
         """,
-        # 6: keys of event batches already stored, so that a retried batch is not stored twice
+        # 6: keys of event batches already stored, so that a retried batch is not stored twice; what a ranking
+        # did without the LLM when it failed
         """
         CREATE TABLE event_batches (
             batch_key TEXT PRIMARY KEY,
@@ -130,6 +131,7 @@ class SqliteFeedbackStore(SqlFeedbackStore):
             created_at REAL NOT NULL
         );
         CREATE INDEX event_batches_created ON event_batches(created_at);
+        ALTER TABLE rankings ADD COLUMN degraded TEXT NOT NULL DEFAULT '[]';
         """,
     )
 
@@ -153,6 +155,7 @@ class SqliteFeedbackStore(SqlFeedbackStore):
                 time.sleep(0.1)
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not just unlinked
         self.migrate()
 
     @contextmanager
@@ -167,6 +170,11 @@ class SqliteFeedbackStore(SqlFeedbackStore):
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def after_erasure(self) -> None:
+        # the WAL still holds the erased rows' old pages: copy it into the (overwritten) file and empty it
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _read_version(self, tx: Tx) -> int:
         return tx.execute("PRAGMA user_version").fetchone()["user_version"]

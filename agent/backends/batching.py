@@ -33,12 +33,13 @@ T = TypeVar("T")
 class _Batch:
     kind: str  # "score" or "generate": the two never mix
     requests: list[Any] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)  # where each call's requests begin
     calls: int = 0
     closed: bool = False  # no more joiners: the requests are final
     full: threading.Event = field(default_factory=threading.Event)  # cuts the leader's collection window short
     done: threading.Event = field(default_factory=threading.Event)
     results: list[Any] = field(default_factory=list)
-    error: BaseException | None = None
+    errors: dict[int, BaseException] = field(default_factory=dict)  # by a call's start: what failed for it
 
 
 class MicroBatcher:
@@ -80,6 +81,7 @@ class MicroBatcher:
             if batch is None:
                 batch = self._open[kind] = _Batch(kind)
             start = len(batch.requests)
+            batch.starts.append(start)
             batch.requests.extend(requests)
             batch.calls += 1
             if len(batch.requests) >= self.max_batch:
@@ -90,8 +92,8 @@ class MicroBatcher:
             self._lead(batch, run)
         else:
             batch.done.wait()
-        if batch.error is not None:
-            raise batch.error
+        if start in batch.errors:
+            raise batch.errors[start]
         return batch.results[start : start + len(requests)]
 
     def _lead(self, batch: _Batch, run: Callable[[list[Any]], list[Any]]) -> None:
@@ -100,12 +102,20 @@ class MicroBatcher:
             # the batch stays open while an earlier one runs: calls arriving meanwhile ride along
             with self._busy:
                 self._close(batch)
-                results = run(batch.requests)
-                if len(results) != len(batch.requests):
-                    raise BackendError(f"{batch.kind}: {len(results)} results for {len(batch.requests)} requests")
-                batch.results = results
+                try:
+                    batch.results = _checked(batch.kind, run, batch.requests)
+                except Exception:
+                    if len(batch.starts) == 1:
+                        raise
+                    # one call's bad request must not fail the calls merged with it: each runs alone again
+                    batch.results = [None] * len(batch.requests)
+                    for start, end in zip(batch.starts, [*batch.starts[1:], len(batch.requests)], strict=True):
+                        try:
+                            batch.results[start:end] = _checked(batch.kind, run, batch.requests[start:end])
+                        except Exception as exc:
+                            batch.errors[start] = exc
         except BaseException as exc:  # every caller of the batch gets it, the leader included
-            batch.error = exc
+            batch.errors.update(dict.fromkeys(batch.starts, exc))
         finally:
             self._close(batch)  # also when the wait itself was interrupted
             batch.done.set()  # never leave a follower waiting
@@ -119,3 +129,10 @@ class MicroBatcher:
                 del self._open[batch.kind]
             self.stats[f"{batch.kind}_batches"] += 1
             self.stats[f"{batch.kind}_merged_calls"] += batch.calls - 1
+
+
+def _checked(kind: str, run: Callable[[list[Any]], list[Any]], requests: list[Any]) -> list[Any]:
+    results = run(requests)
+    if len(results) != len(requests):
+        raise BackendError(f"{kind}: {len(results)} results for {len(requests)} requests")
+    return results
