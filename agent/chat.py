@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from agent import explain, prompts
-from core.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound, model_failure
 from core.llm import Backend, GenerateRequest
 from core.records import BLEND, Preferences, RankedItem, RankingRecord
 from core.stores import ArticleStore, FeedbackStore
@@ -216,7 +216,9 @@ class Chat:
         degraded: the reader still gets a true answer."""
         try:
             generated = self.backend.generate([request])[0].text
-        except Exception:
+        except Exception as exc:
+            if not model_failure(exc):
+                raise
             log.exception("the LLM failed to phrase a chat answer; answering from the record")
             return replace(reply, degraded=True)
         return self.finish(reply, generated)

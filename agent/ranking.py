@@ -16,7 +16,7 @@ from agent.listwise import Permutation, listwise_rank, parse_permutation, rank_s
 from agent.profile import Profile, build_profile
 from agent.scoring import blend_rank, cosine_similarity, freshness, without
 from agent.settings import Settings
-from core.errors import EmptyStore, InvalidInput, NotFound
+from core.errors import EmptyStore, InvalidInput, NotFound, model_failure
 from core.llm import Backend, GenerateRequest, ScoreRequest
 from core.records import DIVERSITY, Article, Hit, RankedItem, RankingRecord, Signals
 from core.stores import AdapterResolver, ArticleStore, FeedbackStore
@@ -255,7 +255,9 @@ class Recommender:
         else:
             try:
                 relevance = self.relevance(profile_text, hits, adapter)
-            except Exception:  # the feed goes on without the model: the other signals blend, renormalised
+            except Exception as exc:  # the feed goes on without the model: the other signals blend, renormalised
+                if not model_failure(exc):
+                    raise
                 log.exception("scoring relevance failed; the feed is blended without it")
                 relevance, weights = [0.0] * len(hits), without(weights, "relevance")
                 degraded.append("relevance")
@@ -282,7 +284,9 @@ class Recommender:
             articles = [h.article for h in top]
             try:
                 explanations = explain.write(self.backend, articles, groundings, s.explain_top, adapter)
-            except Exception:  # the template says the same facts plainly
+            except Exception as exc:  # the template says the same facts plainly
+                if not model_failure(exc):
+                    raise
                 log.exception("writing explanations failed; the template explains instead")
                 explanations = explain.templates(articles, groundings, s.explain_top)
                 degraded.append("explanations")

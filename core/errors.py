@@ -49,3 +49,9 @@ class RateLimited(NewsrankError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def model_failure(exc: BaseException) -> bool:
+    """The model failed (a backend error, or anything that is not newsrank's own answer to bad input, like a
+    NotFound for an adapter the request named): what can go on without the model should."""
+    return isinstance(exc, BackendError) or not isinstance(exc, NewsrankError)

@@ -28,6 +28,7 @@ from serve.schemas import (
     ChatIn,
     ChatOut,
     EventsIn,
+    EventsStoredOut,
     FeedOut,
     FeedRequestIn,
     JobOut,
@@ -118,7 +119,7 @@ def feed(data: FeedRequestIn, newsrank: Newsrank, request: Req) -> FeedOut:
 
 
 @post("/v1/events", status_code=201, sync_to_thread=True, tags=["feed"])
-def events(data: EventsIn, newsrank: Newsrank, request: Req, idempotency_key: IdempotencyKey = None) -> StoredOut:
+def events(data: EventsIn, newsrank: Newsrank, request: Req, idempotency_key: IdempotencyKey = None) -> EventsStoredOut:
     """Store a batch of reader events, all or none; the answer comes only after they are durably stored.
     Send an `Idempotency-Key` header to retry safely: a batch sent again with the same key (within a day) is
     not stored twice, and the answer says `replayed`."""
@@ -126,7 +127,7 @@ def events(data: EventsIn, newsrank: Newsrank, request: Req, idempotency_key: Id
         request.user.check_user(event.user_id)
     key = f"{request.user.name}:{idempotency_key}" if idempotency_key else None
     stored = newsrank.add_events([e.model_dump(mode="json") for e in data.events], key)
-    return StoredOut(stored=stored, replayed=key is not None and stored == 0)
+    return EventsStoredOut(stored=stored, replayed=key is not None and stored == 0)
 
 
 @post("/v1/chat", status_code=200, sync_to_thread=True, tags=["feed"])

@@ -77,7 +77,10 @@ def error_response(_: Request, exc: NewsrankError) -> Response:
 
 def http_error_response(_: Request, exc: HTTPException) -> Response:
     """The framework's own errors (no such route, a method not allowed, a body too large) in the same shape."""
-    name = HTTPStatus(exc.status_code).phrase.replace(" ", "") if exc.status_code in HTTPStatus else "HTTPError"
+    try:
+        name = HTTPStatus(exc.status_code).phrase.replace(" ", "")
+    except ValueError:
+        name = "HTTPError"
     return Response({"error": name, "detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 

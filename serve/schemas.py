@@ -140,6 +140,9 @@ class EventsIn(BaseModel):
 
 class StoredOut(BaseModel):
     stored: int
+
+
+class EventsStoredOut(StoredOut):
     replayed: bool = Field(False, description="this batch's Idempotency-Key was seen before: nothing new stored")
 
 

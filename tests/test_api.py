@@ -81,7 +81,7 @@ def test_events_are_stored_all_or_none(client, service):
     good = {"user_id": "fan", "article_id": "s3", "type": "click", "ts": "2026-01-01T10:00:00Z"}
     response = client.post("/v1/events", json={"events": [good, {**good, "type": "dwell", "dwell_seconds": 42}]},
                            headers=auth(FANS))  # fmt: skip
-    assert response.status_code == 201 and response.json() == {"stored": 2}
+    assert response.status_code == 201 and response.json() == {"stored": 2, "replayed": False}
     assert service.feedback.count_events() == before + 2
     bad = client.post("/v1/events", json={"events": [good, {**good, "type": "teleport"}]}, headers=auth(FANS))
     assert bad.status_code == 400 and bad.json()["fields"][0]["key"] == "events.1.type"

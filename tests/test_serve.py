@@ -30,14 +30,14 @@ def server(tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(f"{base}/readyz", process, 300)
-        yield base, json.loads((data / "api_keys.json").read_text())[0]["key"], process
+        yield base, json.loads((data / "api_keys.json").read_text())[0]["key"], process, data
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
 def test_the_real_server_seeds_the_demo_and_serves_an_explained_feed(server):
-    base, key, _ = server
+    base, key, *_ = server
     headers = {"Authorization": f"Bearer {key}"}
     assert httpx.post(f"{base}/v1/feed", json={"user_id": "demo-sports"}, timeout=30).status_code == 401
     response = httpx.post(f"{base}/v1/feed", json={"user_id": "demo-sports", "k": 5}, headers=headers, timeout=120)
@@ -57,7 +57,7 @@ def test_the_real_server_seeds_the_demo_and_serves_an_explained_feed(server):
 def test_the_web_page_feed_feedback_and_chat(server):
     from playwright.sync_api import expect, sync_playwright
 
-    base, key, _ = server
+    base, key, *_ = server
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -72,6 +72,7 @@ def test_the_web_page_feed_feedback_and_chat(server):
             assert "key=" not in page.url
             page.get_by_test_id("user").fill("demo-tech")
             page.get_by_test_id("user").dispatch_event("change")
+            page.wait_for_function("() => state.feedUser === 'demo-tech'")  # not the first reader's feed
             items = page.get_by_test_id("item")
             expect(items.first).to_be_visible()
             expect(page.get_by_test_id("explanation").first).to_be_visible()
@@ -103,3 +104,18 @@ def test_the_web_page_feed_feedback_and_chat(server):
     headers = {"Authorization": f"Bearer {key}"}
     profile = httpx.get(f"{base}/v1/users/demo-tech", headers=headers, timeout=30).json()
     assert profile["mutes"] and first_title in profile["history"]
+
+
+def test_the_server_logs_no_key_and_no_reader_and_keeps_its_files_private(server):
+    """Last in this module: it stops the server to read everything it wrote."""
+    base, key, process, data = server
+    headers = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(f"{base}/v1/users/demo-politics", headers=headers, timeout=30).status_code == 200
+    process.terminate()
+    output = process.communicate(timeout=30)[0]
+    assert "GET /v1/users/{user_id} 200" in output  # the access log: the route, not the reader
+    assert key not in output and "demo-politics" not in output
+    assert str(data.resolve() / "api_keys.json") in output  # where to find the key instead
+    files = [p for p in data.rglob("*")]
+    assert any(p.name == "feedback.sqlite3" for p in files) and any(p.name == "api_keys.json" for p in files)
+    assert [p for p in files if p.stat().st_mode & 0o077] == []  # nothing readable by others
