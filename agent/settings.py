@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     # events a reader's client may send through the API per minute (per instance); bulk imports: `events add`
     events_per_reader_per_minute: int = Field(600, ge=1)
 
+    # requests that need the LLM (feeds of readers with a history, chat): at most LLM_CONCURRENCY at it and
+    # LLM_QUEUE more waiting, each at most LLM_WAIT_SECONDS; past that 429 with Retry-After
+    llm_concurrency: int = Field(4, ge=1)
+    llm_queue: int = Field(8, ge=0)
+    llm_wait_seconds: float = Field(30.0, gt=0)
+
     # background jobs: a running job's instance reports every `job_heartbeat_seconds`; any instance marks a job
     # interrupted after `job_silence_seconds` without a report (its runner is gone)
     job_heartbeat_seconds: float = Field(5.0, gt=0)

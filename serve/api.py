@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Annotated
 from urllib.parse import quote
 
@@ -15,7 +16,7 @@ from litestar.params import Parameter
 from litestar.response import Response, ServerSentEvent
 
 from agent import __version__
-from core.errors import NotFound
+from core.errors import NotFound, RateLimited
 from serve.auth import PUBLIC, ApiKey, admin_only
 from serve.metrics import Metrics
 from serve.schemas import (
@@ -115,7 +116,8 @@ def feed(data: FeedRequestIn, newsrank: Newsrank, request: Req) -> FeedOut:
     """A ranked feed for one reader with the score breakdown, explanations for the top items and a ranking_id
     that events and chat can refer to."""
     request.user.check_user(data.user_id)
-    return FeedOut.of(newsrank.recommend(data.request()))
+    with newsrank.llm_gate.slot("feed"):
+        return FeedOut.of(newsrank.recommend(data.request()))
 
 
 @post("/v1/events", status_code=201, sync_to_thread=True, tags=["feed"])
@@ -136,7 +138,8 @@ def chat(data: ChatIn, newsrank: Newsrank, request: Req) -> ChatOut:
     Answers come from the stored ranking record; the last two change the reader's explicit preferences.
     The item is `article_id`, else "#N" or title words in the question, else the top item of `ranking_id`."""
     request.user.check_user(data.user_id)
-    return ChatOut.of(newsrank.chat.answer(data.user_id, data.chat_messages(), data.ranking_id, data.article_id))
+    with newsrank.llm_gate.slot("chat"):
+        return ChatOut.of(newsrank.chat.answer(data.user_id, data.chat_messages(), data.ranking_id, data.article_id))
 
 
 @post("/v1/chat/stream", status_code=200, sync_to_thread=True, tags=["feed"])
@@ -148,8 +151,15 @@ def chat_stream(data: ChatIn, newsrank: Newsrank, request: Req) -> ServerSentEve
 
     def events() -> Iterator[dict[str, str]]:
         yield {"event": "facts", "data": ChatOut.of(reply).model_dump_json()}
-        # the slow part, after the facts are already with the reader
-        final = reply if generate is None else newsrank.chat.phrase(reply, generate)
+        # the slow part, after the facts are already with the reader; a model too busy to phrase it leaves the
+        # record's answer, marked degraded (a stream cannot turn into a 429 any more)
+        final = reply
+        if generate is not None:
+            try:
+                with newsrank.llm_gate.slot("chat"):
+                    final = newsrank.chat.phrase(reply, generate)
+            except RateLimited:
+                final = replace(reply, degraded=True)
         yield {"event": "answer", "data": ChatOut.of(final).model_dump_json()}
 
     return ServerSentEvent(events())

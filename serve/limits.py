@@ -1,4 +1,6 @@
-"""Per-reader rate limits: a token bucket per key, in this process's memory.
+"""Limits that keep one client or one burst from taking the service: per-reader rates and the LLM's line.
+
+Per-reader rate limits: a token bucket per key, in this process's memory.
 
 One reader's client should not be able to flood the store or steer a signal with a burst of events. Each
 instance limits on its own, so N instances behind a balancer allow up to N times the rate; the buckets are
@@ -9,7 +11,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 from core.errors import RateLimited
 
@@ -43,3 +46,30 @@ class RateLimiter:
     def _level(self, key: str, now: float) -> float:
         tokens, when = self._buckets.get(key, (self.capacity, now))
         return min(self.capacity, tokens + (now - when) * self.rate)
+
+
+class Gate:
+    """Admission to the LLM's work: at most `concurrent` requests at it, at most `waiting` more in line, each
+    waiting at most `wait_seconds`. Past the line, or past the wait, a request is turned away with RateLimited
+    (HTTP 429 and Retry-After) instead of queueing without bound behind the model."""
+
+    def __init__(self, concurrent: int, waiting: int, wait_seconds: float) -> None:
+        self._slots = threading.BoundedSemaphore(concurrent)
+        self._line = threading.BoundedSemaphore(concurrent + waiting)
+        self.wait_seconds = wait_seconds
+
+    @contextmanager
+    def slot(self, what: str) -> Iterator[None]:
+        if not self._line.acquire(blocking=False):
+            raise RateLimited(f"too many {what} requests waiting for the model; try again shortly", self.wait_seconds)
+        try:
+            if not self._slots.acquire(timeout=self.wait_seconds):
+                raise RateLimited(
+                    f"the model is busy: no {what} slot within {self.wait_seconds:g} s", self.wait_seconds
+                )
+            try:
+                yield
+            finally:
+                self._slots.release()
+        finally:
+            self._line.release()

@@ -30,7 +30,7 @@ from retrieval.embed import Embedder
 from retrieval.ingest import MAX_EXAMPLES, IngestReport, RowError, article_from_dict, ingest_file, parse_time
 from retrieval.store import ChromaArticleStore, chroma_client
 from serve.jobs import TrainingJobs
-from serve.limits import RateLimiter
+from serve.limits import Gate, RateLimiter
 from store import open_store
 
 DEMO_USERS = ("demo-sports", "demo-politics", "demo-tech", "demo-new")
@@ -140,6 +140,7 @@ class Newsrank:
         self.chat = Chat(feedback, articles, backend, clock)
         self.jobs = TrainingJobs(feedback, settings, clock)
         self.event_rate = RateLimiter(settings.events_per_reader_per_minute, time.monotonic)
+        self.llm_gate = Gate(settings.llm_concurrency, settings.llm_queue, settings.llm_wait_seconds)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, backend: Backend | None = None) -> Newsrank:

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from litestar.testing import TestClient
 
 from agent.backends.fake import FakeBackend
-from core.errors import BackendError
+from core.errors import BackendError, RateLimited
 from core.records import MAX_INTERESTS, Event
 from serve.app import create_app
+from serve.limits import Gate
 from serve.service import Newsrank
 from tests.conftest import NOW
 
@@ -305,3 +308,39 @@ def test_an_erased_reader_leaves_no_trace_in_the_database_files(feedback, tmp_pa
     assert secret.encode() not in database.read_bytes()
     assert not wal.exists() or secret.encode() not in wal.read_bytes()
     assert feedback.events("someone-else")  # the others' data stays
+
+
+# -- a flood -----------------------------------------------------------------------------------------------------
+class Slow(FakeBackend):
+    def score(self, requests):
+        time.sleep(1.0)
+        return super().score(requests)
+
+
+def test_a_flood_of_feeds_is_bounded_not_queued_forever(make_client):
+    """20 feeds at once, 2 at the model and 3 waiting: the others get 429 at once, nobody waits past the bound."""
+    client = make_client(Slow())
+    client.service.llm_gate = Gate(concurrent=2, waiting=3, wait_seconds=10)
+    answers = []
+
+    def ask(n: int) -> None:
+        started = time.monotonic()
+        response = client.post("/v1/feed", json={"user_id": "fan", "k": 3, "explain": False}, headers=auth())
+        answers.append((response.status_code, time.monotonic() - started, response.headers.get("Retry-After")))
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = sorted(code for code, _, _ in answers)
+    assert statuses.count(200) == 5 and statuses.count(429) == 15, statuses
+    assert all(after for code, _, after in answers if code == 429)
+    assert max(seconds for code, seconds, _ in answers if code == 429) < 1.0  # turned away at once
+    assert max(seconds for _, seconds, _ in answers) < 10
+
+
+def test_a_wait_for_the_model_has_a_deadline():
+    gate = Gate(concurrent=1, waiting=1, wait_seconds=0.2)
+    with gate.slot("feed"), pytest.raises(RateLimited, match="busy"), gate.slot("feed"):
+        pass
