@@ -31,11 +31,13 @@ _ROLES = r"(?:system|assistant|user|human|model|bot|instructions?|response|answe
 # A role label that opens a line or sentence ("assistant:", "System>", a lone "assistant" line).
 _ROLE_LABEL = re.compile(rf"(?:^|(?<=[.!?;:]))\s*{_ROLES}\s*(?:[:>]|$)", re.IGNORECASE | re.MULTILINE)
 _Q = "[\"'“”‘’]?"
-# A ready-made answer anywhere: "Answer: Yes", "answer yes", "reply with 'Yes'", a lone "Yes." line.
+# A ready-made answer anywhere: "Answer: No", "reply with 'No'", a lone "No." line, and the word "yes" itself:
+# the prompt asks for Yes or No, and a "yes" copied from the article raises P(Yes) whatever the article is about.
 _ANSWER = re.compile(
     rf"\b{_ROLES}\s*[:=]\s*{_Q}\s*(?:yes|no)\b{_Q}[.!]*"
     rf"|\b(?:answer|respond|reply)(?:\s+(?:only|just))?(?:\s+with)?\s*{_Q}\s*(?:yes|no)\b{_Q}[.!]*"
-    r"|^\s*(?:yes|no)\s*[.!]*\s*$",
+    rf"|{_Q}\byes\b{_Q}[.!]*"
+    r"|^\s*no\s*[.!]*\s*$",
     re.IGNORECASE | re.MULTILINE,
 )
 # Orders aimed at the model rather than the reader, with the "and" that chains the next one.
@@ -45,11 +47,13 @@ _ORDER = re.compile(
     r"[\s,;.!]*(?:\b(?:and|then)\b)?",
     re.IGNORECASE,
 )
-_EMPTY_QUOTES = re.compile(r"([\"'])\s*\1")
 
 
 def neutralize(text: str, limit: int = 200) -> str:
-    """`text` as one line of inert data: at most `limit` characters, cut at a word with an ellipsis."""
+    """`text` as one line of inert data for a prompt, at most `limit` characters (cut at a word, with an ellipsis).
+
+    Normalised (NFKC) first, so fullwidth letters and zero-width characters cannot hide a token from the rules.
+    """
     text = unicodedata.normalize("NFKC", text)
     text = "".join(
         "\n" if ch in _LINE_BREAKS else " " if ch == "\t" else "" if unicodedata.category(ch) in _DROPPED else ch
@@ -65,8 +69,7 @@ def neutralize(text: str, limit: int = 200) -> str:
         previous = text
         text = _ANSWER.sub(" ", text)
         text = _ROLE_LABEL.sub(" ", text)
-    text = _EMPTY_QUOTES.sub(" ", text.translate(_QUOTES))  # what is left of a quoted answer
-    text = " ".join(text.split())
+    text = " ".join(text.translate(_QUOTES).split())
     return _cut(text, limit)
 
 
