@@ -25,7 +25,7 @@ log = logging.getLogger("newsrank.ranking")
 
 SYSTEM = "system.v1"
 RELEVANCE = "relevance.v1"
-CANDIDATE = "candidate.v1"
+CANDIDATE = "candidate.v2"  # untrusted article text delimited and neutralised (docs/RELIABILITY.md)
 LISTWISE = "listwise.v1"
 PROMPT_VERSION = f"{RELEVANCE}+{CANDIDATE}+profile.v1"
 SPLIT = "\x00CANDIDATE\x00"  # where the shared prefix ends and a candidate's own text begins
