@@ -75,8 +75,10 @@ def error_response(_: Request, exc: NewsrankError) -> Response:
     return Response({"error": type(exc).__name__, "detail": str(exc)}, status_code=status, headers=headers)
 
 
-def http_error_response(_: Request, exc: HTTPException) -> Response:
+def http_error_response(request: Request, exc: HTTPException) -> Response:
     """The framework's own errors (no such route, a method not allowed, a body too large) in the same shape."""
+    if exc.status_code >= 500:
+        return internal_error_response(request, exc)
     try:
         name = HTTPStatus(exc.status_code).phrase.replace(" ", "")
     except ValueError:

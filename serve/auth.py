@@ -121,7 +121,8 @@ def presented_key(connection: ASGIConnection) -> str | None:
 
 class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
     def __init__(self, app: Any, keys: KeyRing, **kwargs: Any) -> None:
-        super().__init__(app, exclude_from_auth_key=PUBLIC, **kwargs)
+        # every method needs a key, OPTIONS too: the guards behind it read the key (no cross-origin use here)
+        super().__init__(app, exclude_from_auth_key=PUBLIC, exclude_http_methods=[], **kwargs)
         self.keyring = keys
 
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:

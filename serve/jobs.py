@@ -86,7 +86,7 @@ class TrainingJobs:
                     env={**os.environ, **self.settings.as_env()},
                     preexec_fn=_die_with_parent,
                 )
-        except OSError as exc:
+        except Exception as exc:  # the job failed to start; the caller waiting on `started` must hear of it
             self.feedback.update_job(replace(job, status="failed", finished_at=self.clock(), log_tail=str(exc)))
             started.set()
             return

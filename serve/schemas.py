@@ -276,9 +276,12 @@ class TrainIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="the adapter's name (no @VERSION)")
     since: str = Field(
-        "last", max_length=40, description="'last' (since the active version was trained) or an ISO-8601 time"
+        "last",
+        max_length=40,
+        pattern=PRINTABLE,
+        description="'last' (since the active version was trained) or an ISO-8601 time",
     )
-    overrides: list[Annotated[str, Field(max_length=200)]] = Field(
+    overrides: list[Annotated[str, Field(max_length=200, pattern=PRINTABLE)]] = Field(
         default_factory=list, max_length=20, description="training settings, KEY=VALUE"
     )
     force: bool = Field(False, description="publish even if the gate finds it no better")

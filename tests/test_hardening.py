@@ -344,3 +344,11 @@ def test_a_wait_for_the_model_has_a_deadline():
     gate = Gate(concurrent=1, waiting=1, wait_seconds=0.2)
     with gate.slot("feed"), pytest.raises(RateLimited, match="busy"), gate.slot("feed"):
         pass
+
+
+def test_a_job_that_cannot_start_fails_at_once(client):
+    """A child process that cannot be started (here: a NUL byte in its arguments) fails the job; it never
+    leaves the request waiting or the one job slot taken."""
+    with pytest.raises(BackendError, match="did not start: embedded null byte"):
+        client.service.jobs.start("clicks", since="a\x00b")
+    assert [j.status for j in client.service.feedback.jobs()] == ["failed"]  # recorded, and the slot is free
