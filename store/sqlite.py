@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.errors import StoreUnavailable
 from store.sql import SqlFeedbackStore, Tx
 
 
@@ -163,13 +164,19 @@ class SqliteFeedbackStore(SqlFeedbackStore):
         # every transaction takes the write lock at once (IMMEDIATE): the file's one writer at a time is the
         # lock that `lock` names, for every process on the file
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield Tx(self, self._db)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield Tx(self, self._db)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:  # SQLite may have rolled back already (a full disk does)
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if not any(word in str(exc) for word in ("full", "disk I/O", "locked", "readonly")):
+                    raise
+                raise StoreUnavailable(f"the database cannot write now: {exc}") from None
 
     def after_erasure(self) -> None:
         # the WAL still holds the erased rows' old pages: copy it into the (overwritten) file and empty it

@@ -352,3 +352,18 @@ def test_a_job_that_cannot_start_fails_at_once(client):
     with pytest.raises(BackendError, match="did not start: embedded null byte"):
         client.service.jobs.start("clicks", since="a\x00b")
     assert [j.status for j in client.service.feedback.jobs()] == ["failed"]  # recorded, and the slot is free
+
+
+def test_a_full_disk_is_a_clear_error_and_nothing_acknowledged_is_lost(feedback):
+    from core.errors import StoreUnavailable
+
+    feedback.add_events([Event("fan", "s1", "click", NOW)])
+    with feedback.transaction() as tx:  # the file may not grow any more: what a full disk does to SQLite
+        pages = tx.row("PRAGMA page_count")["page_count"]
+        tx.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(StoreUnavailable, match="full"):
+        feedback.add_events([Event(f"reader-{i}", "s1", "impression", NOW) for i in range(5000)])
+    assert feedback.count_events() == 1  # the store still answers, and holds what it acknowledged
+    with feedback.transaction() as tx:
+        tx.execute("PRAGMA max_page_count = 1073741823")
+    assert feedback.add_events([Event("fan", "s2", "click", NOW)]) == 1  # and writes again once there is room
