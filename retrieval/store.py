@@ -6,18 +6,20 @@ Times are stored as epoch seconds because Chroma metadata values must be str, in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, StoreUnavailable
 from core.records import Article, Hit
 from retrieval.embed import Embedder
 
 UPSERT_BATCH = 256
+T = TypeVar("T")
 
 
 def chroma_metadata(article: Article) -> dict[str, Any]:
@@ -79,6 +81,21 @@ def where_clause(
     return conditions[0] if len(conditions) == 1 else {"$and": conditions}
 
 
+def _answering(method: Callable[..., T]) -> Callable[..., T]:
+    """A Chroma server that does not answer is StoreUnavailable (HTTP 503), not a bug (500)."""
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> T:
+        import httpx
+
+        try:
+            return method(self, *args, **kwargs)
+        except (httpx.TransportError, ConnectionError) as exc:
+            raise StoreUnavailable(f"the article store did not answer: {exc}") from None
+
+    return call
+
+
 class ChromaArticleStore:
     """core.stores.ArticleStore on a Chroma collection."""
 
@@ -88,9 +105,11 @@ class ChromaArticleStore:
             name=collection, embedding_function=embedder, configuration={"hnsw": {"space": "cosine"}}
         )
 
+    @_answering
     def count(self) -> int:
         return self.collection.count()
 
+    @_answering
     def upsert(self, articles: Iterable[Article], progress: Any = None) -> int:
         """Insert or replace by id (so ingesting a file twice changes nothing). Returns how many were written."""
         written = 0
@@ -108,6 +127,7 @@ class ChromaArticleStore:
                 progress.update(len(batch))
         return written
 
+    @_answering
     def get(self, ids: Sequence[str]) -> dict[str, Hit]:
         """The stored articles among `ids`, keyed by id; unknown ids are simply absent."""
         if not ids:
@@ -115,15 +135,18 @@ class ChromaArticleStore:
         got = self.collection.get(ids=list(dict.fromkeys(ids)), include=["metadatas", "embeddings"])
         return _hits(got["ids"], got["metadatas"], got["embeddings"])
 
+    @_answering
     def known(self, ids: Sequence[str]) -> set[str]:
         if not ids:
             return set()
         return set(self.collection.get(ids=list(dict.fromkeys(ids)), include=[])["ids"])
 
+    @_answering
     def delete(self, ids: Sequence[str]) -> None:
         if ids:
             self.collection.delete(ids=list(ids))
 
+    @_answering
     def search(
         self,
         *,
@@ -154,6 +177,7 @@ class ChromaArticleStore:
         hits = _hits(got["ids"][0], got["metadatas"][0], got["embeddings"][0], got["distances"][0])
         return [h for h in hits.values() if h.article.id not in exclude][:k]
 
+    @_answering
     def recent(
         self,
         *,

@@ -4,6 +4,7 @@ The CLI and the HTTP app both go through it; tests may build the parts themselve
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +23,7 @@ from agent.chat import Chat, pick_item
 from agent.profile import Profile
 from agent.ranking import Feed, FeedRequest, Recommender
 from agent.settings import Settings
-from core.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound, StoreUnavailable
 from core.llm import Backend
 from core.records import BLEND, MAX_INTERESTS, MAX_MUTES, Event, Preferences
 from core.stores import ArticleStore, FeedbackStore
@@ -32,6 +33,8 @@ from retrieval.store import ChromaArticleStore, chroma_client
 from serve.jobs import TrainingJobs
 from serve.limits import Gate, RateLimiter
 from store import open_store
+
+log = logging.getLogger("newsrank.service")
 
 DEMO_USERS = ("demo-sports", "demo-politics", "demo-tech", "demo-new")
 
@@ -214,7 +217,11 @@ class Newsrank:
     def check_events(self, events: Sequence[Event]) -> None:
         """What a client's batch may claim: articles that exist, rankings made for the event's own reader, and
         no more events per reader than the rate allows (a reader's clicks can't be used to steer others)."""
-        unknown = {e.article_id for e in events} - self.articles.known([e.article_id for e in events])
+        try:
+            unknown = {e.article_id for e in events} - self.articles.known([e.article_id for e in events])
+        except StoreUnavailable:  # events matter more than this check: a Chroma outage must not lose them
+            log.warning("the article store did not answer; events are stored without checking their articles")
+            unknown = set()
         if unknown:
             raise InvalidInput(f"unknown articles: {', '.join(repr(a) for a in sorted(unknown)[:5])}")
         owners = self.feedback.ranking_owners([e.ranking_id for e in events if e.ranking_id])
