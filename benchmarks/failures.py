@@ -11,15 +11,18 @@ load it runs: `--clients` clients, feeds, events, chat) and breaks one part afte
 - disk: the SQLite feedback store sits on a 4 MiB tmpfs (needs root for `mount`; skipped otherwise), nearly
   filled with a filler file before the load; the load writes events until writes fail, goes on for `--outage`
   seconds, then the filler is deleted;
-- llm: NEWSRANK_BACKEND=openai pointed at a stub OpenAI-compatible replica in this process (fixed Yes/No
-  log-probabilities, a fixed sentence for generation); the stub is stopped for `--outage` seconds, then started
-  again on the same port.
+- llm: NEWSRANK_BACKEND=openai pointed at a stub OpenAI-compatible replica in this process (Yes/No
+  log-probabilities that vary with the candidate, a fixed sentence for generation); the stub is stopped for
+  `--outage` seconds, then started again on the same port.
 
-The load goes on for `--after` seconds after the repair. Prints per scenario: requests by phase (before, outage,
-after; by the time each answer came), route and status; an example error body per route and status seen
-during the outage; acknowledged events missing from the store (read back through a fresh connection); the
-recovery time: from the repair until the first feed started after it answered 200 without degradation, and
-the failures answered after the repair. The service is never restarted. Everything runs on loopback and stops by itself.
+The load goes on for `--after` seconds after the repair. Beside the load's clients, which wait for their answers
+(slow feeds can keep all of them busy through a short outage), a probe client sends a cold-start reader's feed (no
+LLM) or a small event batch every 0.25 s. Prints per scenario: requests by phase (before, outage, after; by the time
+each answer came), client, route and status; an example error body per route and status seen during the outage;
+acknowledged events missing from the store (read back through a fresh connection); the recovery time: from the
+repair to the first good answer (2xx, not degraded) to a probe feed, a probe event batch and a feed of the load sent
+after the repair, and the failures answered after the repair. The service is never restarted. Everything runs on
+loopback and stops by itself.
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ from store import open_store
 
 MIX = {"feed": 50, "events": 30, "chat": 15, "explain": 5}
 DISK_MIX = {"feed": 25, "events": 75}  # writes fill the disk; feeds show whether reads go on
+PROBE_MIX = {"feed": 1, "events": 1}
+PROBE_READERS = ("demo-new",)  # a cold-start reader: a feed without the LLM, so the probe never waits on it
+PROBE_PAUSE = 0.25
 TINY_FS = "4m"
 HEADROOM = 256 * 1024  # bytes left free on the tiny filesystem when the load starts
 
@@ -189,32 +195,39 @@ def fill(folder: Path, leave: int) -> Path:
 
 # -- running one scenario -----------------------------------------------------------------------------------
 class Timeline:
-    """The load in a background thread; the scenario breaks and repairs things on the main thread."""
+    """The load and a probe in background threads; the scenario breaks and repairs things on the main thread.
+
+    The load's clients wait for their answers, so while every one of them waits on a slow feed nothing new is
+    sent. The probe is one more client that does not wait on the model: a cold-start reader's feed (no LLM) or a
+    small event batch every PROBE_PAUSE seconds, so that every phase has answers to show."""
 
     def __init__(self, base: str, key: str, clients: int, mix: dict[str, float], limit: float) -> None:
         self.stop = threading.Event()
-        self.run = new_run()
+        self.run, self.probe = new_run(), new_run()
         self.marks: dict[str, float] = {}
-
-        def load() -> None:
-            run_load(base, key, clients, limit, mix, stop=self.stop, timeout=60, run=self.run)
-
-        self.thread = threading.Thread(target=load, name="load")
-        self.thread.start()
+        load = {"clients": clients, "mix": mix, "run": self.run}
+        probe = {"clients": 1, "mix": PROBE_MIX, "run": self.probe, "readers": PROBE_READERS, "pause": PROBE_PAUSE}
+        self.threads = [
+            threading.Thread(target=run_load, args=(base, key), name=name,
+                             kwargs={"seconds": limit, "stop": self.stop, "timeout": 60, **kwargs})
+            for name, kwargs in (("load", load), ("probe", probe))
+        ]  # fmt: skip
+        for thread in self.threads:
+            thread.start()
 
     def mark(self, name: str) -> float:
         self.marks[name] = time.monotonic()
         return self.marks[name]
 
     def results(self) -> list[Result]:
-        """What has come back so far."""
-        with self.run.lock:
-            return list(self.run.results)
+        """What has come back so far, the load's and the probe's."""
+        with self.run.lock, self.probe.lock:
+            return [*self.run.results, *self.probe.results]
 
-    def finish(self) -> Run:
+    def finish(self) -> None:
         self.stop.set()
-        self.thread.join()
-        return self.run
+        for thread in self.threads:
+            thread.join()
 
 
 def wait_for(seconds: float, until: Callable[[], bool] = lambda: False) -> bool:
@@ -233,46 +246,51 @@ def phase_of(result: Result, marks: dict[str, float]) -> str:
     return "outage" if result.end < marks["repair"] else "after"
 
 
-def report(name: str, run: Run, marks: dict[str, float], store_url: str, note: str = "") -> None:
+def report(name: str, timeline: Timeline, store_url: str, note: str = "") -> None:
+    marks, repair = timeline.marks, timeline.marks["repair"]
     print(f"\n### {name}\n")
     if note:
         print(note + "\n")
-    outage = marks["repair"] - marks["outage"]
-    print(f"outage: {outage:.1f} s; phases by the time each answer came\n")
-    print("| phase | route | requests | by status | p50 (s) | p95 (s) |")
-    print("|---|---|---:|---|---:|---:|")
+    print(f"outage: {repair - marks['outage']:.1f} s; phases by the time each answer came\n")
+    print("| phase | client | route | requests | by status | p50 (s) | p95 (s) |")
+    print("|---|---|---|---:|---|---:|---:|")
     for phase in ("before", "outage", "after"):
-        in_phase = [r for r in run.results if phase_of(r, marks) == phase]
-        for route in ("feed", "explain", "chat", "events"):
-            group = [r for r in in_phase if r.route == route]
-            if group:
-                times = [r.seconds for r in group]
-                print(f"| {phase} | {route} | {len(group)} | {by_status(group)} | {percentile(times, 50):.2f} "
-                      f"| {percentile(times, 95):.2f} |")  # fmt: skip
+        for client, run in (("load", timeline.run), ("probe", timeline.probe)):
+            in_phase = [r for r in run.results if phase_of(r, marks) == phase]
+            for route in ("feed", "explain", "chat", "events"):
+                group = [r for r in in_phase if r.route == route]
+                if group:
+                    times = [r.seconds for r in group]
+                    print(f"| {phase} | {client} | {route} | {len(group)} | {by_status(group)} "
+                          f"| {percentile(times, 50):.2f} | {percentile(times, 95):.2f} |")  # fmt: skip
     print()
-    for sample in error_samples(run.results, lambda r: phase_of(r, marks) == "outage"):
+    results = timeline.results()
+    for sample in error_samples(results, lambda r: phase_of(r, marks) == "outage"):
         print(f"- during the outage, {sample}")
-    for sample in error_samples(run.results, lambda r: phase_of(r, marks) == "after"):
+    for sample in error_samples(results, lambda r: phase_of(r, marks) == "after"):
         print(f"- after the repair, {sample}")
     store = open_store(store_url)  # a fresh connection: what is on disk, not what one connection remembers
     try:
-        acknowledged, stored, lost = durability(store, run)
+        counts = [durability(store, run) for run in (timeline.run, timeline.probe)]
     finally:
         store.close()
-    print(f"- events acknowledged (201): {acknowledged}; in the store: {stored}; lost: {len(lost)}"
-          + (f" e.g. {lost[:3]}" if lost else ""))  # fmt: skip
+    lost = [pair for _, _, missing in counts for pair in missing]
+    print(f"- events acknowledged (201): {sum(c[0] for c in counts)}; in the store: {sum(c[1] for c in counts)}; "
+          f"lost: {len(lost)}" + (f" e.g. {lost[:3]}" if lost else ""))  # fmt: skip
     for line in SERVICE_LOG.summary():
         print(f"- service log: {line}")
     SERVICE_LOG.reset()
-    repair = marks["repair"]
-    after = sorted((r for r in run.results if r.end >= repair), key=lambda r: r.end)
-    good = [r for r in after if r.start >= repair and r.route in ("feed", "explain") and r.ok and not r.degraded]
-    failed_after = [r for r in after if not r.ok or r.degraded]
-    recovered = f"{good[0].end - repair:.1f} s" if good else "never, within the run"
-    print(f"- recovery: the first feed started after the repair that answered 200 undegraded came {recovered} after "
-          f"the repair; answers after the repair that were failures or degraded: {len(failed_after)}"
-          + (f" ({by_status(failed_after)}, the last answered {failed_after[-1].end - repair:.1f} s after the repair)"
-             if failed_after else ""))  # fmt: skip
+
+    def first_good(run: Run, routes: tuple[str, ...]) -> str:
+        good = sorted(r.end for r in run.results if r.start >= repair and r.route in routes and r.ok and not r.degraded)
+        return f"{good[0] - repair:.1f} s" if good else "none within the run"
+
+    after = sorted((r for r in results if r.end >= repair and (not r.ok or r.degraded)), key=lambda r: r.end)
+    last = f" ({by_status(after)}, the last {after[-1].end - repair:.1f} s after the repair)" if after else ""
+    print(f"- recovery, from the repair to the first good answer to a request sent after it: probe feed "
+          f"{first_good(timeline.probe, ('feed',))}, probe events {first_good(timeline.probe, ('events',))}, "
+          f"a feed of the load (LLM) {first_good(timeline.run, ('feed', 'explain'))}; answers after the repair "
+          f"that failed or were degraded: {len(after)}{last}")  # fmt: skip
 
 
 def chroma(args: argparse.Namespace, root: Path, key: str, backend: Backend) -> None:
@@ -290,9 +308,9 @@ def chroma(args: argparse.Namespace, root: Path, key: str, backend: Backend) -> 
             timeline.mark("repair")
             up = server.start()
             wait_for(args.after)
-            run = timeline.finish()
+            timeline.finish()
         service.feedback.close()
-        report("Chroma server stopped, then started again", run, timeline.marks, settings.store_url,
+        report("Chroma server stopped, then started again", timeline, settings.store_url,
                f"`chroma run` at {server.url}; after the restart its heartbeat answered in {up:.1f} s")  # fmt: skip
     finally:
         server.stop()
@@ -309,25 +327,25 @@ def disk(args: argparse.Namespace, root: Path, key: str, backend: Backend) -> No
         service = start_service(settings, backend)
         filler = fill(tiny, HEADROOM)
         note = (f"SQLite store on a {TINY_FS} tmpfs, {shutil.disk_usage(tiny).free // 1024} KiB free at the start; "
-                f"the outage starts with the first failed answer")  # fmt: skip
+                f"the outage starts with the first 5xx answer")  # fmt: skip
         try:
             with serving(service) as base:
                 timeline = Timeline(base, key, args.clients, DISK_MIX, args.disk_wait + args.outage + args.after)
 
-                def failed() -> bool:
-                    return any(not r.ok for r in timeline.results())
+                def failures() -> list[Result]:  # 5xx or no answer; a 429 of the LLM's line is not the disk's
+                    return [r for r in timeline.results() if isinstance(r.status, str) or r.status >= 500]
 
-                if not wait_for(args.disk_wait, failed):
+                if not wait_for(args.disk_wait, lambda: bool(failures())):
                     timeline.finish()
                     print(f"\n### Disk full\n\nno request failed within {args.disk_wait:g} s: the disk did not fill")
                     return
-                timeline.marks["outage"] = min(r.end for r in timeline.results() if not r.ok)
+                timeline.marks["outage"] = min(r.end for r in failures())
                 wait_for(args.outage)
                 timeline.mark("repair")
                 filler.unlink()
                 wait_for(args.after)
-                run = timeline.finish()
-            report("Disk full under the SQLite store, then space freed", run, timeline.marks, url, note)
+                timeline.finish()
+            report("Disk full under the SQLite store, then space freed", timeline, url, note)
         finally:
             service.feedback.close()
 
@@ -349,9 +367,9 @@ def llm(args: argparse.Namespace, root: Path, key: str) -> None:
             timeline.mark("repair")
             replica.start()
             wait_for(args.after)
-            run = timeline.finish()
+            timeline.finish()
         service.feedback.close()
-        report("LLM replica stopped, then started again", run, timeline.marks, settings.store_url,
+        report("LLM replica stopped, then started again", timeline, settings.store_url,
                f"NEWSRANK_BACKEND=openai, one stub replica at {replica.url}, timeout {settings.openai_timeout:g} s, "
                f"{settings.openai_retries} retries")  # fmt: skip
     finally:

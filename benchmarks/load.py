@@ -127,9 +127,12 @@ def run_load(
     timeout: float = 120.0,
     stop: threading.Event | None = None,
     run: Run | None = None,
+    readers: Sequence[str] = DEMO_USERS,
+    pause: float = 0.0,
 ) -> Run:
-    """`clients` threads send requests drawn from `mix` until `seconds` have passed (or `stop` is set). Results
-    go into `run` as they come (give one to watch the load from another thread)."""
+    """`clients` threads send requests drawn from `mix` until `seconds` have passed (or `stop` is set), feeds
+    for `readers`, each client waiting `pause` seconds between requests. Results go into `run` as they come
+    (give one to watch the load from another thread)."""
     run = run or new_run()
     run.started = time.monotonic()
     deadline = run.started + seconds
@@ -147,7 +150,7 @@ def run_load(
                     route = "feed"  # nothing to ask about yet
                 pairs: list[tuple[str, str]] = []
                 if route in ("feed", "explain"):
-                    body: dict[str, Any] = {"user_id": rng.choice(DEMO_USERS), "k": 10, "explain": route == "explain"}
+                    body: dict[str, Any] = {"user_id": rng.choice(readers), "k": 10, "explain": route == "explain"}
                     path = "/v1/feed"
                 elif route == "events":
                     size = 1 if rng.random() < 0.5 else rng.randint(2, 20)
@@ -165,6 +168,8 @@ def run_load(
                     }
                     path = "/v1/chat"
                 sent += 1
+                if pause:
+                    time.sleep(pause)
                 start = time.monotonic()
                 try:
                     response = http.post(path, json=body)

@@ -115,7 +115,11 @@ def test_prompts_share_one_prefix_and_end_where_the_answer_starts(recommender, c
     articles = [corpus_store.get(["s4"])["s4"].article, corpus_store.get(["f1"])["f1"].article]
     requests = relevance_requests(recommender.backend, "Interests: sports.", articles)
     assert requests[0].prefix == requests[1].prefix and requests[0].prefix.endswith("Article:\n")
-    assert requests[0].suffix.startswith("Hawks coach praises defense") and "(sports, football)" in requests[0].suffix
+    # candidate.v2: the article's own text quoted as untrusted data
+    assert (
+        requests[0].suffix.startswith("Title: «Hawks coach praises defense")
+        and "» (sports, football)" in requests[0].suffix
+    )
     assert requests[0].prompt == requests[0].prefix + requests[0].suffix
 
 
