@@ -4,11 +4,13 @@
                                             [--outage 12] [--after 15] [--threads N]
 
 Each scenario serves the real app under uvicorn on 127.0.0.1 in this process (as benchmarks/load.py does, whose
-load it runs: `--clients` clients, feeds, events, chat) and breaks one part after `--before` seconds:
+load it runs: `--clients` clients, feeds, events, chat) and breaks one part after `--before` seconds. The LLM of
+the chroma and disk scenarios is a stub replica (below), so that requests are quick enough to meet the outage;
+`--packaged-llm` puts the packaged model in this process instead.
 
 - chroma: the articles live in a real Chroma server (`chroma run` on loopback, NEWSRANK_CHROMA_URL); it is
   stopped for `--outage` seconds, then started again on the same port and folder;
-- disk: the SQLite feedback store sits on a 4 MiB tmpfs (needs root for `mount`; skipped otherwise), nearly
+- disk: the SQLite feedback store sits on a 16 MiB tmpfs (needs root for `mount`; skipped otherwise), nearly
   filled with a filler file before the load; the load writes events until writes fail, goes on for `--outage`
   seconds, then the filler is deleted;
 - llm: NEWSRANK_BACKEND=openai pointed at a stub OpenAI-compatible replica in this process (Yes/No
@@ -40,6 +42,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -72,7 +75,9 @@ DISK_MIX = {"feed": 25, "events": 75}  # writes fill the disk; feeds show whethe
 PROBE_MIX = {"feed": 1, "events": 1}
 PROBE_READERS = ("demo-new",)  # a cold-start reader: a feed without the LLM, so the probe never waits on it
 PROBE_PAUSE = 0.25
-TINY_FS = "4m"
+# more than SQLite's WAL grows to before a checkpoint (1000 pages, 4 MiB), so that the space freed at the repair
+# lasts through the rest of the run instead of filling up again at once
+TINY_FS = "16m"
 HEADROOM = 256 * 1024  # bytes left free on the tiny filesystem when the load starts
 
 
@@ -293,12 +298,12 @@ def report(name: str, timeline: Timeline, store_url: str, note: str = "") -> Non
           f"that failed or were degraded: {len(after)}{last}")  # fmt: skip
 
 
-def chroma(args: argparse.Namespace, root: Path, key: str, backend: Backend) -> None:
+def chroma(args: argparse.Namespace, root: Path, key: str, model: Model) -> None:
     server = ChromaServer(root / "chroma-server")
     server.start()
     try:
-        settings = scenario_settings(args, root / "chroma", key, chroma_url=server.url)
-        service = start_service(settings, backend)
+        settings = scenario_settings(args, root / "chroma", key, chroma_url=server.url, **model.settings)
+        service = start_service(settings, model.backend)
         with serving(service) as base:
             timeline = Timeline(base, key, args.clients, MIX, args.before + args.outage + args.after + 60)
             wait_for(args.before)
@@ -316,15 +321,15 @@ def chroma(args: argparse.Namespace, root: Path, key: str, backend: Backend) -> 
         server.stop()
 
 
-def disk(args: argparse.Namespace, root: Path, key: str, backend: Backend) -> None:
+def disk(args: argparse.Namespace, root: Path, key: str, model: Model) -> None:
     tiny = root / "tiny"
     with tiny_filesystem(tiny) as mounted:
         if not mounted:
             print("\n### Disk full\n\nskipped: mounting a tmpfs needs root (run as root, or see the module doc)")
             return
         url = f"sqlite:///{tiny / 'feedback.sqlite3'}"
-        settings = scenario_settings(args, root / "disk", key, database_url=url)
-        service = start_service(settings, backend)
+        settings = scenario_settings(args, root / "disk", key, database_url=url, **model.settings)
+        service = start_service(settings, model.backend)
         filler = fill(tiny, HEADROOM)
         note = (f"SQLite store on a {TINY_FS} tmpfs, {shutil.disk_usage(tiny).free // 1024} KiB free at the start; "
                 f"the outage starts with the first 5xx answer")  # fmt: skip
@@ -351,9 +356,7 @@ def disk(args: argparse.Namespace, root: Path, key: str, backend: Backend) -> No
 
 
 def llm(args: argparse.Namespace, root: Path, key: str) -> None:
-    tokens = ModelTokenizer(Settings().llm, Settings().model_cache)
-    tokens.tokenizer  # noqa: B018  # loads the tokenizer, which finds the ids of the Yes and No tokens
-    replica = StubReplica(Settings().llm, tokens.answer_ids)
+    replica = stub_replica()
     replica.start()
     try:
         settings = scenario_settings(args, root / "llm", key, backend="openai", openai_urls=[replica.url])
@@ -376,6 +379,20 @@ def llm(args: argparse.Namespace, root: Path, key: str) -> None:
         replica.stop()
 
 
+def stub_replica() -> StubReplica:
+    tokens = ModelTokenizer(Settings().llm, Settings().model_cache)
+    tokens.tokenizer  # noqa: B018  # loads the tokenizer, which finds the ids of the Yes and No tokens
+    return StubReplica(Settings().llm, tokens.answer_ids)
+
+
+@dataclass
+class Model:
+    """The LLM of the chroma and disk scenarios: settings for a stub replica, or the packaged model loaded once."""
+
+    settings: dict[str, Any]
+    backend: Backend | None = None
+
+
 def scenario_settings(args: argparse.Namespace, data_dir: Path, key: str, **overrides: Any) -> Settings:
     return Settings(
         data_dir=data_dir,
@@ -394,6 +411,11 @@ def main() -> None:
     parser.add_argument("--after", type=float, default=15.0, help="seconds of load after the repair")
     parser.add_argument("--disk-wait", type=float, default=40.0, help="at most this long for the disk to fill")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--packaged-llm", action="store_true",
+        help="the chroma and disk scenarios on the packaged LLM in this process (default: a stub replica, so that "
+        "requests are quick enough to meet the outage; on two cores a feed on the packaged model takes 10-30 s)",
+    )  # fmt: skip
     args = parser.parse_args()
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if unknown := set(scenarios) - {"chroma", "disk", "llm"}:
@@ -405,17 +427,22 @@ def main() -> None:
     key = secrets.token_urlsafe(24)
     print(f"{args.clients} clients; {args.before:g} s of load, {args.outage:g} s of outage, {args.after:g} s after; "
           f"mix {MIX} (disk: {DISK_MIX}); demo readers {', '.join(DEMO_USERS)}")  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
-        backend = None
-        if {"chroma", "disk"} & set(scenarios):  # one loaded model for the scenarios that use the packaged LLM
-            backend = make_backend(scenario_settings(args, root / "model", key))
+        if args.packaged_llm:  # loaded once, shared by the two scenarios
+            model = Model({}, make_backend(scenario_settings(args, root / "model", key)))
+        else:  # a replica that stays up; the llm scenario starts (and stops) one of its own
+            replica = stub_replica()
+            replica.start()
+            stack.callback(replica.stop)
+            model = Model({"backend": "openai", "openai_urls": [replica.url]})
+        print(f"the chroma and disk scenarios' LLM: {'the packaged model' if args.packaged_llm else 'a stub replica'}")
         for scenario in scenarios:
             started = time.monotonic()
             if scenario == "chroma":
-                chroma(args, root, key, backend)
+                chroma(args, root, key, model)
             elif scenario == "disk":
-                disk(args, root, key, backend)
+                disk(args, root, key, model)
             else:
                 llm(args, root, key)
             print(f"\n({scenario}: {time.monotonic() - started:.0f} s)", flush=True)
