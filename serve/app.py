@@ -67,8 +67,15 @@ SECURITY_HEADERS = {
 }
 
 
+def status_of(exc: BaseException) -> int:
+    """The HTTP status an exception becomes, as the handlers below answer it."""
+    if isinstance(exc, NewsrankError):
+        return next(code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls))
+    return exc.status_code if isinstance(exc, HTTPException) and exc.status_code < 500 else 500
+
+
 def error_response(_: Request, exc: NewsrankError) -> Response:
-    status = next(code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls))
+    status = status_of(exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     if isinstance(exc, RateLimited):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
@@ -131,7 +138,10 @@ def create_app(newsrank: Newsrank | None = None, settings: Settings | None = Non
             "newsrank": Provide(provide_newsrank, sync_to_thread=False),
             "metrics": Provide(lambda: metrics, sync_to_thread=False, use_cache=True),
         },
-        middleware=[RequestMetrics(metrics), DefineMiddleware(ApiKeyMiddleware, keys=keys, exclude=["^/schema"])],
+        middleware=[
+            RequestMetrics(metrics, status_of),
+            DefineMiddleware(ApiKeyMiddleware, keys=keys, exclude=["^/schema"]),
+        ],
         exception_handlers={
             NewsrankError: error_response,
             ValidationException: validation_response,

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from litestar.enums import ScopeType
@@ -79,8 +80,9 @@ access = logging.getLogger("newsrank.access")
 class RequestMetrics(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, status_of: Callable[[BaseException], int] = lambda _: 500) -> None:
         self.metrics = metrics
+        self.status_of = status_of  # the status an exception raised inside becomes (the app's error table)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         started = time.perf_counter()
@@ -93,6 +95,9 @@ class RequestMetrics(ASGIMiddleware):
 
         try:
             await next_app(scope, receive, send_and_record)
+        except BaseException as exc:  # answered further out (a 401 from the key check): count what it becomes
+            status["code"] = self.status_of(exc)
+            raise
         finally:
             route: Any = scope.get("path_template") or "unmatched"
             method = scope.get("method", "")

@@ -367,3 +367,10 @@ def test_a_full_disk_is_a_clear_error_and_nothing_acknowledged_is_lost(feedback)
     with feedback.transaction() as tx:
         tx.execute("PRAGMA max_page_count = 1073741823")
     assert feedback.add_events([Event("fan", "s2", "click", NOW)]) == 1  # and writes again once there is room
+
+
+def test_metrics_count_a_refused_key_as_the_401_it_is(client):
+    assert client.get("/v1/users/").status_code == 401
+    metrics = client.get("/metrics", headers=auth()).text
+    assert 'route="/v1/users",status="401"' in metrics or 'route="/v1/users/",status="401"' in metrics
+    assert 'status="500"' not in metrics
