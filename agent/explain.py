@@ -1,8 +1,9 @@
 """Explanations: one sentence per top item, grounded in the reader's profile.
 
-The LLM writes them, but its text is untrusted: it is cleaned, cut to one sentence, and kept only if it
-names something real from the profile (an interest, or a title the reader read). Otherwise the explanation
-is a template built from the ranking signals, and the record says which one the reader saw.
+The template states the facts that ground an item (the reader's interests it matches, the title they read that
+is closest); the LLM may rewrite that in plainer words, but its text is untrusted: it is cleaned, cut to one
+sentence, and kept only if it still names every one of those facts (a rewrite less specific than the template
+is not kept). The record says which one the reader saw.
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ class Grounding:
             facts.append(f'read: "{self.history.title}"')
         return tuple(facts)
 
+    @classmethod
+    def from_facts(cls, facts: Sequence[str]) -> Grounding:
+        """The grounding a ranking record's `grounded_in` states (what the template said): to rewrite it later."""
+        interests = tuple(f.removeprefix("interest: ") for f in facts if f.startswith("interest: "))
+        titles = [f.removeprefix("read: ")[1:-1] for f in facts if f.startswith('read: "') and f.endswith('"')]
+        history = HistoryItem("", titles[0], "", np.zeros(0, dtype=np.float32)) if titles else None
+        return cls(interests, history)
+
 
 def ground(profile: Profile, article: Article, embedding: np.ndarray) -> Grounding:
     labels = profile.labels
@@ -83,16 +92,17 @@ def content_words(text: str) -> set[str]:
 
 
 def cites(text: str, grounding: Grounding) -> bool:
-    """Does the text name an interest (as a word) or enough of the matched history title?"""
+    """Does the text name every fact the template names: each interest (as a word) and, when there is one,
+    enough of the matched history title? A rewrite that drops one is less specific than the template."""
     lowered = text.lower()
     for label in grounding.interests:
-        if re.search(rf"\b{re.escape(label.lower())}\b", lowered):
-            return True
+        if not re.search(rf"\b{re.escape(label.lower())}\b", lowered):
+            return False
     if grounding.history is not None:
         title_words = content_words(grounding.history.title)
-        if title_words and len(title_words & content_words(text)) >= max(2, (len(title_words) + 1) // 2):
-            return True
-    return False
+        if title_words and len(title_words & content_words(text)) < max(2, (len(title_words) + 1) // 2):
+            return False
+    return bool(grounding.facts)
 
 
 def clean(text: str) -> str:

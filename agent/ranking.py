@@ -1,9 +1,17 @@
-"""The ranking loop: profile → candidates → LLM relevance → blend → explanations → stored record."""
+"""The ranking loop: profile → candidates → LLM relevance → blend → explanations → stored record.
+
+A feed is made in milliseconds from what the LLM computed ahead (agent/scorer.py): the cheap signals are
+computed afresh for every request, the LLM's relevance is read from the feedback store (under the reader's
+current profile: `llm`, an earlier one: `llm-stale`, or not yet: `none`, blended without it), explanations
+come from the template at once and the LLM's rewrite later. A `fresh` request runs the LLM while it waits.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -18,8 +26,9 @@ from agent.scoring import blend_rank, cosine_similarity, freshness, without
 from agent.settings import Settings
 from core.errors import EmptyStore, InvalidInput, NotFound, model_failure
 from core.llm import Backend, GenerateRequest, ScoreRequest
-from core.records import DIVERSITY, Article, Hit, RankedItem, RankingRecord, Signals
+from core.records import DIVERSITY, Article, Hit, RankedItem, RankingRecord, ScoringTask, Signals
 from core.stores import AdapterResolver, ArticleStore, FeedbackStore
+from core.tally import Tally
 
 log = logging.getLogger("newsrank.ranking")
 
@@ -43,6 +52,7 @@ class FeedRequest:
     exclude_categories: tuple[str, ...] = ()  # never these (besides the reader's mutes)
     max_age_hours: float | None = None  # only articles at most this old (default: the recency window, widened
     # when empty)
+    fresh: bool = False  # run the LLM now (relevance and explanations) instead of reading what it computed ahead
 
     def __post_init__(self) -> None:
         if not self.user_id or not self.user_id.strip():
@@ -69,6 +79,12 @@ class Feed:
     timings: dict[str, float] = field(default_factory=dict)
     adapter: str | None = None  # the adapter version that scored it (name@version), if any
     degraded: tuple[str, ...] = ()  # parts done without the LLM because it failed: relevance, explanations
+    rescore: bool = False  # some relevance was missing or stale: the reader's rescoring was asked for
+
+
+def profile_key(profile_text: str) -> str:
+    """The profile a relevance was computed under, as a short digest of its text."""
+    return hashlib.sha256(profile_text.encode()).hexdigest()[:16]
 
 
 def candidate_text(article: Article, with_abstract: bool = False, template: str = CANDIDATE) -> str:
@@ -106,6 +122,7 @@ class Recommender:
         settings: Settings,
         clock: Callable[[], float] = time.time,
         adapters: AdapterResolver | None = None,
+        tally: Tally | None = None,
     ) -> None:
         self.articles = articles
         self.feedback = feedback
@@ -113,6 +130,9 @@ class Recommender:
         self.settings = settings
         self.clock = clock
         self.adapters = adapters
+        self.tally = tally or Tally()
+        self.scoring_asked = threading.Event()  # set when work is queued: a worker in this process wakes at once
+        self._interest_vectors: dict[str, np.ndarray] = {}
 
     def use_adapter(self, reference: str | None) -> str | None:
         """The backend's name for the adapter a request names ("clicks" = its active version, "clicks@3" = that
@@ -124,12 +144,25 @@ class Recommender:
             self.backend.load_adapter(version.key, str(version.path))
         return version.key
 
+    def default_adapter(self, requested: str | None = None) -> str | None:
+        """The adapter a request is served with: the one it names, else the configured one (the base model while
+        that is not trained yet)."""
+        try:
+            return self.use_adapter(requested or self.settings.adapter)
+        except NotFound:
+            if requested:
+                raise
+            return None
+
+    def scorer(self, adapter: str | None) -> str:
+        """What a relevance score is only comparable under: model, adapter, prompts and strategy."""
+        return f"{self.backend.model}|{adapter or '-'}|{PROMPT_VERSION}|{self.settings.strategy}"
+
     # -- profile ------------------------------------------------------------------------------------------
     def profile(self, user_id: str) -> Profile:
         s = self.settings
         events = self.feedback.events(user_id)
         prefs = self.feedback.preferences(user_id)
-        explicit = self.articles.embedder.encode([", ".join(prefs.interests)])[0] if prefs.interests else None
         return build_profile(
             user_id,
             events,
@@ -138,8 +171,16 @@ class Recommender:
             self.clock(),
             half_life_days=s.interest_half_life_days,
             top_interests=s.top_interests,
-            explicit_vector=explicit,
+            explicit_vector=self._interest_vector(prefs.interests) if prefs.interests else None,
         )
+
+    def _interest_vector(self, interests: Sequence[str]) -> np.ndarray:
+        text = ", ".join(interests)
+        if text not in self._interest_vectors:  # few distinct lists, asked for on every feed: embed each once
+            if len(self._interest_vectors) >= 10_000:
+                self._interest_vectors.clear()
+            self._interest_vectors[text] = self.articles.embedder.encode([text])[0]
+        return self._interest_vectors[text]
 
     # -- candidates ---------------------------------------------------------------------------------------
     def candidates(
@@ -197,10 +238,54 @@ class Recommender:
 
     # -- relevance ----------------------------------------------------------------------------------------
     def relevance(self, profile_text: str, hits: Sequence[Hit], adapter: str | None) -> list[float]:
+        """The LLM's relevance of each candidate, computed now."""
         articles = [h.article for h in hits]
         if self.settings.strategy == "listwise":
             return self._listwise(profile_text, articles, adapter)
         return self.backend.score(relevance_requests(self.backend, profile_text, articles, adapter))
+
+    def cached_relevance(
+        self, user_id: str, profile_text: str, hits: Sequence[Hit], adapter: str | None
+    ) -> tuple[list[float | None], list[str]]:
+        """The relevance the background scorer computed for each candidate, and where it came from: `llm`
+        (under this profile), `llm-stale` (under an earlier one) or `none` (never scored: None)."""
+        cached = self.feedback.cached_relevance(user_id, self.scorer(adapter), [h.article.id for h in hits])
+        key = profile_key(profile_text)
+        found = [cached.get(h.article.id) for h in hits]
+        sources = ["none" if c is None else "llm" if c.profile_key == key else "llm-stale" for c in found]
+        return [None if c is None else c.score for c in found], sources
+
+    def precompute(self, user_id: str, adapter: str | None = None) -> int:
+        """Score a reader's candidates with the LLM under their current profile and keep the scores for the
+        requests to come (what the background scorer runs). Returns how many were scored."""
+        profile = self.profile(user_id)
+        if profile.cold_start:
+            return 0  # nothing to judge by: such a reader's feed takes popularity as its relevance
+        hits = self.candidates(profile)
+        if not hits:
+            return 0
+        profile_text = profile.render(self.settings.history_titles)
+        scores = self.relevance(profile_text, hits, adapter)
+        self.keep_relevance(user_id, profile_text, hits, scores, adapter)
+        return len(hits)
+
+    def keep_relevance(
+        self, user_id: str, profile_text: str, hits: Sequence[Hit], scores: Sequence[float], adapter: str | None
+    ) -> None:
+        self.feedback.store_relevance(
+            user_id,
+            self.scorer(adapter),
+            profile_key(profile_text),
+            {h.article.id: float(y) for h, y in zip(hits, scores, strict=True)},
+            self.clock(),
+        )
+        self.tally.add("scores_written", len(hits))
+
+    def ask_scoring(self, tasks: Sequence[ScoringTask]) -> None:
+        """Queue background work (coalesced per reader or ranking; the lowest priority dropped past the bound)."""
+        dropped = self.feedback.request_scoring(tasks, self.clock(), self.settings.scoring_queue_max)
+        self.tally.add("scoring_dropped", dropped)
+        self.scoring_asked.set()
 
     def popularity(self, hits: Sequence[Hit]) -> list[float]:
         """Recent clicks and likes, log-scaled to [0, 1] (the most popular = 1, never clicked = 0)."""
@@ -235,12 +320,7 @@ class Recommender:
 
         if self.articles.count() == 0:
             raise EmptyStore("the article store is empty: run `newsrank ingest FILE` (or `newsrank ingest --demo`)")
-        try:
-            adapter = self.use_adapter(request.adapter or s.adapter)
-        except NotFound:
-            if request.adapter:
-                raise
-            adapter = None  # the configured default is not trained yet: serve the base model
+        adapter = self.default_adapter(request.adapter)
         now = self.clock()
         profile = self.profile(request.user_id)
         profile_text = profile.render(s.history_titles)
@@ -251,21 +331,30 @@ class Recommender:
         weights, degraded = s.weights.frozen(), []
         # a cold-start reader has no history to judge by: popularity is the relevance prior
         if profile.cold_start or not hits:
-            relevance = popularity
-        else:
+            relevance, sources = list(popularity), ["popularity"] * len(hits)
+        elif request.fresh:
             try:
                 relevance = self.relevance(profile_text, hits, adapter)
+                sources = ["llm"] * len(hits)
+                self.keep_relevance(request.user_id, profile_text, hits, relevance, adapter)
             except Exception as exc:  # the feed goes on without the model: the other signals blend, renormalised
                 if not model_failure(exc):
                     raise
                 log.exception("scoring relevance failed; the feed is blended without it")
-                relevance, weights = [0.0] * len(hits), without(weights, "relevance")
+                relevance, sources, weights = [None] * len(hits), ["none"] * len(hits), without(weights, "relevance")
                 degraded.append("relevance")
+        else:
+            relevance, sources = self.cached_relevance(request.user_id, profile_text, hits, adapter)
+        rescore = not request.fresh and any(source in ("none", "llm-stale") for source in sources)
+        if rescore:
+            self.ask_scoring([ScoringTask("reader", request.user_id, now)])
+        for source in sources:
+            self.tally.add("feed_relevance", source=source)
         lap("relevance")
 
         signals = [
             Signals(
-                relevance=float(y),
+                relevance=0.0 if y is None else float(y),
                 freshness=freshness((now - h.article.published_at) / 3600, s.half_life_hours),
                 similarity=float(np.clip(h.similarity or 0.0, 0.0, 1.0)),
                 affinity=profile.affinity(h.article),
@@ -274,22 +363,26 @@ class Recommender:
             for h, y, p in zip(hits, relevance, popularity, strict=True)
         ]
         embeddings = np.stack([h.embedding for h in hits]) if hits else np.zeros((0, 1))
-        placed = blend_rank(signals, embeddings, weights, request.k)
+        lacking = without(weights, "relevance")  # a candidate not scored yet is blended on its other signals
+        placed = blend_rank(signals, embeddings, [lacking if y is None else weights for y in relevance], request.k)
         lap("blend")
 
         top = [hits[p.index] for p in placed]
         groundings = [explain.ground(profile, h.article, h.embedding) for h in top]
-        explanations = {}
+        explanations, rewrite = {}, False
         if request.explain:
             articles = [h.article for h in top]
-            try:
-                explanations = explain.write(self.backend, articles, groundings, s.explain_top, adapter)
-            except Exception as exc:  # the template says the same facts plainly
-                if not model_failure(exc):
-                    raise
-                log.exception("writing explanations failed; the template explains instead")
+            if request.fresh:
+                try:
+                    explanations = explain.write(self.backend, articles, groundings, s.explain_top, adapter)
+                except Exception as exc:  # the template says the same facts plainly
+                    if not model_failure(exc):
+                        raise
+                    log.exception("writing explanations failed; the template explains instead")
+                    degraded.append("explanations")
+            if not explanations:  # the template at once; the LLM's rewrite of it later, on the record
                 explanations = explain.templates(articles, groundings, s.explain_top)
-                degraded.append("explanations")
+                rewrite = not request.fresh and any(g.facts for g in groundings[: s.explain_top])
         lap("explain")
 
         items = tuple(
@@ -305,6 +398,7 @@ class Recommender:
                     explanation=explanations.get(position, (None, None))[0],
                     explanation_source=explanations.get(position, (None, None))[1],
                     grounded_in=grounding.facts,
+                    relevance_source=sources[p.index],
                 ),
             )
             for position, (p, hit, grounding) in enumerate(zip(placed, top, groundings, strict=True), start=1)
@@ -325,6 +419,8 @@ class Recommender:
             degraded=tuple(degraded),
         )
         self.feedback.record_ranking(record)
+        if rewrite:
+            self.ask_scoring([ScoringTask("explain", record.ranking_id, now)])
         lap("record")
         timings["total"] = round(time.perf_counter() - started, 4)
         return Feed(
@@ -336,6 +432,7 @@ class Recommender:
             timings,
             record.adapter,
             record.degraded,
+            rescore,
         )
 
 

@@ -107,26 +107,36 @@ def weighted_mean(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
 
 
 def blend_rank(
-    signals: Sequence[Signals], embeddings: np.ndarray, weights: BlendWeights, k: int | None = None
+    signals: Sequence[Signals],
+    embeddings: np.ndarray,
+    weights: BlendWeights | Sequence[BlendWeights],
+    k: int | None = None,
 ) -> list[Placed]:
     """Greedy MMR blend: place, one slot at a time, the candidate with the highest blended score.
 
-    Diversity is re-evaluated against what is already placed, so a near-duplicate of the top item sinks.
-    Ties go to the earlier candidate, which keeps the result deterministic.
+    `weights` holds for every candidate, or there is one per candidate (a candidate that lacks a signal is
+    blended on the others: `without`). Diversity is re-evaluated against what is already placed, so a
+    near-duplicate of the top item sinks. Ties go to the earlier candidate, which keeps the result deterministic.
     """
     n = len(signals)
     k = n if k is None else min(k, n)
     if n == 0 or k <= 0:
         return []
+    each = [weights] * n if isinstance(weights, dict) else list(weights)
+    if len(each) != n:
+        raise ValueError("give one set of weights, or one per candidate")
     sim = cosine_similarity(embeddings, embeddings)
-    base = np.array([sum(weights[spec.name] * getattr(s, spec.name) for spec in SIGNALS) for s in signals])
+    base = np.array(
+        [sum(w[spec.name] * getattr(s, spec.name) for spec in SIGNALS) for s, w in zip(signals, each, strict=True)]
+    )
+    diversity = np.array([w[DIVERSITY.name] for w in each])
     # closest[i]: highest similarity of candidate i to anything placed so far (none yet: -inf → gain 1)
     closest = np.full(n, -np.inf)
     remaining = np.ones(n, dtype=bool)
     placed: list[Placed] = []
     for _ in range(k):
         gain = np.where(np.isinf(closest), 1.0, np.clip(1.0 - closest, 0.0, 1.0))
-        total = np.where(remaining, base + weights[DIVERSITY.name] * gain, -np.inf)
+        total = np.where(remaining, base + diversity * gain, -np.inf)
         best = int(np.argmax(total))
         placed.append(Placed(index=best, diversity=float(gain[best]), score=float(total[best])))
         remaining[best] = False

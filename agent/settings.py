@@ -58,11 +58,20 @@ class Settings(BaseSettings):
     # events a reader's client may send through the API per minute (per instance); bulk imports: `events add`
     events_per_reader_per_minute: int = Field(600, ge=1)
 
-    # requests that need the LLM (feeds of readers with a history, chat): at most LLM_CONCURRENCY at it and
-    # LLM_QUEUE more waiting, each at most LLM_WAIT_SECONDS; past that 429 with Retry-After
+    # requests that need the LLM while they wait (fresh feeds, feeds naming an adapter, chat): at most
+    # LLM_CONCURRENCY at it and LLM_QUEUE more waiting, each at most LLM_WAIT_SECONDS; past that 429 with
+    # Retry-After. Other feeds never wait on the LLM.
     llm_concurrency: int = Field(4, ge=1)
     llm_queue: int = Field(8, ge=0)
     llm_wait_seconds: float = Field(30.0, gt=0)
+
+    # the background scorer (agent/scorer.py): the LLM's relevance computed ahead of feed requests
+    scorer_threads: int = Field(1, ge=0)  # in `newsrank serve`; 0 = none there (run `newsrank worker` beside it)
+    scoring_queue_max: int = Field(1000, ge=1)  # waiting tasks; past it the least recently active are dropped
+    score_ttl_seconds: float = Field(3600.0, gt=0)  # an active reader's scores are renewed when older than this
+    scoring_active_hours: float = Field(24.0, gt=0)  # readers idle for longer are not rescored until they return
+    scoring_lease_seconds: float = Field(120.0, gt=0)  # a claimed task goes to another worker after this
+    scoring_sweep_seconds: float = Field(30.0, gt=0)  # how often a worker looks for active readers' old scores
 
     # background jobs: a running job's instance reports every `job_heartbeat_seconds`; any instance marks a job
     # interrupted after `job_silence_seconds` without a report (its runner is gone)

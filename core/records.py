@@ -18,6 +18,9 @@ import numpy as np
 from core.errors import InvalidInput
 
 EVENT_TYPES = ("impression", "click", "like", "dislike", "skip", "dwell")
+# where an item's relevance came from: the LLM under the reader's current profile, the LLM under an earlier
+# profile, nowhere yet (the blend ran without it), or popularity (a reader with no history)
+RELEVANCE_SOURCES = ("llm", "llm-stale", "none", "popularity")
 JOB_STATUSES = ("running", "succeeded", "failed", "interrupted")
 
 
@@ -166,6 +169,7 @@ class RankedItem:
     explanation: str | None = None
     explanation_source: str | None = None  # "llm" or "template"
     grounded_in: tuple[str, ...] = ()
+    relevance_source: str | None = None  # one of RELEVANCE_SOURCES; None in records made before they were kept
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,16 @@ class RankingRecord:
     cold_start: bool
     items: tuple[RankedItem, ...] = field(default_factory=tuple)
     degraded: tuple[str, ...] = ()  # parts done without the LLM because it failed (relevance, explanations)
+
+
+@dataclass(frozen=True)
+class CachedScore:
+    """An LLM relevance computed ahead of the request: the score, the profile it was computed under (a digest
+    of the profile text) and when."""
+
+    score: float
+    profile_key: str
+    scored_at: float
 
 
 # -- background work ------------------------------------------------------------------------------------------
@@ -206,6 +220,22 @@ class Job:
     instance: str = ""
     heartbeat_at: float | None = None
     log_tail: str = ""
+
+
+SCORING_KINDS = ("reader", "explain")  # rescore a reader's candidates; rewrite a ranking's explanations
+
+
+@dataclass(frozen=True)
+class ScoringTask:
+    """Work for the background scorer, one per subject (a reader, or a ranking to explain): asking again while
+    it waits only raises its priority, so ten clicks in a row cause one rescoring. `requests` counts the asks,
+    so that one made while the task runs is not lost: the task is run again."""
+
+    kind: str  # one of SCORING_KINDS
+    subject: str  # the user id, or the ranking id
+    priority: float  # when its reader was last active (epoch seconds): the most recently active go first
+    requests: int = 1
+    requested_at: float = 0.0  # the first ask still waiting: the task's age
 
 
 # -- adapters -------------------------------------------------------------------------------------------------

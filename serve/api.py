@@ -16,9 +16,10 @@ from litestar.params import Parameter
 from litestar.response import Response, ServerSentEvent
 
 from agent import __version__
-from core.errors import NotFound, RateLimited
+from core.errors import NotFound, RateLimited, StoreUnavailable
+from core.records import SCORING_KINDS
 from serve.auth import PUBLIC, ApiKey, admin_only
-from serve.metrics import Metrics
+from serve.metrics import Metrics, label_text
 from serve.schemas import (
     PRINTABLE,
     USER_ID,
@@ -92,21 +93,66 @@ LLM_COUNTERS = {
 BATCH_COUNTERS = {"batches": "LLM calls made", "merged_calls": "calls that rode in another call's batch"}
 
 
-def counter(name: str, help: str, series: dict[str, float]) -> str:
-    head = f"# HELP {name} {help}\n# TYPE {name} counter\n"
+# what the ranking loop and the background scorer counted (core.tally), by tally name
+TALLY_COUNTERS = {
+    "feed_relevance": "feed candidates by where their relevance came from (source=llm: read from the cache under "
+    "the reader's current profile)",
+    "scores_written": "LLM relevance scores this process computed and stored",
+    "scoring_tasks": "background scoring tasks this process ran, by kind and outcome",
+    "scoring_dropped": "scoring tasks dropped because the queue was full (the sweep asks again)",
+    "explanation_rewrites": "LLM rewrites of template explanations, kept (as specific as the template) or rejected",
+}
+SCORES_WINDOW_SECONDS = 60
+
+
+def metric(name: str, help: str, series: dict[str, float], kind: str = "counter") -> str:
+    head = f"# HELP {name} {help}\n# TYPE {name} {kind}\n"
     return head + "".join(f"{name}{labels} {value:g}\n" for labels, value in series.items())
 
 
-@get("/metrics", sync_to_thread=False, guards=[admin_only], tags=["ops"], media_type="text/plain; version=0.0.4")
+def scoring_gauges(newsrank: Newsrank) -> str:
+    """The background scorer as the shared store sees it, across every instance and worker."""
+    now = newsrank.clock()
+    queue = newsrank.feedback.scoring_queue()
+    oldest = min((since for _, since in queue.values() if since is not None), default=now)
+    written = newsrank.feedback.scores_written(now - SCORES_WINDOW_SECONDS)
+    tally = newsrank.tally
+    by_source = {source: tally.get("feed_relevance", source=source) for source in ("llm", "llm-stale", "none")}
+    judged = sum(by_source.values())
+    return "".join(
+        [
+            metric("newsrank_scoring_queue_depth", "scoring tasks waiting or running, by kind",
+                   {f'{{kind="{k}"}}': queue.get(k, (0, None))[0] for k in SCORING_KINDS}, "gauge"),
+            metric("newsrank_scoring_queue_oldest_seconds", "how long the oldest waiting scoring task has waited",
+                   {"": max(0.0, now - oldest)}, "gauge"),
+            metric("newsrank_scores_per_second", f"LLM relevance scores stored per second over the last "
+                   f"{SCORES_WINDOW_SECONDS} s, by every worker", {"": written / SCORES_WINDOW_SECONDS}, "gauge"),
+            metric("newsrank_feed_cache_hit_ratio", "share of feed candidates of readers with a history whose "
+                   "relevance was read under their current profile, since this process started",
+                   {"": by_source["llm"] / judged if judged else 0.0}, "gauge"),
+        ]
+    )  # fmt: skip
+
+
+@get("/metrics", sync_to_thread=True, guards=[admin_only], tags=["ops"], media_type="text/plain; version=0.0.4")
 def metrics_text(metrics: Metrics, newsrank: Newsrank) -> str:
-    """Prometheus text: request counts and latencies by route, LLM work, prefix-cache hits, micro-batching."""
+    """Prometheus text: request counts and latencies by route, LLM work, prefix-cache hits, micro-batching, the
+    background scorer's queue and throughput, and the feed's cache hit rate."""
     llm = getattr(newsrank.backend, "stats", {})  # a MeteredBackend's counters
     batcher = getattr(getattr(newsrank.backend, "inner", None), "stats", None)  # a MicroBatcher's
     parts = [metrics.render()]
-    parts += [counter(f"newsrank_llm_{n}_total", h, {"": llm.get(n, 0)}) for n, h in LLM_COUNTERS.items()]
+    parts += [metric(f"newsrank_llm_{n}_total", h, {"": llm.get(n, 0)}) for n, h in LLM_COUNTERS.items()]
     for n, h in BATCH_COUNTERS.items() if batcher is not None else ():
         by_kind = {f'{{kind="{kind}"}}': batcher[f"{kind}_{n}"] for kind in ("score", "generate")}
-        parts.append(counter(f"newsrank_llm_{n}_total", h, by_kind))
+        parts.append(metric(f"newsrank_llm_{n}_total", h, by_kind))
+    counted = newsrank.tally.snapshot()
+    for name, help in TALLY_COUNTERS.items():
+        series = {label_text(labels): value for (n, labels), value in sorted(counted.items()) if n == name}
+        parts.append(metric(f"newsrank_{name}_total", help, series or {"": 0}))
+    try:
+        parts.append(scoring_gauges(newsrank))
+    except StoreUnavailable:  # the metrics still answer; the store's own probe says what is wrong
+        log.warning("the feedback store did not answer; scoring gauges left out of /metrics")
     return "".join(parts)
 
 
@@ -114,10 +160,14 @@ def metrics_text(metrics: Metrics, newsrank: Newsrank) -> str:
 @post("/v1/feed", status_code=200, sync_to_thread=True, tags=["feed"])
 def feed(data: FeedRequestIn, newsrank: Newsrank, request: Req) -> FeedOut:
     """A ranked feed for one reader with the score breakdown, explanations for the top items and a ranking_id
-    that events and chat can refer to."""
+    that events and chat can refer to. It is made from what the LLM computed ahead, never waiting on the model;
+    each item says where its relevance came from. `fresh` runs the model now (and may answer 429)."""
     request.user.check_user(data.user_id)
+    wanted = data.request()
+    if not newsrank.waits_on_llm(wanted):
+        return FeedOut.of(newsrank.recommend(wanted))
     with newsrank.llm_gate.slot("feed"):
-        return FeedOut.of(newsrank.recommend(data.request()))
+        return FeedOut.of(newsrank.recommend(wanted))
 
 
 @post("/v1/events", status_code=201, sync_to_thread=True, tags=["feed"])

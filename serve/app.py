@@ -38,6 +38,7 @@ from serve import api, web
 from serve.auth import ApiKeyMiddleware, KeyRing, NotAuthenticated, PermissionDenied
 from serve.metrics import Metrics, RequestMetrics
 from serve.service import Newsrank
+from serve.worker import ScoringWorkers
 
 log = logging.getLogger("newsrank.serve")
 
@@ -121,10 +122,13 @@ def create_app(newsrank: Newsrank | None = None, settings: Settings | None = Non
             log.info("store was empty: loaded %d demo articles and the demo users", report.ingested)
         service.jobs.recover()
         service.backend.warm()
+        workers = ScoringWorkers(service.recommender, settings.scorer_threads)
+        workers.start()
         app.state.newsrank = service
         try:
             yield
         finally:
+            workers.stop()
             if newsrank is None:  # built here: release its database connections
                 service.feedback.close()
 

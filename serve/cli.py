@@ -65,7 +65,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from serve.schemas import FeedOut
 
     service = _service()
-    feed = service.recommend(FeedRequest(args.user, args.k, args.explain, tuple(args.category or ()), args.adapter))
+    # no background scorer runs beside a command: the LLM scores now, and what it computes is kept for the
+    # service's feeds
+    request = FeedRequest(args.user, args.k, args.explain, tuple(args.category or ()), args.adapter, fresh=True)
+    feed = service.recommend(request)
     if args.json:
         print(FeedOut.of(feed).model_dump_json(indent=2))
         return 0
@@ -297,6 +300,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """The background scorer on its own, for deployments that run the API with NEWSRANK_SCORER_THREADS=0."""
+    import signal
+    import threading
+
+    from agent.models import offline
+    from serve.worker import ScoringWorkers
+
+    offline()
+    service = _service()
+    workers = ScoringWorkers(service.recommender, args.threads or max(1, service.settings.scorer_threads))
+    if args.until_idle:
+        done = workers.run_until_idle()
+        print(f"newsrank worker: {done} tasks done; the queue is empty")
+        return 0
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    workers.start()
+    print(f"newsrank worker: {len(workers.scorers)} scorer thread(s) on {service.feedback.url}; Ctrl-C stops")
+    stopped.wait()
+    workers.stop()
+    service.feedback.close()
+    return 0
+
+
 def cmd_llm_serve(args: argparse.Namespace) -> int:
     """Replace this process with a vLLM OpenAI-compatible server: the base model and every active adapter."""
     import os
@@ -401,6 +430,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--no-demo", action="store_true", help="do not load the demo data into an empty store")
     p.set_defaults(run=cmd_serve)
+
+    p = commands.add_parser(
+        "worker", help="run the background scorer (LLM relevance and explanations ahead of requests) on its own"
+    )
+    p.add_argument("--threads", type=int, help="scorer threads (default: NEWSRANK_SCORER_THREADS, at least 1)")
+    p.add_argument("--until-idle", action="store_true", help="sweep, do the queued tasks, then exit")
+    p.set_defaults(run=cmd_worker)
 
     p = commands.add_parser(
         "llm-serve",

@@ -22,7 +22,7 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 Labels = tuple[tuple[str, str], ...]
 
 
-def _labels(labels: Labels) -> str:
+def label_text(labels: Labels) -> str:
     if not labels:
         return ""
     escaped = (f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in labels)
@@ -61,16 +61,16 @@ class Metrics:
                 lines += [f"# HELP {name} {help}", f"# TYPE {name} {kind}"]
                 if kind == "counter":
                     for labels, value in sorted(self._counters[name].items()):
-                        lines.append(f"{name}{_labels(labels)} {value:g}")
+                        lines.append(f"{name}{label_text(labels)} {value:g}")
                     continue
                 for labels, series in sorted(self._histograms[name].items()):
                     cumulative = 0.0
                     for bound, count in zip((*BUCKETS, float("inf")), series[:-2], strict=True):
                         cumulative += count
                         le = "+Inf" if bound == float("inf") else f"{bound:g}"
-                        lines.append(f"{name}_bucket{_labels((*labels, ('le', le)))} {cumulative:g}")
-                    lines.append(f"{name}_sum{_labels(labels)} {series[-2]:g}")
-                    lines.append(f"{name}_count{_labels(labels)} {series[-1]:g}")
+                        lines.append(f"{name}_bucket{label_text((*labels, ('le', le)))} {cumulative:g}")
+                    lines.append(f"{name}_sum{label_text(labels)} {series[-2]:g}")
+                    lines.append(f"{name}_count{label_text(labels)} {series[-1]:g}")
         return "".join(line + "\n" for line in lines)
 
 

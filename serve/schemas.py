@@ -37,14 +37,22 @@ class FeedRequestIn(BaseModel):
     explain: bool = True
     filters: FiltersIn = Field(default_factory=FiltersIn)
     adapter: str | None = Field(
-        None, max_length=80, description="NAME (its active version) or NAME@VERSION; default: configured"
+        None,
+        max_length=80,
+        description="NAME (its active version) or NAME@VERSION; default: configured. An adapter other than the "
+        "configured one is run while the request waits (as with fresh)",
+    )
+    fresh: bool = Field(
+        False,
+        description="run the LLM while the request waits (relevance and explanations) instead of using what it "
+        "computed ahead; may answer 429 when the model is busy",
     )
 
     def request(self) -> FeedRequest:
         f = self.filters
         return FeedRequest(
             self.user_id, self.k, self.explain, tuple(f.categories), self.adapter, tuple(f.exclude_categories),
-            f.max_age_hours,
+            f.max_age_hours, self.fresh,
         )  # fmt: skip
 
 
@@ -69,6 +77,12 @@ class FeedItemOut(BaseModel):
     explanation: str | None
     explanation_source: str | None
     grounded_in: list[str]
+    relevance_source: str | None = Field(
+        None,
+        description="where the relevance signal came from: llm (computed under the reader's current profile), "
+        "llm-stale (under an earlier profile; a rescoring is queued), none (not computed yet: the item was "
+        "blended on its other signals, their weights scaled up) or popularity (a reader with no history)",
+    )
 
     @classmethod
     def of(cls, item: FeedItem) -> FeedItemOut:
@@ -88,6 +102,7 @@ class FeedItemOut(BaseModel):
             explanation=r.explanation,
             explanation_source=r.explanation_source,
             grounded_in=list(r.grounded_in),
+            relevance_source=r.relevance_source,
         )
 
 

@@ -22,21 +22,30 @@ from agent.backends.metered import MeteredBackend
 from agent.chat import Chat, pick_item
 from agent.profile import Profile
 from agent.ranking import Feed, FeedRequest, Recommender
+from agent.scorer import Scorer
+from agent.scoring import BlendWeights, without
 from agent.settings import Settings
 from core.errors import InvalidInput, NotFound, StoreUnavailable
 from core.llm import Backend
-from core.records import BLEND, MAX_INTERESTS, MAX_MUTES, Event, Preferences
+from core.records import BLEND, MAX_INTERESTS, MAX_MUTES, Event, Preferences, ScoringTask
 from core.stores import ArticleStore, FeedbackStore
+from core.tally import Tally
 from retrieval.embed import Embedder
 from retrieval.ingest import MAX_EXAMPLES, IngestReport, RowError, article_from_dict, ingest_file, parse_time
 from retrieval.store import ChromaArticleStore, chroma_client
-from serve.jobs import TrainingJobs
+from serve.jobs import INSTANCE, TrainingJobs
 from serve.limits import Gate, RateLimiter
 from store import open_store
 
 log = logging.getLogger("newsrank.service")
 
 DEMO_USERS = ("demo-sports", "demo-politics", "demo-tech", "demo-new")
+RELEVANCE_NOTES = {  # the audit's words for where an item's relevance came from (core.records.RELEVANCE_SOURCES)
+    "llm": "the LLM's, under the profile this feed was made for",
+    "llm-stale": "the LLM's, under your profile before your latest reading (a rescoring was queued)",
+    "none": "not computed yet, so the item was blended on its other signals, their weights scaled up",
+    "popularity": "popularity stood in for it (no reading history to judge by)",
+}
 
 
 def make_backend(settings: Settings) -> Backend:
@@ -139,7 +148,9 @@ class Newsrank:
         self.backend = backend
         self.clock = clock
         self.adapters = adapters or AdapterRegistry(settings.adapters_path, feedback, clock)
-        self.recommender = Recommender(articles, feedback, backend, settings, clock, self.adapters)
+        self.tally = Tally()
+        self.recommender = Recommender(articles, feedback, backend, settings, clock, self.adapters, self.tally)
+        self.scorer = Scorer(self.recommender, f"{INSTANCE}/requests")  # asks for work; the workers do it
         self.chat = Chat(feedback, articles, backend, clock)
         self.jobs = TrainingJobs(feedback, settings, clock)
         self.event_rate = RateLimiter(settings.events_per_reader_per_minute, time.monotonic)
@@ -158,7 +169,10 @@ class Newsrank:
 
     # -- articles -----------------------------------------------------------------------------------------
     def ingest(self, path: Path, fmt: str | None = None, show_progress: bool = True) -> IngestReport:
-        return ingest_file(self.articles, path, self.clock(), fmt, show_progress)
+        report = ingest_file(self.articles, path, self.clock(), fmt, show_progress)
+        if report.ingested:
+            self.scorer.articles_arrived()
+        return report
 
     def seed_demo(self, show_progress: bool = True) -> IngestReport:
         """Load the demo corpus and users, shifted in time so that the newest demo article is brand new.
@@ -198,7 +212,9 @@ class Newsrank:
                 articles.append(article_from_dict(row, now))
             except InvalidInput as exc:
                 raise InvalidInput(f"article {number}: {exc}") from None
-        return self.articles.upsert(articles)
+        stored = self.articles.upsert(articles)
+        self.scorer.articles_arrived()
+        return stored
 
     # -- events -------------------------------------------------------------------------------------------
     def add_events(self, rows: Sequence[Any], batch_key: str | None = None) -> int:
@@ -212,7 +228,11 @@ class Newsrank:
             except InvalidInput as exc:
                 raise InvalidInput(f"event {number}: {exc}") from None
         self.check_events(events)
-        return self.feedback.add_events(events, batch_key, now)
+        stored = self.feedback.add_events(events, batch_key, now)
+        if stored:  # their profiles changed: rescore them in the background, the latest first
+            latest = {e.user_id: now for e in events}
+            self.recommender.ask_scoring([ScoringTask("reader", user, t) for user, t in latest.items()])
+        return stored
 
     def check_events(self, events: Sequence[Event]) -> None:
         """What a client's batch may claim: articles that exist, rankings made for the event's own reader, and
@@ -250,7 +270,14 @@ class Newsrank:
 
     # -- the feed -----------------------------------------------------------------------------------------
     def recommend(self, request: FeedRequest) -> Feed:
+        """A feed from what the LLM computed ahead; a fresh one, or one naming an adapter other than the
+        configured one (the background scorer works for that one alone), runs the LLM now."""
+        if request.adapter and request.adapter != self.settings.adapter and not request.fresh:
+            request = replace(request, fresh=True)
         return self.recommender.recommend(request)
+
+    def waits_on_llm(self, request: FeedRequest) -> bool:
+        return request.fresh or bool(request.adapter and request.adapter != self.settings.adapter)
 
     # -- readers ------------------------------------------------------------------------------------------
     def user(self, user_id: str) -> Profile:
@@ -269,6 +296,7 @@ class Newsrank:
             raise InvalidInput(f"at most {MAX_INTERESTS} interests and {MAX_MUTES} mutes")
         updated = Preferences.newest(interests, mutes)
         self.feedback.set_preferences(user_id, updated, self.clock())
+        self.recommender.ask_scoring([ScoringTask("reader", user_id, self.clock())])
         return updated
 
     def export_user(self, user_id: str) -> dict[str, Any]:
@@ -292,8 +320,11 @@ class Newsrank:
         record = self.chat.record(user_id, ranking_id, article_id)
         item = pick_item(record, article_id, "")
         created = datetime.fromtimestamp(record.created_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        weights = record.weights
+        if item.relevance_source == "none":  # blended without relevance: the others' weights were scaled up
+            weights = without(BlendWeights(**weights), "relevance")
         return prompts.render(
-            "why.v2",
+            "why.v3",
             item=item,
             total=len(record.items),
             user_id=user_id,
@@ -305,5 +336,6 @@ class Newsrank:
             prompt_version=record.prompt_version,
             cold_start=record.cold_start,
             signals=BLEND,
-            weights=record.weights,
+            weights=weights,
+            relevance=RELEVANCE_NOTES.get(item.relevance_source or ""),
         )

@@ -20,12 +20,24 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import Conflict, InvalidInput, NotFound
-from core.records import AdapterVersion, Event, Job, Preferences, RankedItem, RankingRecord
+from core.records import (
+    AdapterVersion,
+    CachedScore,
+    Event,
+    Job,
+    Preferences,
+    RankedItem,
+    RankingRecord,
+    ScoringTask,
+)
 
-TIME_COLUMNS = frozenset({"ts", "updated_at", "created_at", "finished_at", "heartbeat_at"})
+TIME_COLUMNS = frozenset(
+    {"ts", "updated_at", "created_at", "finished_at", "heartbeat_at", "scored_at", "requested_at", "claimed_at"}
+)
 JSON_COLUMNS = frozenset({"interests", "mutes", "weights", "grounded_in", "args", "history", "signals", "degraded"})
 BOOL_COLUMNS = frozenset({"cold_start"})
-# every table, parents before children: the order to copy a store in (`newsrank db migrate-to`)
+# every table, parents before children: the order to copy a store in (`newsrank db migrate-to`). Not the
+# relevance cache and the scoring queue: the background scorer fills them again.
 TABLES = ("users", "events", "rankings", "ranking_items", "jobs", "adapters", "adapter_versions", "event_batches")
 ITEM_COLUMNS = ("ranking_id", *(f.name for f in fields(RankedItem)))
 EVENT_COLUMNS = ("user_id", "article_id", "type", "ts", "dwell_seconds", "ranking_id")
@@ -268,6 +280,16 @@ class SqlFeedbackStore(ABC):
             items=tuple(RankedItem(**{**i, "grounded_in": tuple(i["grounded_in"])}) for i in items),
         )
 
+    def set_explanations(self, ranking_id: str, explanations: dict[int, tuple[str, str]]) -> None:
+        """Replace the explanations of a ranking's items, by position: (text, source)."""
+        with self.transaction() as tx:
+            for position, (text, source) in explanations.items():
+                tx.execute(
+                    "UPDATE ranking_items SET explanation = ?, explanation_source = ? WHERE ranking_id = ?"
+                    " AND position = ?",
+                    [text, source, ranking_id, position],
+                )
+
     def ranking_owners(self, ranking_ids: Sequence[str]) -> dict[str, str]:
         """The reader each known ranking was made for; unknown ids are absent."""
         ids = list(dict.fromkeys(ranking_ids))
@@ -297,23 +319,174 @@ class SqlFeedbackStore(ABC):
 
     # -- a reader's data as a whole -----------------------------------------------------------------------
     def export_user(self, user_id: str) -> dict[str, Any]:
-        """Everything held on one reader: preferences, events and the rankings made for them."""
+        """Everything held on one reader: preferences, events, the rankings made for them and the LLM's
+        relevance computed for them."""
+        with self.transaction() as tx:
+            relevance = tx.rows(
+                "SELECT article_id, score, scored_at FROM relevance WHERE user_id = ? ORDER BY scored_at, article_id",
+                [user_id],
+            )
         return {
             "user_id": user_id,
             "preferences": asdict(self.preferences(user_id)),
             "events": [asdict(e) for e in self.events(user_id)],
             "rankings": [asdict(r) for r in self.rankings_for(user_id)],
+            "relevance": relevance,
         }
 
     def delete_user(self, user_id: str) -> dict[str, int]:
-        """Erase a reader in one transaction: events, preferences, rankings (their items cascade)."""
+        """Erase a reader in one transaction: events, preferences, rankings (their items cascade), the LLM
+        relevance computed for them and their waiting scoring work."""
         with self.transaction() as tx:
+            owned = tx.rows("SELECT ranking_id FROM rankings WHERE user_id = ?", [user_id])
+            rankings = [r["ranking_id"] for r in owned]
             counts = {
                 table: tx.execute(f"DELETE FROM {table} WHERE user_id = ?", [user_id]).rowcount
-                for table in ("events", "users", "rankings")
+                for table in ("events", "users", "rankings", "relevance")
             }
+            tx.execute("DELETE FROM scoring_queue WHERE kind = 'reader' AND subject = ?", [user_id])
+            for start in range(0, len(rankings), 500):
+                chunk = rankings[start : start + 500]
+                tx.execute(
+                    f"DELETE FROM scoring_queue WHERE kind = 'explain' AND subject IN ({', '.join('?' * len(chunk))})",
+                    chunk,
+                )
         self.after_erasure()
         return counts
+
+    # -- LLM relevance computed ahead of requests ---------------------------------------------------------
+    def cached_relevance(self, user_id: str, scorer: str, article_ids: Sequence[str]) -> dict[str, CachedScore]:
+        """The stored relevance of these articles for this reader under this scorer (model, adapter, prompt);
+        articles never scored are absent."""
+        ids = list(dict.fromkeys(article_ids))
+        found: dict[str, CachedScore] = {}
+        with self.transaction() as tx:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = tx.rows(
+                    "SELECT article_id, score, profile_key, scored_at FROM relevance WHERE user_id = ? AND scorer = ?"
+                    f" AND article_id IN ({', '.join('?' * len(chunk))})",
+                    [user_id, scorer, *chunk],
+                )
+                found.update({r.pop("article_id"): CachedScore(**r) for r in rows})
+        return found
+
+    def store_relevance(
+        self, user_id: str, scorer: str, profile_key: str, scores: dict[str, float], now: float
+    ) -> None:
+        """Keep a reader's freshly computed relevance, replacing what an earlier profile gave the same articles."""
+        with self.transaction() as tx:
+            for article_id, score in scores.items():
+                tx.execute(
+                    "INSERT INTO relevance(user_id, scorer, article_id, score, profile_key, scored_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(user_id, scorer, article_id) DO UPDATE SET"
+                    " score = excluded.score, profile_key = excluded.profile_key, scored_at = excluded.scored_at",
+                    [user_id, scorer, article_id, float(score), profile_key, self.encode_time(now)],
+                )
+
+    def last_scored(self, scorer: str, user_ids: Sequence[str]) -> dict[str, float]:
+        """When each of these readers was last scored under `scorer`; readers never scored are absent."""
+        ids = list(dict.fromkeys(user_ids))
+        found: dict[str, float] = {}
+        with self.transaction() as tx:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = tx.rows(
+                    "SELECT user_id, MAX(scored_at) AS scored_at FROM relevance WHERE scorer = ?"
+                    f" AND user_id IN ({', '.join('?' * len(chunk))}) GROUP BY user_id",
+                    [scorer, *chunk],
+                )
+                found.update({r["user_id"]: r["scored_at"] for r in rows})
+        return found
+
+    def forget_relevance(self, before: float) -> int:
+        """Drop relevance computed before a time (articles long out of the window, readers long gone)."""
+        with self.transaction() as tx:
+            return tx.execute("DELETE FROM relevance WHERE scored_at < ?", [self.encode_time(before)]).rowcount
+
+    def scores_written(self, since: float) -> int:
+        with self.transaction() as tx:
+            return tx.row("SELECT COUNT(*) AS n FROM relevance WHERE scored_at >= ?", [self.encode_time(since)])["n"]
+
+    def active_readers(self, since: float) -> dict[str, float]:
+        """Readers with a profile to score who asked for a feed or sent an event since a time, with when they
+        last did (a reader whose feeds were all cold-start ones has nothing for the LLM to judge by)."""
+        with self.transaction() as tx:
+            rows = tx.rows(
+                "SELECT user_id, MAX(t) AS ts FROM (SELECT user_id, MAX(created_at) AS t FROM rankings"
+                " WHERE created_at >= ? AND cold_start = ? GROUP BY user_id UNION ALL SELECT user_id, MAX(ts) AS t"
+                " FROM events WHERE ts >= ? GROUP BY user_id) AS seen GROUP BY user_id",
+                [self.encode_time(since), False, self.encode_time(since)],
+            )
+        return {r["user_id"]: r["ts"] for r in rows}
+
+    # -- the background scorer's queue --------------------------------------------------------------------
+    def request_scoring(self, tasks: Sequence[ScoringTask], now: float, limit: int) -> int:
+        """Ask for work: a task already waiting is coalesced (its priority raised, its ask counted), never
+        duplicated. Past `limit` waiting tasks the lowest-priority unclaimed ones are dropped (a reader's next
+        request or the sweep asks again). Returns how many were dropped."""
+        with self.transaction() as tx:
+            for task in tasks:
+                tx.execute(
+                    "INSERT INTO scoring_queue(kind, subject, priority, requests, requested_at) VALUES (?, ?, ?, 1, ?)"
+                    " ON CONFLICT(kind, subject) DO UPDATE SET requests = scoring_queue.requests + 1, priority ="
+                    " CASE WHEN excluded.priority > scoring_queue.priority THEN excluded.priority"
+                    " ELSE scoring_queue.priority END",
+                    [task.kind, task.subject, task.priority, self.encode_time(now)],
+                )
+            over = tx.row("SELECT COUNT(*) AS n FROM scoring_queue")["n"] - limit
+            if over <= 0:
+                return 0
+            return tx.execute(
+                "DELETE FROM scoring_queue WHERE (kind, subject) IN (SELECT kind, subject FROM scoring_queue"
+                " WHERE claimed_by IS NULL ORDER BY priority, kind, subject LIMIT ?)",
+                [over],
+            ).rowcount
+
+    def claim_scoring(self, worker: str, now: float, lease_seconds: float) -> ScoringTask | None:
+        """Take the next task for `worker`: readers before explanations, then the most recently active first.
+        A task claimed by another worker is not handed out again until its lease ran out (its worker died), so
+        two workers never run the same task at once."""
+        with self.transaction(lock="scoring") as tx:
+            row = tx.row(
+                "SELECT kind, subject, priority, requests, requested_at FROM scoring_queue"
+                " WHERE claimed_by IS NULL OR claimed_at < ?"
+                " ORDER BY CASE kind WHEN 'reader' THEN 0 ELSE 1 END, priority DESC, subject LIMIT 1",
+                [self.encode_time(now - lease_seconds)],
+            )
+            if row is None:
+                return None
+            tx.execute(
+                "UPDATE scoring_queue SET claimed_by = ?, claimed_requests = requests, claimed_at = ?"
+                " WHERE kind = ? AND subject = ?",
+                [worker, self.encode_time(now), row["kind"], row["subject"]],
+            )
+        return ScoringTask(**row)
+
+    def finish_scoring(self, task: ScoringTask, worker: str) -> None:
+        """The worker is done with a task: remove it, unless it was asked for again meanwhile: then it waits
+        again, for any worker. (A task that failed is left claimed: it is retried when its lease runs out.)"""
+        key = [task.kind, task.subject, worker]
+        with self.transaction() as tx:
+            removed = tx.execute(
+                "DELETE FROM scoring_queue WHERE kind = ? AND subject = ? AND claimed_by = ?"
+                " AND requests = claimed_requests",
+                key,
+            ).rowcount
+            if not removed:
+                tx.execute(
+                    "UPDATE scoring_queue SET claimed_by = NULL, claimed_requests = NULL, claimed_at = NULL"
+                    " WHERE kind = ? AND subject = ? AND claimed_by = ?",
+                    key,
+                )
+
+    def scoring_queue(self) -> dict[str, tuple[int, float | None]]:
+        """Per kind of task: how many wait (claimed or not), and since when the oldest has waited."""
+        with self.transaction() as tx:
+            rows = tx.rows(
+                "SELECT kind, COUNT(*) AS n, MIN(requested_at) AS requested_at FROM scoring_queue GROUP BY kind"
+            )
+        return {r["kind"]: (r["n"], r["requested_at"]) for r in rows}
 
     # -- background jobs ----------------------------------------------------------------------------------
     def claim_job(self, job: Job) -> None:

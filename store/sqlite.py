@@ -134,6 +134,34 @@ class SqliteFeedbackStore(SqlFeedbackStore):
         CREATE INDEX event_batches_created ON event_batches(created_at);
         ALTER TABLE rankings ADD COLUMN degraded TEXT NOT NULL DEFAULT '[]';
         """,
+        # 7: LLM relevance computed ahead of requests, the background scorer's queue, where each ranked item's
+        # relevance came from
+        """
+        CREATE TABLE relevance (
+            user_id TEXT NOT NULL,
+            scorer TEXT NOT NULL,
+            article_id TEXT NOT NULL,
+            score REAL NOT NULL,
+            profile_key TEXT NOT NULL,
+            scored_at REAL NOT NULL,
+            PRIMARY KEY (user_id, scorer, article_id)
+        );
+        CREATE INDEX relevance_scored ON relevance(scored_at);
+        CREATE TABLE scoring_queue (
+            kind TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            priority REAL NOT NULL,
+            requests INTEGER NOT NULL,
+            requested_at REAL NOT NULL,
+            claimed_by TEXT,
+            claimed_requests INTEGER,
+            claimed_at REAL,
+            PRIMARY KEY (kind, subject)
+        );
+        CREATE INDEX scoring_queue_priority ON scoring_queue(priority);
+        CREATE INDEX rankings_created ON rankings(created_at);
+        ALTER TABLE ranking_items ADD COLUMN relevance_source TEXT;
+        """,
     )
 
     def __init__(self, path: Path | str) -> None:

@@ -28,18 +28,36 @@ def test_clean_keeps_one_complete_sentence_and_drops_invented_asides():
 
 
 def test_validate_requires_grounding_and_the_reader():
-    assert validate("You may like this because it is about sports.", GROUNDED)
-    assert validate("You read about the Riverton Hawks and Lakeport Mariners before.", GROUNDED)
-    assert validate("This article is about sports.", GROUNDED) is None  # not addressed to the reader
+    both = "You may like this because you follow sports and read about the Riverton Hawks and Lakeport Mariners."
+    assert validate(both, GROUNDED) == both
+    assert validate("You may like this because it is about sports.", Grounding(interests=("sports",)))
+    assert validate("You read about the Riverton Hawks and Lakeport Mariners before.", Grounding(history=HAWKS))
+    assert validate("This article is about sports.", Grounding(interests=("sports",))) is None  # not to the reader
     assert validate("You may like this because it is about cooking.", GROUNDED) is None  # not grounded
-    assert validate("You may like sports, as an AI I think so.", GROUNDED) is None
+    assert validate("You may like sports, as an AI I think so.", Grounding(interests=("sports",))) is None
     assert validate("You may like this because it is about sports.", Grounding()) is None  # nothing to cite
     assert not cites("sportswear is on sale", Grounding(interests=("sports",)))  # whole words only
 
 
+def test_a_rewrite_less_specific_than_the_template_is_not_kept():
+    # the template names the interest and the history title: a rewrite that drops either says less
+    assert validate("You may like this because it is about sports.", GROUNDED) is None
+    assert validate("You read about the Riverton Hawks and Lakeport Mariners before.", GROUNDED) is None
+    two = Grounding(interests=("sports", "nfl"))
+    assert validate("You may like this because you follow sports.", two) is None
+    assert validate("You may like this because you follow sports and the NFL.", two)
+
+
+def test_a_grounding_is_read_back_from_the_record_facts():
+    again = Grounding.from_facts(GROUNDED.facts)
+    assert again.facts == GROUNDED.facts and again.history.title == HAWKS.title
+    assert Grounding.from_facts(("interest: tech",)).facts == ("interest: tech",)
+    assert Grounding.from_facts(()).facts == ()
+
+
 def test_choose_falls_back_to_the_template():
     chosen = choose(["You may like this because it is about sports.", "gibberish", None],
-                    [GROUNDED, GROUNDED, Grounding()], [CANDIDATE] * 3)  # fmt: skip
+                    [Grounding(interests=("sports",)), GROUNDED, Grounding()], [CANDIDATE] * 3)  # fmt: skip
     assert chosen[0] == ("You may like this because it is about sports.", "llm")
     assert chosen[1] == (template_explanation(GROUNDED, CANDIDATE), "template")
     assert chosen[1][0] == (

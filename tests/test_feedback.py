@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import Conflict, InvalidInput, NotFound
-from core.records import Event, Job, Preferences, RankedItem, RankingRecord
+from core.records import CachedScore, Event, Job, Preferences, RankedItem, RankingRecord, ScoringTask
 from core.stores import FeedbackStore
 from store import TABLES, copy_store, open_store
 from store.sqlite import SqliteFeedbackStore
@@ -57,7 +57,7 @@ def job(job_id: str, status: str = "running", at: float = NOW, instance: str = "
 
 def test_a_store_implements_the_protocol_and_its_schema_is_current(store):
     assert isinstance(store, FeedbackStore)
-    assert store.schema_current() and store.schema_version == len(store.MIGRATIONS) == 6
+    assert store.schema_current() and store.schema_version == len(store.MIGRATIONS) == 7
     store.migrate()  # idempotent
     assert store.schema_current()
 
@@ -148,7 +148,7 @@ def test_erasure_removes_a_reader_in_one_go(store):
     store.record_ranking(record("r1", "gone", NOW, ["a", "b"]))
     exported = store.export_user("gone")
     assert len(exported["events"]) == 1 and exported["rankings"][0]["items"][1]["article_id"] == "b"
-    assert store.delete_user("gone") == {"events": 1, "users": 1, "rankings": 1}
+    assert store.delete_user("gone") == {"events": 1, "users": 1, "rankings": 1, "relevance": 0}
     assert not store.known_user("gone") and store.known_users() == ["kept"]
     with pytest.raises(NotFound):
         store.ranking("r1")
@@ -230,7 +230,8 @@ def test_instances_starting_at_once_migrate_once(store_url):
         if isinstance(opened[0], SqliteFeedbackStore):
             assert tx.row("SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'events'")["n"] == 1
         else:
-            assert [r["version"] for r in tx.rows("SELECT version FROM newsrank_schema ORDER BY 1")] == [1, 2, 3, 4, 5, 6]
+            versions = [r["version"] for r in tx.rows("SELECT version FROM newsrank_schema ORDER BY 1")]
+            assert versions == list(range(1, len(opened[0].MIGRATIONS) + 1)) and len(versions) >= 7
     for s in opened:
         s.close()
 
@@ -352,3 +353,127 @@ def test_a_database_that_does_not_answer_is_an_error_of_its_own_and_the_store_re
         store.close()
     finally:
         server.stop()
+
+
+# -- LLM relevance computed ahead, and the background scorer's queue --------------------------------------------
+def reader(user: str, priority: float = NOW) -> ScoringTask:
+    return ScoringTask("reader", user, priority)
+
+
+def test_relevance_is_kept_per_reader_scorer_and_profile(store):
+    store.store_relevance("u", "m|-|v1", "p1", {"a": 0.25, "b": 0.75}, NOW)
+    store.store_relevance("u", "m|lora|v1", "p1", {"a": 0.9}, NOW)
+    got = store.cached_relevance("u", "m|-|v1", ["a", "b", "c"])
+    assert got == {"a": CachedScore(0.25, "p1", NOW), "b": CachedScore(0.75, "p1", NOW)}
+    assert store.cached_relevance("u", "m|lora|v1", ["a", "b"])["a"].score == 0.9  # another adapter: its own
+    assert store.cached_relevance("someone-else", "m|-|v1", ["a"]) == {}
+    store.store_relevance("u", "m|-|v1", "p2", {"a": 0.5}, NOW + 10)  # a new profile replaces the score
+    assert store.cached_relevance("u", "m|-|v1", ["a"])["a"] == CachedScore(0.5, "p2", NOW + 10)
+    assert store.last_scored("m|-|v1", ["u", "nobody"]) == {"u": NOW + 10}
+    assert store.scores_written(NOW + 5) == 1 and store.scores_written(NOW - 1) == 3
+    assert store.forget_relevance(NOW + 5) == 2
+    assert set(store.cached_relevance("u", "m|-|v1", ["a", "b"])) == {"a"}
+
+
+def test_ten_asks_for_a_reader_make_one_task_that_keeps_the_highest_priority(store):
+    for i in range(10):
+        store.request_scoring([reader("u", NOW + i)], NOW + i, limit=100)
+    assert store.scoring_queue() == {"reader": (1, NOW)}  # since the first ask
+    task = store.claim_scoring("w1", NOW + 20, lease_seconds=60)
+    assert (task.kind, task.subject, task.priority, task.requests) == ("reader", "u", NOW + 9, 10)
+    assert store.claim_scoring("w2", NOW + 20, lease_seconds=60) is None  # nothing else to do
+    store.finish_scoring(task, "w1")
+    assert store.scoring_queue() == {}
+
+
+def test_an_ask_while_the_task_runs_makes_it_run_again(store):
+    store.request_scoring([reader("u")], NOW, limit=100)
+    task = store.claim_scoring("w1", NOW, lease_seconds=60)
+    store.request_scoring([reader("u", NOW + 1)], NOW + 1, limit=100)  # a click while it is scored
+    assert store.claim_scoring("w2", NOW + 1, lease_seconds=60) is None  # not twice at once
+    store.finish_scoring(task, "w1")
+    again = store.claim_scoring("w2", NOW + 2, lease_seconds=60)
+    assert again is not None and again.subject == "u"
+    store.finish_scoring(again, "w2")
+    assert store.scoring_queue() == {}
+
+
+def test_readers_go_first_then_the_most_recently_active(store):
+    store.request_scoring([ScoringTask("explain", "r1", NOW + 50), reader("old", NOW), reader("new", NOW + 9)],
+                          NOW, limit=100)  # fmt: skip
+    order = []
+    while (task := store.claim_scoring("w", NOW, lease_seconds=60)) is not None:
+        order.append(task.subject)
+        store.finish_scoring(task, "w")
+    assert order == ["new", "old", "r1"]
+
+
+def test_the_queue_is_bounded_dropping_the_least_recently_active(store):
+    dropped = store.request_scoring([reader(f"u{i}", NOW + i) for i in range(8)], NOW, limit=5)
+    assert dropped == 3 and store.scoring_queue()["reader"][0] == 5
+    claimed = store.claim_scoring("w", NOW, lease_seconds=60)
+    assert claimed.subject == "u7"
+    assert store.request_scoring([reader("late", NOW - 100)], NOW, limit=5) == 1
+    subjects = []
+    while (task := store.claim_scoring("w", NOW, lease_seconds=60)) is not None:
+        subjects.append(task.subject)
+    assert subjects == ["u6", "u5", "u4", "u3"]  # "late" was the least active: dropped; the claimed one stays
+
+
+def test_a_dead_workers_task_goes_to_another_after_its_lease(store):
+    store.request_scoring([reader("u")], NOW, limit=100)
+    assert store.claim_scoring("dead", NOW, lease_seconds=60).subject == "u"
+    assert store.claim_scoring("alive", NOW + 30, lease_seconds=60) is None
+    task = store.claim_scoring("alive", NOW + 61, lease_seconds=60)
+    assert task is not None and task.subject == "u"
+    store.finish_scoring(task, "dead")  # the dead one's late word changes nothing
+    assert store.scoring_queue()["reader"][0] == 1
+    store.finish_scoring(task, "alive")
+    assert store.scoring_queue() == {}
+
+
+def test_workers_on_two_connections_never_claim_the_same_task(store_url):
+    first, second = open_store(store_url), open_store(store_url)
+    first.request_scoring([reader(f"u{i}", NOW + i) for i in range(40)], NOW, limit=100)
+    claims: dict[str, list[str]] = {"a": [], "b": []}
+
+    def work(name: str, store) -> None:
+        while (task := store.claim_scoring(name, NOW, lease_seconds=60)) is not None:
+            claims[name].append(task.subject)
+            store.finish_scoring(task, name)
+
+    threads = [threading.Thread(target=work, args=(n, s)) for n, s in (("a", first), ("b", second))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done = claims["a"] + claims["b"]
+    assert sorted(done) == sorted(f"u{i}" for i in range(40)) and len(set(done)) == 40
+    first.close()
+    second.close()
+
+
+def test_active_readers_are_those_with_a_profile_seen_recently(store):
+    store.add_events([Event("clicker", "a", "click", NOW - 60), Event("gone", "a", "click", NOW - 90000)])
+    store.record_ranking(record("r1", "reader", NOW - 30, ["a"]))
+    store.record_ranking(replace(record("r2", "newbie", NOW - 30, ["a"]), cold_start=True))
+    assert store.active_readers(NOW - 3600) == {"clicker": NOW - 60, "reader": NOW - 30}
+
+
+def test_erasure_takes_the_readers_scores_and_waiting_work(store):
+    store.record_ranking(record("r1", "u", NOW, ["a"]))
+    store.store_relevance("u", "m", "p", {"a": 0.5}, NOW)
+    store.store_relevance("v", "m", "p", {"a": 0.5}, NOW)
+    store.request_scoring([reader("u"), reader("v"), ScoringTask("explain", "r1", NOW)], NOW, limit=100)
+    assert store.export_user("u")["relevance"] == [{"article_id": "a", "score": 0.5, "scored_at": NOW}]
+    assert store.delete_user("u")["relevance"] == 1
+    assert store.cached_relevance("u", "m", ["a"]) == {} and store.cached_relevance("v", "m", ["a"])
+    assert store.scoring_queue() == {"reader": (1, NOW)}
+
+
+def test_explanations_are_replaced_on_the_record(store):
+    store.record_ranking(record("r1", "u", NOW, ["a", "b"]))
+    store.set_explanations("r1", {2: ("You read x.", "llm")})
+    items = store.ranking("r1").items
+    assert (items[0].explanation, items[0].explanation_source) == ("because", "template")
+    assert (items[1].explanation, items[1].explanation_source) == ("You read x.", "llm")

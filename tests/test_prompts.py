@@ -33,7 +33,7 @@ def test_render_rejects_missing_or_extra_variables():
 
 def test_strict_undefined_catches_a_missing_attribute():
     with pytest.raises(jinja2.UndefinedError):
-        prompts.template("why.v2").render(**{v: None for v in prompts.TEMPLATE_VARIABLES["why.v2"]} | {"item": {}})
+        prompts.template("why.v3").render(**{v: None for v in prompts.TEMPLATE_VARIABLES["why.v3"]} | {"item": {}})
 
 
 def test_profile_text_for_cold_and_warm_readers():

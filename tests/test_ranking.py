@@ -39,10 +39,16 @@ def test_a_sports_reader_gets_unseen_sports_first_and_the_record_is_stored(recom
 
 def test_explanations_use_the_llm_when_grounded_and_the_template_otherwise(corpus_store, feedback, settings):
     read_sports(feedback)
-    backend = FakeBackend(replies=["it is about sports, which you follow.", "it has dragons.", "you might enjoy it"])
-    feed = Recommender(corpus_store, feedback, backend, settings, clock=lambda: NOW).recommend(FeedRequest("fan", k=5))
+    reply = "you follow sports and football and read how Quarterback Dan Miller throws four touchdowns."
+    backend = FakeBackend(replies=[reply, "it has dragons.", "you might enjoy it"])
+    recommender = Recommender(corpus_store, feedback, backend, settings, clock=lambda: NOW)
+    feed = recommender.recommend(FeedRequest("fan", k=5, fresh=True))  # the LLM writes while the request waits
     records = [i.record for i in feed.items]
-    assert records[0].explanation == "You may like this because it is about sports, which you follow."
+    assert records[0].grounded_in == (
+        "interest: sports", "interest: football",
+        'read: "Quarterback Dan Miller throws four touchdowns as Hawks clinch division"',
+    )  # fmt: skip
+    assert records[0].explanation == f"You may like this because {reply}"
     assert records[0].explanation_source == "llm"
     assert [r.explanation_source for r in records[1:3]] == ["template", "template"]
     assert records[1].explanation.startswith("Recommended because")
@@ -98,14 +104,14 @@ def test_bad_requests(recommender, feedback, settings, embedder, tmp_path):
         Recommender(empty, feedback, FakeBackend(), settings).recommend(FeedRequest("u"))
     read_sports(feedback)
     with pytest.raises(NotFound):
-        recommender.recommend(FeedRequest("fan", adapter="not-loaded"))
+        recommender.recommend(FeedRequest("fan", adapter="not-loaded", fresh=True))
 
 
 def test_a_named_adapter_reaches_the_backend_and_the_record(recommender, feedback):
     read_sports(feedback)
     recommender.backend.load_adapter("clicks-v1", "/adapters/clicks-v1")
-    plain = recommender.recommend(FeedRequest("fan", k=3, explain=False))
-    tuned = recommender.recommend(FeedRequest("fan", k=3, explain=False, adapter="clicks-v1"))
+    plain = recommender.recommend(FeedRequest("fan", k=3, explain=False, fresh=True))
+    tuned = recommender.recommend(FeedRequest("fan", k=3, explain=False, adapter="clicks-v1", fresh=True))
     assert feedback.ranking(tuned.ranking_id).adapter == "clicks-v1"
     assert feedback.ranking(plain.ranking_id).adapter is None
     assert tuned.items[0].record.signals["relevance"] > plain.items[0].record.signals["relevance"] - 1e-9
@@ -128,7 +134,7 @@ def test_listwise_strategy_reads_the_permutation(corpus_store, feedback, setting
     listwise = settings.model_copy(update={"strategy": "listwise", "candidates": 4, "explore_share": 0.0})
     backend = FakeBackend(replies=["[4] > [3] > [2] > [1]"])
     feed = Recommender(corpus_store, feedback, backend, listwise, clock=lambda: NOW).recommend(
-        FeedRequest("fan", k=4, explain=False)
+        FeedRequest("fan", k=4, explain=False, fresh=True)
     )
     relevance = sorted(i.record.signals["relevance"] for i in feed.items)
     assert relevance == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0]) and backend.calls == ["generate:1"]
