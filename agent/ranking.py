@@ -281,9 +281,10 @@ class Recommender:
         )
         self.tally.add("scores_written", len(hits))
 
-    def ask_scoring(self, tasks: Sequence[ScoringTask]) -> None:
-        """Queue background work (coalesced per reader or ranking; the lowest priority dropped past the bound)."""
-        dropped = self.feedback.request_scoring(tasks, self.clock(), self.settings.scoring_queue_max)
+    def ask_scoring(self, tasks: Sequence[ScoringTask], again: bool = True) -> None:
+        """Queue background work (coalesced per reader or ranking; the lowest priority dropped past the bound).
+        `again`: a task running now runs once more (what it works from changed meanwhile)."""
+        dropped = self.feedback.request_scoring(tasks, self.clock(), self.settings.scoring_queue_max, again)
         self.tally.add("scoring_dropped", dropped)
         self.scoring_asked.set()
 

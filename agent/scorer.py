@@ -86,8 +86,8 @@ class Scorer:
         active = self.feedback.active_readers(now - s.scoring_active_hours * 3600)
         scored = self.feedback.last_scored(self.recommender.scorer(self.recommender.default_adapter()), list(active))
         due = [u for u in active if scored.get(u, 0.0) < now - s.score_ttl_seconds]
-        if due:
-            self.recommender.ask_scoring([ScoringTask("reader", u, active[u]) for u in due])
+        if due:  # a reader already waiting or being scored needs nothing more
+            self.recommender.ask_scoring([ScoringTask("reader", u, active[u]) for u in due], again=False)
         self.feedback.forget_relevance(now - s.recency_hours * 3600)
         return len(due)
 

@@ -421,15 +421,17 @@ class SqlFeedbackStore(ABC):
         return {r["user_id"]: r["ts"] for r in rows}
 
     # -- the background scorer's queue --------------------------------------------------------------------
-    def request_scoring(self, tasks: Sequence[ScoringTask], now: float, limit: int) -> int:
+    def request_scoring(self, tasks: Sequence[ScoringTask], now: float, limit: int, again: bool = True) -> int:
         """Ask for work: a task already waiting is coalesced (its priority raised, its ask counted), never
-        duplicated. Past `limit` waiting tasks the lowest-priority unclaimed ones are dropped (a reader's next
-        request or the sweep asks again). Returns how many were dropped."""
+        duplicated; with `again`, one running now runs once more after. Past `limit` waiting tasks the
+        lowest-priority unclaimed ones are dropped (a reader's next request or the sweep asks again). Returns how
+        many were dropped."""
+        counted = "scoring_queue.requests + 1" if again else "scoring_queue.requests"
         with self.transaction() as tx:
             for task in tasks:
                 tx.execute(
                     "INSERT INTO scoring_queue(kind, subject, priority, requests, requested_at) VALUES (?, ?, ?, 1, ?)"
-                    " ON CONFLICT(kind, subject) DO UPDATE SET requests = scoring_queue.requests + 1, priority ="
+                    f" ON CONFLICT(kind, subject) DO UPDATE SET requests = {counted}, priority ="
                     " CASE WHEN excluded.priority > scoring_queue.priority THEN excluded.priority"
                     " ELSE scoring_queue.priority END",
                     [task.kind, task.subject, task.priority, self.encode_time(now)],

@@ -162,7 +162,8 @@ def postgres():
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", model_cache=MODEL_CACHE, candidates=12, explain_top=3)
+    # no background scorer threads: tests run its work where they want it (tests/test_scorer.py)
+    return Settings(data_dir=tmp_path / "data", model_cache=MODEL_CACHE, candidates=12, explain_top=3, scorer_threads=0)
 
 
 @pytest.fixture(scope="session")

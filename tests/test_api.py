@@ -11,6 +11,7 @@ from agent.backends.metered import MeteredBackend
 from core.records import Event
 from serve.app import create_app
 from serve.service import Newsrank
+from serve.worker import ScoringWorkers
 from tests.conftest import CORPUS, NOW, random_lora
 
 ADMIN = "admin-key-0123456789abcdef"
@@ -201,7 +202,7 @@ def test_users_profile_patch_export_delete(client, service, tmp_path):
     rows = [{"prefix": "p", "suffix": "s", "label": 1, "group": g} for g in ("fan", "someone", "fan")]
     (runs / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     erased = client.delete("/v1/users/fan", headers=auth(ADMIN)).json()
-    assert erased == {"events": 2, "users": 1, "rankings": 1, "training_examples": 2}
+    assert erased == {"events": 2, "users": 1, "rankings": 1, "relevance": 0, "training_examples": 2}
     assert [json.loads(line)["group"] for line in (runs / "examples.jsonl").read_text().splitlines()] == ["someone"]
     assert client.get("/v1/users/fan", headers=auth(ADMIN)).status_code == 404
     assert client.get("/v1/users/fan/export", headers=auth(ADMIN)).status_code == 404
@@ -263,17 +264,38 @@ def test_probes_and_metrics(client):
     assert client.get("/healthz").json()["status"] == "ok"
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"]
-    feed_for(client)
+    feed = feed_for(client)  # from the cache, which is empty: the LLM did nothing yet, a rescoring waits
+    assert {i["relevance_source"] for i in feed["items"]} == {"none"}
+    waiting = gauges(client)
+    assert waiting['newsrank_scoring_queue_depth{kind="reader"}'] == 1
+    assert waiting['newsrank_scoring_queue_depth{kind="explain"}'] == 1
+    assert waiting['newsrank_feed_relevance_total{source="none"}'] > 0
+    assert waiting["newsrank_llm_candidates_scored_total"] == 0 and waiting["newsrank_feed_cache_hit_ratio"] == 0
+    assert ScoringWorkers(client.app.state.newsrank.recommender, 1).run_until_idle() == 2  # rescore, rewrite
+    feed_for(client, explain=False)
     text = client.get("/metrics", headers=auth(ADMIN)).text
-    assert 'newsrank_http_requests_total{method="POST",route="/v1/feed",status="200"} 1' in text
-    assert 'newsrank_http_request_seconds_bucket{method="POST",route="/v1/feed",le="+Inf"} 1' in text
-    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("newsrank_llm")}
+    assert 'newsrank_http_requests_total{method="POST",route="/v1/feed",status="200"} 2' in text
+    assert 'newsrank_http_request_seconds_bucket{method="POST",route="/v1/feed",le="+Inf"} 2' in text
+    values = gauges(client)
+    assert values['newsrank_scoring_queue_depth{kind="reader"}'] == 0 == values["newsrank_scoring_queue_oldest_seconds"]
+    assert values["newsrank_scores_written_total"] == values["newsrank_llm_candidates_scored_total"] > 0
+    assert values["newsrank_scores_per_second"] == pytest.approx(values["newsrank_scores_written_total"] / 60)
+    assert values['newsrank_scoring_tasks_total{kind="reader",outcome="done"}'] == 1
+    hits = values['newsrank_feed_relevance_total{source="llm"}']
+    misses = values['newsrank_feed_relevance_total{source="none"}']
+    assert hits == misses > 0  # the second feed found every candidate the first one missed
+    assert values["newsrank_feed_cache_hit_ratio"] == 0.5
     assert values["newsrank_llm_candidates_scored_total"] > 0 and values["newsrank_llm_completion_tokens_total"] > 0
     assert values["newsrank_llm_prefix_cache_hits_total"] == values["newsrank_llm_candidates_scored_total"] - 1
     assert (
         values['newsrank_llm_batches_total{kind="score"}'] == 1 == values['newsrank_llm_batches_total{kind="generate"}']
     )
     assert client.get("/schema/openapi.json").json()["info"]["title"] == "newsrank"
+
+
+def gauges(client) -> dict[str, float]:
+    text = client.get("/metrics", headers=auth(ADMIN)).text
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("newsrank_")}
 
 
 def test_readyz_is_unready_without_articles(article_store, feedback, settings, llm):

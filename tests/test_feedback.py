@@ -477,3 +477,11 @@ def test_explanations_are_replaced_on_the_record(store):
     items = store.ranking("r1").items
     assert (items[0].explanation, items[0].explanation_source) == ("because", "template")
     assert (items[1].explanation, items[1].explanation_source) == ("You read x.", "llm")
+
+
+def test_an_ask_that_a_running_task_satisfies_does_not_run_it_again(store):
+    store.request_scoring([reader("u")], NOW, limit=100)
+    task = store.claim_scoring("w", NOW, lease_seconds=60)
+    store.request_scoring([reader("u", NOW + 5)], NOW, limit=100, again=False)  # the sweep: scores are old
+    store.finish_scoring(task, "w")
+    assert store.scoring_queue() == {}

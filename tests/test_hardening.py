@@ -195,9 +195,10 @@ def test_a_checkpoint_cannot_run_code(tmp_path):
 
 
 # -- degrading instead of failing ---------------------------------------------------------------------------
-def test_a_feed_without_the_model_is_blended_from_the_other_signals(make_client):
+def test_a_fresh_feed_without_the_model_is_blended_from_the_other_signals(make_client):
     client = make_client(Failing({"score", "generate"}))
-    response = client.post("/v1/feed", json={"user_id": "fan", "k": 4, "explain": True}, headers=auth())
+    ask = {"user_id": "fan", "k": 4, "explain": True, "fresh": True}
+    response = client.post("/v1/feed", json=ask, headers=auth())
     assert response.status_code == 200, response.text
     feed = response.json()
     assert feed["degraded"] == ["relevance", "explanations"]
@@ -212,7 +213,7 @@ def test_a_feed_without_the_model_is_blended_from_the_other_signals(make_client)
 
 def test_explanations_fall_back_to_the_template_when_only_generation_fails(make_client):
     client = make_client(Failing({"generate"}))
-    feed = client.post("/v1/feed", json={"user_id": "fan", "k": 3}, headers=auth()).json()
+    feed = client.post("/v1/feed", json={"user_id": "fan", "k": 3, "fresh": True}, headers=auth()).json()
     assert feed["degraded"] == ["explanations"] and feed["items"][0]["signals"]["relevance"] > 0
 
 
@@ -317,15 +318,17 @@ class Slow(FakeBackend):
         return super().score(requests)
 
 
-def test_a_flood_of_feeds_is_bounded_not_queued_forever(make_client):
-    """20 feeds at once, 2 at the model and 3 waiting: the others get 429 at once, nobody waits past the bound."""
+def test_a_flood_of_fresh_feeds_is_bounded_not_queued_forever(make_client):
+    """20 fresh feeds at once, 2 at the model and 3 waiting: the others get 429 at once, nobody waits past the
+    bound."""
     client = make_client(Slow())
     client.service.llm_gate = Gate(concurrent=2, waiting=3, wait_seconds=10)
     answers = []
 
     def ask(n: int) -> None:
         started = time.monotonic()
-        response = client.post("/v1/feed", json={"user_id": "fan", "k": 3, "explain": False}, headers=auth())
+        ask = {"user_id": "fan", "k": 3, "explain": False, "fresh": True}
+        response = client.post("/v1/feed", json=ask, headers=auth())
         answers.append((response.status_code, time.monotonic() - started, response.headers.get("Retry-After")))
 
     threads = [threading.Thread(target=ask, args=(n,)) for n in range(20)]
