@@ -257,14 +257,19 @@ class Recommender:
 
     def precompute(self, user_id: str, adapter: str | None = None) -> int:
         """Score a reader's candidates with the LLM under their current profile and keep the scores for the
-        requests to come (what the background scorer runs). Returns how many were scored."""
+        requests to come (what the background scorer runs). Candidates already scored under this very profile
+        are not scored again (pointwise scores do not depend on the other candidates; listwise ones do).
+        Returns how many were scored."""
         profile = self.profile(user_id)
         if profile.cold_start:
             return 0  # nothing to judge by: such a reader's feed takes popularity as its relevance
         hits = self.candidates(profile)
+        profile_text = profile.render(self.settings.history_titles)
+        if self.settings.strategy == "pointwise":
+            _, sources = self.cached_relevance(user_id, profile_text, hits, adapter)
+            hits = [h for h, source in zip(hits, sources, strict=True) if source != "llm"]
         if not hits:
             return 0
-        profile_text = profile.render(self.settings.history_titles)
         scores = self.relevance(profile_text, hits, adapter)
         self.keep_relevance(user_id, profile_text, hits, scores, adapter)
         return len(hits)
@@ -420,8 +425,8 @@ class Recommender:
             degraded=tuple(degraded),
         )
         self.feedback.record_ranking(record)
-        if rewrite:
-            self.ask_scoring([ScoringTask("explain", record.ranking_id, now)])
+        if rewrite:  # one rewrite per reader waits at a time: of their latest ranking, the one they look at
+            self.ask_scoring([ScoringTask("explain", request.user_id, now)])
         lap("record")
         timings["total"] = round(time.perf_counter() - started, 4)
         return Feed(

@@ -6,14 +6,15 @@ from one queue in the feedback store, shared by every instance and worker:
 - `reader` tasks: score a reader's candidates under their current profile. Asked for by a feed that found a
   score missing or stale (after the reader's events or preferences changed, or new articles came), by events,
   and by the sweep: active readers whose scores are older than the TTL, or older than the newest articles.
-- `explain` tasks: rewrite a ranking's template explanations with the LLM; a rewrite that keeps every fact the
-  template names replaces it on the ranking record, where `why` and chat read it.
+- `explain` tasks: rewrite the template explanations of a reader's latest ranking with the LLM; a rewrite that
+  keeps every fact the template names replaces it on the ranking record, where `why` and chat read it.
 
 A task asked for again while it waits is coalesced (ten clicks in a row, one rescoring); the queue is bounded
-(the least recently active readers' tasks are dropped first, and asked for again by the sweep); readers go
-before explanations, the most recently active first; readers idle for longer than `scoring_active_hours` are
-not swept. A claimed task belongs to one worker until its lease runs out, so two workers never score the same
-reader at once; a task that failed (the LLM down) is retried when its lease runs out.
+(explanations are dropped first, then the least recently active readers' tasks, which the sweep asks for
+again); readers go before explanations, the most recently active first; readers idle for longer than
+`scoring_active_hours` are not swept. A claimed task belongs to one worker until its lease runs out, so two
+workers never score the same reader at once; a task that failed (the LLM down) is retried when its lease runs
+out.
 """
 
 from __future__ import annotations
@@ -55,13 +56,14 @@ class Scorer:
         tally.add("scoring_tasks", kind=task.kind, outcome="done")
         return task
 
-    def rewrite(self, ranking_id: str) -> int:
-        """Let the LLM rewrite a ranking's template explanations; keep each rewrite that names every fact its
-        template names. Returns how many were kept."""
+    def rewrite(self, user_id: str) -> int:
+        """Let the LLM rewrite the template explanations of a reader's latest ranking; keep each rewrite that
+        names every fact its template names. Returns how many were kept."""
         try:
-            record = self.feedback.ranking(ranking_id)
+            record = self.feedback.latest_ranking(user_id)
         except NotFound:
-            return 0  # erased with its reader meanwhile
+            return 0  # erased meanwhile
+        ranking_id = record.ranking_id
         top = [i for i in record.items[: self.settings.explain_top] if i.explanation_source == "template"]
         hits = self.recommender.articles.get([i.article_id for i in top])
         top = [i for i in top if i.article_id in hits and i.grounded_in]

@@ -2,11 +2,17 @@
 
 Embedded by default (PersistentClient under the data dir); a Chroma server when a URL is configured.
 Times are stored as epoch seconds because Chroma metadata values must be str, int, float or bool.
+
+Every feed asks the same few things (how many articles there are, the newest ones, the articles a reader read):
+those reads are kept for `cache_seconds` (2 s by default; 0 turns it off). What this process writes clears them
+at once; what another instance writes shows within that time.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +25,8 @@ from core.records import Article, Hit
 from retrieval.embed import Embedder
 
 UPSERT_BATCH = 256
+CACHE_SECONDS = 2.0
+CACHE_ENTRIES = 50_000
 T = TypeVar("T")
 
 
@@ -99,15 +107,40 @@ def _answering(method: Callable[..., T]) -> Callable[..., T]:
 class ChromaArticleStore:
     """core.stores.ArticleStore on a Chroma collection."""
 
-    def __init__(self, client: Any, embedder: Embedder, collection: str = "articles") -> None:
+    def __init__(
+        self, client: Any, embedder: Embedder, collection: str = "articles", cache_seconds: float = CACHE_SECONDS
+    ) -> None:
         self.embedder = embedder
         self.collection = client.get_or_create_collection(
             name=collection, embedding_function=embedder, configuration={"hnsw": {"space": "cosine"}}
         )
+        self.cache_seconds = cache_seconds
+        self._cache: dict[Any, tuple[float, Any]] = {}  # key → (when it expires, value)
+        self._cache_lock = threading.Lock()
+
+    def _cached(self, key: Any) -> Any:
+        with self._cache_lock:
+            expires, value = self._cache.get(key, (0.0, None))
+        return value if expires > time.monotonic() else None
+
+    def _keep(self, key: Any, value: Any) -> None:
+        if self.cache_seconds > 0:
+            with self._cache_lock:
+                if len(self._cache) >= CACHE_ENTRIES:
+                    self._cache.clear()
+                self._cache[key] = (time.monotonic() + self.cache_seconds, value)
+
+    def _forget(self) -> None:
+        with self._cache_lock:
+            self._cache.clear()
 
     @_answering
     def count(self) -> int:
-        return self.collection.count()
+        count = self._cached("count")
+        if count is None:
+            count = self.collection.count()
+            self._keep("count", count)
+        return count
 
     @_answering
     def upsert(self, articles: Iterable[Article], progress: Any = None) -> int:
@@ -123,6 +156,7 @@ class ChromaArticleStore:
                 metadatas=[chroma_metadata(a) for a in unique],
             )
             written += len(unique)
+            self._forget()
             if progress is not None:
                 progress.update(len(batch))
         return written
@@ -132,8 +166,16 @@ class ChromaArticleStore:
         """The stored articles among `ids`, keyed by id; unknown ids are simply absent."""
         if not ids:
             return {}
-        got = self.collection.get(ids=list(dict.fromkeys(ids)), include=["metadatas", "embeddings"])
-        return _hits(got["ids"], got["metadatas"], got["embeddings"])
+        wanted = list(dict.fromkeys(ids))
+        found = {i: hit for i in wanted if (hit := self._cached(("article", i))) is not None}
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            got = self.collection.get(ids=missing, include=["metadatas", "embeddings"])
+            fetched = _hits(got["ids"], got["metadatas"], got["embeddings"])
+            for article_id, hit in fetched.items():
+                self._keep(("article", article_id), hit)
+            found.update(fetched)
+        return {i: found[i] for i in wanted if i in found}
 
     @_answering
     def known(self, ids: Sequence[str]) -> set[str]:
@@ -145,6 +187,7 @@ class ChromaArticleStore:
     def delete(self, ids: Sequence[str]) -> None:
         if ids:
             self.collection.delete(ids=list(ids))
+            self._forget()
 
     @_answering
     def search(
@@ -190,12 +233,20 @@ class ChromaArticleStore:
         """The newest articles published since a time, newest first. Only their metadata is read to choose
         them; vectors are read for the chosen k alone (a window can hold many thousands of articles)."""
         exclude = set(exclude_ids)
-        got = self.collection.get(where=where_clause(since, categories, exclude_categories), include=["metadatas"])
-        newest = sorted(
-            ((float((meta or {}).get("published_at", 0.0)), article_id) for article_id, meta in
-             zip(got["ids"], got["metadatas"], strict=True) if article_id not in exclude),
-            key=lambda t: (-t[0], t[1]),
-        )[:k]  # fmt: skip
+        # the window's articles, newest first: read once for every reader (the window's start moves with the
+        # clock, so what was read for an earlier start is filtered down to this one)
+        key = ("recent", tuple(categories or ()), tuple(exclude_categories or ()))
+        window = self._cached(key)
+        if window is None or window[0] > since:
+            got = self.collection.get(where=where_clause(since, categories, exclude_categories), include=["metadatas"])
+            ordered = sorted(
+                ((float((meta or {}).get("published_at", 0.0)), article_id)
+                 for article_id, meta in zip(got["ids"], got["metadatas"], strict=True)),
+                key=lambda t: (-t[0], t[1]),
+            )  # fmt: skip
+            window = (since, ordered)
+            self._keep(key, window)
+        newest = [(t, a) for t, a in window[1] if t >= since and a not in exclude][:k]
         chosen = self.get([article_id for _, article_id in newest])
         return [chosen[article_id] for _, article_id in newest if article_id in chosen]
 

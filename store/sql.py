@@ -312,6 +312,15 @@ class SqlFeedbackStore(ABC):
             raise NotFound(f"article {article_id!r} was never recommended to user {user_id!r}")
         return self.ranking(row["ranking_id"])
 
+    def latest_ranking(self, user_id: str) -> RankingRecord:
+        with self.transaction() as tx:
+            row = tx.row(
+                "SELECT ranking_id FROM rankings WHERE user_id = ? ORDER BY created_at DESC LIMIT 1", [user_id]
+            )
+        if row is None:
+            raise NotFound(f"no ranking for user {user_id!r}")
+        return self.ranking(row["ranking_id"])
+
     def rankings_for(self, user_id: str) -> list[RankingRecord]:
         with self.transaction() as tx:
             rows = tx.rows("SELECT ranking_id FROM rankings WHERE user_id = ? ORDER BY created_at", [user_id])
@@ -338,19 +347,11 @@ class SqlFeedbackStore(ABC):
         """Erase a reader in one transaction: events, preferences, rankings (their items cascade), the LLM
         relevance computed for them and their waiting scoring work."""
         with self.transaction() as tx:
-            owned = tx.rows("SELECT ranking_id FROM rankings WHERE user_id = ?", [user_id])
-            rankings = [r["ranking_id"] for r in owned]
             counts = {
                 table: tx.execute(f"DELETE FROM {table} WHERE user_id = ?", [user_id]).rowcount
                 for table in ("events", "users", "rankings", "relevance")
             }
-            tx.execute("DELETE FROM scoring_queue WHERE kind = 'reader' AND subject = ?", [user_id])
-            for start in range(0, len(rankings), 500):
-                chunk = rankings[start : start + 500]
-                tx.execute(
-                    f"DELETE FROM scoring_queue WHERE kind = 'explain' AND subject IN ({', '.join('?' * len(chunk))})",
-                    chunk,
-                )
+            tx.execute("DELETE FROM scoring_queue WHERE subject = ?", [user_id])
         self.after_erasure()
         return counts
 
@@ -423,9 +424,9 @@ class SqlFeedbackStore(ABC):
     # -- the background scorer's queue --------------------------------------------------------------------
     def request_scoring(self, tasks: Sequence[ScoringTask], now: float, limit: int, again: bool = True) -> int:
         """Ask for work: a task already waiting is coalesced (its priority raised, its ask counted), never
-        duplicated; with `again`, one running now runs once more after. Past `limit` waiting tasks the
-        lowest-priority unclaimed ones are dropped (a reader's next request or the sweep asks again). Returns how
-        many were dropped."""
+        duplicated; with `again`, one running now runs once more after. Past `limit` waiting tasks unclaimed ones
+        are dropped: explanations first, then the lowest priority (a reader's next request or the sweep asks
+        again). Returns how many were dropped."""
         counted = "scoring_queue.requests + 1" if again else "scoring_queue.requests"
         with self.transaction() as tx:
             for task in tasks:
@@ -441,7 +442,8 @@ class SqlFeedbackStore(ABC):
                 return 0
             return tx.execute(
                 "DELETE FROM scoring_queue WHERE (kind, subject) IN (SELECT kind, subject FROM scoring_queue"
-                " WHERE claimed_by IS NULL ORDER BY priority, kind, subject LIMIT ?)",
+                " WHERE claimed_by IS NULL ORDER BY CASE kind WHEN 'explain' THEN 0 ELSE 1 END, priority, subject"
+                " LIMIT ?)",
                 [over],
             ).rowcount
 

@@ -42,6 +42,16 @@ def test_ingest_events_recommend_why(run, tmp_path):
     added = run("events", "add", str(events))
     assert added.returncode == 0 and "1 events stored from 2 rows, 1 malformed" in added.stdout
 
+    worker = run("worker", "--until-idle")  # the sweep finds u1 active and never scored
+    assert worker.returncode == 0 and "1 tasks done" in worker.stdout, worker.stderr
+    from store.sqlite import SqliteFeedbackStore
+
+    store = SqliteFeedbackStore(tmp_path / "data" / "feedback.sqlite3")
+    assert [r["user_id"] for r in store.table_rows("events").__next__()] == ["u1"]
+    with store.transaction() as tx:
+        assert tx.row("SELECT COUNT(*) AS n FROM relevance WHERE user_id = 'u1'")["n"] >= 3  # its candidates
+    store.close()
+
     feed = run("recommend", "--user", "u1", "--k", "3", "--explain", "--json")
     assert feed.returncode == 0, feed.stderr
     body = json.loads(feed.stdout)
@@ -82,7 +92,7 @@ def test_db_status_and_migrate_to_postgresql(run, tmp_path, postgres):
                               for i in range(3)))  # fmt: skip
     assert run("events", "add", str(events)).returncode == 0
     status = run("db", "status")
-    assert status.returncode == 0 and "schema version 6 of 6" in status.stdout
+    assert status.returncode == 0 and "schema version 7 of 7" in status.stdout
     assert " events " in status.stdout and status.stdout.split(" events ")[1].split()[0] == "3"
 
     url = postgres().replace("newsrank@", "newsrank:secret@")  # trust auth ignores the password; it is not shown

@@ -408,6 +408,12 @@ def test_readers_go_first_then_the_most_recently_active(store):
     assert order == ["new", "old", "r1"]
 
 
+def test_past_the_bound_explanations_go_first(store):
+    store.request_scoring([ScoringTask("explain", "u", NOW + 9), reader("v", NOW)], NOW, limit=100)
+    assert store.request_scoring([reader("w", NOW + 1)], NOW, limit=2) == 1
+    assert set(store.scoring_queue()) == {"reader"}
+
+
 def test_the_queue_is_bounded_dropping_the_least_recently_active(store):
     dropped = store.request_scoring([reader(f"u{i}", NOW + i) for i in range(8)], NOW, limit=5)
     assert dropped == 3 and store.scoring_queue()["reader"][0] == 5
@@ -464,11 +470,20 @@ def test_erasure_takes_the_readers_scores_and_waiting_work(store):
     store.record_ranking(record("r1", "u", NOW, ["a"]))
     store.store_relevance("u", "m", "p", {"a": 0.5}, NOW)
     store.store_relevance("v", "m", "p", {"a": 0.5}, NOW)
-    store.request_scoring([reader("u"), reader("v"), ScoringTask("explain", "r1", NOW)], NOW, limit=100)
+    store.request_scoring([reader("u"), reader("v"), ScoringTask("explain", "u", NOW)], NOW, limit=100)
     assert store.export_user("u")["relevance"] == [{"article_id": "a", "score": 0.5, "scored_at": NOW}]
     assert store.delete_user("u")["relevance"] == 1
     assert store.cached_relevance("u", "m", ["a"]) == {} and store.cached_relevance("v", "m", ["a"])
     assert store.scoring_queue() == {"reader": (1, NOW)}
+
+
+def test_a_readers_latest_ranking(store):
+    store.record_ranking(record("r1", "u", NOW, ["a"]))
+    store.record_ranking(record("r2", "u", NOW + 5, ["b"]))
+    store.record_ranking(record("r3", "v", NOW + 9, ["c"]))
+    assert store.latest_ranking("u").ranking_id == "r2"
+    with pytest.raises(NotFound):
+        store.latest_ranking("nobody")
 
 
 def test_explanations_are_replaced_on_the_record(store):

@@ -94,6 +94,23 @@ def test_events_posted_to_one_instance_shape_the_feed_of_the_other(fleet):
     assert not feed["cold_start"] and [i["category"] for i in feed["items"]].count("sports") >= 3
 
 
+def test_scores_computed_in_the_background_by_either_instance_serve_both(fleet):
+    a, b, _, _ = fleet
+    events = [{"user_id": "fleet-scored", "article_id": x, "type": "click"} for x in (ARTICLE, "a002")]
+    assert a.post("/v1/events", {"events": events}).status_code == 201  # asks for the reader's scoring
+    request = {"user_id": "fleet-scored", "k": 5, "explain": False}
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        sources = {i["relevance_source"] for i in b.post("/v1/feed", request).json()["items"]}
+        if sources == {"llm"}:
+            break
+        time.sleep(0.5)
+    assert sources == {"llm"}
+    assert {i["relevance_source"] for i in a.post("/v1/feed", request).json()["items"]} == {"llm"}
+    depth = [line for line in a.get("/metrics").text.splitlines() if line.startswith("newsrank_scoring_queue_depth")]
+    assert depth and all(line.endswith(" 0") for line in depth)
+
+
 def test_a_ranking_made_on_one_instance_is_explained_on_the_other(fleet):
     a, b, _, _ = fleet
     feed = a.post("/v1/feed", {"user_id": "demo-sports", "k": 5, "explain": False}).json()

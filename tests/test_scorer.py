@@ -255,10 +255,10 @@ def test_the_feed_explains_from_the_template_and_the_llm_rewrite_lands_on_the_re
     vague = f"you follow {interests}."  # drops the title the template names: less specific, not kept
     scorer = Scorer(service.recommender, "w")
     backend.replies = [vague, "you might enjoy it.", "you might enjoy it."]
-    assert scorer.rewrite(feed.ranking_id) == 0
+    assert scorer.rewrite("fan") == 0
     assert [i.explanation for i in service.feedback.ranking(feed.ranking_id).items[:3]] == [r.explanation for r in top]
     backend.replies = [faithful, "you might enjoy it.", "you might enjoy it."]
-    assert scorer.rewrite(feed.ranking_id) == 1
+    assert scorer.rewrite("fan") == 1
     stored = service.feedback.ranking(feed.ranking_id).items
     assert (stored[0].explanation, stored[0].explanation_source) == (f"You may like this because {faithful}", "llm")
     assert stored[1].explanation == top[1].explanation and stored[1].explanation_source == "template"
@@ -267,11 +267,11 @@ def test_the_feed_explains_from_the_template_and_the_llm_rewrite_lands_on_the_re
     assert f"Explanation shown (llm): You may like this because {faithful}" in service.why("fan", stored[0].article_id)
 
 
-def test_a_rewrite_of_an_erased_readers_ranking_is_dropped(service):
-    feed = service.recommend(FeedRequest("fan", k=3))
+def test_a_rewrite_for_an_erased_reader_is_dropped(service):
+    service.recommend(FeedRequest("fan", k=3))
     service.delete_user("fan")
     assert service.feedback.scoring_queue() == {}
-    assert Scorer(service.recommender, "w").rewrite(feed.ranking_id) == 0
+    assert Scorer(service.recommender, "w").rewrite("fan") == 0
 
 
 def test_why_says_where_the_relevance_came_from(service):
@@ -298,3 +298,12 @@ def test_a_warm_feed_ranks_as_the_synchronous_path_does_on_the_real_llm(corpus_s
     warm_relevance = [i.record.signals["relevance"] for i in warm.items]
     assert warm_relevance == pytest.approx([i.record.signals["relevance"] for i in fresh.items], abs=1e-5)
     assert len(set(round(r, 3) for r in warm_relevance)) > 1  # the model told the candidates apart
+
+
+def test_only_what_the_current_profile_has_not_scored_is_scored(service):
+    assert service.recommender.precompute("fan") == 12
+    assert service.recommender.precompute("fan") == 0  # nothing changed: nothing to do
+    service.upsert_articles([{"id": "s99", "title": "Hawks sign a new striker", "category": "sports"}])
+    assert service.recommender.precompute("fan") == 1  # the new article alone
+    service.add_events([{"user_id": "fan", "article_id": "s4", "type": "click"}])
+    assert service.recommender.precompute("fan") >= 11  # a new profile: every candidate again

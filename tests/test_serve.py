@@ -67,7 +67,7 @@ def test_the_web_page_feed_feedback_and_chat(server):
         try:
             page = browser.new_page()
             page.set_default_timeout(120_000)
-            expect.set_options(timeout=120_000)  # a feed with explanations takes seconds on a CPU
+            expect.set_options(timeout=120_000)  # chat's answer takes seconds on a CPU
             page.goto(f"{base}/#key={key}")  # the fragment `newsrank serve` prints; the page keeps the key
             assert "key=" not in page.url
             page.get_by_test_id("user").fill("demo-tech")
@@ -81,7 +81,7 @@ def test_the_web_page_feed_feedback_and_chat(server):
 
             # a click is stored and the feed is ranked again without the article just read
             items.first.get_by_test_id("read").click()
-            expect(page.get_by_test_id("status")).to_contain_text(" s")
+            expect(page.get_by_test_id("status")).to_contain_text(" ms")
             expect(page.locator(f'[data-testid=item][data-article="{first_id}"]')).to_have_count(0)
 
             # ask why about the new top item, then ask for less like it: the feed changes again
