@@ -42,25 +42,9 @@ TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
             "weights",
         }
     ),
-    # the audit of one recommendation, with where its relevance came from
-    "why.v3": frozenset(
-        {
-            "item",
-            "total",
-            "user_id",
-            "created",
-            "strategy",
-            "backend",
-            "model",
-            "adapter",
-            "prompt_version",
-            "cold_start",
-            "signals",
-            "weights",
-            "relevance",
-        }
-    ),
 }
+# the audit of one recommendation, with where its relevance came from
+TEMPLATE_VARIABLES["why.v3"] = TEMPLATE_VARIABLES["why.v2"] | {"relevance"}
 
 
 @cache

@@ -176,11 +176,12 @@ class Recommender:
 
     def _interest_vector(self, interests: Sequence[str]) -> np.ndarray:
         text = ", ".join(interests)
-        if text not in self._interest_vectors:  # few distinct lists, asked for on every feed: embed each once
+        vector = self._interest_vectors.get(text)
+        if vector is None:  # few distinct lists, asked for on every feed: embed each once
             if len(self._interest_vectors) >= 10_000:
                 self._interest_vectors.clear()
-            self._interest_vectors[text] = self.articles.embedder.encode([text])[0]
-        return self._interest_vectors[text]
+            vector = self._interest_vectors[text] = self.articles.embedder.encode([text])[0]
+        return vector
 
     # -- candidates ---------------------------------------------------------------------------------------
     def candidates(

@@ -229,9 +229,9 @@ class Newsrank:
                 raise InvalidInput(f"event {number}: {exc}") from None
         self.check_events(events)
         stored = self.feedback.add_events(events, batch_key, now)
-        if stored:  # their profiles changed: rescore them in the background, the latest first
-            latest = {e.user_id: now for e in events}
-            self.recommender.ask_scoring([ScoringTask("reader", user, t) for user, t in latest.items()])
+        if stored:  # their profiles changed: rescore them in the background
+            readers = dict.fromkeys(e.user_id for e in events)
+            self.recommender.ask_scoring([ScoringTask("reader", user, now) for user in readers])
         return stored
 
     def check_events(self, events: Sequence[Event]) -> None:
@@ -272,9 +272,7 @@ class Newsrank:
     def recommend(self, request: FeedRequest) -> Feed:
         """A feed from what the LLM computed ahead; a fresh one, or one naming an adapter other than the
         configured one (the background scorer works for that one alone), runs the LLM now."""
-        if request.adapter and request.adapter != self.settings.adapter and not request.fresh:
-            request = replace(request, fresh=True)
-        return self.recommender.recommend(request)
+        return self.recommender.recommend(replace(request, fresh=self.waits_on_llm(request)))
 
     def waits_on_llm(self, request: FeedRequest) -> bool:
         return request.fresh or bool(request.adapter and request.adapter != self.settings.adapter)

@@ -61,6 +61,15 @@ class Tx:
         row = self.execute(sql, params).fetchone()
         return None if row is None else self.store.decode(row)
 
+    def rows_in(self, sql: str, params: Sequence[Any], ids: Sequence[Any], chunk: int = 500) -> list[dict[str, Any]]:
+        """The rows of a query with `IN ({ids})` in it, the ids sent in chunks (SQLite caps a statement's
+        parameters); `params` come before the ids."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(ids), chunk):
+            part = list(ids[start : start + chunk])
+            found += self.rows(sql.format(ids=", ".join("?" * len(part))), [*params, *part])
+        return found
+
     def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
         """Insert rows (dicts with the same keys), each value encoded by its column's name."""
         if rows:
@@ -292,14 +301,13 @@ class SqlFeedbackStore(ABC):
 
     def ranking_owners(self, ranking_ids: Sequence[str]) -> dict[str, str]:
         """The reader each known ranking was made for; unknown ids are absent."""
-        ids = list(dict.fromkeys(ranking_ids))
-        owners: dict[str, str] = {}
         with self.transaction() as tx:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                sql = f"SELECT ranking_id, user_id FROM rankings WHERE ranking_id IN ({', '.join('?' * len(chunk))})"
-                owners.update({r["ranking_id"]: r["user_id"] for r in tx.rows(sql, chunk)})
-        return owners
+            rows = tx.rows_in(
+                "SELECT ranking_id, user_id FROM rankings WHERE ranking_id IN ({ids})",
+                [],
+                list(dict.fromkeys(ranking_ids)),
+            )
+        return {r["ranking_id"]: r["user_id"] for r in rows}
 
     def latest_ranking_with(self, user_id: str, article_id: str) -> RankingRecord:
         with self.transaction() as tx:
@@ -359,18 +367,14 @@ class SqlFeedbackStore(ABC):
     def cached_relevance(self, user_id: str, scorer: str, article_ids: Sequence[str]) -> dict[str, CachedScore]:
         """The stored relevance of these articles for this reader under this scorer (model, adapter, prompt);
         articles never scored are absent."""
-        ids = list(dict.fromkeys(article_ids))
-        found: dict[str, CachedScore] = {}
         with self.transaction() as tx:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                rows = tx.rows(
-                    "SELECT article_id, score, profile_key, scored_at FROM relevance WHERE user_id = ? AND scorer = ?"
-                    f" AND article_id IN ({', '.join('?' * len(chunk))})",
-                    [user_id, scorer, *chunk],
-                )
-                found.update({r.pop("article_id"): CachedScore(**r) for r in rows})
-        return found
+            rows = tx.rows_in(
+                "SELECT article_id, score, profile_key, scored_at FROM relevance WHERE user_id = ? AND scorer = ?"
+                " AND article_id IN ({ids})",
+                [user_id, scorer],
+                list(dict.fromkeys(article_ids)),
+            )
+        return {r.pop("article_id"): CachedScore(**r) for r in rows}
 
     def store_relevance(
         self, user_id: str, scorer: str, profile_key: str, scores: dict[str, float], now: float
@@ -387,18 +391,14 @@ class SqlFeedbackStore(ABC):
 
     def last_scored(self, scorer: str, user_ids: Sequence[str]) -> dict[str, float]:
         """When each of these readers was last scored under `scorer`; readers never scored are absent."""
-        ids = list(dict.fromkeys(user_ids))
-        found: dict[str, float] = {}
         with self.transaction() as tx:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                rows = tx.rows(
-                    "SELECT user_id, MAX(scored_at) AS scored_at FROM relevance WHERE scorer = ?"
-                    f" AND user_id IN ({', '.join('?' * len(chunk))}) GROUP BY user_id",
-                    [scorer, *chunk],
-                )
-                found.update({r["user_id"]: r["scored_at"] for r in rows})
-        return found
+            rows = tx.rows_in(
+                "SELECT user_id, MAX(scored_at) AS scored_at FROM relevance WHERE scorer = ? AND user_id IN ({ids})"
+                " GROUP BY user_id",
+                [scorer],
+                list(dict.fromkeys(user_ids)),
+            )
+        return {r["user_id"]: r["scored_at"] for r in rows}
 
     def forget_relevance(self, before: float) -> int:
         """Drop relevance computed before a time (articles long out of the window, readers long gone)."""
