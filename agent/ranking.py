@@ -258,17 +258,20 @@ class Recommender:
 
     def precompute(self, user_id: str, adapter: str | None = None) -> int:
         """Score a reader's candidates with the LLM under their current profile and keep the scores for the
-        requests to come (what the background scorer runs). Candidates already scored under this very profile
-        are not scored again (pointwise scores do not depend on the other candidates; listwise ones do).
+        requests to come (what the background scorer runs). Candidates scored under this very profile within
+        the TTL are not scored again (pointwise scores do not depend on the other candidates; listwise ones do).
         Returns how many were scored."""
+        s = self.settings
         profile = self.profile(user_id)
         if profile.cold_start:
             return 0  # nothing to judge by: such a reader's feed takes popularity as its relevance
         hits = self.candidates(profile)
-        profile_text = profile.render(self.settings.history_titles)
-        if self.settings.strategy == "pointwise":
-            _, sources = self.cached_relevance(user_id, profile_text, hits, adapter)
-            hits = [h for h, source in zip(hits, sources, strict=True) if source != "llm"]
+        profile_text = profile.render(s.history_titles)
+        if s.strategy == "pointwise":
+            cached = self.feedback.cached_relevance(user_id, self.scorer(adapter), [h.article.id for h in hits])
+            key, since = profile_key(profile_text), self.clock() - s.score_ttl_seconds
+            current = {a for a, c in cached.items() if c.profile_key == key and c.scored_at >= since}
+            hits = [h for h in hits if h.article.id not in current]
         if not hits:
             return 0
         scores = self.relevance(profile_text, hits, adapter)

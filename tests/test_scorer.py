@@ -307,3 +307,15 @@ def test_only_what_the_current_profile_has_not_scored_is_scored(service):
     assert service.recommender.precompute("fan") == 1  # the new article alone
     service.add_events([{"user_id": "fan", "article_id": "s4", "type": "click"}])
     assert service.recommender.precompute("fan") >= 11  # a new profile: every candidate again
+
+
+def test_the_ttl_renews_scores_that_nothing_else_changed(corpus_store, feedback, settings):
+    read_sports(feedback)
+    now = [NOW]
+    service = Newsrank(settings, corpus_store, feedback, FakeBackend(), clock=lambda: now[0])
+    assert service.recommender.precompute("fan") == 12
+    now[0] += settings.score_ttl_seconds + 1
+    scorer = Scorer(service.recommender, "w")
+    assert scorer.sweep() == 1 and scorer.run_once().subject == "fan"
+    assert service.backend.calls == ["score:12", "score:12"]  # renewed, so the next sweep has nothing to ask
+    assert scorer.sweep() == 0
