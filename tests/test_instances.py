@@ -107,8 +107,8 @@ def test_scores_computed_in_the_background_by_either_instance_serve_both(fleet):
         time.sleep(0.5)
     assert sources == {"llm"}
     assert {i["relevance_source"] for i in a.post("/v1/feed", request).json()["items"]} == {"llm"}
-    depth = [line for line in a.get("/metrics").text.splitlines() if line.startswith("newsrank_scoring_queue_depth")]
-    assert depth and all(line.endswith(" 0") for line in depth)
+    gauges = [line.split()[0] for line in b.get("/metrics").text.splitlines() if line.startswith("newsrank_scoring")]
+    assert {'newsrank_scoring_queue_depth{kind="reader"}', "newsrank_scoring_queue_oldest_seconds"} <= set(gauges)
 
 
 def test_a_ranking_made_on_one_instance_is_explained_on_the_other(fleet):
