@@ -15,9 +15,10 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from agent import explain, prompts
+from agent.scoring import BlendWeights, without
 from core.errors import InvalidInput, NotFound, model_failure
 from core.llm import Backend, GenerateRequest
-from core.records import BLEND, Preferences, RankedItem, RankingRecord
+from core.records import BLEND, SIGNALS, Preferences, RankedItem, RankingRecord
 from core.stores import ArticleStore, FeedbackStore
 
 CHAT = "chat.v1"
@@ -30,6 +31,10 @@ LESS = re.compile(r"\b(less like (this|that|it)|fewer like|not interested|no mor
 MORE_LIKE = re.compile(r"\bmore (like|of) (this|that|these|it)\b")
 MORE = re.compile(r"\bmore (about|on|of)\s+(?P<topic>[\w][\w &'-]{1,40}?)\s*[.!?]*$")
 POSITION = re.compile(r"(?:#|number |no\. ?)(?P<n>\d{1,3})\b")
+ABOVE = re.compile(r"\bwhy\b.*\b(above|ahead of|higher than|before|ranked over|rank(?:ed)? higher than|better than)\b")
+ORDINALS = {"top": 1, "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
+            "eighth": 8, "ninth": 9, "tenth": 10}  # fmt: skip
+REFERENCE = re.compile(r"(?:#|number |no\. ?)(?P<n>\d{1,3})\b|\b(?P<ordinal>" + "|".join(ORDINALS) + r")\b")
 SIGNAL_WORDS = {spec.name: spec.reason for spec in BLEND}
 
 Role = Literal["user", "assistant"]
@@ -53,6 +58,8 @@ class Reply:
     facts: dict[str, object] = field(default_factory=dict)
     preferences: Preferences | None = None  # the reader's preferences after a "less" or "more" request
     degraded: bool = False  # the model failed: the answer comes from the record alone
+    allowed: tuple[str, ...] = ()  # what a phrased answer may speak of (faithful)
+    main_signal: str = ""  # the reason a phrased answer must state
 
 
 def check_messages(messages: Sequence[Message]) -> None:
@@ -66,9 +73,11 @@ def check_messages(messages: Sequence[Message]) -> None:
 
 
 def intent_of(question: str) -> tuple[str, str | None]:
-    """("less", None), ("more", topic), ("more", None) for more like the item, or ("why", None): rules, not the
-    model, decide what changes a profile."""
+    """("above", None) for a comparison of two items, ("less", None), ("more", topic), ("more", None) for more
+    like the item, or ("why", None): rules, not the model, decide what changes a profile."""
     text = " ".join(question.lower().split())
+    if ABOVE.search(text):
+        return "above", None
     if LESS.search(text):
         return "less", None
     if MORE_LIKE.search(text):
@@ -99,6 +108,67 @@ def pick_item(record: RankingRecord, article_id: str | None, question: str) -> R
     return best[2] if best[0] >= 2 else record.items[0]
 
 
+def compared_items(record: RankingRecord, question: str) -> list[RankedItem]:
+    """The items a comparison names, in the order it names them: by "#N", "number N" or "the first/second one",
+    else by title words on each side of "above"."""
+    text = question.lower()
+    by_position = {i.position: i for i in record.items}
+    named = []
+    for match in REFERENCE.finditer(text):
+        position = int(match.group("n")) if match.group("n") else ORDINALS[match.group("ordinal")]
+        if position in by_position and by_position[position] not in named:
+            named.append(by_position[position])
+    if len(named) < 2:
+        split = ABOVE.search(text)
+        sides = (text[: split.start(1)], text[split.end(1) :]) if split else ()
+        for side in sides:
+            words = explain.content_words(side)
+            overlap = max(((len(words & explain.content_words(i.title)), -i.position, i) for i in record.items),
+                          key=lambda t: t[:2], default=(0, 0, None))  # fmt: skip
+            if overlap[0] >= 2 and overlap[2] not in named:
+                named.append(overlap[2])
+    return named[:2]
+
+
+def item_weights(item: RankedItem, weights: dict[str, float]) -> dict[str, float]:
+    """The weights the blend used for an item: a candidate without relevance had the others scaled up."""
+    if item.relevance_source == "none":
+        return dict(without(BlendWeights(**weights), "relevance"))
+    return weights
+
+
+def compare_answer(first: RankedItem, second: RankedItem, record: RankingRecord) -> str:
+    """Why one item is above another, from the two items' signals in the record: which signals put it ahead, by
+    how much of the blended score, and what the lower one would need to pass it."""
+    upper, lower = sorted((first, second), key=lambda i: i.position)
+    text = "" if upper is first else f'It is not: "{first.title}" is #{first.position}, below #{second.position}. '
+    wu, wl = item_weights(upper, record.weights), item_weights(lower, record.weights)
+    names = [spec.name for spec in BLEND if spec.name in upper.signals and spec.name in lower.signals]
+    gains = sorted(
+        ((wu.get(n, 0.0) * upper.signals[n] - wl.get(n, 0.0) * lower.signals[n], n) for n in names), reverse=True
+    )
+    text += (f'"{upper.title}" (#{upper.position}) is above "{lower.title}" (#{lower.position}): a blended score of '
+             f"{upper.score:.3f} against {lower.score:.3f}.")  # fmt: skip
+    ahead = [f"{n} ({upper.signals[n]:.2f} against {lower.signals[n]:.2f}, {d:+.3f})" for d, n in gains if d > 5e-4]
+    behind = [f"{n} ({lower.signals[n]:.2f} against {upper.signals[n]:.2f})" for d, n in gains[::-1] if d < -5e-4]
+    if ahead:
+        text += f" It is ahead on {', '.join(ahead[:2])}."
+    if behind:
+        text += f" #{lower.position} is ahead on {', '.join(behind[:2])}, which does not make up for it."
+    gap = upper.score - lower.score
+    if gap < 5e-4:  # greedy placement: diversity is scored against what was placed above, so order can beat score
+        return text + f" It was placed first: the blend fills slot by slot, and #{lower.position} came later."
+    for spec in sorted(SIGNALS, key=lambda spec: -wl.get(spec.name, 0.0)):
+        weight, value = wl.get(spec.name, 0.0), lower.signals.get(spec.name, 0.0)
+        if weight > 0 and value + gap / weight <= 1.0:
+            text += (f" To pass it, #{lower.position} would need a {spec.name} of {value + gap / weight:.2f} "
+                     f"instead of {value:.2f}.")  # fmt: skip
+            break
+    else:
+        text += f" No single signal could lift #{lower.position} past it."
+    return text
+
+
 def main_reasons(item: RankedItem, weights: dict[str, float], n: int = 2) -> list[str]:
     """The signals that contributed most to the blended score (weight x value), in words."""
     contributions = sorted(
@@ -124,25 +194,68 @@ def fact_phrase(fact: str) -> str:
     return {"interest": f"your interest in {value}", "read": f"{value}, which you read"}.get(kind, fact)
 
 
-def valid_reply(text: str, facts: Sequence[str]) -> str | None:
-    """The model's reply if short, clean, speaking to the reader and naming one of the facts; else None."""
-    sentences = [s for s in explain.SENTENCE_END.split(" ".join(text.split())) if s and s[-1] in ".!?"][:2]
+# what a phrased answer must never carry: chat-template debris and role markers, talk about the conversation
+# itself, questions back to the reader
+DEBRIS = re.compile(r"\b(user|assistant|system|human)\s*:|\bthe answer is\b|<\||\|>|\[/?inst\]|#{2,}", re.I)
+META = re.compile(
+    r"\?|\b(i'?m not sure|i am not sure|i think|i believe|i hope|your question|answered|let me know|as an ai"
+    r"|language model|i can'?t|i cannot|sorry|i don'?t know)\b",
+    re.I,
+)
+NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# words an explanation may use besides the record's and the profile's own
+EXPLAINING = frozenset(
+    "recommended recommend because since article articles story stories news feed like likes liked enjoy might "
+    "may read reading follow following followed interest interested interests topic topics about close closely "
+    "similar fresh new newest recent latest popular readers many variety varied different adds add which what "
+    "this that these your you also well top ranked rank ranks position first second third matches match "
+    "matched profile based shows picked chose chosen here here's it's you're you've you'll think judged relevant "
+    "model clicked trending lot lots much more just because one get see seen high higher score scored blend "
+    "mix mixes reason reasons related relates connects connected".split()
+)
+# words that state each signal's reason (SIGNALS' `reason`), for checking that a reply states the main one
+SAYS = {
+    "relevance": {"relevant", "profile", "interest", "interests", "judged", "model", "match", "matches"},
+    "similarity": {"close", "closely", "similar", "read", "reading", "like"},
+    "affinity": {"topic", "topics", "follow", "following", "read", "lot", "interest", "interests"},
+    "popularity": {"popular", "readers", "clicked", "trending", "many"},
+    "freshness": {"fresh", "new", "newest", "recent", "latest", "just"},
+    "diversity": {"variety", "varied", "different", "adds"},
+}
+
+
+def stem(word: str) -> str:
+    """Crude, but the same on both sides: enough to let "follows" match "follow"."""
+    return word[:6]
+
+
+def faithful(text: str, allowed: Sequence[str], main_signal: str) -> str | None:
+    """The model's reply if it is faithful to the record, else None: one or two complete sentences to the reader,
+    no chat debris, no meta-talk or questions back, no number or word that is not in the record, the profile or
+    the words an explanation uses, and it states the record's main reason (its main signal in words, or a fact
+    the item is grounded in). A pure function: what it lets through is what a reader may be shown."""
+    sentences = [s for s in explain.SENTENCE_END.split(" ".join(text.split())) if s and s[-1] in ".!"][:2]
     reply = " ".join(sentences)
     if not 15 <= len(reply) <= 2 * explain.MAX_CHARS or explain.BANNED.search(reply):
         return None
-    if not explain.ADDRESSES_READER.search(reply):
+    if DEBRIS.search(text) or META.search(text) or not explain.ADDRESSES_READER.search(reply):
         return None
-    words = explain.content_words(reply)
-    for fact in facts:
-        fact_words = explain.content_words(fact)
-        if fact_words and len(fact_words & words) >= max(1, (len(fact_words) + 1) // 2):
-            return reply
-    return None
+    source = " ".join(allowed)
+    if set(NUMBER.findall(reply)) - set(NUMBER.findall(source)):
+        return None  # a number the record does not have
+    known = {stem(w) for w in explain.content_words(source) | EXPLAINING}
+    words = {stem(w) for w in re.findall(r"[a-z0-9']+", reply.lower()) if len(w) > 2} - {
+        stem(w) for w in explain.STOPWORDS
+    }
+    if words - known:
+        return None  # a title, topic or claim that is not in the record or the profile
+    reasons = {stem(w) for w in SAYS.get(main_signal, set())}
+    return reply if words & reasons else None
 
 
-def fact_values(item: RankedItem) -> list[str]:
-    """What a reply may cite: the profile facts ('interest: soccer' → 'soccer') and the title."""
-    return [f.split(":", 1)[-1].strip().strip('"') for f in item.grounded_in] + [item.title]
+def main_signal(item: RankedItem, weights: dict[str, float]) -> str:
+    """The signal that contributed most to an item's blended score."""
+    return max(SIGNAL_WORDS, key=lambda name: (weights.get(name, 0.0) * item.signals.get(name, 0.0), name))
 
 
 class Chat:
@@ -186,18 +299,27 @@ class Chat:
                 "weights": record.weights,
                 "grounded_in": list(item.grounded_in),
                 "explanation": item.explanation,
-                "cite": fact_values(item),
             },
         )
+        if intent == "above":
+            pair = compared_items(record, question)
+            if len(pair) == 2:
+                text = compare_answer(pair[0], pair[1], record)
+                return replace(reply, text=text, article_id=pair[0].article_id, title=pair[0].title), None
+            reply = replace(reply, intent="why")  # one item named: why it is where it is
         if intent == "less":
             return self._less(reply, user_id), None
         if intent == "more":
             return self._more(reply, user_id, topic or self._label(item.article_id)), None
         article = self.articles.get([item.article_id]).get(item.article_id)
+        category = article.article.category if article else "news"
+        # what a phrased answer may speak of: the record, the profile it was made for, the item's topic
+        allowed = (*(i.title for i in record.items), *item.grounded_in, record.profile_text, category)
+        reply = replace(reply, allowed=allowed, main_signal=main_signal(item, record.weights))
         system = prompts.render(
             CHAT,
             title=item.title,
-            category=article.article.category if article else "news",
+            category=category,
             position=item.position,
             reasons=", ".join(main_reasons(item, record.weights)) or "a good blend of signals",
             grounded_in=list(item.grounded_in),
@@ -208,7 +330,7 @@ class Chat:
 
     def finish(self, reply: Reply, generated: str) -> Reply:
         """The model's phrasing if it validates against the record, else the record's own answer."""
-        phrased = valid_reply(generated, reply.facts["cite"])  # type: ignore[arg-type]
+        phrased = faithful(generated, reply.allowed, reply.main_signal)
         return replace(reply, text=phrased, source="llm") if phrased else reply
 
     def phrase(self, reply: Reply, request: GenerateRequest) -> Reply:

@@ -19,11 +19,10 @@ from adapters.registry import AdapterRegistry
 from agent import prompts
 from agent.backends.batching import MicroBatcher
 from agent.backends.metered import MeteredBackend
-from agent.chat import Chat, pick_item
+from agent.chat import Chat, item_weights, pick_item
 from agent.profile import Profile
 from agent.ranking import Feed, FeedRequest, Recommender
 from agent.scorer import Scorer
-from agent.scoring import BlendWeights, without
 from agent.settings import Settings
 from core.errors import InvalidInput, NotFound, StoreUnavailable
 from core.llm import Backend
@@ -318,9 +317,7 @@ class Newsrank:
         record = self.chat.record(user_id, ranking_id, article_id)
         item = pick_item(record, article_id, "")
         created = datetime.fromtimestamp(record.created_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
-        weights = record.weights
-        if item.relevance_source == "none":  # blended without relevance: the others' weights were scaled up
-            weights = without(BlendWeights(**weights), "relevance")
+        weights = item_weights(item, record.weights)  # blended without relevance: the others' scaled up
         return prompts.render(
             "why.v3",
             item=item,

@@ -147,6 +147,21 @@ def test_chat_streams_server_sent_events(client):
     assert data[0]["article_id"] == body["items"][1]["article_id"] == data[1]["article_id"]  # "#2" picked the item
 
 
+def test_chat_compares_two_items_from_the_record(client):
+    body = feed_for(client, explain=False)
+    ask = {"user_id": "fan", "ranking_id": body["ranking_id"],
+           "messages": [{"role": "user", "content": "Why is the first one above the second?"}]}  # fmt: skip
+    reply = client.post("/v1/chat", json=ask, headers=auth(FANS)).json()
+    first, second = body["items"][:2]
+    assert reply["intent"] == "above" and reply["source"] == "record" and reply["article_id"] == first["article_id"]
+    assert reply["answer"].startswith(f'"{first["title"]}" (#1) is above "{second["title"]}" (#2)')
+    assert f"{first['score']:.3f} against {second['score']:.3f}" in reply["answer"]
+    with client.stream("POST", "/v1/chat/stream", json=ask, headers=auth(FANS)) as response:
+        text = "".join(response.iter_text())
+    answers = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+    assert [a["answer"] for a in answers] == [reply["answer"]] * 2  # nothing for the model to phrase
+
+
 def test_chat_errors(client):
     body = feed_for(client, explain=False)
     cases = [

@@ -2,7 +2,18 @@
 
 import pytest
 
-from agent.chat import Message, check_messages, intent_of, main_reasons, pick_item, record_answer, valid_reply
+from agent.chat import (
+    Message,
+    check_messages,
+    compare_answer,
+    compared_items,
+    faithful,
+    intent_of,
+    main_reasons,
+    main_signal,
+    pick_item,
+    record_answer,
+)
 from core.errors import InvalidInput, NotFound
 from core.records import RankedItem, RankingRecord
 
@@ -69,14 +80,45 @@ def test_record_answer_names_the_strongest_signals_and_the_profile_link():
     assert "it is fresh" in second and "many readers" in second and "connects" not in second
 
 
-def test_model_replies_are_checked_against_the_record():
-    facts = ["football", "Hawks clinch division", RECORD.items[0].title]
-    assert valid_reply("You follow football, so this overtime win is for you. Enjoy!", facts)
-    assert valid_reply("You read about the Hawks clinch division game.", facts)
-    assert valid_reply("This article is about football.", facts) is None  # not said to the reader
-    assert valid_reply("You might enjoy cooking recipes tonight.", facts) is None  # names nothing in the record
-    assert valid_reply("You like football, see https://x.example now.", facts) is None
-    assert valid_reply("You like football and", facts) is None  # cut off
+ALLOWED = (
+    *(i.title for i in RECORD.items),
+    "interest: football",
+    'read: "Hawks clinch division"',
+    "Interests: sports, football.\nRecently read:\n- Hawks clinch division",
+    "sports",
+)
+
+
+def test_faithful_replies_state_the_records_reason_in_its_words():
+    top = RECORD.items[0]
+    assert main_signal(top, WEIGHTS) == "similarity"
+    assert faithful("You follow football, so this overtime thriller is close to what you read. Enjoy!", ALLOWED,
+                    "similarity")  # fmt: skip
+    assert faithful("You read about the Hawks clinch division, and this story is close to it.", ALLOWED, "similarity")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # seen in the field: debris, meta-talk, an invented claim, a number not in the record
+        "The article mentioned that AI tool helps revive endangered language with 200 speakers and recommends it to "
+        "readers. The answer is: User: I'm not sure if I've answered your question correctly.",
+        "You read about football. User: why?",
+        "Assistant: You follow football, so it is close to what you read.",
+        "You follow football. Would you like more like it?",  # a question back
+        "You follow football, and I think it is close to what you read.",  # meta-talk
+        "You follow football and the Hawks won by 12 points, close to what you read.",  # a number not in the record
+        "You follow football and this is close to the Lakers trade you read.",  # a topic not in the record
+        "This article is about football and close to the Hawks clinch division story.",  # not said to the reader
+        "You follow football, so this overtime win is close to what you read.",  # "win": not the record's word
+        "You might enjoy cooking recipes tonight.",  # names nothing in the record
+        "You like football, see https://x.example now.",
+        "You like football and",  # cut off
+        "You follow football.",  # true, but not the main reason (similarity)
+    ],
+)
+def test_unfaithful_replies_are_not_shown(reply):
+    assert faithful(reply, ALLOWED, "similarity") is None
 
 
 def test_messages_must_end_with_a_user_question():
@@ -84,3 +126,33 @@ def test_messages_must_end_with_a_user_question():
     for bad in ([], [Message("assistant", "hi")], [Message("user", " ")], [Message("user", "x" * 2001)]):
         with pytest.raises(InvalidInput):
             check_messages(bad)
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["Why is the first one above the second?", "why is #1 ranked higher than #2?",
+     "Why is the Hawks overtime thriller above the laptop battery chip story?"],
+)  # fmt: skip
+def test_a_comparison_names_both_items_from_the_record(question):
+    assert intent_of(question) == ("above", None)
+    assert [i.position for i in compared_items(RECORD, question)] == [1, 2]
+
+
+def test_a_comparison_says_which_signals_put_one_ahead_and_what_the_other_would_need():
+    top, second = RECORD.items
+    answer = compare_answer(top, second, RECORD)
+    assert answer.startswith('"Hawks beat Mariners in overtime playoff thriller" (#1) is above "New chip doubles')
+    assert "It is ahead on similarity (0.90 against 0.10, +0.280)" in answer  # 0.35 x (0.9 - 0.1)
+    assert "#2 is ahead on freshness (0.90 against 0.20), which does not make up for it." in answer
+    assert "It was placed first" in answer  # equal scores (0.5 each): the slot-by-slot blend decided
+    backwards = compare_answer(second, top, RECORD)
+    assert backwards.startswith('It is not: "New chip doubles battery life of laptops" is #2, below #1.')
+
+
+def test_what_the_lower_item_would_need_closes_the_gap():
+    record = RECORD.__class__(**{**RECORD.__dict__, "items": (
+        RankedItem(1, "a", "A story", 0.60, {"relevance": 0.5, "similarity": 0.9, "freshness": 0.2}, 1),
+        RankedItem(2, "b", "B story", 0.53, {"relevance": 0.5, "similarity": 0.7, "freshness": 0.2}, 1),
+    )})  # fmt: skip
+    answer = compare_answer(*record.items, record)
+    assert "To pass it, #2 would need a similarity of 0.90 instead of 0.70." in answer  # 0.7 + 0.07 / 0.35
