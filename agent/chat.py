@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from agent import explain, prompts
+from agent.profile import Profile
 from agent.scoring import BlendWeights, without
 from core.errors import InvalidInput, NotFound, model_failure
 from core.llm import Backend, GenerateRequest
@@ -32,6 +33,11 @@ MORE_LIKE = re.compile(r"\bmore (like|of) (this|that|these|it)\b")
 MORE = re.compile(r"\bmore (about|on|of)\s+(?P<topic>[\w][\w &'-]{1,40}?)\s*[.!?]*$")
 POSITION = re.compile(r"(?:#|number |no\. ?)(?P<n>\d{1,3})\b")
 ABOVE = re.compile(r"\bwhy\b.*\b(above|ahead of|higher than|before|ranked over|rank(?:ed)? higher than|better than)\b")
+WHY_NOT = re.compile(
+    r"\bwhy (?:(?:don'?t|do not|didn'?t|did not|can'?t|cannot) i (?:see|get|read)|(?:are|is) there (?:no|not)|"
+    r"aren'?t there|no|not) (?:more |any )?(?:about |on )?(?P<topic>[\w &'-]{2,40}?)"
+    r"(?: articles| news| stories| items)?(?: in my feed| here)?\s*[?.!]*$"
+)
 ORDINALS = {"top": 1, "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
             "eighth": 8, "ninth": 9, "tenth": 10}  # fmt: skip
 REFERENCE = re.compile(r"(?:#|number |no\. ?)(?P<n>\d{1,3})\b|\b(?P<ordinal>" + "|".join(ORDINALS) + r")\b")
@@ -73,11 +79,15 @@ def check_messages(messages: Sequence[Message]) -> None:
 
 
 def intent_of(question: str) -> tuple[str, str | None]:
-    """("above", None) for a comparison of two items, ("less", None), ("more", topic), ("more", None) for more
-    like the item, or ("why", None): rules, not the model, decide what changes a profile."""
+    """("above", None) for a comparison of two items, ("why-not", topic), ("less", None), ("more", topic),
+    ("more", None) for more like the item, or ("why", None): rules, not the model, decide what changes a
+    profile."""
     text = " ".join(question.lower().split())
     if ABOVE.search(text):
         return "above", None
+    why_not = WHY_NOT.search(text)
+    if why_not:
+        return "why-not", why_not.group("topic").strip()
     if LESS.search(text):
         return "less", None
     if MORE_LIKE.search(text):
@@ -259,11 +269,21 @@ def main_signal(item: RankedItem, weights: dict[str, float]) -> str:
 
 
 class Chat:
-    def __init__(self, feedback: FeedbackStore, articles: ArticleStore, backend: Backend, clock: Callable[[], float]):
+    def __init__(
+        self,
+        feedback: FeedbackStore,
+        articles: ArticleStore,
+        backend: Backend,
+        clock: Callable[[], float],
+        profile: Callable[[str], Profile] | None = None,
+        recency_hours: float = 24 * 7,
+    ):
         self.feedback = feedback
         self.articles = articles
         self.backend = backend
         self.clock = clock
+        self.profile = profile  # a reader's profile now (for "why don't I see more X?")
+        self.recency_hours = recency_hours
 
     def record(self, user_id: str, ranking_id: str | None, article_id: str | None) -> RankingRecord:
         if ranking_id is None and article_id is None:
@@ -307,6 +327,8 @@ class Chat:
                 text = compare_answer(pair[0], pair[1], record)
                 return replace(reply, text=text, article_id=pair[0].article_id, title=pair[0].title), None
             reply = replace(reply, intent="why")  # one item named: why it is where it is
+        if intent == "why-not" and topic and self.profile is not None:
+            return self._why_not(reply, user_id, topic.lower(), record), None
         if intent == "less":
             return self._less(reply, user_id), None
         if intent == "more":
@@ -350,6 +372,35 @@ class Chat:
     ) -> Reply:
         reply, request = self.prepare(user_id, messages, ranking_id, article_id)
         return reply if request is None else self.phrase(reply, request)
+
+    # -- why not ------------------------------------------------------------------------------------------
+    def _why_not(self, reply: Reply, user_id: str, topic: str, record: RankingRecord) -> Reply:
+        """ "Why don't I see more X?" from the reader's profile, the feed and the articles there are: a mute, how
+        much of their reading X is, whether there are fresh X articles, and where X stands in the feed."""
+        profile = self.profile(user_id)  # type: ignore[misc]
+        hits = self.articles.get([i.article_id for i in record.items])
+        labels = {a: (hit.article.category, hit.article.subcategory) for a, hit in hits.items()}
+        in_feed = [i for i in record.items if topic in labels.get(i.article_id, ())]
+        share = max(profile.category_shares.get(topic, 0.0), profile.subcategory_shares.get(topic, 0.0))
+        days = round(self.recency_hours / 24)
+        fresh = len(self.articles.recent(since=self.clock() - self.recency_hours * 3600, k=50, categories=[topic]))
+        facts = {"topic": topic, "muted": topic in profile.mutes, "share_of_reading": round(share, 3),
+                 "fresh_articles": fresh, "in_feed": [i.position for i in in_feed]}  # fmt: skip
+        if topic in profile.mutes:
+            text = f'You muted "{topic}", so none of it is shown. Say "more about {topic}" to see it again.'
+        else:
+            parts = [
+                f"{topic.capitalize()} is {share:.0%} of your reading." if share > 0
+                else f"You have not read anything in {topic} yet, so there is no reading of yours to match it to.",
+                f"There are no {topic} articles from the last {days} days." if fresh == 0
+                else f"There are {fresh}{'+' if fresh == 50 else ''} {topic} articles from the last {days} days.",
+                "In this feed: " + ", ".join(f'#{i.position} "{i.title}"' for i in in_feed) + "." if in_feed
+                else f"None made this feed's {len(record.items)} items.",
+                f'Say "more about {topic}" and your next feed will lean towards it.',
+            ]  # fmt: skip
+            text = " ".join(parts)
+        shown = in_feed[0] if in_feed else record.items[0]
+        return replace(reply, text=text, article_id=shown.article_id, title=shown.title, facts=facts)
 
     # -- preference changes -------------------------------------------------------------------------------
     def _label(self, article_id: str) -> str:

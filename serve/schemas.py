@@ -219,7 +219,10 @@ class PreferencesOut(BaseModel):
 class ChatOut(BaseModel):
     answer: str
     source: str = Field(description="llm: phrased by the model and checked against the record; record: written from it")
-    intent: str = Field(description="why, less (a mute was added) or more (an interest was added)")
+    intent: str = Field(
+        description="why, above (a comparison of two items), why-not (a topic missing from the feed), less (a mute "
+        "was added) or more (an interest was added)"
+    )
     ranking_id: str
     article_id: str
     title: str

@@ -150,7 +150,7 @@ class Newsrank:
         self.tally = Tally()
         self.recommender = Recommender(articles, feedback, backend, settings, clock, self.adapters, self.tally)
         self.scorer = Scorer(self.recommender, f"{INSTANCE}/requests")  # asks for work; the workers do it
-        self.chat = Chat(feedback, articles, backend, clock)
+        self.chat = Chat(feedback, articles, backend, clock, self.recommender.profile, settings.recency_hours)
         self.jobs = TrainingJobs(feedback, settings, clock)
         self.event_rate = RateLimiter(settings.events_per_reader_per_minute, time.monotonic)
         self.llm_gate = Gate(settings.llm_concurrency, settings.llm_queue, settings.llm_wait_seconds)

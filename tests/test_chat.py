@@ -156,3 +156,12 @@ def test_what_the_lower_item_would_need_closes_the_gap():
     )})  # fmt: skip
     answer = compare_answer(*record.items, record)
     assert "To pass it, #2 would need a similarity of 0.90 instead of 0.70." in answer  # 0.7 + 0.07 / 0.35
+
+
+@pytest.mark.parametrize(
+    ("question", "topic"),
+    [("Why don't I see more politics?", "politics"), ("why no sports?", "sports"),
+     ("Why aren't there any science articles in my feed?", "science"), ("why not more tech news?", "tech")],
+)  # fmt: skip
+def test_why_not_questions_name_their_topic(question, topic):
+    assert intent_of(question) == ("why-not", topic)

@@ -319,3 +319,27 @@ def test_the_ttl_renews_scores_that_nothing_else_changed(corpus_store, feedback,
     assert scorer.sweep() == 1 and scorer.run_once().subject == "fan"
     assert service.backend.calls == ["score:12", "score:12"]  # renewed, so the next sweep has nothing to ask
     assert scorer.sweep() == 0
+
+
+# -- chat about what the feed does not show -------------------------------------------------------------------
+def ask(service, ranking_id, question):
+    from agent.chat import Message
+
+    return service.chat.answer("fan", [Message("user", question)], ranking_id)
+
+
+def test_why_not_answers_from_the_profile_the_feed_and_the_articles(service):
+    feed = service.recommend(FeedRequest("fan", k=12, explain=False))
+    food = [i for i in feed.items if i.article.category == "food"]
+    reply = ask(service, feed.ranking_id, "Why don't I see more food?")
+    assert reply.intent == "why-not" and reply.source == "record"
+    assert "You have not read anything in food yet" in reply.text and reply.facts["share_of_reading"] == 0
+    assert reply.facts["fresh_articles"] > 0 and "food articles from the last 7 days" in reply.text
+    assert reply.facts["in_feed"] == [i.record.position for i in food]
+    assert 'Say "more about food"' in reply.text
+    sports = ask(service, feed.ranking_id, "why no sports?")
+    assert sports.facts["share_of_reading"] == 1.0 and "Sports is 100% of your reading." in sports.text
+    service.set_preferences("fan", mutes=["politics"])
+    muted = ask(service, feed.ranking_id, "Why don't I see more politics?")
+    assert muted.facts["muted"] and muted.text.startswith('You muted "politics"')
+    assert ask(service, feed.ranking_id, "why no astrology?").facts["fresh_articles"] == 0
