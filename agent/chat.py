@@ -40,7 +40,11 @@ WHY_NOT = re.compile(
 )
 ORDINALS = {"top": 1, "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
             "eighth": 8, "ninth": 9, "tenth": 10}  # fmt: skip
-REFERENCE = re.compile(r"(?:#|number |no\. ?)(?P<n>\d{1,3})\b|\b(?P<ordinal>" + "|".join(ORDINALS) + r")\b")
+REFERENCE = re.compile(r"(?:#|number |no\. ?)(?P<n>\d{1,3})\b|\bthe (?P<ordinal>" + "|".join(ORDINALS) + r")\b")
+UNDO = re.compile(r"\bundo\b|\btake (?:that|it) back\b|\brevert\b|\bnever ?mind\b|\bcancel that\b")
+# the answers that changed a profile, as _less and _more write them: what "undo that" reverts
+MUTED = re.compile(r'Done: you will see no more "(?P<label>[^"]+)" articles')
+FOLLOWED = re.compile(r'Done: "(?P<label>[^"]+)" is now one of your interests')
 SIGNAL_WORDS = {spec.name: spec.reason for spec in BLEND}
 
 Role = Literal["user", "assistant"]
@@ -79,10 +83,13 @@ def check_messages(messages: Sequence[Message]) -> None:
 
 
 def intent_of(question: str) -> tuple[str, str | None]:
-    """("above", None) for a comparison of two items, ("why-not", topic), ("less", None), ("more", topic),
+    """("undo", None) to revert the conversation's last preference change, ("above", None) for a comparison
+    of two items, ("why-not", topic), ("less", None), ("more", topic),
     ("more", None) for more like the item, or ("why", None): rules, not the model, decide what changes a
     profile."""
     text = " ".join(question.lower().split())
+    if UNDO.search(text):
+        return "undo", None
     if ABOVE.search(text):
         return "above", None
     why_not = WHY_NOT.search(text)
@@ -98,45 +105,56 @@ def intent_of(question: str) -> tuple[str, str | None]:
     return "why", None
 
 
-def pick_item(record: RankingRecord, article_id: str | None, question: str) -> RankedItem:
-    """The item asked about: by id, by "#N" in the question, by title words, or the top item."""
+def referenced(record: RankingRecord, text: str) -> list[RankedItem]:
+    """The items a text names by position ("#2", "number 2", "the second one"), in the order it names them."""
+    by_position = {i.position: i for i in record.items}
+    named: list[RankedItem] = []
+    for match in REFERENCE.finditer(text.lower()):
+        position = int(match.group("n")) if match.group("n") else ORDINALS[match.group("ordinal")]
+        if position in by_position and by_position[position] not in named:
+            named.append(by_position[position])
+    return named
+
+
+def by_title(record: RankingRecord, text: str) -> RankedItem | None:
+    """The item whose title shares the most words (at least two) with a text."""
+    words = explain.content_words(text)
+    overlap = max(((len(words & explain.content_words(i.title)), -i.position, i) for i in record.items),
+                  key=lambda t: t[:2], default=(0, 0, None))  # fmt: skip
+    return overlap[2] if overlap[0] >= 2 else None
+
+
+def pick_item(record: RankingRecord, article_id: str | None, question: str, earlier: Sequence[str] = ()) -> RankedItem:
+    """The item asked about: one the question names by position ("#2", "and the second one?"), else
+    `article_id`, else one it names by title words, else the last one an earlier question named ("why that
+    one?"), else the top item."""
+    if not record.items:
+        raise NotFound(f"ranking {record.ranking_id!r} is empty")
+    named = referenced(record, question)
+    if named:
+        return named[0]
     if article_id is not None:
         item = next((i for i in record.items if i.article_id == article_id), None)
         if item is None:
             raise NotFound(f"article {article_id!r} is not in ranking {record.ranking_id!r}")
         return item
-    if not record.items:
-        raise NotFound(f"ranking {record.ranking_id!r} is empty")
-    position = POSITION.search(question.lower())
-    if position:
-        item = next((i for i in record.items if i.position == int(position.group("n"))), None)
+    for text in (question, *reversed(earlier)):
+        item = (referenced(record, text) or [by_title(record, text)])[0]
         if item is not None:
             return item
-    words = explain.content_words(question)
-    overlap = [(len(words & explain.content_words(i.title)), -i.position, i) for i in record.items]
-    best = max(overlap, key=lambda t: t[:2])
-    return best[2] if best[0] >= 2 else record.items[0]
+    return record.items[0]
 
 
 def compared_items(record: RankingRecord, question: str) -> list[RankedItem]:
-    """The items a comparison names, in the order it names them: by "#N", "number N" or "the first/second one",
-    else by title words on each side of "above"."""
-    text = question.lower()
-    by_position = {i.position: i for i in record.items}
-    named = []
-    for match in REFERENCE.finditer(text):
-        position = int(match.group("n")) if match.group("n") else ORDINALS[match.group("ordinal")]
-        if position in by_position and by_position[position] not in named:
-            named.append(by_position[position])
-    if len(named) < 2:
-        split = ABOVE.search(text)
-        sides = (text[: split.start(1)], text[split.end(1) :]) if split else ()
-        for side in sides:
-            words = explain.content_words(side)
-            overlap = max(((len(words & explain.content_words(i.title)), -i.position, i) for i in record.items),
-                          key=lambda t: t[:2], default=(0, 0, None))  # fmt: skip
-            if overlap[0] >= 2 and overlap[2] not in named:
-                named.append(overlap[2])
+    """The items a comparison names, in the order it names them: by position, else by title words on each side
+    of "above"."""
+    named = referenced(record, question)
+    split = ABOVE.search(question.lower())
+    if len(named) < 2 and split:
+        for side in (question[: split.start(1)], question[split.end(1) :]):
+            item = by_title(record, side)
+            if item is not None and item not in named:
+                named.append(item)
     return named[:2]
 
 
@@ -303,7 +321,8 @@ class Chat:
         check_messages(messages)
         question = messages[-1].content
         record = self.record(user_id, ranking_id, article_id)
-        item = pick_item(record, article_id, question)
+        earlier = [m.content for m in messages[:-1] if m.role == "user"]
+        item = pick_item(record, article_id, question, earlier)
         intent, topic = intent_of(question)
         reply = Reply(
             text=record_answer(item, record),
@@ -329,6 +348,8 @@ class Chat:
             reply = replace(reply, intent="why")  # one item named: why it is where it is
         if intent == "why-not" and topic and self.profile is not None:
             return self._why_not(reply, user_id, topic.lower(), record), None
+        if intent == "undo":
+            return self._undo(reply, user_id, messages), None
         if intent == "less":
             return self._less(reply, user_id), None
         if intent == "more":
@@ -409,6 +430,26 @@ class Chat:
         if hit is None:
             raise NotFound(f"article {article_id!r} is no longer in the store")
         return hit.article.subcategory or hit.article.category
+
+    def _undo(self, reply: Reply, user_id: str, messages: Sequence[Message]) -> Reply:
+        """Revert the last preference change this conversation made, as its answers reported it."""
+        prefs = self.feedback.preferences(user_id)
+        for message in reversed(messages[:-1]):
+            if message.role != "assistant":
+                continue
+            if muted := MUTED.search(message.content):
+                label = muted.group("label")
+                updated = Preferences.newest(prefs.interests, [m for m in prefs.mutes if m != label])
+                text = f'Undone: "{label}" is no longer muted.'
+            elif followed := FOLLOWED.search(message.content):
+                label = followed.group("label")
+                updated = Preferences.newest([i for i in prefs.interests if i != label], prefs.mutes)
+                text = f'Undone: "{label}" is no longer one of your interests.'
+            else:
+                continue
+            self.feedback.set_preferences(user_id, updated, self.clock())
+            return replace(reply, text=text, preferences=updated)
+        return replace(reply, text="There is no change to undo in this conversation.")
 
     def _less(self, reply: Reply, user_id: str) -> Reply:
         label = self._label(reply.article_id)

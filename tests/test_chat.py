@@ -2,6 +2,7 @@
 
 import pytest
 
+from agent.backends.fake import FakeBackend
 from agent.chat import (
     Message,
     check_messages,
@@ -15,7 +16,7 @@ from agent.chat import (
     record_answer,
 )
 from core.errors import InvalidInput, NotFound
-from core.records import RankedItem, RankingRecord
+from core.records import Event, RankedItem, RankingRecord
 
 WEIGHTS = {
     "relevance": 0.1,
@@ -165,3 +166,39 @@ def test_what_the_lower_item_would_need_closes_the_gap():
 )  # fmt: skip
 def test_why_not_questions_name_their_topic(question, topic):
     assert intent_of(question) == ("why-not", topic)
+
+
+def test_follow_ups_resolve_against_the_conversation():
+    assert pick_item(RECORD, "s1", "and the second one?").article_id == "t1"  # named by position: wins
+    assert pick_item(RECORD, "s1", "why was this first?").article_id == "s1"  # no "the": not a reference
+    earlier = ["what about the battery laptops story?"]
+    assert pick_item(RECORD, None, "why that one?", earlier).article_id == "t1"
+    assert pick_item(RECORD, None, "and why?", ["why is #2 here?", "ok"]).article_id == "t1"
+    assert pick_item(RECORD, None, "why?", []).article_id == "s1"
+
+
+@pytest.mark.parametrize("question", ["undo that", "Never mind, take it back", "revert please"])
+def test_undo_is_a_rule(question):
+    assert intent_of(question) == ("undo", None)
+
+
+def test_undo_reverts_the_conversations_last_preference_change(corpus_store, feedback, settings):
+    from agent.ranking import FeedRequest
+    from serve.service import Newsrank
+    from tests.conftest import NOW
+
+    feedback.add_events([Event("fan", a, "click", NOW - 3600) for a in ("s1", "s2")])
+    service = Newsrank(settings, corpus_store, feedback, FakeBackend(), clock=lambda: NOW)
+    feed = service.recommend(FeedRequest("fan", k=4, explain=False))
+    top = feed.items[0].record
+    chat = [Message("user", "Show me less like this")]
+    less = service.chat.answer("fan", chat, feed.ranking_id, top.article_id)
+    label = less.preferences.mutes[-1]
+    more = service.chat.answer("fan", [Message("user", "more about space")], feed.ranking_id)
+    assert "space" in more.preferences.interests
+    chat += [Message("assistant", less.text), Message("user", "undo that")]
+    undone = service.chat.answer("fan", chat, feed.ranking_id, top.article_id)
+    assert undone.intent == "undo" and undone.text == f'Undone: "{label}" is no longer muted.'
+    assert label not in feedback.preferences("fan").mutes and "space" in feedback.preferences("fan").interests
+    nothing = service.chat.answer("fan", [Message("user", "undo")], feed.ranking_id)
+    assert nothing.text == "There is no change to undo in this conversation."
