@@ -14,12 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import numpy as np
+
 from agent import explain, prompts
 from agent.profile import Profile
-from agent.scoring import BlendWeights, without
+from agent.scoring import BlendWeights, blend_rank, cosine_similarity, without
 from core.errors import InvalidInput, NotFound, model_failure
 from core.llm import Backend, GenerateRequest
-from core.records import BLEND, SIGNALS, Preferences, RankedItem, RankingRecord
+from core.records import BLEND, SIGNALS, Preferences, RankedItem, RankingRecord, Signals
 from core.stores import ArticleStore, FeedbackStore
 
 CHAT = "chat.v1"
@@ -41,6 +43,12 @@ WHY_NOT = re.compile(
 ORDINALS = {"top": 1, "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
             "eighth": 8, "ninth": 9, "tenth": 10}  # fmt: skip
 REFERENCE = re.compile(r"(?:#|number |no\. ?)(?P<n>\d{1,3})\b|\bthe (?P<ordinal>" + "|".join(ORDINALS) + r")\b")
+WHAT_IF = re.compile(r"\bwhat if\b|\bwhat would (?:happen|change)\b|\bwithout\b|\bif i (?:had not|hadn'?t|never)\b")
+SIGNAL_NAMES = {  # how a reader may name a term of the blend
+    "relevance": ("relevance", "relevant", "model", "llm"), "similarity": ("similarity", "similar"),
+    "affinity": ("affinity", "topic"), "popularity": ("popularity", "popular"),
+    "freshness": ("freshness", "fresh", "new"), "diversity": ("diversity", "diverse", "variety"),
+}  # fmt: skip
 UNDO = re.compile(r"\bundo\b|\btake (?:that|it) back\b|\brevert\b|\bnever ?mind\b|\bcancel that\b")
 # the answers that changed a profile, as _less and _more write them: what "undo that" reverts
 MUTED = re.compile(r'Done: you will see no more "(?P<label>[^"]+)" articles')
@@ -84,12 +92,14 @@ def check_messages(messages: Sequence[Message]) -> None:
 
 def intent_of(question: str) -> tuple[str, str | None]:
     """("undo", None) to revert the conversation's last preference change, ("above", None) for a comparison
-    of two items, ("why-not", topic), ("less", None), ("more", topic),
+    of two items, ("what-if", None), ("why-not", topic), ("less", None), ("more", topic),
     ("more", None) for more like the item, or ("why", None): rules, not the model, decide what changes a
     profile."""
     text = " ".join(question.lower().split())
     if UNDO.search(text):
         return "undo", None
+    if WHAT_IF.search(text):
+        return "what-if", None
     if ABOVE.search(text):
         return "above", None
     why_not = WHY_NOT.search(text)
@@ -197,6 +207,25 @@ def compare_answer(first: RankedItem, second: RankedItem, record: RankingRecord)
     return text
 
 
+def reblend(
+    items: Sequence[RankedItem],
+    embeddings: np.ndarray,
+    weights: dict[str, float],
+    changed: dict[str, dict[str, float]] | None = None,
+) -> dict[str, int]:
+    """Each item's position (by article id) when a record's items are blended again: with these weights and,
+    for `changed` items, these signal values. With the record's own weights and values it gives the record's
+    order (the blend places greedily, so the best of the whole candidate set was the best of these too)."""
+    changed = changed or {}
+    signals = [
+        Signals(**{spec.name: changed.get(i.article_id, {}).get(spec.name, i.signals.get(spec.name, 0.0))
+                   for spec in SIGNALS})
+        for i in items
+    ]  # fmt: skip
+    each = [BlendWeights(**item_weights(i, weights)) for i in items]
+    return {items[p.index].article_id: n for n, p in enumerate(blend_rank(signals, embeddings, each), start=1)}
+
+
 def main_reasons(item: RankedItem, weights: dict[str, float], n: int = 2) -> list[str]:
     """The signals that contributed most to the blended score (weight x value), in words."""
     contributions = sorted(
@@ -293,14 +322,14 @@ class Chat:
         articles: ArticleStore,
         backend: Backend,
         clock: Callable[[], float],
-        profile: Callable[[str], Profile] | None = None,
+        profile: Callable[..., Profile] | None = None,
         recency_hours: float = 24 * 7,
     ):
         self.feedback = feedback
         self.articles = articles
         self.backend = backend
         self.clock = clock
-        self.profile = profile  # a reader's profile now (for "why don't I see more X?")
+        self.profile = profile  # a reader's profile now, or without some articles ("why not", "what if")
         self.recency_hours = recency_hours
 
     def record(self, user_id: str, ranking_id: str | None, article_id: str | None) -> RankingRecord:
@@ -346,6 +375,8 @@ class Chat:
                 text = compare_answer(pair[0], pair[1], record)
                 return replace(reply, text=text, article_id=pair[0].article_id, title=pair[0].title), None
             reply = replace(reply, intent="why")  # one item named: why it is where it is
+        if intent == "what-if" and self.profile is not None:
+            return self._what_if(reply, user_id, item, record, question), None
         if intent == "why-not" and topic and self.profile is not None:
             return self._why_not(reply, user_id, topic.lower(), record), None
         if intent == "undo":
@@ -393,6 +424,66 @@ class Chat:
     ) -> Reply:
         reply, request = self.prepare(user_id, messages, ranking_id, article_id)
         return reply if request is None else self.phrase(reply, request)
+
+    # -- what if -----------------------------------------------------------------------------------------
+    def _what_if(self, reply: Reply, user_id: str, item: RankedItem, record: RankingRecord, question: str) -> Reply:
+        """Counterfactuals computed by blending the record's items again, never guessed: each term of the blend
+        switched off, and each recently read article taken out of the profile (its similarity and topic
+        affinity recomputed; the LLM's relevance held as it was). Answers the one the question names, else the
+        one that moves the item most."""
+        hits = self.articles.get([i.article_id for i in record.items])
+        items = [i for i in record.items if i.article_id in hits]
+        if item not in items:
+            raise NotFound(f"article {item.article_id!r} is no longer in the store")
+        embeddings = np.stack([hits[i.article_id].embedding for i in items])
+        now = reblend(items, embeddings, record.weights)[item.article_id]
+        outcomes: dict[str, tuple[int, str]] = {}  # what changed → (new position, in words)
+        for spec in BLEND:
+            if record.weights.get(spec.name, 0.0) > 0 and spec.name in item.signals:
+                moved = reblend(items, embeddings, {**record.weights, spec.name: 0.0})[item.article_id]
+                outcomes[spec.name] = (moved, f"without the {spec.name} term it would be #{moved}")
+        profile = self.profile(user_id)  # type: ignore[misc]
+        for read in profile.history[:5]:
+            without = self.profile(user_id, frozenset({read.article_id}))  # type: ignore[misc]
+            sims = (
+                np.zeros(len(items)) if without.query is None else cosine_similarity(embeddings, without.query[None, :])
+            )
+            changed = {
+                i.article_id: {
+                    "similarity": float(np.clip(sim, 0.0, 1.0)),
+                    "affinity": without.affinity(hits[i.article_id].article),
+                }
+                for i, sim in zip(items, np.ravel(sims), strict=True)
+            }
+            moved = reblend(items, embeddings, record.weights, changed)[item.article_id]
+            outcomes[read.title] = (moved, f'if you had not read "{read.title}" it would be #{moved} (similarity '
+                                           f"{changed[item.article_id]['similarity']:.2f} instead of "
+                                           f"{item.signals.get('similarity', 0.0):.2f})")  # fmt: skip
+        asked = self._asked_change(question, outcomes)
+        ranked = sorted(outcomes, key=lambda k: (-abs(outcomes[k][0] - now), k))
+        lead = asked or (ranked[0] if ranked else None)
+        facts = {"position": now, "what_if": {k: v[0] for k, v in outcomes.items()}}
+        text = f'"{item.title}" is #{now} of {len(items)} in this feed'
+        if lead is None or (asked is None and outcomes[lead][0] == now):
+            text += f", and no one change moves it: it stays #{now} without any one term of the blend or any one"
+            return replace(reply, text=text + " article you read.", facts=facts)
+        said = outcomes[lead][1]
+        text += f". {said[:1].upper()}{said[1:]}." + ("" if asked else " That is what moves it most.")
+        others = [k for k in ranked if k != lead][:2]
+        if others:
+            text += " Besides: " + "; ".join(outcomes[k][1] for k in others) + "."
+        return replace(reply, text=text, facts=facts)
+
+    @staticmethod
+    def _asked_change(question: str, outcomes: dict[str, tuple[int, str]]) -> str | None:
+        """The change a what-if question names: a term of the blend, or a title the reader read."""
+        words = set(re.findall(r"[a-z]+", question.lower()))
+        for name, synonyms in SIGNAL_NAMES.items():
+            if name in outcomes and words & set(synonyms):
+                return name
+        titles = [k for k in outcomes if k not in SIGNAL_NAMES]
+        best = max(titles, key=lambda t: len(explain.content_words(t) & explain.content_words(question)), default=None)
+        return best if best and len(explain.content_words(best) & explain.content_words(question)) >= 2 else None
 
     # -- why not ------------------------------------------------------------------------------------------
     def _why_not(self, reply: Reply, user_id: str, topic: str, record: RankingRecord) -> Reply:

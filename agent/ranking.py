@@ -159,9 +159,10 @@ class Recommender:
         return f"{self.backend.model}|{adapter or '-'}|{PROMPT_VERSION}|{self.settings.strategy}"
 
     # -- profile ------------------------------------------------------------------------------------------
-    def profile(self, user_id: str) -> Profile:
+    def profile(self, user_id: str, without: frozenset[str] = frozenset()) -> Profile:
+        """The reader's profile now; `without`: as if they had never touched those articles (what-if)."""
         s = self.settings
-        events = self.feedback.events(user_id)
+        events = [e for e in self.feedback.events(user_id) if e.article_id not in without]
         prefs = self.feedback.preferences(user_id)
         return build_profile(
             user_id,

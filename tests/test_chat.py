@@ -1,5 +1,6 @@
 """Chat logic: intents, picking the item asked about, and checking the model's reply against the record."""
 
+import numpy as np
 import pytest
 
 from agent.backends.fake import FakeBackend
@@ -13,8 +14,10 @@ from agent.chat import (
     main_reasons,
     main_signal,
     pick_item,
+    reblend,
     record_answer,
 )
+from agent.scoring import BlendWeights
 from core.errors import InvalidInput, NotFound
 from core.records import Event, RankedItem, RankingRecord
 
@@ -202,3 +205,56 @@ def test_undo_reverts_the_conversations_last_preference_change(corpus_store, fee
     assert label not in feedback.preferences("fan").mutes and "space" in feedback.preferences("fan").interests
     nothing = service.chat.answer("fan", [Message("user", "undo")], feed.ranking_id)
     assert nothing.text == "There is no change to undo in this conversation."
+
+
+def test_a_record_blended_again_keeps_its_order_and_a_term_switched_off_moves_it():
+    record = RECORD.__class__(**{**RECORD.__dict__, "items": (
+        RankedItem(1, "a", "A", 0.0, {"relevance": 0.5, "similarity": 0.9, "freshness": 0.1, "diversity": 1.0}, 1),
+        RankedItem(2, "b", "B", 0.0, {"relevance": 0.5, "similarity": 0.5, "freshness": 0.9, "diversity": 1.0}, 1),
+    )})  # fmt: skip
+    embeddings = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert reblend(record.items, embeddings, WEIGHTS) == {"a": 1, "b": 2}
+    assert reblend(record.items, embeddings, {**WEIGHTS, "similarity": 0.0}) == {"b": 1, "a": 2}
+    assert reblend(record.items, embeddings, WEIGHTS, {"b": {"similarity": 1.0}}) == {"b": 1, "a": 2}
+
+
+@pytest.mark.parametrize("question", ["What if I hadn't read that?", "what would change it", "and without freshness?"])
+def test_what_if_is_a_rule(question):
+    assert intent_of(question) == ("what-if", None)
+
+
+def test_what_if_answers_are_computed_by_blending_the_record_again(corpus_store, feedback, settings):
+    from agent.ranking import FeedRequest
+    from agent.scoring import blend_rank
+    from core.records import SIGNALS, Signals
+    from serve.service import Newsrank
+    from tests.conftest import NOW
+
+    feedback.add_events([Event("fan", a, "click", NOW - 3600 + n) for n, a in enumerate(("s1", "s2", "f1"))])
+    service = Newsrank(settings, corpus_store, feedback, FakeBackend(), clock=lambda: NOW)
+    feed = service.recommend(FeedRequest("fan", k=8, explain=False))
+    record = feedback.ranking(feed.ranking_id)
+    item = record.items[1]
+
+    def ask(question):
+        return service.chat.answer("fan", [Message("user", question)], feed.ranking_id, item.article_id)
+
+    off = ask("What if there were no freshness?")
+    # an independent re-run: the record's signals, freshness weighted 0, the articles' own embeddings
+    hits = corpus_store.get([i.article_id for i in record.items])
+    signals = [Signals(**{s.name: i.signals[s.name] for s in SIGNALS}) for i in record.items]
+    weights = BlendWeights(**{**record.weights, "freshness": 0.0})
+    embeddings = np.stack([hits[i.article_id].embedding for i in record.items])
+    order = [record.items[p.index].article_id for p in blend_rank(signals, embeddings, weights)]
+    expected = order.index(item.article_id) + 1
+    assert off.intent == "what-if" and off.facts["what_if"]["freshness"] == expected
+    assert off.text.startswith(f'"{item.title}" is #2 of 8 in this feed. Without the freshness term it would be '
+                               f"#{expected}.")  # fmt: skip
+    read = corpus_store.get(["f1"])["f1"].article.title
+    unread = ask(f"what if I hadn't read {read}?")
+    assert f'If you had not read "{read}" it would be #{unread.facts["what_if"][read]}' in unread.text
+    most = ask("What would change it?")
+    moved = max(abs(v - 2) for v in most.facts["what_if"].values())
+    assert (("That is what moves it most." in most.text) == (moved > 0)) and (
+        ("it stays #2" in most.text) == (not moved)
+    )
