@@ -53,6 +53,7 @@ UNDO = re.compile(r"\bundo\b|\btake (?:that|it) back\b|\brevert\b|\bnever ?mind\
 # the answers that changed a profile, as _less and _more write them: what "undo that" reverts
 MUTED = re.compile(r'Done: you will see no more "(?P<label>[^"]+)" articles')
 FOLLOWED = re.compile(r'Done: "(?P<label>[^"]+)" is now one of your interests')
+WAS_INTEREST, WAS_MUTED = "It was one of your interests until now.", "It was muted until now."
 SIGNAL_WORDS = {spec.name: spec.reason for spec in BLEND}
 
 Role = Literal["user", "assistant"]
@@ -286,28 +287,39 @@ def stem(word: str) -> str:
     return word[:6]
 
 
-def faithful(text: str, allowed: Sequence[str], main_signal: str) -> str | None:
-    """The model's reply if it is faithful to the record, else None: one or two complete sentences to the reader,
-    no chat debris, no meta-talk or questions back, no number or word that is not in the record, the profile or
-    the words an explanation uses, and it states the record's main reason (its main signal in words, or a fact
-    the item is grounded in). A pure function: what it lets through is what a reader may be shown."""
+def judge(text: str, allowed: Sequence[str], main_signal: str) -> tuple[str, str | None]:
+    """The model's reply, cleaned to at most two complete sentences, and why it may not be shown (None: it may).
+    Faithful means: said to the reader, no chat debris, no meta-talk or questions back, no number or word that is
+    not in the record, the profile or the words an explanation uses, and it states the record's main reason (its
+    main signal, in words). A pure function: what it lets through is what a reader may be shown."""
     sentences = [s for s in explain.SENTENCE_END.split(" ".join(text.split())) if s and s[-1] in ".!"][:2]
     reply = " ".join(sentences)
     if not 15 <= len(reply) <= 2 * explain.MAX_CHARS or explain.BANNED.search(reply):
-        return None
-    if DEBRIS.search(text) or META.search(text) or not explain.ADDRESSES_READER.search(reply):
-        return None
+        return reply, "not one or two complete sentences"
+    if DEBRIS.search(text):
+        return reply, "chat-template debris"
+    if META.search(text):
+        return reply, "meta-talk or a question"
+    if not explain.ADDRESSES_READER.search(reply):
+        return reply, "not said to the reader"
     source = " ".join(allowed)
     if set(NUMBER.findall(reply)) - set(NUMBER.findall(source)):
-        return None  # a number the record does not have
+        return reply, "a number the record does not have"
     known = {stem(w) for w in explain.content_words(source) | EXPLAINING}
     words = {stem(w) for w in re.findall(r"[a-z0-9']+", reply.lower()) if len(w) > 2} - {
         stem(w) for w in explain.STOPWORDS
     }
     if words - known:
-        return None  # a title, topic or claim that is not in the record or the profile
-    reasons = {stem(w) for w in SAYS.get(main_signal, set())}
-    return reply if words & reasons else None
+        return reply, "words the record and the profile do not have"
+    if not words & {stem(w) for w in SAYS.get(main_signal, set())}:
+        return reply, "not the main reason"
+    return reply, None
+
+
+def faithful(text: str, allowed: Sequence[str], main_signal: str) -> str | None:
+    """The model's reply if it may be shown (`judge`), else None."""
+    reply, fault = judge(text, allowed, main_signal)
+    return reply if fault is None else None
 
 
 def main_signal(item: RankedItem, weights: dict[str, float]) -> str:
@@ -530,11 +542,13 @@ class Chat:
                 continue
             if muted := MUTED.search(message.content):
                 label = muted.group("label")
-                updated = Preferences.newest(prefs.interests, [m for m in prefs.mutes if m != label])
+                interests = [*prefs.interests, label] if WAS_INTEREST in message.content else prefs.interests
+                updated = Preferences.newest(interests, [m for m in prefs.mutes if m != label])
                 text = f'Undone: "{label}" is no longer muted.'
             elif followed := FOLLOWED.search(message.content):
                 label = followed.group("label")
-                updated = Preferences.newest([i for i in prefs.interests if i != label], prefs.mutes)
+                mutes = [*prefs.mutes, label] if WAS_MUTED in message.content else prefs.mutes
+                updated = Preferences.newest([i for i in prefs.interests if i != label], mutes)
                 text = f'Undone: "{label}" is no longer one of your interests.'
             else:
                 continue
@@ -544,14 +558,24 @@ class Chat:
 
     def _less(self, reply: Reply, user_id: str) -> Reply:
         label = self._label(reply.article_id)
-        updated = self.feedback.preferences(user_id).with_mute(label)
+        current = self.feedback.preferences(user_id)
+        if label in current.mutes:  # nothing changes, so there is nothing to undo either
+            return replace(reply, text=f'You already see no "{label}" articles.', preferences=current)
+        updated = current.with_mute(label)
         self.feedback.set_preferences(user_id, updated, self.clock())
-        text = f'Done: you will see no more "{label}" articles. Say "more about {label}" to undo it.'
+        text = f'Done: you will see no more "{label}" articles. Say "undo that" to take it back.'
+        if label in current.interests:
+            text += f" {WAS_INTEREST}"
         return replace(reply, text=text, preferences=updated)
 
     def _more(self, reply: Reply, user_id: str, topic: str) -> Reply:
         topic = topic.lower()
-        updated = self.feedback.preferences(user_id).with_interest(topic)
+        current = self.feedback.preferences(user_id)
+        if topic in current.interests:
+            return replace(reply, text=f'"{topic}" is one of your interests already.', preferences=current)
+        updated = current.with_interest(topic)
         self.feedback.set_preferences(user_id, updated, self.clock())
         text = f'Done: "{topic}" is now one of your interests, and your next feed will lean towards it.'
+        if topic in current.mutes:
+            text += f" {WAS_MUTED}"
         return replace(reply, text=text, preferences=updated)

@@ -94,6 +94,9 @@ def test_the_web_page_feed_feedback_and_chat(server):
             page.get_by_test_id("question").fill("show me less like this")
             page.get_by_test_id("ask").click()
             expect(page.get_by_test_id("msg-assistant").nth(1)).to_contain_text("no more")
+            page.get_by_test_id("question").fill("Why is the first one above the second?")
+            page.get_by_test_id("ask").click()
+            expect(page.get_by_test_id("msg-assistant").nth(2)).to_contain_text("(#1) is above")
             page.wait_for_function(
                 "before => JSON.stringify([...document.querySelectorAll('[data-testid=item]')]"
                 ".map(n => n.dataset.article)) !== JSON.stringify(before)",
