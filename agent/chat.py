@@ -21,7 +21,7 @@ from agent.profile import Profile
 from agent.scoring import BlendWeights, blend_rank, cosine_similarity, without
 from core.errors import InvalidInput, NotFound, model_failure
 from core.llm import Backend, GenerateRequest
-from core.records import BLEND, SIGNALS, Preferences, RankedItem, RankingRecord, Signals
+from core.records import BLEND, SIGNALS, Article, Preferences, RankedItem, RankingRecord, Signals
 from core.stores import ArticleStore, FeedbackStore
 
 CHAT = "chat.v1"
@@ -336,6 +336,7 @@ class Chat:
         clock: Callable[[], float],
         profile: Callable[..., Profile] | None = None,
         recency_hours: float = 24 * 7,
+        standings: Callable[[str], Sequence[tuple[int, Article]]] | None = None,
     ):
         self.feedback = feedback
         self.articles = articles
@@ -343,6 +344,7 @@ class Chat:
         self.clock = clock
         self.profile = profile  # a reader's profile now, or without some articles ("why not", "what if")
         self.recency_hours = recency_hours
+        self.standings = standings  # where a reader's candidates rank now: (position, article), best first
 
     def record(self, user_id: str, ranking_id: str | None, article_id: str | None) -> RankingRecord:
         if ranking_id is None and article_id is None:
@@ -520,11 +522,24 @@ class Chat:
                 else f"There are {fresh}{'+' if fresh == 50 else ''} {topic} articles from the last {days} days.",
                 "In this feed: " + ", ".join(f'#{i.position} "{i.title}"' for i in in_feed) + "." if in_feed
                 else f"None made this feed's {len(record.items)} items.",
+                *self._below_the_cut(user_id, topic, len(record.items)),
                 f'Say "more about {topic}" and your next feed will lean towards it.',
             ]  # fmt: skip
             text = " ".join(parts)
+        facts["below_the_cut"] = [p for p, _ in self._ranked_now(user_id, topic, len(record.items))]
         shown = in_feed[0] if in_feed else record.items[0]
         return replace(reply, text=text, article_id=shown.article_id, title=shown.title, facts=facts)
+
+    def _ranked_now(self, user_id: str, topic: str, shown: int) -> list[tuple[int, Article]]:
+        """The reader's candidates in `topic` that rank just below the `shown` items now (three at most)."""
+        ranked = self.standings(user_id) if self.standings is not None else ()
+        return [(p, a) for p, a in ranked if p > shown and topic in (a.category, a.subcategory)][:3]
+
+    def _below_the_cut(self, user_id: str, topic: str, shown: int) -> list[str]:
+        below = self._ranked_now(user_id, topic, shown)
+        if not below:
+            return []
+        return ["Just below the cut, ranked now: " + ", ".join(f'#{p} "{a.title}"' for p, a in below) + "."]
 
     # -- preference changes -------------------------------------------------------------------------------
     def _label(self, article_id: str) -> str:

@@ -318,7 +318,9 @@ class Recommender:
         return rank_scores(order)
 
     # -- the whole loop -----------------------------------------------------------------------------------
-    def recommend(self, request: FeedRequest) -> Feed:
+    def recommend(self, request: FeedRequest, keep: bool = True) -> Feed:
+        """The feed for a request, its ranking record stored (`keep=False`: a look at where the candidates stand
+        now, stored nowhere, as chat's "why don't I see more X?" asks)."""
         s = self.settings
         timings: dict[str, float] = {}
         started = tick = time.perf_counter()
@@ -359,7 +361,7 @@ class Recommender:
         rescore = not request.fresh and any(source in ("none", "llm-stale") for source in sources)
         if rescore:
             self.ask_scoring([ScoringTask("reader", request.user_id, now)])
-        for source in sources:
+        for source in sources if keep else ():
             self.tally.add("feed_relevance", source=source)
         lap("relevance")
 
@@ -429,8 +431,9 @@ class Recommender:
             items=tuple(i.record for i in items),
             degraded=tuple(degraded),
         )
-        self.feedback.record_ranking(record)
-        if rewrite:  # one rewrite per reader waits at a time: of their latest ranking, the one they look at
+        if keep:
+            self.feedback.record_ranking(record)
+        if rewrite and keep:  # one rewrite per reader waits at a time: of their latest ranking, the one they look at
             self.ask_scoring([ScoringTask("explain", request.user_id, now)])
         lap("record")
         timings["total"] = round(time.perf_counter() - started, 4)

@@ -21,12 +21,12 @@ from agent.backends.batching import MicroBatcher
 from agent.backends.metered import MeteredBackend
 from agent.chat import Chat, item_weights, pick_item
 from agent.profile import Profile
-from agent.ranking import Feed, FeedRequest, Recommender
+from agent.ranking import MAX_K, Feed, FeedRequest, Recommender
 from agent.scorer import Scorer
 from agent.settings import Settings
 from core.errors import InvalidInput, NotFound, StoreUnavailable
 from core.llm import Backend
-from core.records import BLEND, MAX_INTERESTS, MAX_MUTES, Event, Preferences, ScoringTask
+from core.records import BLEND, MAX_INTERESTS, MAX_MUTES, Article, Event, Preferences, ScoringTask
 from core.stores import ArticleStore, FeedbackStore
 from core.tally import Tally
 from retrieval.embed import Embedder
@@ -150,7 +150,9 @@ class Newsrank:
         self.tally = Tally()
         self.recommender = Recommender(articles, feedback, backend, settings, clock, self.adapters, self.tally)
         self.scorer = Scorer(self.recommender, f"{INSTANCE}/requests")  # asks for work; the workers do it
-        self.chat = Chat(feedback, articles, backend, clock, self.recommender.profile, settings.recency_hours)
+        self.chat = Chat(
+            feedback, articles, backend, clock, self.recommender.profile, settings.recency_hours, self.standings
+        )
         self.jobs = TrainingJobs(feedback, settings, clock)
         self.event_rate = RateLimiter(settings.events_per_reader_per_minute, time.monotonic)
         self.llm_gate = Gate(settings.llm_concurrency, settings.llm_queue, settings.llm_wait_seconds)
@@ -272,6 +274,11 @@ class Newsrank:
         """A feed from what the LLM computed ahead; a fresh one, or one naming an adapter other than the
         configured one (the background scorer works for that one alone), runs the LLM now."""
         return self.recommender.recommend(replace(request, fresh=self.waits_on_llm(request)))
+
+    def standings(self, user_id: str) -> list[tuple[int, Article]]:
+        """Where the reader's candidates rank now, best first (from what the LLM computed ahead; nothing stored)."""
+        feed = self.recommender.recommend(FeedRequest(user_id, k=MAX_K, explain=False), keep=False)
+        return [(i.record.position, i.article) for i in feed.items]
 
     def waits_on_llm(self, request: FeedRequest) -> bool:
         return request.fresh or bool(request.adapter and request.adapter != self.settings.adapter)

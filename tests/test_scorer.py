@@ -343,3 +343,13 @@ def test_why_not_answers_from_the_profile_the_feed_and_the_articles(service):
     muted = ask(service, feed.ranking_id, "Why don't I see more politics?")
     assert muted.facts["muted"] and muted.text.startswith('You muted "politics"')
     assert ask(service, feed.ranking_id, "why no astrology?").facts["fresh_articles"] == 0
+
+
+def test_why_not_names_what_ranks_just_below_the_cut_and_stores_nothing(service):
+    feed = service.recommend(FeedRequest("fan", k=3, explain=False))
+    rankings = service.feedback.count_rows("rankings")
+    below = [p for p, a in service.standings("fan") if a.category == "food" and p > 3][:3]
+    reply = ask(service, feed.ranking_id, "Why don't I see more food?")
+    assert below and reply.facts["below_the_cut"] == below
+    assert f"Just below the cut, ranked now: #{below[0]} " in reply.text
+    assert service.feedback.count_rows("rankings") == rankings  # a look, not a feed: no record
