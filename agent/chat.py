@@ -1,9 +1,12 @@
-"""Chat about a recommendation: "why was this recommended?", "show me less like this", "more about X".
+"""Chat about a recommendation: "why was this recommended?", "why is A above B?", "why don't I see more X?",
+"what if I hadn't read that?", "show me less like this", "more about X", "undo that".
 
-Every answer is grounded in the stored ranking record (the signals and profile facts the ranker used), not in
-a fresh guess. Requests to see less or more change the reader's explicit preferences, so the next feed differs.
-The LLM may phrase the answer, but its text is untrusted: it is kept only if it is short, clean and names a
-fact from the record; otherwise the reader gets the answer written from the record directly.
+Every answer is computed from the stored ranking record (the signals and profile facts the ranker used), the
+reader's profile and the articles there are, never guessed: comparisons from the two items' signals,
+counterfactuals by blending the record's items again. Requests to see less or more change the reader's explicit
+preferences, so the next feed differs; rules, not the model, recognise them. The LLM may phrase a "why", but its
+text is untrusted: it is shown only if `judge` finds it faithful to the record; otherwise the reader gets the
+answer written from the record.
 """
 
 from __future__ import annotations

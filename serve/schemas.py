@@ -220,8 +220,9 @@ class ChatOut(BaseModel):
     answer: str
     source: str = Field(description="llm: phrased by the model and checked against the record; record: written from it")
     intent: str = Field(
-        description="why, above (a comparison of two items), why-not (a topic missing from the feed), less (a mute "
-        "was added) or more (an interest was added)"
+        description="why, above (a comparison of two items), why-not (a topic missing from the feed), what-if (a "
+        "counterfactual computed on the record), less (a mute was added), more (an interest was added) or undo (the "
+        "conversation's last preference change was reverted)"
     )
     ranking_id: str
     article_id: str
