@@ -475,7 +475,8 @@ class Chat:
             moved = reblend(items, embeddings, record.weights, changed)[item.article_id]
             outcomes[read.title] = (moved, f'if you had not read "{read.title}" it would be #{moved} (similarity '
                                            f"{changed[item.article_id]['similarity']:.2f} instead of "
-                                           f"{item.signals.get('similarity', 0.0):.2f})")  # fmt: skip
+                                           f"{item.signals.get('similarity', 0.0):.2f}, the LLM's relevance as it "
+                                           "was)")  # fmt: skip
         asked = self._asked_change(question, outcomes)
         ranked = sorted(outcomes, key=lambda k: (-abs(outcomes[k][0] - now), k))
         lead = asked or (ranked[0] if ranked else None)
@@ -493,14 +494,15 @@ class Chat:
 
     @staticmethod
     def _asked_change(question: str, outcomes: dict[str, tuple[int, str]]) -> str | None:
-        """The change a what-if question names: a term of the blend, or a title the reader read."""
-        words = set(re.findall(r"[a-z]+", question.lower()))
-        for name, synonyms in SIGNAL_NAMES.items():
-            if name in outcomes and words & set(synonyms):
-                return name
+        """The change a what-if question names: a title the reader read (two words of it at least, so that a
+        title's "new" is not taken for freshness), else a term of the blend."""
+        asked = explain.content_words(question)
         titles = [k for k in outcomes if k not in SIGNAL_NAMES]
-        best = max(titles, key=lambda t: len(explain.content_words(t) & explain.content_words(question)), default=None)
-        return best if best and len(explain.content_words(best) & explain.content_words(question)) >= 2 else None
+        best = max(titles, key=lambda t: len(explain.content_words(t) & asked), default=None)
+        if best is not None and len(explain.content_words(best) & asked) >= 2:
+            return best
+        words = set(re.findall(r"[a-z]+", question.lower()))
+        return next((n for n, synonyms in SIGNAL_NAMES.items() if n in outcomes and words & set(synonyms)), None)
 
     # -- why not ------------------------------------------------------------------------------------------
     def _why_not(self, reply: Reply, user_id: str, topic: str, record: RankingRecord) -> Reply:

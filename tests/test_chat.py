@@ -5,6 +5,7 @@ import pytest
 
 from agent.backends.fake import FakeBackend
 from agent.chat import (
+    Chat,
     Message,
     check_messages,
     compare_answer,
@@ -251,6 +252,10 @@ def test_what_if_answers_are_computed_by_blending_the_record_again(corpus_store,
     assert off.text.startswith(f'"{item.title}" is #2 of 8 in this feed. Without the freshness term it would be '
                                f"#{expected}.")  # fmt: skip
     read = corpus_store.get(["f1"])["f1"].article.title
+    chip = "New chip doubles battery life"  # a title's "new" is not freshness
+    outcomes = {"freshness": (1, ""), chip: (1, "")}
+    assert Chat._asked_change(f"what if I hadn't read {chip}?", outcomes) == chip
+    assert Chat._asked_change("what if the new ones counted less?", outcomes) == "freshness"
     unread = ask(f"what if I hadn't read {read}?")
     assert f'If you had not read "{read}" it would be #{unread.facts["what_if"][read]}' in unread.text
     most = ask("What would change it?")
