@@ -48,8 +48,7 @@ def test_ingest_events_recommend_why(run, tmp_path):
 
     store = SqliteFeedbackStore(tmp_path / "data" / "feedback.sqlite3")
     assert [r["user_id"] for r in store.table_rows("events").__next__()] == ["u1"]
-    with store.transaction() as tx:
-        assert tx.row("SELECT COUNT(*) AS n FROM relevance WHERE user_id = 'u1'")["n"] >= 3  # its candidates
+    assert scored(store) >= 3  # its candidates
     store.close()
 
     feed = run("recommend", "--user", "u1", "--k", "3", "--explain", "--json")
@@ -108,3 +107,36 @@ def test_db_status_and_migrate_to_postgresql(run, tmp_path, postgres):
     store = open_store(url)
     assert store.user_ids() == ["u0", "u1", "u2"] and store.count_events() == 3
     store.close()
+
+
+def scored(store) -> int:
+    with store.transaction() as tx:
+        return tx.row("SELECT COUNT(*) AS n FROM relevance WHERE user_id = 'u1'")["n"]
+
+
+def test_a_worker_process_scores_what_is_due_and_stops_on_sigterm(run, tmp_path):
+    """`newsrank worker` on its own, as a deployment that keeps the API apart runs it."""
+    import signal
+    import time
+
+    from store.sqlite import SqliteFeedbackStore
+
+    assert run("ingest", str(FIXTURES / "articles.jsonl"), str(FIXTURES / "news.tsv")).returncode == 0
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps({"user_id": "u1", "article_id": "N1", "type": "click"}) + "\n")
+    assert run("events", "add", str(events)).returncode == 0
+    env = {**os.environ, "NEWSRANK_DATA_DIR": str(tmp_path / "data")}
+    worker = subprocess.Popen([sys.executable, "-m", "serve.cli", "worker"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    store = SqliteFeedbackStore(tmp_path / "data" / "feedback.sqlite3")
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not scored(store):
+            assert worker.poll() is None, worker.stdout.read()
+            time.sleep(0.5)
+        assert scored(store)  # the sweep found u1 active and unscored
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+        store.close()
+    assert "scorer thread(s)" in worker.stdout.read()
