@@ -36,7 +36,6 @@ HISTORY_TURNS = 4  # earlier turns shown to the model: enough for "and the secon
 LESS = re.compile(r"\b(less like (this|that|it)|fewer like|not interested|no more (of )?(this|these)|stop showing)\b")
 MORE_LIKE = re.compile(r"\bmore (like|of) (this|that|these|it)\b")
 MORE = re.compile(r"\bmore (about|on|of)\s+(?P<topic>[\w][\w &'-]{1,40}?)\s*[.!?]*$")
-POSITION = re.compile(r"(?:#|number |no\. ?)(?P<n>\d{1,3})\b")
 ABOVE = re.compile(r"\bwhy\b.*\b(above|ahead of|higher than|before|ranked over|rank(?:ed)? higher than|better than)\b")
 WHY_NOT = re.compile(
     r"\bwhy (?:(?:don'?t|do not|didn'?t|did not|can'?t|cannot) i (?:see|get|read)|(?:are|is) there (?:no|not)|"
@@ -515,8 +514,10 @@ class Chat:
         share = max(profile.category_shares.get(topic, 0.0), profile.subcategory_shares.get(topic, 0.0))
         days = round(self.recency_hours / 24)
         fresh = len(self.articles.recent(since=self.clock() - self.recency_hours * 3600, k=50, categories=[topic]))
+        below = self._ranked_now(user_id, topic, len(record.items))  # a whole ranking of the candidates: once
         facts = {"topic": topic, "muted": topic in profile.mutes, "share_of_reading": round(share, 3),
-                 "fresh_articles": fresh, "in_feed": [i.position for i in in_feed]}  # fmt: skip
+                 "fresh_articles": fresh, "in_feed": [i.position for i in in_feed],
+                 "below_the_cut": [p for p, _ in below]}  # fmt: skip
         if topic in profile.mutes:
             text = f'You muted "{topic}", so none of it is shown. Say "more about {topic}" to see it again.'
         else:
@@ -527,11 +528,11 @@ class Chat:
                 else f"There are {fresh}{'+' if fresh == 50 else ''} {topic} articles from the last {days} days.",
                 "In this feed: " + ", ".join(f'#{i.position} "{i.title}"' for i in in_feed) + "." if in_feed
                 else f"None made this feed's {len(record.items)} items.",
-                *self._below_the_cut(user_id, topic, len(record.items)),
+                *(["Just below the cut, ranked now: " + ", ".join(f'#{p} "{a.title}"' for p, a in below) + "."]
+                  if below else []),
                 f'Say "more about {topic}" and your next feed will lean towards it.',
             ]  # fmt: skip
             text = " ".join(parts)
-        facts["below_the_cut"] = [p for p, _ in self._ranked_now(user_id, topic, len(record.items))]
         shown = in_feed[0] if in_feed else record.items[0]
         return replace(reply, text=text, article_id=shown.article_id, title=shown.title, facts=facts)
 
@@ -539,12 +540,6 @@ class Chat:
         """The reader's candidates in `topic` that rank just below the `shown` items now (three at most)."""
         ranked = self.standings(user_id) if self.standings is not None else ()
         return [(p, a) for p, a in ranked if p > shown and topic in (a.category, a.subcategory)][:3]
-
-    def _below_the_cut(self, user_id: str, topic: str, shown: int) -> list[str]:
-        below = self._ranked_now(user_id, topic, shown)
-        if not below:
-            return []
-        return ["Just below the cut, ranked now: " + ", ".join(f'#{p} "{a.title}"' for p, a in below) + "."]
 
     # -- preference changes -------------------------------------------------------------------------------
     def _label(self, article_id: str) -> str:
