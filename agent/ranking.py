@@ -298,6 +298,17 @@ class Recommender:
         self.tally.add("scoring_dropped", dropped)
         self.scoring_asked.set()
 
+    def active_readers(self) -> dict[str, float]:
+        """Readers with a profile to score, active within `scoring_active_hours`, with when they last were."""
+        return self.feedback.active_readers(self.clock() - self.settings.scoring_active_hours * 3600)
+
+    def articles_arrived(self) -> int:
+        """New articles are candidates nobody's scores cover yet: ask for every active reader's rescoring."""
+        active = self.active_readers()
+        if active:
+            self.ask_scoring([ScoringTask("reader", u, t) for u, t in active.items()])
+        return len(active)
+
     def popularity(self, hits: Sequence[Hit]) -> list[float]:
         """Recent clicks and likes, log-scaled to [0, 1] (the most popular = 1, never clicked = 0)."""
         counts = self.feedback.click_counts(self.clock() - 2 * self.settings.half_life_hours * 3600)

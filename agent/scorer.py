@@ -4,8 +4,8 @@ Feeds read the LLM's relevance from the feedback store (agent/ranking.py); this 
 from one queue in the feedback store, shared by every instance and worker:
 
 - `reader` tasks: score a reader's candidates under their current profile. Asked for by a feed that found a
-  score missing or stale (after the reader's events or preferences changed, or new articles came), by events,
-  and by the sweep: active readers whose scores are older than the TTL, or older than the newest articles.
+  score missing or stale, by events and preference changes, for every active reader when new articles arrive
+  (`Recommender.articles_arrived`), and by the sweep: active readers whose scores are older than the TTL.
 - `explain` tasks: rewrite the template explanations of a reader's latest ranking with the LLM; a rewrite that
   keeps every fact the template names replaces it on the ranking record, where `why` and chat read it.
 
@@ -85,18 +85,10 @@ class Scorer:
         """Ask for the rescoring of every active reader whose scores are older than the TTL; forget scores
         older than the recency window (their articles are no longer candidates). Returns how many were asked."""
         s, now = self.settings, self.recommender.clock()
-        active = self.feedback.active_readers(now - s.scoring_active_hours * 3600)
+        active = self.recommender.active_readers()
         scored = self.feedback.last_scored(self.recommender.scorer(self.recommender.default_adapter()), list(active))
         due = [u for u in active if scored.get(u, 0.0) < now - s.score_ttl_seconds]
         if due:  # a reader already waiting or being scored needs nothing more
             self.recommender.ask_scoring([ScoringTask("reader", u, active[u]) for u in due], again=False)
         self.feedback.forget_relevance(now - s.recency_hours * 3600)
         return len(due)
-
-    def articles_arrived(self) -> int:
-        """New articles are candidates nobody's scores cover yet: ask for every active reader's rescoring."""
-        s, now = self.settings, self.recommender.clock()
-        active = self.feedback.active_readers(now - s.scoring_active_hours * 3600)
-        if active:
-            self.recommender.ask_scoring([ScoringTask("reader", u, t) for u, t in active.items()])
-        return len(active)

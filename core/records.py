@@ -222,17 +222,17 @@ class Job:
     log_tail: str = ""
 
 
-SCORING_KINDS = ("reader", "explain")  # rescore a reader's candidates; rewrite a ranking's explanations
+SCORING_KINDS = ("reader", "explain")  # rescore a reader's candidates; rewrite their latest ranking's explanations
 
 
 @dataclass(frozen=True)
 class ScoringTask:
-    """Work for the background scorer, one per subject (a reader, or a ranking to explain): asking again while
-    it waits only raises its priority, so ten clicks in a row cause one rescoring. `requests` counts the asks,
-    so that one made while the task runs is not lost: the task is run again."""
+    """Work for the background scorer, one per kind and reader: asking again while it waits only raises its
+    priority, so ten clicks in a row cause one rescoring. `requests` counts the asks, so that one made while the
+    task runs is not lost: the task is run again."""
 
     kind: str  # one of SCORING_KINDS
-    subject: str  # the user id, or the ranking id
+    subject: str  # the reader's user id
     priority: float  # when its reader was last active (epoch seconds): the most recently active go first
     requests: int = 1
     requested_at: float = 0.0  # the first ask still waiting: the task's age

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Annotated
 from urllib.parse import quote
@@ -164,9 +165,7 @@ def feed(data: FeedRequestIn, newsrank: Newsrank, request: Req) -> FeedOut:
     each item says where its relevance came from. `fresh` runs the model now (and may answer 429)."""
     request.user.check_user(data.user_id)
     wanted = data.request()
-    if not newsrank.waits_on_llm(wanted):
-        return FeedOut.of(newsrank.recommend(wanted))
-    with newsrank.llm_gate.slot("feed"):
+    with newsrank.llm_gate.slot("feed") if newsrank.waits_on_llm(wanted) else nullcontext():
         return FeedOut.of(newsrank.recommend(wanted))
 
 

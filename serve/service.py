@@ -22,7 +22,6 @@ from agent.backends.metered import MeteredBackend
 from agent.chat import Chat, item_weights, pick_item
 from agent.profile import Profile
 from agent.ranking import MAX_K, Feed, FeedRequest, Recommender
-from agent.scorer import Scorer
 from agent.settings import Settings
 from core.errors import InvalidInput, NotFound, StoreUnavailable
 from core.llm import Backend
@@ -32,7 +31,7 @@ from core.tally import Tally
 from retrieval.embed import Embedder
 from retrieval.ingest import MAX_EXAMPLES, IngestReport, RowError, article_from_dict, ingest_file, parse_time
 from retrieval.store import ChromaArticleStore, chroma_client
-from serve.jobs import INSTANCE, TrainingJobs
+from serve.jobs import TrainingJobs
 from serve.limits import Gate, RateLimiter
 from store import open_store
 
@@ -149,7 +148,6 @@ class Newsrank:
         self.adapters = adapters or AdapterRegistry(settings.adapters_path, feedback, clock)
         self.tally = Tally()
         self.recommender = Recommender(articles, feedback, backend, settings, clock, self.adapters, self.tally)
-        self.scorer = Scorer(self.recommender, f"{INSTANCE}/requests")  # asks for work; the workers do it
         self.chat = Chat(
             feedback, articles, backend, clock, self.recommender.profile, settings.recency_hours, self.standings
         )
@@ -172,7 +170,7 @@ class Newsrank:
     def ingest(self, path: Path, fmt: str | None = None, show_progress: bool = True) -> IngestReport:
         report = ingest_file(self.articles, path, self.clock(), fmt, show_progress)
         if report.ingested:
-            self.scorer.articles_arrived()
+            self.recommender.articles_arrived()
         return report
 
     def seed_demo(self, show_progress: bool = True) -> IngestReport:
@@ -214,7 +212,7 @@ class Newsrank:
             except InvalidInput as exc:
                 raise InvalidInput(f"article {number}: {exc}") from None
         stored = self.articles.upsert(articles)
-        self.scorer.articles_arrived()
+        self.recommender.articles_arrived()
         return stored
 
     # -- events -------------------------------------------------------------------------------------------
