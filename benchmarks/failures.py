@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from concurrent_feed import free_port, serving  # the app under uvicorn in a thread (benchmarks/concurrent_feed.py)
@@ -244,6 +244,25 @@ def wait_for(seconds: float, until: Callable[[], bool] = lambda: False) -> bool:
     return False
 
 
+T = TypeVar("T")
+
+
+def under_outage(base: str, key: str, args: argparse.Namespace, stop: Callable[[], Any], start: Callable[[], T]
+                 ) -> tuple[Timeline, T]:  # fmt: skip
+    """The load before, during and after an outage: `stop` begins it, `start` repairs it (what it returns is
+    returned, beside the timeline)."""
+    timeline = Timeline(base, key, args.clients, MIX, args.before + args.outage + args.after + 60)
+    wait_for(args.before)
+    timeline.mark("outage")
+    stop()
+    wait_for(args.outage)
+    timeline.mark("repair")
+    repaired = start()
+    wait_for(args.after)
+    timeline.finish()
+    return timeline, repaired
+
+
 def phase_of(result: Result, marks: dict[str, float]) -> str:
     """By the time the answer came: what a client saw while the part was broken."""
     if result.end < marks["outage"]:
@@ -305,15 +324,7 @@ def chroma(args: argparse.Namespace, root: Path, key: str, model: Model) -> None
         settings = scenario_settings(args, root / "chroma", key, chroma_url=server.url, **model.settings)
         service = start_service(settings, model.backend)
         with serving(service) as base:
-            timeline = Timeline(base, key, args.clients, MIX, args.before + args.outage + args.after + 60)
-            wait_for(args.before)
-            timeline.mark("outage")
-            server.stop()
-            wait_for(args.outage)
-            timeline.mark("repair")
-            up = server.start()
-            wait_for(args.after)
-            timeline.finish()
+            timeline, up = under_outage(base, key, args, server.stop, server.start)
         service.feedback.close()
         report("Chroma server stopped, then started again", timeline, settings.store_url,
                f"`chroma run` at {server.url}; after the restart its heartbeat answered in {up:.1f} s")  # fmt: skip
@@ -362,15 +373,7 @@ def llm(args: argparse.Namespace, root: Path, key: str) -> None:
         settings = scenario_settings(args, root / "llm", key, backend="openai", openai_urls=[replica.url])
         service = start_service(settings)  # the backend stack from the settings: metered, micro-batched, openai
         with serving(service) as base:
-            timeline = Timeline(base, key, args.clients, MIX, args.before + args.outage + args.after + 60)
-            wait_for(args.before)
-            timeline.mark("outage")
-            replica.stop()
-            wait_for(args.outage)
-            timeline.mark("repair")
-            replica.start()
-            wait_for(args.after)
-            timeline.finish()
+            timeline, _ = under_outage(base, key, args, replica.stop, replica.start)
         service.feedback.close()
         report("LLM replica stopped, then started again", timeline, settings.store_url,
                f"NEWSRANK_BACKEND=openai, one stub replica at {replica.url}, timeout {settings.openai_timeout:g} s, "
