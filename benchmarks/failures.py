@@ -298,8 +298,9 @@ def report(name: str, timeline: Timeline, store_url: str, note: str = "") -> Non
         counts = [durability(store, run) for run in (timeline.run, timeline.probe)]
     finally:
         store.close()
-    lost = [pair for _, _, missing in counts for pair in missing]
-    print(f"- events acknowledged (201): {sum(c[0] for c in counts)}; in the store: {sum(c[1] for c in counts)}; "
+    lost = [pair for c in counts for pair in c.lost]
+    print(f"- events acknowledged (201): {sum(c.acknowledged for c in counts)}; in the store: "
+          f"{sum(c.stored for c in counts)}; "
           f"lost: {len(lost)}" + (f" e.g. {lost[:3]}" if lost else ""))  # fmt: skip
     for line in SERVICE_LOG.summary():
         print(f"- service log: {line}")
