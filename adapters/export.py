@@ -62,10 +62,13 @@ def sample_negatives(examples: Sequence[Example], per_positive: int | None, seed
     return kept
 
 
-def from_mind(contexts: Iterable, backend: Backend, history_titles: int) -> Iterator[Example]:
+def from_mind(contexts: Iterable, backend: Backend, settings: Settings) -> Iterator[Example]:
     """Examples from replayed MIND impressions (agent.evaluate.contexts): every candidate with its label."""
     for ctx in contexts:
-        requests = relevance_requests(backend, ctx.profile.render(history_titles), [h.article for h in ctx.hits])
+        profile_text = ctx.profile.render(settings.history_titles)
+        requests = relevance_requests(
+            backend, profile_text, [h.article for h in ctx.hits], text=settings.candidate_text
+        )
         group = ctx.impression.user_id or ctx.impression.id
         for request, label in zip(requests, ctx.labels, strict=True):
             yield Example(request.prefix, request.suffix, label, group)
@@ -97,9 +100,10 @@ def from_feedback(
                 user_id, before, preferences, known, seen_at,
                 half_life_days=settings.interest_half_life_days, top_interests=settings.top_interests,
             )  # fmt: skip
-            request = relevance_requests(backend, profile.render(settings.history_titles), [known[article_id].article])[
-                0
-            ]
+            profile_text = profile.render(settings.history_titles)
+            [request] = relevance_requests(
+                backend, profile_text, [known[article_id].article], text=settings.candidate_text
+            )
             yield Example(request.prefix, request.suffix, int(bool(kinds[article_id] & POSITIVE)), user_id)
 
 

@@ -45,7 +45,12 @@ class TrainConfig:
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LINEAR))
     learning_rate: float = 3e-4
     epochs: int = 1
-    batch_size: int = 32  # most candidates per step; they share one prefix
+    batch_size: int = 32  # most candidates per forward pass; they share one prefix
+    accumulate: int = 1  # impressions (prefix groups) per optimizer step
+    packed: bool = True  # each group as one sequence with a block mask; False: the prefix cache copied per row
+    # save the adapter as it is after this many training examples (a learning curve from one run), under
+    # OUTPUT/snapshots/N-examples; only in the first epoch
+    snapshots: list[int] = field(default_factory=list)
     validation_share: float = 0.2
     max_examples: int | None = None
     seed: int = 0
@@ -116,7 +121,7 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     from safetensors.torch import load_file
     from tqdm import tqdm
 
-    from agent.backends.transformers import answer_margins, answer_token_ids
+    from agent.backends.transformers import answer_token_ids
 
     output = Path(config.output)
     checkpoint = output / "checkpoint"
@@ -144,7 +149,7 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     answer_ids = answer_token_ids(tokenizer)
 
-    step, losses = 0, []
+    step, losses, seen = 0, [], 0  # optimizer steps are counted in groups; `seen`: training examples
     run_id = data_hash(Path(config.data)) + json.dumps(asdict(config), sort_keys=True)
     if (checkpoint / "state.pt").is_file():
         # tensors and plain values only: a checkpoint is never a way to run code
@@ -152,7 +157,7 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
         if state.get("run_id") == run_id:  # the same data and config: resume where it stopped
             peft.set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
             optimizer.load_state_dict(state["optimizer"])
-            step, losses = state["step"], state["losses"]
+            step, losses, seen = state["step"], state["losses"], state.get("seen", 0)
 
     base_before = fingerprint(model)
     total = config.epochs * len(plan)
@@ -163,26 +168,28 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
             epoch, index = divmod(step, len(plan))
             order = list(range(len(plan)))
             random.Random(config.seed + epoch).shuffle(order)  # a fixed order per epoch: resumable
-            batch = plan[order[index]]
-            prefix_ids = tokenizer(batch[0].prefix, add_special_tokens=False, return_tensors="pt").input_ids.to(
-                config.device
-            )
-            cache = model(input_ids=prefix_ids, use_cache=True).past_key_values
-            cache.batch_repeat_interleave(len(batch))
-            margins = answer_margins(
-                model, tokenizer, [e.suffix for e in batch], cache, prefix_ids.shape[1], answer_ids
-            )
-            labels = torch.tensor([float(e.label) for e in batch], device=config.device)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(margins, labels)
+            group = [plan[order[i]] for i in range(index, min(index + config.accumulate, len(plan)))]
             optimizer.zero_grad()
-            loss.backward()
+            loss = 0.0
+            for batch in group:  # gradients summed over the step's impressions, each graph freed after its pass
+                labels = torch.tensor([float(e.label) for e in batch], device=config.device)
+                part = torch.nn.functional.binary_cross_entropy_with_logits(
+                    margins(model, tokenizer, batch, answer_ids, config), labels, reduction="sum"
+                ) / sum(len(b) for b in group)
+                part.backward()
+                loss += part.item()
             optimizer.step()
-            losses.append(loss.item())
-            step += 1
-            bar.update(1)
+            losses.append(loss)
+            step += len(group)
+            before, seen = seen, seen + sum(len(b) for b in group)
+            bar.update(len(group))
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
-            if step % config.checkpoint_every == 0 or step == total:
-                save_checkpoint(model, optimizer, {"step": step, "losses": losses, "run_id": run_id}, checkpoint, torch)
+            for n in config.snapshots:
+                if before < n <= seen:
+                    model.save_pretrained(output / "snapshots" / f"{n}-examples")
+            if step // config.checkpoint_every > (step - len(group)) // config.checkpoint_every or step == total:
+                state = {"step": step, "losses": losses, "seen": seen, "run_id": run_id}
+                save_checkpoint(model, optimizer, state, checkpoint, torch)
 
     model.eval()
     adapter = output / "adapter"
@@ -195,6 +202,7 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
                      "train_positive": sum(e.label for e in train)},
         "config": asdict(config),
         "steps": step,
+        "examples_seen": seen,
         "train_seconds_this_run": round(time.perf_counter() - started, 1),
         "train_loss_last_20": sum(losses[-20:]) / max(len(losses[-20:]), 1),
         "base_weights_unchanged": fingerprint(model) == base_before,
@@ -202,6 +210,19 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     }  # fmt: skip
     (adapter / "card.json").write_text(json.dumps(card, indent=2))
     return card
+
+
+def margins(model: Any, tokenizer: Any, batch: list[Example], answer_ids: tuple[int, int], config: TrainConfig) -> Any:
+    """The answer margins of one group of candidates that share a prefix, as serving computes them."""
+    from agent.backends.transformers import answer_margins, packed_margins
+
+    prefix, suffixes = batch[0].prefix, [e.suffix for e in batch]
+    if config.packed:
+        return packed_margins(model, tokenizer, prefix, suffixes, answer_ids)
+    prefix_ids = tokenizer(prefix, add_special_tokens=False, return_tensors="pt").input_ids.to(config.device)
+    cache = model(input_ids=prefix_ids, use_cache=True).past_key_values
+    cache.batch_repeat_interleave(len(batch))
+    return answer_margins(model, tokenizer, suffixes, cache, prefix_ids.shape[1], answer_ids)
 
 
 def fingerprint(model: Any) -> list[float]:

@@ -278,6 +278,8 @@ SAYS = {
     "relevance": {"relevant", "profile", "interest", "interests", "judged", "model", "match", "matches"},
     "similarity": {"close", "closely", "similar", "read", "reading", "like"},
     "affinity": {"topic", "topics", "follow", "following", "read", "lot", "interest", "interests"},
+    "closest": {"close", "closely", "similar", "read", "one", "article"},
+    "subcategory": {"subtopic", "topic", "topics", "follow", "following", "read", "lot"},
     "popularity": {"popular", "readers", "clicked", "trending", "many"},
     "freshness": {"fresh", "new", "newest", "recent", "latest", "just"},
     "diversity": {"variety", "varied", "different", "adds"},

@@ -12,14 +12,15 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from agent import explain, metrics
 from agent.profile import Profile, build_profile
-from agent.ranking import PROMPT_VERSION, relevance_requests
+from agent.ranker import Ranker
+from agent.ranking import DEFAULT_CANDIDATE_TEXT, prompt_version, relevance_requests
 from agent.scoring import BlendWeights, blend_rank, cosine_similarity
 from core.errors import InvalidInput
 from core.llm import Backend
@@ -27,7 +28,7 @@ from core.records import SIGNALS, Article, Event, Hit, Preferences, Signals
 from retrieval.embed import Embedder
 from retrieval.ingest import RowError, parse_time, read_mind_news
 
-METHODS = ("random", "popularity", "category", "embedding", "llm", "llm+adapter", "blend")
+METHODS = ("random", "popularity", "category", "embedding", "llm", "llm+adapter", "blend", "ranker")
 LLM_METHODS = ("llm", "llm+adapter")
 PARTS = ("all", "tune", "heldout")
 TOP = 10
@@ -196,6 +197,9 @@ class Evaluator:
     adapter: str | None = None
     explain_top: int = 0
     history_titles: int = 5
+    candidate_text: str = DEFAULT_CANDIDATE_TEXT
+    ranker: Ranker | None = None
+    model: str = ""  # the scorer's model, as the ranker's `scorer` names it
 
     def score(self, method: str, ctx: Context, llm: Callable[[str], list[float]]) -> MethodResult:
         start = time.perf_counter()
@@ -212,35 +216,49 @@ class Evaluator:
             scores = cosine_to_query(ctx)
         elif method in LLM_METHODS:
             adapter = self.adapter if method == "llm+adapter" else None
-            requests = relevance_requests(
-                self.backend, ctx.profile.render(self.history_titles), [h.article for h in ctx.hits], adapter
-            )
+            profile_text = ctx.profile.render(self.history_titles)
+            articles = [h.article for h in ctx.hits]
+            requests = relevance_requests(self.backend, profile_text, articles, adapter, self.candidate_text)
             scores = self.backend.score(requests)
             tokens = self.backend.count_tokens(requests[0].prefix) + sum(
                 self.backend.count_tokens(r.suffix) for r in requests
             )
-        elif method == "blend":
-            scores, sources = self.blend(ctx, llm("llm+adapter" if self.adapter else "llm"))
+        elif method in ("blend", "ranker"):
+            scores, sources = self.blend(ctx, llm("llm+adapter" if self.adapter else "llm"), method == "ranker")
         else:
             raise InvalidInput(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
         return MethodResult(scores, time.perf_counter() - start, tokens, sources)
 
     def signals(self, ctx: Context, relevance: Sequence[float]) -> list[Signals]:
         similarity = cosine_to_query(ctx)
+        closest = ctx.profile.closest(ctx.embeddings)
         return [
             Signals(
                 relevance=float(y),
                 similarity=float(max(s, 0.0)),
                 affinity=ctx.profile.affinity(h.article),
+                closest=float(max(c, 0.0)),
+                subcategory=ctx.profile.subcategory_shares.get(h.article.subcategory, 0.0),
                 popularity=p,
                 freshness=1.0,  # MIND news carry no publication time
             )
-            for h, y, s, p in zip(ctx.hits, relevance, similarity, ctx.popularity, strict=True)
+            for h, y, s, c, p in zip(ctx.hits, relevance, similarity, closest, ctx.popularity, strict=True)
         ]
 
-    def blend(self, ctx: Context, relevance: Sequence[float]) -> tuple[list[float], list[str]]:
-        """The product's own ranking: the blend with greedy MMR; a candidate's score is its place, reversed."""
-        placed = blend_rank(self.signals(ctx, relevance), ctx.embeddings, self.weights)
+    @property
+    def scorer(self) -> str:
+        """The LLM's scores, named as the recommender names them (Recommender.scorer)."""
+        return f"{self.model}|{self.adapter or '-'}|{prompt_version(self.candidate_text)}|pointwise"
+
+    def blend(self, ctx: Context, relevance: Sequence[float], learned: bool = False) -> tuple[list[float], list[str]]:
+        """The product's own ranking with greedy MMR, with the hand-set weights or (`learned`) the reader's weights
+        from the learned ranker; a candidate's score is its place, reversed."""
+        weights = self.weights
+        if learned:
+            if self.ranker is None:
+                raise InvalidInput("method ranker needs a ranker file (--ranker)")
+            weights = BlendWeights(**self.ranker.weights(ctx.profile.engaged, self.scorer, self.weights))
+        placed = blend_rank(self.signals(ctx, relevance), ctx.embeddings, weights)
         n = len(placed)
         scores = [0.0] * n
         for position, p in enumerate(placed):
@@ -274,12 +292,14 @@ class MethodReport:
 def method_key(method: str, evaluator: Evaluator, model: str) -> str:
     """What a cached score depends on: a different model, adapter, prompt or weights starts a new cache."""
     parts: list[object] = [method, evaluator.seed]
-    if method in LLM_METHODS or method == "blend":
-        parts += [model, PROMPT_VERSION, evaluator.history_titles]
-    if method == "llm+adapter" or (method == "blend" and evaluator.adapter):
+    if method in (*LLM_METHODS, "blend", "ranker"):
+        parts += [model, prompt_version(evaluator.candidate_text), evaluator.history_titles]
+    if method == "llm+adapter" or (method in ("blend", "ranker") and evaluator.adapter):
         parts.append(evaluator.adapter)
-    if method == "blend":
-        parts += [sorted(evaluator.weights.__dict__.items()), evaluator.explain_top]
+    if method in ("blend", "ranker"):
+        parts += [sorted(evaluator.weights.items()), evaluator.explain_top]
+    if method == "ranker" and evaluator.ranker is not None:
+        parts.append(json.dumps(asdict(evaluator.ranker), sort_keys=True))
     return _digest(json.dumps(parts, default=str))
 
 
@@ -330,10 +350,10 @@ def run(
     if "llm+adapter" in methods and not evaluator.adapter:
         raise InvalidInput("method llm+adapter needs --adapter")
     needed = list(methods)
-    if "blend" in needed:
+    if "blend" in needed or "ranker" in needed:
         base = "llm+adapter" if evaluator.adapter else "llm"
         needed = [base, *[m for m in needed if m != base]]
-    needed.sort(key=lambda m: m == "blend")  # the blend last
+    needed.sort(key=lambda m: m in ("blend", "ranker"))  # the blends last: they read the LLM's scores
     prepared = list(contexts(impressions, corpus))
     caches = {m: ScoreCache(cache_dir / f"{m}-{method_key(m, evaluator, model)}.jsonl") for m in needed}
     try:
@@ -408,6 +428,33 @@ def fit_weights(
     budget = max(1.0 - sum(value for name, value in keep.items() if name not in fitted), 0.0)
     w = w / w.sum() * budget if w.sum() > 0 else w
     return BlendWeights(**{**keep, **{name: round(float(v), 3) for name, v in zip(fitted, w, strict=True)}})
+
+
+def ranker_impressions(evaluator: Evaluator, rows: dict[str, dict], prepared: Sequence[Context]) -> list:
+    """The replayed impressions as a learned ranker sees them (agent.ranker.Impression), with these LLM scores."""
+    from agent import ranker
+
+    return [
+        ranker.Impression(
+            ctx.impression.id,
+            tuple(evaluator.signals(ctx, rows[ctx.impression.id]["scores"])),
+            tuple(ctx.labels),
+            ctx.profile.engaged,
+            scored=True,
+        )
+        for ctx in prepared
+    ]
+
+
+def fit_ranker(evaluator: Evaluator, rows: dict[str, dict], prepared: Sequence[Context], **fitted_on) -> Ranker:
+    """A learned ranker (agent.ranker) fitted on the clicks of these impressions, over the LLM scores in `rows`."""
+    from agent import ranker
+
+    impressions = ranker_impressions(evaluator, rows, prepared)
+    signals = [s for i in impressions for s in i.signals]
+    history = [i.history for i in impressions for _ in i.signals]
+    labels = [label for i in impressions for label in i.labels]
+    return ranker.fit(signals, history, labels, [True] * len(labels), evaluator.scorer, **fitted_on)
 
 
 def report_markdown(reports: Sequence[MethodReport], title: str) -> str:

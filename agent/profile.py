@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent import prompts
-from agent.scoring import decay, weighted_mean
+from agent.scoring import cosine_similarity, decay, weighted_mean
 from core.records import Article, Event, Hit, Preferences
 
 PROFILE_TEMPLATE = "profile.v1"
@@ -56,6 +56,7 @@ class Profile:
     query: np.ndarray | None = None  # retrieval vector; None for a cold-start reader
     category_shares: Mapping[str, float] = field(default_factory=dict)
     subcategory_shares: Mapping[str, float] = field(default_factory=dict)
+    engaged: int = 0  # articles with positive engagement (the history is the latest of them)
 
     @property
     def cold_start(self) -> bool:
@@ -75,6 +76,12 @@ class Profile:
         return 0.5 * (
             self.category_shares.get(article.category, 0.0) + self.subcategory_shares.get(article.subcategory, 0.0)
         )
+
+    def closest(self, embeddings: np.ndarray) -> np.ndarray:
+        """Each row's largest cosine similarity to a single history item (0 without history)."""
+        if not self.history:
+            return np.zeros(len(embeddings))
+        return cosine_similarity(embeddings, np.stack([h.embedding for h in self.history])).max(axis=1)
 
     def render(self, history_titles: int = 5) -> str:
         return prompts.render(
@@ -159,6 +166,7 @@ def build_profile(
         query=query,
         category_shares=category_shares,
         subcategory_shares=subcategory_shares,
+        engaged=len(positive),
     )
 
 

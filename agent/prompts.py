@@ -22,6 +22,9 @@ TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
     "candidate.v1": frozenset({"title", "category", "subcategory", "abstract"}),
     "candidate.v2": frozenset({"title", "category", "subcategory", "abstract"}),  # quoted, neutralized article text
     "relevance.v1": frozenset({"profile", "candidate"}),
+    # the question in the shared prefix; a candidate's own text and the answer cue after it (candidate.v3)
+    "relevance.v2": frozenset({"profile"}),
+    "candidate.v3": frozenset({"text", "limit", "category"}),
     "explain.v1": frozenset({"title", "reason"}),
     "explain_answer.v1": frozenset(),  # the start of the answer, so the model continues a sentence to "you"
     "listwise.v1": frozenset({"profile", "candidates"}),

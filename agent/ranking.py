@@ -16,13 +16,15 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from agent import explain, prompts
 from agent.listwise import Permutation, listwise_rank, parse_permutation, rank_scores
 from agent.profile import Profile, build_profile
-from agent.scoring import blend_rank, cosine_similarity, freshness, without
+from agent.ranker import Ranker, RankerRegistry
+from agent.scoring import BlendWeights, blend_rank, cosine_similarity, freshness, without
 from agent.settings import Settings
 from core.errors import EmptyStore, InvalidInput, NotFound, model_failure
 from core.llm import Backend, GenerateRequest, ScoreRequest
@@ -33,11 +35,18 @@ from core.tally import Tally
 log = logging.getLogger("newsrank.ranking")
 
 SYSTEM = "system.v1"
-RELEVANCE = "relevance.v1"
-CANDIDATE = "candidate.v2"  # untrusted article text delimited and neutralised (docs/RELIABILITY.md)
+RELEVANCE = "relevance.v2"  # the question lives in the shared prefix, which ends where the answers begin
+CANDIDATE = "candidate.v3"  # the article's own text, quoted as untrusted data, and the answer cue: nothing else
 LISTWISE = "listwise.v1"
-PROMPT_VERSION = f"{RELEVANCE}+{CANDIDATE}+profile.v1"
-SPLIT = "\x00CANDIDATE\x00"  # where the shared prefix ends and a candidate's own text begins
+# What a candidate's suffix holds, by name, as (its text, cut to this many characters, with its category). Each
+# costs about 20 prompt tokens a candidate on MIND-dev, the prefix's share included; the default was chosen by
+# measurement on the tune part (docs/BENCHMARKS.md).
+CANDIDATE_TEXTS: dict[str, tuple[Callable[[Article], str], int, bool]] = {
+    "title": (lambda a: a.title, 52, False),
+    "title+category": (lambda a: a.title, 40, True),
+    "title+abstract": (lambda a: f"{a.title}. {a.abstract}" if a.abstract else a.title, 50, False),
+}
+DEFAULT_CANDIDATE_TEXT = Settings.model_fields["candidate_text"].default
 MAX_K = 100
 LISTWISE_TOKENS = 60
 
@@ -87,13 +96,24 @@ def profile_key(profile_text: str) -> str:
     return hashlib.sha256(profile_text.encode()).hexdigest()[:16]
 
 
-def candidate_text(article: Article, with_abstract: bool = False, template: str = CANDIDATE) -> str:
+def prompt_version(text: str = DEFAULT_CANDIDATE_TEXT) -> str:
+    """The prompt a relevance was computed with: scores under another prompt are not comparable."""
+    return f"{RELEVANCE}+{CANDIDATE}:{text}+profile.v1"
+
+
+def candidate_text(article: Article, text: str = DEFAULT_CANDIDATE_TEXT) -> str:
+    if text not in CANDIDATE_TEXTS:
+        raise InvalidInput(f"unknown candidate text {text!r}; expected one of {', '.join(CANDIDATE_TEXTS)}")
+    body, limit, with_category = CANDIDATE_TEXTS[text]
     return prompts.render(
-        template,
-        title=article.title,
-        category=article.category,
-        subcategory=article.subcategory,
-        abstract=article.abstract if with_abstract else "",
+        CANDIDATE, text=body(article), limit=limit, category=article.category if with_category else ""
+    )
+
+
+def listed(article: Article) -> str:
+    """An article as one line of the listwise prompt."""
+    return prompts.render(
+        "candidate.v2", title=article.title, category=article.category, subcategory=article.subcategory, abstract=""
     )
 
 
@@ -102,15 +122,15 @@ def relevance_requests(
     profile_text: str,
     articles: Sequence[Article],
     adapter: str | None = None,
-    candidate_template: str = CANDIDATE,
+    text: str = DEFAULT_CANDIDATE_TEXT,
 ) -> list[ScoreRequest]:
-    """The pointwise prompts: one shared prefix (system, profile, question), one suffix per candidate.
+    """The pointwise prompts: one shared prefix (system, profile, question, the start of the answer), and per
+    candidate only its own text and the answer cue.
 
     Training export renders examples through this same function, so served and trained prompts match.
     """
-    user = prompts.render(RELEVANCE, profile=profile_text, candidate=SPLIT)
-    prefix, tail = backend.chat_prompt(prompts.render(SYSTEM), user).split(SPLIT)
-    return [ScoreRequest(prefix, candidate_text(a, template=candidate_template) + tail, adapter) for a in articles]
+    prefix = backend.chat_prompt(prompts.render(SYSTEM), prompts.render(RELEVANCE, profile=profile_text))
+    return [ScoreRequest(prefix, candidate_text(a, text), adapter) for a in articles]
 
 
 class Recommender:
@@ -133,6 +153,7 @@ class Recommender:
         self.tally = tally or Tally()
         self.scoring_asked = threading.Event()  # set when work is queued: a worker in this process wakes at once
         self._interest_vectors: dict[str, np.ndarray] = {}
+        self._ranker: tuple[tuple[str, int | None], Ranker] | None = None
 
     def use_adapter(self, reference: str | None) -> str | None:
         """The backend's name for the adapter a request names ("clicks" = its active version, "clicks@3" = that
@@ -154,9 +175,25 @@ class Recommender:
                 raise
             return None
 
+    def learned_ranker(self) -> tuple[str, Ranker] | None:
+        """The learned ranker the settings name (NEWSRANK_RANKER: a registered NAME[@VERSION] or a JSON file), read
+        again when its file changes: a ranker activated on any instance is used on the next feed."""
+        reference = self.settings.ranker
+        if not reference:
+            return None
+        if reference.endswith(".json"):
+            key, path = Path(reference).stem, Path(reference)
+        else:
+            key, path = RankerRegistry(self.settings.adapters_path / "rankers").path(reference)
+        stamp = (key, path.stat().st_mtime_ns if path.is_file() else None)
+        if self._ranker is None or self._ranker[0] != stamp:
+            self._ranker = (stamp, Ranker.load(path))
+        return key, self._ranker[1]
+
     def scorer(self, adapter: str | None) -> str:
         """What a relevance score is only comparable under: model, adapter, prompts and strategy."""
-        return f"{self.backend.model}|{adapter or '-'}|{PROMPT_VERSION}|{self.settings.strategy}"
+        prompt = prompt_version(self.settings.candidate_text)
+        return f"{self.backend.model}|{adapter or '-'}|{prompt}|{self.settings.strategy}"
 
     # -- profile ------------------------------------------------------------------------------------------
     def profile(self, user_id: str, without: frozenset[str] = frozenset()) -> Profile:
@@ -244,7 +281,9 @@ class Recommender:
         articles = [h.article for h in hits]
         if self.settings.strategy == "listwise":
             return self._listwise(profile_text, articles, adapter)
-        return self.backend.score(relevance_requests(self.backend, profile_text, articles, adapter))
+        return self.backend.score(
+            relevance_requests(self.backend, profile_text, articles, adapter, self.settings.candidate_text)
+        )
 
     def cached_relevance(
         self, user_id: str, profile_text: str, hits: Sequence[Hit], adapter: str | None
@@ -318,9 +357,7 @@ class Recommender:
 
     def _listwise(self, profile_text: str, articles: Sequence[Article], adapter: str | None) -> list[float]:
         def rank_window(indices: Sequence[int]) -> Permutation:
-            user = prompts.render(
-                LISTWISE, profile=profile_text, candidates=[candidate_text(articles[i]) for i in indices]
-            )
+            user = prompts.render(LISTWISE, profile=profile_text, candidates=[listed(articles[i]) for i in indices])
             prompt = self.backend.chat_prompt(prompts.render(SYSTEM), user)
             text = self.backend.generate([GenerateRequest(prompt, LISTWISE_TOKENS, adapter)])[0].text
             return parse_permutation(text, len(indices))
@@ -352,7 +389,12 @@ class Recommender:
         hits = self.candidates(profile, request.categories, request.exclude_categories, request.max_age_hours)
         lap("candidates")
         popularity = self.popularity(hits)
-        weights, degraded = s.weights.frozen(), []
+        weights, degraded, strategy = s.weights.frozen(), [], s.strategy
+        learned = None if profile.cold_start else self.learned_ranker()
+        if learned is not None:  # the reader's own weights, from the ranker fitted on clicks
+            key, ranker = learned
+            weights = BlendWeights(**ranker.weights(profile.engaged, self.scorer(adapter), weights))
+            strategy = f"{s.strategy}+ranker:{key}"
         # a cold-start reader has no history to judge by: popularity is the relevance prior
         if profile.cold_start or not hits:
             relevance, sources = list(popularity), ["popularity"] * len(hits)
@@ -376,17 +418,20 @@ class Recommender:
             self.tally.add("feed_relevance", source=source)
         lap("relevance")
 
+        embeddings = np.stack([h.embedding for h in hits]) if hits else np.zeros((0, 1))
+        closest = profile.closest(embeddings)
         signals = [
             Signals(
                 relevance=0.0 if y is None else float(y),
                 freshness=freshness((now - h.article.published_at) / 3600, s.half_life_hours),
                 similarity=float(np.clip(h.similarity or 0.0, 0.0, 1.0)),
                 affinity=profile.affinity(h.article),
+                closest=float(np.clip(c, 0.0, 1.0)),
+                subcategory=profile.subcategory_shares.get(h.article.subcategory, 0.0),
                 popularity=p,
             )
-            for h, y, p in zip(hits, relevance, popularity, strict=True)
+            for h, y, c, p in zip(hits, relevance, closest, popularity, strict=True)
         ]
-        embeddings = np.stack([h.embedding for h in hits]) if hits else np.zeros((0, 1))
         lacking = without(weights, "relevance")  # a candidate not scored yet is blended on its other signals
         placed = blend_rank(signals, embeddings, [lacking if y is None else weights for y in relevance], request.k)
         lap("blend")
@@ -431,8 +476,8 @@ class Recommender:
             ranking_id=uuid.uuid4().hex,
             user_id=request.user_id,
             created_at=now,
-            strategy="popularity" if profile.cold_start else s.strategy,
-            prompt_version=PROMPT_VERSION,
+            strategy="popularity" if profile.cold_start else strategy,
+            prompt_version=prompt_version(self.settings.candidate_text),
             backend=self.backend.name,
             model=self.backend.model,
             adapter=None if profile.cold_start else adapter,

@@ -122,6 +122,7 @@ class SignalSpec:
 # Each a candidate's own number in [0, 1]. The weights of relevance, similarity, affinity and popularity were
 # fitted by logistic regression on the clicks of the tuning part of MIND-dev (`newsrank eval --part tune
 # --fit-weights`, docs/BENCHMARKS.md); freshness cannot be measured there (MIND has no times) and is set by hand.
+# closest and subcategory weigh nothing in the hand-set blend; a learned ranker (agent/ranker.py) weighs them.
 # A new signal: declare it here and as a field of Signals, and compute it in agent/ranking.py (and, for
 # replayed impressions, in agent/evaluate.py).
 SIGNALS = (
@@ -131,6 +132,10 @@ SIGNALS = (
                "it is close to what you read", "sim"),
     SignalSpec("affinity", 0.2, "the reader's share of reading in the article's category and subcategory",
                "you read a lot in this topic", "top"),
+    SignalSpec("closest", 0.0, "the largest cosine similarity of the article to a single article the reader read",
+               "it is close to one article you read", "one"),
+    SignalSpec("subcategory", 0.0, "the reader's share of reading in the article's subcategory",
+               "you read a lot in this subtopic", "sub"),
     SignalSpec("popularity", 0.15, "readers' recent clicks, log-scaled (the most clicked = 1)",
                "many readers clicked it recently", "pop"),
     SignalSpec("freshness", 0.15, "0.5 ^ (age / half-life): 1 for a brand-new article", "it is fresh", "new",
@@ -149,6 +154,8 @@ class Signals:
     relevance: float = 0.0
     similarity: float = 0.0
     affinity: float = 0.0
+    closest: float = 0.0
+    subcategory: float = 0.0
     popularity: float = 0.0
     freshness: float = 0.0
 

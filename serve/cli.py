@@ -92,6 +92,7 @@ def cmd_why(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from agent import evaluate
     from agent.models import offline
+    from agent.ranker import Ranker
     from agent.settings import Settings
     from retrieval.embed import Embedder
     from serve.service import make_backend
@@ -107,7 +108,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise InvalidInput(f"no impressions in part {args.part!r}")
     cache = Path(args.cache) if args.cache else settings.data_dir / "eval-cache"
     corpus = evaluate.Corpus(Path(args.news), Embedder(settings.embedder), cache)
-    needs_llm = any(m in (*evaluate.LLM_METHODS, "blend") for m in methods) or args.fit_weights
+    needs_llm = any(m in (*evaluate.LLM_METHODS, "blend", "ranker") for m in methods) or args.fit_weights
+    needs_llm = needs_llm or bool(args.fit_ranker)
     backend = make_backend(settings) if needs_llm else None
     if backend is not None:
         backend.warm()  # so the model's loading time does not count as scoring time
@@ -120,16 +122,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
             adapter, folder = version.key, version.path
         backend.load_adapter(adapter, str(folder))
     evaluator = evaluate.Evaluator(
-        backend, settings.weights.frozen(), args.seed, adapter, args.explain, settings.history_titles
-    )
+        backend, settings.weights.frozen(), args.seed, adapter, args.explain, settings.history_titles,
+        settings.candidate_text, ranker=Ranker.load(Path(args.ranker)) if args.ranker else None,
+        model=backend.model if backend else "",
+    )  # fmt: skip
     base = "llm+adapter" if adapter else "llm"
-    if args.fit_weights and base not in methods:
+    if (args.fit_weights or args.fit_ranker) and base not in methods:
         methods = [base, *methods]
     model = f"{settings.backend}:{settings.llm}"
     rows, prepared = evaluate.run(chosen, corpus, evaluator, methods, cache, model)
     print(f"{len(prepared)} impressions evaluated ({args.part} part, seed {args.seed}), "
           f"{len(chosen) - len(prepared)} skipped (no known clicked candidate)")  # fmt: skip
-    reports = [evaluate.summarize(m, rows[m], prepared, rows[base] if m == "blend" else None) for m in methods]
+    blends = ("blend", "ranker")
+    reports = [evaluate.summarize(m, rows[m], prepared, rows[base] if m in blends else None) for m in methods]
     title = f"{Path(args.behaviors).parent.name or 'MIND'}, {args.part} part, {len(prepared)} impressions"
     table = evaluate.report_markdown(reports, title)
     print(table)
@@ -138,6 +143,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"fitted blend weights ({base} relevance; logistic regression on the clicks of these impressions):")
         for name, value in fitted.items():
             print(f"  NEWSRANK_WEIGHTS__{name.upper()}={value}")
+    if args.fit_ranker:
+        fitted = evaluate.fit_ranker(evaluator, rows[base], prepared, source=f"{args.behaviors} {args.part} part")
+        fitted.save(Path(args.fit_ranker))
+        print(f"ranker fitted on {len(prepared)} impressions ({base} relevance) written to {args.fit_ranker}")
     if args.predictions:
         evaluate.write_predictions(Path(args.predictions), rows[methods[0]], prepared)
         print(f"predictions ({methods[0]}) written to {args.predictions}")
@@ -204,7 +213,7 @@ def _mind_examples(args: argparse.Namespace, service):
     chosen = evaluate.select(impressions, args.part, args.seed, args.limit)
     corpus = evaluate.Corpus(Path(args.mind_news), service.articles.embedder, service.settings.data_dir / "eval-cache")
     contexts = evaluate.contexts(chosen, corpus)
-    return export.from_mind(contexts, service.backend, service.settings.history_titles)
+    return export.from_mind(contexts, service.backend, service.settings)
 
 
 def _since(value: str | None, registry, name: str) -> float:
@@ -239,6 +248,62 @@ def cmd_adapters(args: argparse.Namespace) -> int:
         raise InvalidInput(f"adapters {args.action} needs an adapter name")
     version = registry.activate(args.reference) if args.action == "activate" else registry.rollback(args.reference)
     print(f"{version.key} is now active")
+    return 0
+
+
+def cmd_ranker(args: argparse.Namespace) -> int:
+    from agent import ranker
+    from agent.settings import Settings
+
+    settings = Settings()
+    registry = ranker.RankerRegistry(settings.adapters_path / "rankers")
+    if args.action == "list":
+        names = [args.reference] if args.reference else sorted(p.name for p in registry.root.glob("*") if p.is_dir())
+        if not names:
+            print("no rankers yet: `newsrank ranker fit --name NAME` fits one on the store's impressions")
+        for name in names:
+            active = registry.state(name)["active"]
+            for version in registry.versions(name):
+                gate = ranker.Ranker.load(registry.root / name / f"v{version}.json").fitted_on.get("gate", {})
+                auc = f"  validation AUC {gate['new'][0]:.2f}" if gate else ""
+                print(f"{'*' if version == active else ' '} {name}@{version}{auc}")
+        return 0
+    if not args.reference:
+        raise InvalidInput(f"ranker {args.action} needs a ranker name")
+    if args.action == "activate":
+        name, _, number = args.reference.partition("@")
+        if not number.isdigit():
+            raise InvalidInput("ranker activate needs NAME@VERSION")
+        registry.activate(name, int(number))
+        print(f"{args.reference} is now active")
+        return 0
+    if args.action == "rollback":
+        print(f"{args.reference}@{registry.rollback(args.reference)} is now active")
+        return 0
+    from retrieval.ingest import parse_time
+    from store import open_store
+
+    store = open_store(settings.store_url)
+    try:
+        impressions, scorer = ranker.from_feedback(store, parse_time(args.since, float("-inf")))
+    finally:
+        store.close()
+    print(f"{len(impressions)} rankings shown since {args.since or 'the start'}; "
+          f"{sum(i.scored for i in impressions)} scored by {scorer or 'no LLM'}")  # fmt: skip
+    current = None
+    with contextlib.suppress(InvalidInput):  # nothing active under this name yet: the hand-set weights are the bar
+        current = ranker.Ranker.load(registry.path(args.reference)[1])
+    fitted, decision = ranker.fit_and_gate(
+        impressions, scorer, settings.weights.frozen(), current, source="feedback store", since=args.since
+    )
+    print(decision.summary())
+    if decision.passed or args.force:
+        version = registry.publish(args.reference, fitted)
+        print(f"published {args.reference}@{version} and made it active" + (" (forced)" if args.force else ""))
+        if settings.ranker != args.reference:
+            print(f"serve it with NEWSRANK_RANKER={args.reference}")
+        return 0
+    print("not published (use --force to publish anyway)")
     return 0
 
 
@@ -393,6 +458,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", help="NAME[@VERSION] from the registry, or a PEFT adapter folder")
     p.add_argument("--explain", type=int, default=0, help="explain the blend's top N per impression")
     p.add_argument("--fit-weights", action="store_true", help="fit the blend weights on these impressions")
+    p.add_argument("--ranker", help="a ranker file (JSON) for method ranker")
+    p.add_argument("--fit-ranker", metavar="PATH", help="fit a learned ranker on these impressions, write it here")
     p.add_argument("--predictions", help="write MIND leaderboard predictions of the first method here")
     p.add_argument("--report", help="write a markdown report (and a PNG plot beside it) here")
     p.add_argument("--cache", help="score cache folder (default DATA_DIR/eval-cache): reruns resume")
@@ -419,6 +486,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "activate", "rollback"])
     p.add_argument("reference", nargs="?", help="NAME or NAME@VERSION")
     p.set_defaults(run=cmd_adapters)
+
+    p = commands.add_parser("ranker", help="fit a learned ranker on the store's impressions, gate and version it")
+    p.add_argument("action", choices=["fit", "list", "activate", "rollback"])
+    p.add_argument("reference", nargs="?", help="NAME (fit, list, rollback) or NAME@VERSION (activate)")
+    p.add_argument("--since", help="fit: rankings since TIME (ISO-8601); default: all")
+    p.add_argument("--force", action="store_true", help="publish even if the gate finds it no better")
+    p.set_defaults(run=cmd_ranker)
 
     p = commands.add_parser("db", help="the feedback store: status, migrate, or copy it into a new database")
     p.add_argument("action", choices=["status", "migrate", "migrate-to"])

@@ -14,11 +14,12 @@ from adapters.registry import AdapterRegistry, parse_reference
 from agent import evaluate
 from agent.backends.fake import FakeBackend
 from agent.ranking import FeedRequest, relevance_requests
+from agent.settings import Settings
 from core.errors import InvalidInput, NotFound
-from core.records import Event, registered_id
+from core.records import Article, Event, registered_id
 from serve.service import Newsrank
 from store.sqlite import SqliteFeedbackStore
-from tests.conftest import NOW, random_lora
+from tests.conftest import NOW, SPORTS_TITLES, random_lora
 
 MIND = Path(__file__).parent / "fixtures" / "mind"
 
@@ -142,7 +143,9 @@ def test_training_changes_the_adapter_not_the_base_and_resumes(llm, tmp_path):
     impressions = evaluate.read_behaviors(MIND / "behaviors.tsv")[0][:4]
     corpus = evaluate.Corpus(MIND / "news.tsv", llm_embedder(), tmp_path / "cache", show_progress=False)
     data = tmp_path / "examples.jsonl"
-    export.write_examples(data, export.from_mind(evaluate.contexts(impressions, corpus), llm, 3))
+    export.write_examples(
+        data, export.from_mind(evaluate.contexts(impressions, corpus), llm, Settings(history_titles=3))
+    )
     config = train.load_config(None, ["rank=4", "batch_size=8", "validation_share=0.0", "checkpoint_every=2"],
                                data=str(data), output=str(tmp_path / "run"))  # fmt: skip
     card = train.main(config, show_progress=False)
@@ -169,6 +172,43 @@ def test_training_changes_the_adapter_not_the_base_and_resumes(llm, tmp_path):
     losses = torch.load(state_path, weights_only=False)["losses"]
     assert resumed["steps"] == 4 and len(losses) == 4 and losses[:2] == first_losses[:2]
     assert losses[2:] != first_losses[2:]  # steps 3 and 4 ran again, from the checkpoint's weights
+
+
+def test_packed_candidates_score_as_each_would_alone(llm):
+    """One sequence with a block mask gives every candidate the margin it gets after the prefix on its own."""
+    from agent.backends.transformers import answer_margins, packed_margins
+
+    articles = [Article(str(i), title, 0.0, category="sports") for i, title in enumerate(SPORTS_TITLES)]
+    requests = relevance_requests(llm, "Interests: sports, football.", articles)
+    with torch.inference_mode(), llm._adapter(None) as model:
+        packed = packed_margins(model, llm.tokenizer, requests[0].prefix, [r.suffix for r in requests],
+                                llm._answer_ids)  # fmt: skip
+        alone = torch.cat([
+            answer_margins(model, llm.tokenizer, [r.prompt], None, 0, llm._answer_ids) for r in requests
+        ])  # fmt: skip
+    assert torch.allclose(packed, alone, atol=1e-4)
+    assert packed.std() > 0.05  # different titles, different answers: the mask did not blur them together
+    with pytest.raises(InvalidInput):
+        packed_margins(model, llm.tokenizer, requests[0].prefix, [], llm._answer_ids)
+
+
+def test_packed_and_padded_training_learn_the_same_and_snapshots_are_saved(llm, tmp_path):
+    impressions = evaluate.read_behaviors(MIND / "behaviors.tsv")[0][:4]
+    corpus = evaluate.Corpus(MIND / "news.tsv", llm_embedder(), tmp_path / "cache", show_progress=False)
+    data = tmp_path / "examples.jsonl"
+    export.write_examples(data, export.from_mind(evaluate.contexts(impressions, corpus), llm, Settings()))
+    losses = {}
+    for packed in (True, False):
+        run = tmp_path / f"run-{packed}"
+        overrides = ["rank=4", "dropout=0", "validation_share=0.0", "snapshots=[10]", "accumulate=2"]
+        overrides.append(f"packed={json.dumps(packed)}")
+        config = train.load_config(None, overrides, data=str(data), output=str(run))
+        card = train.main(config, show_progress=False)
+        assert card["examples_seen"] == 24 and card["steps"] == 4  # 4 impressions, 2 per optimizer step
+        assert (run / "snapshots" / "10-examples" / "adapter_model.safetensors").is_file()
+        losses[packed] = torch.load(run / "checkpoint" / "state.pt", weights_only=False)["losses"]
+    # the same examples, the same start: the two ways to compute the margins give the same training
+    assert losses[True] == pytest.approx(losses[False], abs=1e-3)
 
 
 def llm_embedder():

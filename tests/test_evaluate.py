@@ -12,6 +12,7 @@ from agent import evaluate
 from agent.backends.fake import FakeBackend
 from agent.scoring import BlendWeights
 from core.errors import InvalidInput
+from core.records import SIGNALS
 
 MIND = Path(__file__).parent / "fixtures" / "mind"
 
@@ -125,7 +126,7 @@ def test_fitted_weights_fill_the_budget(corpus, impressions, tmp_path):
     rows, prepared = evaluate.run(impressions, corpus, evaluator, ["llm"], tmp_path, "fake", show_progress=False)
     fitted = evaluate.fit_weights(evaluator, rows["llm"], prepared, BlendWeights(diversity=0.1, freshness=0.2))
     assert (fitted["diversity"], fitted["freshness"]) == (0.1, 0.2)
-    total = fitted["relevance"] + fitted["similarity"] + fitted["affinity"] + fitted["popularity"]
+    total = sum(fitted[spec.name] for spec in SIGNALS if spec.fitted)
     assert total == pytest.approx(0.7, abs=0.01) and fitted["affinity"] > 0
 
 

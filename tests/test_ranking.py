@@ -5,7 +5,7 @@ import math
 import pytest
 
 from agent.backends.fake import FakeBackend
-from agent.ranking import FeedRequest, Recommender, relevance_requests
+from agent.ranking import CANDIDATE_TEXTS, FeedRequest, Recommender, candidate_text, relevance_requests
 from core.errors import EmptyStore, InvalidInput, NotFound
 from core.records import Event, Preferences
 from retrieval.store import ChromaArticleStore, chroma_client
@@ -120,13 +120,22 @@ def test_a_named_adapter_reaches_the_backend_and_the_record(recommender, feedbac
 def test_prompts_share_one_prefix_and_end_where_the_answer_starts(recommender, corpus_store):
     articles = [corpus_store.get(["s4"])["s4"].article, corpus_store.get(["f1"])["f1"].article]
     requests = relevance_requests(recommender.backend, "Interests: sports.", articles)
-    assert requests[0].prefix == requests[1].prefix and requests[0].prefix.endswith("Article:\n")
-    # candidate.v2: the article's own text quoted as untrusted data
-    assert (
-        requests[0].suffix.startswith("Title: «Hawks coach praises defense")
-        and "» (sports, football)" in requests[0].suffix
-    )
+    # relevance.v2: the question in the shared prefix, never in a candidate's suffix
+    assert requests[0].prefix == requests[1].prefix
+    assert requests[0].prefix.endswith("would this reader click each article below?\n")
+    # candidate.v3: the article's own text, cut, and the answer cue; nothing else
+    assert requests[0].suffix == "Hawks coach praises defense before Sunday's… ->"
+    assert "Answer" not in requests[0].suffix and "Interests" not in requests[0].suffix
     assert requests[0].prompt == requests[0].prefix + requests[0].suffix
+
+
+def test_candidate_texts_cut_to_one_budget_and_name_the_category_when_asked(corpus_store):
+    article = corpus_store.get(["s4"])["s4"].article
+    assert candidate_text(article, "title+category").startswith(f"{article.category}: Hawks coach")
+    for text in CANDIDATE_TEXTS:
+        assert len(candidate_text(article, text)) <= 80 and candidate_text(article, text).endswith(" ->")
+    with pytest.raises(InvalidInput):
+        candidate_text(article, "abstract")
 
 
 def test_listwise_strategy_reads_the_permutation(corpus_store, feedback, settings):

@@ -1,0 +1,337 @@
+"""A learned ranker: how much to trust each signal, fitted on clicks instead of set by hand.
+
+Logistic regression of a click on a candidate's signals (core.records.SIGNALS: the LLM's relevance, similarity to
+the profile and to the closest single history item, category and subcategory shares, popularity), with the
+reader's history size interacting with the signals it makes more or less reliable. For one reader the history
+size is fixed, so the fitted model is a linear blend with that reader's own weights: `weights()` turns a reader
+into blend weights, and the feed, its record, `why` and chat work with them exactly as with the hand-set ones.
+Freshness (MIND has no times) and the diversity term stay settings on top.
+
+Every input is a share, a cosine, a probability or a bounded log of the history size, so a fit on one platform's
+traffic carries to another of a different size (docs/BENCHMARKS.md checks a fit across MIND samples).
+
+A ranker is a small JSON file: two fits (with the LLM's relevance, and without it for a scorer the ranker was not
+fitted with), the scorer its relevance came from, and what it was fitted on. `newsrank ranker` fits, gates,
+versions and activates them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from agent import metrics
+from core.errors import InvalidInput
+from core.records import SIGNALS, RankingRecord, Signals
+from core.stores import FeedbackStore
+
+FORMAT = "newsrank-ranker/1"
+HISTORY_SCALE = math.log1p(50)
+FEATURES = tuple(spec.name for spec in SIGNALS if spec.fitted)
+# the signals a long history makes more telling (or a short one less)
+INTERACTIONS = ("relevance", "similarity", "closest")
+
+
+def history_feature(items: int) -> float:
+    """A reader's history size as a number near [0, 1]: log(1 + items) / log(1 + 50)."""
+    return math.log1p(max(items, 0)) / HISTORY_SCALE
+
+
+def columns(names: Sequence[str]) -> list[str]:
+    return [*names, *(f"{name}*history" for name in INTERACTIONS if name in names)]
+
+
+def matrix(signals: Sequence[Signals], history: Sequence[int], names: Sequence[str]) -> np.ndarray:
+    rows = []
+    for s, items in zip(signals, history, strict=True):
+        h = history_feature(items)
+        rows.append([getattr(s, c.split("*")[0]) * (h if "*" in c else 1.0) for c in columns(names)])
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(columns(names)))
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One logistic regression on standardised columns. `spread`: the range of its logits over the middle 90 % of
+    the candidates it was fitted on, the span the blend's budget is given to."""
+
+    columns: list[str]
+    mean: list[float]
+    scale: list[float]
+    coef: list[float]
+    intercept: float
+    spread: float
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return ((x - np.asarray(self.mean)) / np.asarray(self.scale)) @ np.asarray(self.coef) + self.intercept
+
+    def per_signal(self, history: int) -> dict[str, float]:
+        """The logit's slope in each signal for a reader with this history size."""
+        h = history_feature(history)
+        slopes: dict[str, float] = {}
+        for column, coef, scale in zip(self.columns, self.coef, self.scale, strict=True):
+            name, _, inter = column.partition("*")
+            slopes[name] = slopes.get(name, 0.0) + coef / scale * (h if inter else 1.0)
+        return slopes
+
+
+def fit_columns(signals: Sequence[Signals], history: Sequence[int], labels: Sequence[int], names: Sequence[str],
+                l2: float = 1.0) -> Fit:  # fmt: skip
+    x = matrix(signals, history, names)
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    w = metrics.fit_logistic((x - mean) / scale, np.asarray(labels), l2=l2)
+    fit = Fit(columns(names), mean.tolist(), scale.tolist(), w[:-1].tolist(), float(w[-1]), 1.0)
+    low, high = np.percentile(fit.logits(x), [5, 95])
+    return Fit(fit.columns, fit.mean, fit.scale, fit.coef, fit.intercept, float(max(high - low, 1e-6)))
+
+
+@dataclass(frozen=True)
+class Ranker:
+    with_llm: Fit | None  # None: fitted where the LLM had scored nothing
+    without_llm: Fit
+    scorer: str | None  # the LLM scorer (model|adapter|prompt|strategy) whose relevance with_llm was fitted on
+    fitted_on: dict = field(default_factory=dict)  # what it learned from, and its quality there
+    format: str = FORMAT
+
+    def fit_for(self, scorer: str | None) -> Fit:
+        """With the LLM's relevance only for the scorer it was fitted with: another model's P(Yes) means else."""
+        return self.with_llm if self.with_llm is not None and scorer == self.scorer else self.without_llm
+
+    def weights(self, history: int, scorer: str | None, settings: Mapping[str, float]) -> dict[str, float]:
+        """The blend weights for one reader: the fit's slopes, scaled so that its middle 90 % of logits spans the
+        budget the hand-set blend gives the fitted signals; freshness and diversity as `settings` set them."""
+        fit = self.fit_for(scorer)
+        budget = sum(settings[name] for name in FEATURES)
+        slopes = fit.per_signal(history)
+        return {
+            **settings,
+            **{name: round(budget * slopes.get(name, 0.0) / fit.spread, 6) for name in FEATURES},
+        }
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Ranker:
+        try:
+            raw = json.loads(Path(path).read_text())
+            if raw.get("format") != FORMAT:
+                raise ValueError(f"format {raw.get('format')!r}, expected {FORMAT!r}")
+            with_llm = Fit(**raw["with_llm"]) if raw["with_llm"] else None
+            ranker = cls(**{**raw, "with_llm": with_llm, "without_llm": Fit(**raw["without_llm"])})
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise InvalidInput(f"not a ranker file: {path} ({exc})") from None
+        for fit in (ranker.with_llm, ranker.without_llm):
+            if fit is not None and not set(fit.columns) <= set(columns(FEATURES)):
+                raise InvalidInput(f"ranker {path} has columns {fit.columns}; this version reads {columns(FEATURES)}")
+        return ranker
+
+
+def fit(
+    signals: Sequence[Signals],
+    history: Sequence[int],
+    labels: Sequence[int],
+    scored: Sequence[bool],
+    scorer: str | None,
+    l2: float = 1.0,
+    **fitted_on: object,
+) -> Ranker:
+    """Both fits on the same clicks: with the LLM's relevance (candidates it scored) and without it (all)."""
+    if not any(labels) or all(labels):
+        raise InvalidInput("fitting a ranker needs both clicked and unclicked candidates")
+    index = [i for i, s in enumerate(scored) if s]
+    chosen = [labels[i] for i in index]
+    with_llm = None
+    if any(chosen) and not all(chosen):
+        with_llm = fit_columns([signals[i] for i in index], [history[i] for i in index], chosen, FEATURES, l2)
+    base = [name for name in FEATURES if name != "relevance"]
+    without_llm = fit_columns(signals, history, labels, base, l2)
+    return Ranker(with_llm, without_llm, scorer, {"candidates": len(labels), "clicks": int(sum(labels)), **fitted_on})
+
+
+class RankerRegistry:
+    """Versions of learned rankers in one folder, which every instance shares (beside the adapters):
+    NAME/vN.json, and NAME/state.json with the active version and the ones active before it (for rollback)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(int(p.stem[1:]) for p in (self.root / name).glob("v*.json") if p.stem[1:].isdigit())
+
+    def state(self, name: str) -> dict:
+        path = self.root / name / "state.json"
+        return json.loads(path.read_text()) if path.is_file() else {"active": None, "before": []}
+
+    def publish(self, name: str, ranker: Ranker) -> int:
+        """Store a new version and make it active; returns its number."""
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise InvalidInput(f"bad ranker name {name!r}: letters, digits, - and _ only")
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        version = (self.versions(name) or [0])[-1] + 1
+        while True:  # another instance may publish at the same time: never overwrite its version
+            try:
+                with (folder / f"v{version}.json").open("x") as out:
+                    out.write(json.dumps(asdict(ranker), indent=1))
+                break
+            except FileExistsError:
+                version += 1
+        self.activate(name, version)
+        return version
+
+    def activate(self, name: str, version: int) -> None:
+        if version not in self.versions(name):
+            raise InvalidInput(f"no ranker {name}@{version}; versions: {self.versions(name)}")
+        state = self.state(name)
+        if state["active"] != version:
+            before = [*state["before"], state["active"]] if state["active"] is not None else state["before"]
+            self._write_state(name, {"active": version, "before": before})
+
+    def rollback(self, name: str) -> int:
+        state = self.state(name)
+        if not state["before"]:
+            raise InvalidInput(f"ranker {name} has no earlier active version to go back to")
+        version = state["before"][-1]
+        self._write_state(name, {"active": version, "before": state["before"][:-1]})
+        return version
+
+    def path(self, reference: str) -> tuple[str, Path]:
+        """ "NAME" (its active version) or "NAME@N": the version's key and file."""
+        name, _, number = reference.partition("@")
+        version = int(number) if number.isdigit() else self.state(name)["active"]
+        if version is None or version not in self.versions(name):
+            raise InvalidInput(f"no ranker {reference!r} under {self.root}: fit one with `newsrank ranker fit`")
+        return f"{name}@{version}", self.root / name / f"v{version}.json"
+
+    def _write_state(self, name: str, state: dict) -> None:
+        path = self.root / name / "state.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(path)
+
+
+# -- fitting from logged impressions, gated like adapters ----------------------------------------------------------
+@dataclass(frozen=True)
+class Impression:
+    """What one reader was shown at once (a ranking, or a MIND impression) and what they clicked."""
+
+    group: str
+    signals: tuple[Signals, ...]
+    labels: tuple[int, ...]
+    history: int  # the reader's history items then
+    scored: bool  # the relevance came from the scorer being fitted
+
+
+def ranked_by(impression: Impression, weights: Mapping[str, float]) -> list[float]:
+    """The blend's score of each candidate before the diversity term (which needs the embeddings)."""
+    return [sum(weights[name] * getattr(s, name) for name in FEATURES) for s in impression.signals]
+
+
+def mean_auc(impressions: Sequence[Impression], weights_of) -> tuple[float, float, int]:
+    """Mean AUC ×100 over the impressions with a click and a non-click, its standard error, and their number."""
+    values = [a for i in impressions if (a := metrics.auc(i.labels, ranked_by(i, weights_of(i)))) is not None]
+    if not values:
+        return 0.0, 0.0, 0
+    return 100 * float(np.mean(values)), 100 * metrics.standard_error(values), len(values)
+
+
+@dataclass(frozen=True)
+class Decision:
+    new: tuple[float, float, int]
+    current: tuple[float, float, int]
+    against: str
+
+    @property
+    def passed(self) -> bool:
+        return self.new[2] > 0 and self.new[0] >= self.current[0]
+
+    def summary(self) -> str:
+        (a, se, n), (b, se_b, _) = self.new, self.current
+        verdict = "passed" if self.passed else "FAILED"
+        return (f"gate {verdict}: held-out AUC {a:.2f} ± {se:.2f} against {b:.2f} ± {se_b:.2f} ({self.against}), "
+                f"on {n} impressions")  # fmt: skip
+
+
+def fit_and_gate(
+    impressions: Sequence[Impression],
+    scorer: str | None,
+    hand_set: Mapping[str, float],
+    current: Ranker | None,
+    validation_share: float = 0.2,
+    seed: int = 0,
+    **fitted_on: object,
+) -> tuple[Ranker, Decision]:
+    """Fit on the impressions outside a seeded validation share (by group), and compare the product's ranking
+    with the new ranker against the one serving now (the hand-set weights if none) on that share."""
+
+    def held_out(group: str) -> bool:  # the same seeded split by group as the adapters' gate
+        return int(hashlib.sha256(f"{seed}:{group}".encode()).hexdigest(), 16) % 10_000 / 10_000 < validation_share
+
+    validation = [i for i in impressions if held_out(i.group)]
+    train = [i for i in impressions if not held_out(i.group)]
+    rows = [(s, i.history, label, i.scored) for i in train for s, label in zip(i.signals, i.labels, strict=True)]
+    if not rows:
+        raise InvalidInput("no impressions to fit a ranker on")
+    signals, history, labels, scored = map(list, zip(*rows, strict=True))
+    fitted_on = {"impressions": len(train), "validation_impressions": len(validation), **fitted_on}
+    new = fit(signals, history, labels, scored, scorer, **fitted_on)
+
+    def weights_by(ranker: Ranker | None):
+        return lambda i: ranker.weights(i.history, scorer if i.scored else None, hand_set) if ranker else hand_set
+
+    decision = Decision(
+        mean_auc(validation, weights_by(new)), mean_auc(validation, weights_by(current)),
+        "the active ranker" if current else "the hand-set weights",
+    )  # fmt: skip
+    return replace(new, fitted_on={**new.fitted_on, "gate": asdict(decision)}), decision
+
+
+ENGAGED = frozenset({"click", "like"})
+CLICK_WINDOW_SECONDS = 24 * 3600.0  # a click this long after a feed was shown counts for it
+
+
+def from_feedback(feedback: FeedbackStore, since: float) -> tuple[list[Impression], str | None]:
+    """A platform's own impressions: every ranking shown to a reader since a time, each item labelled by whether
+    the reader clicked or liked it within a day of the ranking. The scorer fitted for is the one that scored
+    most of them; the others count as rankings without the LLM's relevance."""
+    found: list[tuple[RankingRecord, tuple[int, ...], int]] = []
+    for user_id in feedback.user_ids(since):
+        events = feedback.events(user_id)
+        for record in feedback.rankings_for(user_id):
+            if record.created_at < since or record.cold_start or not record.items:
+                continue
+            end = record.created_at + CLICK_WINDOW_SECONDS
+            clicked = {e.article_id for e in events if e.type in ENGAGED and record.created_at <= e.ts <= end}
+            history = len({e.article_id for e in events if e.type in ENGAGED and e.ts < record.created_at})
+            found.append((record, tuple(int(i.article_id in clicked) for i in record.items), history))
+    scorers = Counter(record_scorer(r) for r, _, _ in found)
+    scorer = scorers.most_common(1)[0][0] if scorers else None
+    known = {f.name for f in fields(Signals)}
+    impressions = [
+        Impression(
+            r.ranking_id,
+            tuple(Signals(**{k: v for k, v in i.signals.items() if k in known}) for i in r.items),
+            labels,
+            history,
+            scored=record_scorer(r) == scorer and all(i.relevance_source in ("llm", "llm-stale") for i in r.items),
+        )
+        for r, labels, history in found
+    ]
+    return impressions, scorer
+
+
+def record_scorer(record: RankingRecord) -> str:
+    """The scorer of a ranking's relevance, named as Recommender.scorer names it."""
+    strategy = record.strategy.split("+")[0]
+    return f"{record.model}|{record.adapter or '-'}|{record.prompt_version}|{strategy}"

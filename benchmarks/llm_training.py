@@ -1,0 +1,197 @@
+"""Training the LLM on clicks: what an example costs, what the candidate text is worth, and a learning curve.
+
+    python benchmarks/llm_training.py speed   # today's trainer and the packed one, side by side
+    python benchmarks/llm_training.py texts   # the candidate texts of agent.ranking.CANDIDATE_TEXTS
+    python benchmarks/llm_training.py curve   # adapters after 1k, 2k, 4k and all examples of the tune part
+
+`speed` trains two adapters on the same tune-part examples in one process: the trainer as it was (prompt
+relevance.v1 + candidate.v2, where every candidate repeats the question's end and the chat tail, and the prefix's
+cache is copied for every candidate of a padded batch) and the packed one (relevance.v2 + candidate.v3: a
+candidate is its text and the answer cue; all candidates of an impression in one sequence after the prefix, with
+a block mask). It prints examples per second of each, their ratio, and each adapter's AUC on held-out
+impressions. `texts` trains one packed adapter per candidate text on the same tune impressions and scores each on
+later tune impressions (the held-out part stays unseen). `curve` trains once on the adapter's share of the tune
+part, saving the adapter after 1k, 2k and 4k examples, and writes the LLM scores of each snapshot for the held-out
+impressions and the ranker's share of the tune part to `--out`, for `newsrank ranker` and
+`benchmarks/ranker.py`. Scores are cached there: a rerun goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adapters import export, train
+from agent import evaluate, metrics, prompts
+from agent.backends.transformers import TransformersBackend
+from agent.ranking import CANDIDATE_TEXTS, DEFAULT_CANDIDATE_TEXT, SYSTEM, relevance_requests
+from agent.settings import PACKAGED_LLM
+from core.llm import ScoreRequest
+from retrieval.embed import Embedder
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mind-dev"
+SPLIT = "\x00CANDIDATE\x00"
+ADAPTER_PART = 500  # the first 500 tune impressions train adapters; the rest of the tune part fits the ranker
+
+
+@dataclass
+class Arm:
+    name: str
+    packed: bool
+    old_prompt: bool = False
+    text: str = DEFAULT_CANDIDATE_TEXT
+
+
+def old_requests(backend, profile_text: str, articles) -> list[ScoreRequest]:
+    """The prompts before relevance.v2: the question and the chat template's tail in every candidate's suffix."""
+    user = prompts.render("relevance.v1", profile=profile_text, candidate=SPLIT)
+    prefix, tail = backend.chat_prompt(prompts.render(SYSTEM), user).split(SPLIT)
+    return [
+        ScoreRequest(prefix, prompts.render("candidate.v2", title=a.title, category=a.category,
+                                            subcategory=a.subcategory, abstract="") + tail)
+        for a in articles
+    ]  # fmt: skip
+
+
+def requests_for(arm: Arm, backend, ctx, adapter: str | None = None) -> list[ScoreRequest]:
+    articles = [h.article for h in ctx.hits]
+    profile_text = ctx.profile.render(5)
+    if arm.old_prompt:
+        return [ScoreRequest(r.prefix, r.suffix, adapter) for r in old_requests(backend, profile_text, articles)]
+    return relevance_requests(backend, profile_text, articles, adapter, arm.text)
+
+
+def examples(arm: Arm, backend, contexts, negatives: int, seed: int = 0) -> list[export.Example]:
+    rows = []
+    for ctx in contexts:
+        group = ctx.impression.id
+        rows += [export.Example(r.prefix, r.suffix, label, group)
+                 for r, label in zip(requests_for(arm, backend, ctx), ctx.labels, strict=True)]  # fmt: skip
+    return export.sample_negatives(rows, negatives, seed)
+
+
+def train_arm(arm: Arm, rows: list[export.Example], out: Path, **config) -> tuple[Path, float]:
+    """Train on every row (no validation share); returns the adapter folder and the examples per second."""
+    data = out / arm.name / "examples.jsonl"
+    export.write_examples(data, rows)
+    run = out / arm.name / "run"
+    card = train.main(train.TrainConfig(
+        data=str(data), output=str(run), packed=arm.packed, validation_share=0.0, checkpoint_every=10**6,
+        **config,
+    ))  # fmt: skip
+    return run / "adapter", len(rows) / card["train_seconds_this_run"]
+
+
+def score(arm: Arm, backend, contexts, adapter: str | None, cache: Path) -> dict[str, list[float]]:
+    """Each impression's scores, cached by impression id in a JSONL file."""
+    from tqdm import tqdm
+
+    done: dict[str, list[float]] = {}
+    if cache.is_file():
+        for line in cache.read_text().splitlines():
+            row = json.loads(line)
+            done[row["id"]] = row["scores"]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with cache.open("a") as out:
+        for ctx in tqdm([c for c in contexts if c.impression.id not in done], desc=f"score {arm.name}"):
+            scores = backend.score(requests_for(arm, backend, ctx, adapter))
+            done[ctx.impression.id] = scores
+            out.write(json.dumps({"id": ctx.impression.id, "scores": scores}) + "\n")
+            out.flush()
+    return done
+
+
+def auc(contexts, scores: dict[str, list[float]]) -> tuple[float, float]:
+    values = [a for c in contexts if (a := metrics.auc(c.labels, scores[c.impression.id])) is not None]
+    return 100 * float(np.mean(values)), 100 * metrics.standard_error(values)
+
+
+def tokens_per_candidate(arm: Arm, backend, contexts) -> float:
+    total = n = 0
+    for ctx in contexts:
+        requests = requests_for(arm, backend, ctx)
+        total += backend.count_tokens(requests[0].prefix) + sum(backend.count_tokens(r.suffix) for r in requests)
+        n += len(requests)
+    return total / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=["speed", "texts", "curve"])
+    parser.add_argument("--train-impressions", type=int, default=60, help="speed/texts: first N tune impressions")
+    parser.add_argument("--negatives", type=int, default=4, help="unclicked candidates kept per click")
+    parser.add_argument("--eval-impressions", type=int, default=100)
+    parser.add_argument("--snapshots", default="1000,2000,4000", help="curve: adapters saved after N examples")
+    parser.add_argument("--out", default="data/llm-training", help="runs, examples and score caches")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    out = Path(args.out)
+    impressions, _ = evaluate.read_behaviors(DATA / "behaviors.tsv")
+    corpus = evaluate.Corpus(DATA / "news.tsv", Embedder(), Path("data/eval-cache"))
+    tune = list(evaluate.contexts(evaluate.select(impressions, "tune", 0, None), corpus))
+    heldout = list(evaluate.contexts(evaluate.select(impressions, "heldout", 0, 300), corpus))
+    backend = TransformersBackend(PACKAGED_LLM, Path("~/.cache/newsrank/models").expanduser(), threads=args.threads)
+    config = {"threads": args.threads}
+
+    if args.experiment == "speed":
+        arms = [Arm("before", packed=False, old_prompt=True), Arm("packed", packed=True)]
+        chosen, judged = tune[: args.train_impressions], heldout[: args.eval_impressions]
+        print(f"{args.train_impressions} tune impressions, {args.negatives} negatives per click; "
+              f"AUC on the first {len(judged)} held-out impressions")  # fmt: skip
+        for arm in arms:
+            rows = examples(arm, backend, chosen, args.negatives)
+            adapter, speed = train_arm(arm, rows, out / "speed", **config)
+            backend.load_adapter(arm.name, str(adapter))
+            value, se = auc(judged, score(arm, backend, judged, arm.name, out / "speed" / arm.name / "scores.jsonl"))
+            tokens = tokens_per_candidate(arm, backend, judged)
+            arm.result = (len(rows), speed, value, se, tokens)  # type: ignore[attr-defined]
+        print("| trainer | examples | examples/s | held-out AUC (LLM alone) | prompt tokens/candidate |")
+        print("|---|---:|---:|---:|---:|")
+        for arm in arms:
+            n, speed, value, se, tokens = arm.result  # type: ignore[attr-defined]
+            print(f"| {arm.name} | {n} | {speed:.2f} | {value:.2f} ± {se:.2f} | {tokens:.1f} |")
+        print(f"speed-up: {arms[1].result[1] / arms[0].result[1]:.2f}x")  # type: ignore[attr-defined]
+
+    elif args.experiment == "texts":
+        chosen = tune[: args.train_impressions]
+        judged = tune[ADAPTER_PART : ADAPTER_PART + args.eval_impressions]
+        print(f"trained on the first {len(chosen)} tune impressions; AUC on {len(judged)} later tune impressions")
+        print("| candidate text | examples | examples/s | AUC (LLM alone) | prompt tokens/candidate |")
+        print("|---|---:|---:|---:|---:|")
+        for text in CANDIDATE_TEXTS:
+            arm = Arm(text, packed=True, text=text)
+            rows = examples(arm, backend, chosen, args.negatives)
+            adapter, speed = train_arm(arm, rows, out / "texts", **config)
+            backend.load_adapter(text, str(adapter))
+            value, se = auc(judged, score(arm, backend, judged, text, out / "texts" / text / "scores.jsonl"))
+            print(f"| {text} | {len(rows)} | {speed:.2f} | {value:.2f} ± {se:.2f} | "
+                  f"{tokens_per_candidate(arm, backend, judged):.1f} |", flush=True)  # fmt: skip
+
+    else:
+        arm = Arm("curve", packed=True)
+        rows = examples(arm, backend, tune[:ADAPTER_PART], args.negatives)
+        sizes = [n for n in map(int, args.snapshots.split(",")) if n < len(rows)]
+        adapter, speed = train_arm(arm, rows, out / "curve", snapshots=sizes, **config)
+        print(f"trained on {len(rows)} examples at {speed:.2f} examples/s")
+        snapshots = {f"{n}": adapter.parent / "snapshots" / f"{n}-examples" for n in sizes} | {f"{len(rows)}": adapter}
+        print("| examples | AUC (LLM alone), held-out |")
+        print("|---:|---:|")
+        for size, folder in snapshots.items():
+            backend.load_adapter(f"after-{size}", str(folder))
+            for part, contexts in (("ranker", tune[ADAPTER_PART:]), ("heldout", heldout)):
+                scores = score(arm, backend, contexts, f"after-{size}", out / "curve" / f"{part}-{size}.jsonl")
+            value, se = auc(heldout, scores)
+            print(f"| {size} | {value:.2f} ± {se:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

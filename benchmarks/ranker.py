@@ -1,0 +1,263 @@
+"""The learned ranker on MIND-dev: which model, what each signal is worth, and how far the LLM carries it.
+
+    python benchmarks/llm_training.py curve     # first: adapters after 1k, 2k, 4k and all examples, their scores
+    python benchmarks/ranker.py [--scores data/llm-training/curve] [--plot docs/eval/learning-curve.png]
+
+Rankers are fitted on the ranker's share of the tune part (the tune impressions after the adapters' first 500,
+which no adapter was trained on), with each adapter's LLM scores; every number is reported on the first 300
+held-out impressions. The product's ranking is the blend with the reader's weights from the learned ranker and the
+diversity term on top, scored by place, as `newsrank eval --method ranker` scores it.
+
+For each adapter: AUC (± standard error over impressions) of the LLM alone, of the hand-set blend with that LLM,
+of the product with the learned ranker, and of the same ranker refitted without the LLM; the LLM's worth is the
+paired difference of the last two (± its standard error). For the largest adapter: the choice of model (logistic
+regression with and without interactions, on P(Yes) or on its logit, and gradient-boosted trees), an ablation
+(each signal removed and the ranker refitted), and the fit carried to all held-out impressions, where popularity
+counts come from twice the traffic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent import evaluate, metrics, ranker
+from agent.scoring import BlendWeights, blend_rank, without
+from retrieval.embed import Embedder
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mind-dev"
+ADAPTER_PART = 500
+HAND_SET = BlendWeights()
+
+
+def read_scores(path: Path) -> dict[str, list[float]]:
+    return {row["id"]: row["scores"] for row in map(json.loads, path.read_text().splitlines())}
+
+
+def mean_se(values: np.ndarray) -> str:
+    v = values[~np.isnan(values)]
+    return f"{v.mean():.2f} ± {metrics.standard_error(v.tolist()):.2f}"
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> str:
+    d = (a - b)[~np.isnan(a - b)]
+    return f"{d.mean():+.2f} ± {metrics.standard_error(d.tolist()):.2f}"
+
+
+def per_impression(contexts, scores_of) -> tuple[np.ndarray, np.ndarray]:
+    """AUC and nDCG@10 (×100) of each impression; AUC NaN where it is undefined."""
+    aucs, ndcgs = [], []
+    for ctx in contexts:
+        s = scores_of(ctx)
+        value = metrics.auc(ctx.labels, s)
+        aucs.append(np.nan if value is None else value)
+        ndcgs.append(metrics.ndcg(ctx.labels, s, 10))
+    return 100 * np.array(aucs), 100 * np.array(ndcgs)
+
+
+def by_place(placed) -> list[float]:
+    """A candidate's score is its place in the ranking, reversed (as `newsrank eval` scores the blend)."""
+    scores = [0.0] * len(placed)
+    for position, p in enumerate(placed):
+        scores[p.index] = float(len(placed) - position)
+    return scores
+
+
+def relevance_of(scores, ctx) -> list[float]:
+    return scores[ctx.impression.id] if scores is not None else [0.0] * len(ctx.hits)
+
+
+def rows(evaluator, contexts, scores, drop: str | None = None):
+    """Every candidate's signals (one signal zeroed: `drop`), its reader's history size and its label."""
+    signals, history, labels = [], [], []
+    for ctx in contexts:
+        found = evaluator.signals(ctx, relevance_of(scores, ctx))
+        if drop in ranker.FEATURES:
+            found = [replace(s, **{drop: 0.0}) for s in found]
+        signals += found
+        history += [0 if drop == "history" else ctx.profile.engaged] * len(found)
+        labels += ctx.labels
+    return signals, history, labels
+
+
+def fit(evaluator, contexts, scores, drop: str | None = None) -> ranker.Ranker:
+    signals, history, labels = rows(evaluator, contexts, scores, drop)
+    scorer = evaluator.scorer if scores is not None else None
+    return ranker.fit(signals, history, labels, [scores is not None] * len(labels), scorer)
+
+
+def product(evaluator, fitted, contexts, scores, drop: str | None = None):
+    """The product's ranking: the blend with the reader's learned weights and diversity on top."""
+
+    def scores_of(ctx):
+        relevance = relevance_of(scores, ctx)
+        signals = evaluator.signals(ctx, relevance)
+        if drop in ranker.FEATURES:
+            signals = [replace(s, **{drop: 0.0}) for s in signals]
+        history = 0 if drop == "history" else ctx.profile.engaged
+        scorer = evaluator.scorer if scores is not None else None
+        weights = BlendWeights(**fitted.weights(history, scorer, HAND_SET))
+        return by_place(blend_rank(signals, ctx.embeddings, weights))
+
+    return per_impression(contexts, scores_of)
+
+
+def hand_set(evaluator, contexts, scores):
+    """Today's blend: the hand-set weights (without the LLM: its weight shared out among the others)."""
+    weights = HAND_SET if scores is not None else without(HAND_SET, "relevance")
+
+    def scores_of(ctx):
+        return by_place(blend_rank(evaluator.signals(ctx, relevance_of(scores, ctx)), ctx.embeddings, weights))
+
+    return per_impression(contexts, scores_of)
+
+
+def model_choice(evaluator, fit_part, fit_scores, heldout, held) -> list[str]:
+    """P(click) models over the same signals, compared by the held-out AUC of their scores alone."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    def logit(s):
+        return replace(s, relevance=(math.log(max(s.relevance, 1e-9) / max(1 - s.relevance, 1e-9)) + 20) / 40)
+
+    signals, history, labels = rows(evaluator, fit_part, fit_scores)
+    variants = {
+        "logistic regression": (ranker.FEATURES, False, lambda s: s),
+        "logistic regression + history interactions (shipped)": (ranker.FEATURES, True, lambda s: s),
+        "the same on the LLM's logit instead of P(Yes)": (ranker.FEATURES, True, logit),
+    }
+    lines = []
+    for name, (names, interactions, transform) in variants.items():
+        width = None if interactions else len(names)
+        model = ranker.fit_columns([transform(s) for s in signals], history, labels, names)
+        model = ranker.Fit(model.columns[:width], model.mean[:width], model.scale[:width], model.coef[:width],
+                           model.intercept, model.spread) if width else model  # fmt: skip
+        if not interactions:
+            x = ranker.matrix([transform(s) for s in signals], history, names)[:, :width]
+            mean, scale = x.mean(axis=0), x.std(axis=0)
+            scale[scale < 1e-9] = 1.0
+            w = metrics.fit_logistic((x - mean) / scale, np.asarray(labels), l2=1.0)
+            model = ranker.Fit(list(names), mean.tolist(), scale.tolist(), w[:-1].tolist(), float(w[-1]), 1.0)
+
+        def scores_of(ctx, model=model, transform=transform, width=width):
+            found = [transform(s) for s in evaluator.signals(ctx, held[ctx.impression.id])]
+            x = ranker.matrix(found, [ctx.profile.engaged] * len(found), ranker.FEATURES)
+            return model.logits(x[:, :width] if width else x).tolist()
+
+        auc, ndcg = per_impression(heldout, scores_of)
+        lines.append(f"| {name} | {mean_se(auc)} | {np.nanmean(ndcg):.2f} |")
+    trees = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15, random_state=0)
+    trees.fit(ranker.matrix(signals, history, ranker.FEATURES), labels)
+
+    def tree_scores(ctx):
+        found = evaluator.signals(ctx, held[ctx.impression.id])
+        x = ranker.matrix(found, [ctx.profile.engaged] * len(found), ranker.FEATURES)
+        return trees.predict_proba(x)[:, 1].tolist()
+
+    auc, ndcg = per_impression(heldout, tree_scores)
+    lines.append(f"| gradient-boosted trees (scikit-learn, same columns) | {mean_se(auc)} | {np.nanmean(ndcg):.2f} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scores", default="data/llm-training/curve", help="llm_training.py curve's output")
+    parser.add_argument("--plot", help="write the learning curve as a PNG here")
+    parser.add_argument("--save", help="write the ranker fitted with the largest adapter here")
+    args = parser.parse_args()
+    folder = Path(args.scores)
+    impressions, _ = evaluate.read_behaviors(DATA / "behaviors.tsv")
+    corpus = evaluate.Corpus(DATA / "news.tsv", Embedder(), Path("data/eval-cache"), show_progress=False)
+    tune = evaluate.select(impressions, "tune", 0, None)
+    fit_part = list(evaluate.contexts(tune[ADAPTER_PART:], corpus))
+    heldout = list(evaluate.contexts(evaluate.select(impressions, "heldout", 0, 300), corpus))
+    heldout_all = list(evaluate.contexts(evaluate.select(impressions, "heldout", 0, None), corpus))
+    sizes = sorted(int(p.stem.split("-")[1]) for p in folder.glob("heldout-*.jsonl"))
+    evaluator = evaluate.Evaluator(None, HAND_SET, model="smollm2-135m")
+
+    no_llm = fit(evaluator, fit_part, None)
+    no_llm_auc, no_llm_ndcg = product(evaluator, no_llm, heldout, None)
+    hand_auc, hand_ndcg = hand_set(evaluator, heldout, None)
+    print(f"fitted on {len(fit_part)} tune impressions; reported on the first {len(heldout)} held-out impressions\n")
+    print(f"without an LLM: hand-set blend {mean_se(hand_auc)} (nDCG@10 {np.nanmean(hand_ndcg):.2f}), "
+          f"learned ranker {mean_se(no_llm_auc)} (nDCG@10 {np.nanmean(no_llm_ndcg):.2f})\n")  # fmt: skip
+    print("| adapter trained on | LLM alone | hand-set blend + LLM | **learned ranker + LLM** | nDCG@10 | "
+          "the LLM's worth (paired, vs the ranker without it) |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|")
+    curve = []
+    for size in sizes:
+        held = read_scores(folder / f"heldout-{size}.jsonl")
+        fitted = fit(evaluator, fit_part, read_scores(folder / f"ranker-{size}.jsonl"))
+        llm_auc, _ = per_impression(heldout, lambda ctx, held=held: held[ctx.impression.id])
+        blend_auc, _ = hand_set(evaluator, heldout, held)
+        auc, ndcg = product(evaluator, fitted, heldout, held)
+        print(f"| {size:,} examples | {mean_se(llm_auc)} | {mean_se(blend_auc)} | **{mean_se(auc)}** | "
+              f"{np.nanmean(ndcg):.2f} | {paired(auc, no_llm_auc)} |", flush=True)  # fmt: skip
+        curve.append((size, llm_auc, auc))
+    if not sizes:
+        return
+    size = sizes[-1]
+    held = read_scores(folder / f"heldout-{size}.jsonl")
+    fit_scores = read_scores(folder / f"ranker-{size}.jsonl")
+    fitted = fit(evaluator, fit_part, fit_scores)
+    if args.save:
+        fitted.save(Path(args.save))
+        print(f"\nranker written to {args.save}")
+    full, _ = product(evaluator, fitted, heldout, held)
+
+    print(f"\nModel choice ({size:,}-example adapter; each model's P(click) alone, without the diversity term):\n")
+    print("| model | held-out AUC | nDCG@10 |\n|---|---:|---:|")
+    print("\n".join(model_choice(evaluator, fit_part, fit_scores, heldout, held)))
+
+    print(f"\nAblation ({size:,}-example adapter): each signal removed and the ranker refitted\n")
+    print("| removed | AUC | ΔAUC (paired) |\n|---|---:|---:|")
+    for feature in (*ranker.FEATURES, "history"):
+        refit = fit(evaluator, fit_part, fit_scores, drop=feature)
+        auc, _ = product(evaluator, refit, heldout, held, drop=feature)
+        print(f"| {feature} | {mean_se(auc)} | {paired(auc, full)} |", flush=True)
+
+    reader = ranker.Ranker(fitted.with_llm, fitted.without_llm, evaluator.scorer)
+    for items in (2, 10, 50):
+        weights = reader.weights(items, evaluator.scorer, HAND_SET)
+        print(f"\nweights for a reader with {items} history items: "
+              + ", ".join(f"{n} {weights[n]:+.3f}" for n in ranker.FEATURES))  # fmt: skip
+
+    scored = [c for c in heldout_all if c.impression.id in held]
+    print(f"\nthe LLM-free ranker on all {len(heldout_all)} held-out impressions (popularity from all of them): "
+          f"{mean_se(product(evaluator, no_llm, heldout_all, None)[0])}, on the first 300: {mean_se(no_llm_auc)}; "
+          f"{len(scored)} have LLM scores")  # fmt: skip
+
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        xs = [c[0] for c in curve]
+        for label, index in (("LLM alone", 1), ("learned ranker + LLM (the product)", 2)):
+            means = [np.nanmean(c[index]) for c in curve]
+            ses = [metrics.standard_error(c[index][~np.isnan(c[index])].tolist()) for c in curve]
+            ax.errorbar(xs, means, yerr=ses, marker="o", capsize=3, label=label)
+        ax.axhline(float(np.nanmean(no_llm_auc)), color="grey", linestyle="--", label="learned ranker, no LLM")
+        ax.axhline(float(np.nanmean(hand_auc)), color="grey", linestyle=":", label="hand-set blend, no LLM")
+        ax.set_xscale("log")
+        ax.set_xlabel("training examples (tune part)")
+        ax.set_ylabel("held-out AUC ×100")
+        ax.set_title("MIND-dev: how far the LLM carries the ranking")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.plot, dpi=120)
+        print(f"plot written to {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
