@@ -44,22 +44,27 @@ def history_feature(items: int) -> float:
     return math.log1p(max(items, 0)) / HISTORY_SCALE
 
 
-def columns(names: Sequence[str]) -> list[str]:
-    return [*names, *(f"{name}*history" for name in INTERACTIONS if name in names)]
+def columns(names: Sequence[str], interactions: bool = True) -> list[str]:
+    return [*names, *(f"{name}*history" for name in INTERACTIONS if name in names and interactions)]
 
 
-def matrix(signals: Sequence[Signals], history: Sequence[int], names: Sequence[str]) -> np.ndarray:
+def matrix(
+    signals: Sequence[Signals], history: Sequence[int], names: Sequence[str], interactions: bool = True
+) -> np.ndarray:
+    wanted = columns(names, interactions)
     rows = []
     for s, items in zip(signals, history, strict=True):
         h = history_feature(items)
-        rows.append([getattr(s, c.split("*")[0]) * (h if "*" in c else 1.0) for c in columns(names)])
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(columns(names)))
+        rows.append([getattr(s, c.split("*")[0]) * (h if "*" in c else 1.0) for c in wanted])
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(wanted))
 
 
 @dataclass(frozen=True)
 class Fit:
     """One logistic regression on standardised columns. `spread`: the range of its logits over the middle 90 % of
-    the candidates it was fitted on, the span the blend's budget is given to."""
+    the candidates it was fitted on; `hand_spread`: the same range of the hand-set blend's scores (the declared
+    default weights) on those candidates. The reader's weights map the one onto the other, so that diversity
+    and freshness keep the say next to the ranker that they have next to the hand-set weights."""
 
     columns: list[str]
     mean: list[float]
@@ -67,6 +72,7 @@ class Fit:
     coef: list[float]
     intercept: float
     spread: float
+    hand_spread: float
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return ((x - np.asarray(self.mean)) / np.asarray(self.scale)) @ np.asarray(self.coef) + self.intercept
@@ -82,14 +88,20 @@ class Fit:
 
 
 def fit_columns(signals: Sequence[Signals], history: Sequence[int], labels: Sequence[int], names: Sequence[str],
-                l2: float = 1.0) -> Fit:  # fmt: skip
-    x = matrix(signals, history, names)
+                l2: float = 1.0, interactions: bool = True) -> Fit:  # fmt: skip
+    x = matrix(signals, history, names, interactions)
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale < 1e-9] = 1.0
     w = metrics.fit_logistic((x - mean) / scale, np.asarray(labels), l2=l2)
-    fit = Fit(columns(names), mean.tolist(), scale.tolist(), w[:-1].tolist(), float(w[-1]), 1.0)
-    low, high = np.percentile(fit.logits(x), [5, 95])
-    return Fit(fit.columns, fit.mean, fit.scale, fit.coef, fit.intercept, float(max(high - low, 1e-6)))
+    fit = Fit(columns(names, interactions), mean.tolist(), scale.tolist(), w[:-1].tolist(), float(w[-1]), 1.0, 1.0)
+    hand = np.array([sum(spec.weight * getattr(s, spec.name) for spec in SIGNALS if spec.fitted) for s in signals])
+    return replace(fit, spread=middle_range(fit.logits(x)), hand_spread=middle_range(hand))
+
+
+def middle_range(values: np.ndarray) -> float:
+    """The range of the middle 90 % of the values (never 0)."""
+    low, high = np.percentile(values, [5, 95])
+    return float(max(high - low, 1e-6))
 
 
 @dataclass(frozen=True)
@@ -105,15 +117,14 @@ class Ranker:
         return self.with_llm if self.with_llm is not None and scorer == self.scorer else self.without_llm
 
     def weights(self, history: int, scorer: str | None, settings: Mapping[str, float]) -> dict[str, float]:
-        """The blend weights for one reader: the fit's slopes, scaled so that its middle 90 % of logits spans the
-        budget the hand-set blend gives the fitted signals; freshness and diversity as `settings` set them."""
+        """The blend weights for one reader: the fit's slopes, scaled so that its scores spread as the hand-set
+        blend's did on the candidates it was fitted on (in proportion to the fitted signals' total weight in
+        `settings`); freshness and diversity as `settings` set them."""
         fit = self.fit_for(scorer)
-        budget = sum(settings[name] for name in FEATURES)
+        budget = sum(settings[name] for name in FEATURES) / sum(s.weight for s in SIGNALS if s.fitted)
+        scale = budget * fit.hand_spread / fit.spread
         slopes = fit.per_signal(history)
-        return {
-            **settings,
-            **{name: round(budget * slopes.get(name, 0.0) / fit.spread, 6) for name in FEATURES},
-        }
+        return {**settings, **{name: round(scale * slopes.get(name, 0.0), 6) for name in FEATURES}}
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

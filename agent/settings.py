@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     half_life_hours: float = Field(24.0, gt=0)  # freshness half-life; popularity counts 2 half-lives
     explain_top: int = Field(3, ge=0)
     # what the LLM reads of a candidate (agent.ranking.CANDIDATE_TEXTS); an adapter is trained for one of them
-    candidate_text: Literal["title", "title+category", "title+abstract"] = "title"
+    candidate_text: Literal["title", "title+category", "title+abstract"] = "title+abstract"
     # a learned ranker (`newsrank ranker`): a registered NAME[@VERSION] or a JSON file; unset: the hand-set weights
     ranker: str | None = None
     listwise_window: int = Field(10, ge=2)

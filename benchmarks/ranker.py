@@ -129,27 +129,19 @@ def model_choice(evaluator, fit_part, fit_scores, heldout, held) -> list[str]:
 
     signals, history, labels = rows(evaluator, fit_part, fit_scores)
     variants = {
-        "logistic regression": (ranker.FEATURES, False, lambda s: s),
-        "logistic regression + history interactions (shipped)": (ranker.FEATURES, True, lambda s: s),
-        "the same on the LLM's logit instead of P(Yes)": (ranker.FEATURES, True, logit),
+        "logistic regression": (False, lambda s: s),
+        "logistic regression + history interactions (shipped)": (True, lambda s: s),
+        "the same on the LLM's logit instead of P(Yes)": (True, logit),
     }
     lines = []
-    for name, (names, interactions, transform) in variants.items():
-        width = None if interactions else len(names)
-        model = ranker.fit_columns([transform(s) for s in signals], history, labels, names)
-        model = ranker.Fit(model.columns[:width], model.mean[:width], model.scale[:width], model.coef[:width],
-                           model.intercept, model.spread) if width else model  # fmt: skip
-        if not interactions:
-            x = ranker.matrix([transform(s) for s in signals], history, names)[:, :width]
-            mean, scale = x.mean(axis=0), x.std(axis=0)
-            scale[scale < 1e-9] = 1.0
-            w = metrics.fit_logistic((x - mean) / scale, np.asarray(labels), l2=1.0)
-            model = ranker.Fit(list(names), mean.tolist(), scale.tolist(), w[:-1].tolist(), float(w[-1]), 1.0)
+    for name, (interactions, transform) in variants.items():
+        model = ranker.fit_columns([transform(s) for s in signals], history, labels, ranker.FEATURES,
+                                   interactions=interactions)  # fmt: skip
 
-        def scores_of(ctx, model=model, transform=transform, width=width):
+        def scores_of(ctx, model=model, transform=transform, interactions=interactions):
             found = [transform(s) for s in evaluator.signals(ctx, held[ctx.impression.id])]
-            x = ranker.matrix(found, [ctx.profile.engaged] * len(found), ranker.FEATURES)
-            return model.logits(x[:, :width] if width else x).tolist()
+            x = ranker.matrix(found, [ctx.profile.engaged] * len(found), ranker.FEATURES, interactions)
+            return model.logits(x).tolist()
 
         auc, ndcg = per_impression(heldout, scores_of)
         lines.append(f"| {name} | {mean_se(auc)} | {np.nanmean(ndcg):.2f} |")

@@ -100,6 +100,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     offline()
     settings = Settings()
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    if "ranker" in methods and not args.ranker:
+        raise InvalidInput("method ranker needs a ranker file (--ranker FILE; --fit-ranker FILE makes one)")
     impressions, errors = evaluate.read_behaviors(Path(args.behaviors))
     if errors:
         print(f"{args.behaviors}: {len(errors)} malformed rows skipped, e.g. line {errors[0].line}: {errors[0].reason}")

@@ -10,6 +10,7 @@ import pytest
 
 from agent import evaluate
 from agent.backends.fake import FakeBackend
+from agent.ranker import Ranker
 from agent.scoring import BlendWeights
 from core.errors import InvalidInput
 from core.records import SIGNALS
@@ -149,3 +150,21 @@ def test_the_eval_command_end_to_end_on_the_real_llm(tmp_path):
     assert (tmp_path / "out" / "r.png").read_bytes()[:4] == b"\x89PNG"
     predictions = (tmp_path / "out" / "pred.txt").read_text().splitlines()
     assert len(predictions) == 12 and predictions[0].startswith("1 [")
+
+    # a learned ranker fitted on these impressions' clicks (the LLM's scores come from the cache), then replayed
+    ranker_file = tmp_path / "out" / "ranker.json"
+    common = [*args[:4], "--news", str(MIND / "news.tsv"), "--behaviors", str(MIND / "behaviors.tsv")]
+    fitted = subprocess.run([*common, "--method", "llm", "--fit-ranker", str(ranker_file)], env=env,
+                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert fitted.returncode == 0, fitted.stderr
+    assert "ranker fitted on 12 impressions (llm relevance)" in fitted.stdout
+    learned = Ranker.load(ranker_file)
+    assert learned.scorer.startswith("smollm2-135m|-|relevance.v2+candidate.v3:") and learned.with_llm is not None
+    replayed = subprocess.run([*common, "--method", "ranker,blend", "--ranker", str(ranker_file)], env=env,
+                              capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert replayed.returncode == 0, replayed.stderr
+    assert [line.split("|")[1].strip() for line in replayed.stdout.splitlines() if line.startswith("| ")][1:] == [
+        "ranker", "blend"
+    ]  # fmt: skip
+    missing = subprocess.run([*common, "--method", "ranker"], env=env, capture_output=True, text=True, timeout=900)
+    assert missing.returncode == 2 and "needs a ranker file" in missing.stderr

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from core.errors import NotFound
-from core.llm import GenerateRequest
+from core.llm import GenerateRequest, ScoreRequest
 from tests.conftest import random_lora, sports_requests
 
 
@@ -41,6 +41,22 @@ def test_scores_do_not_depend_on_batching_or_order(llm):
     assert small == pytest.approx(llm.score(reqs), abs=1e-4)
     assert llm.score(reqs[::-1])[::-1] == pytest.approx(small, abs=1e-4)
     assert llm.score([]) == []
+
+
+def test_one_readers_packed_scores_equal_those_scored_beside_another_reader(llm):
+    """One reader's candidates go through one packed sequence (in chunks of 4 x batch size); mixed with another
+    reader's, through the prefix caches copied per row: both give the same P(Yes)."""
+    reqs = sports_requests(llm)
+    other = [ScoreRequest("Reader profile:\nInterests: cooking.\n", r.suffix) for r in reqs[:2]]
+    alone = llm.score(reqs)
+    mixed = llm.score([*reqs, *other])
+    assert mixed[: len(reqs)] == pytest.approx(alone, abs=1e-5)
+    batch_size = llm.batch_size
+    try:
+        llm.batch_size = 1  # chunks of 4: the 5 candidates in two packed sequences
+        assert llm.score(reqs) == pytest.approx(alone, abs=1e-5)
+    finally:
+        llm.batch_size = batch_size
 
 
 def test_generate_continues_the_prompt(llm):
