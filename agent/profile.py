@@ -79,7 +79,7 @@ class Profile:
 
     def closest(self, embeddings: np.ndarray) -> np.ndarray:
         """Each row's largest cosine similarity to a single history item (0 without history)."""
-        if not self.history:
+        if not self.history or len(embeddings) == 0:
             return np.zeros(len(embeddings))
         return cosine_similarity(embeddings, np.stack([h.embedding for h in self.history])).max(axis=1)
 

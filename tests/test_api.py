@@ -8,7 +8,7 @@ from litestar.testing import TestClient
 
 from agent.backends.batching import MicroBatcher
 from agent.backends.metered import MeteredBackend
-from core.records import Event
+from core.records import BLEND, Event
 from serve.app import create_app
 from serve.service import Newsrank
 from serve.worker import ScoringWorkers
@@ -54,7 +54,7 @@ def test_feed_with_filters_and_why(client):
     assert len(body["items"]) == 4 and body["ranking_id"] and not body["cold_start"]
     first = body["items"][0]
     assert first["category"] == "sports" and first["explanation"] and first["grounded_in"]
-    assert set(first["signals"]) == {"relevance", "diversity", "freshness", "similarity", "affinity", "popularity"}
+    assert set(first["signals"]) == {spec.name for spec in BLEND}  # every term of the blend
     only = feed_for(client, explain=False, filters={"categories": ["food"]})
     assert {i["category"] for i in only["items"]} == {"food"}
     without = feed_for(client, explain=False, filters={"exclude_categories": ["sports"]})

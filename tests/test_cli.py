@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from core.records import BLEND
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -56,14 +58,7 @@ def test_ingest_events_recommend_why(run, tmp_path):
     body = json.loads(feed.stdout)
     assert len(body["items"]) == 3 and "N1" not in [i["article_id"] for i in body["items"]]
     assert body["items"][0]["explanation"] and body["items"][2]["explanation"] is None
-    assert set(body["items"][0]["signals"]) == {
-        "relevance",
-        "diversity",
-        "freshness",
-        "similarity",
-        "affinity",
-        "popularity",
-    }
+    assert set(body["items"][0]["signals"]) == {spec.name for spec in BLEND}  # every term of the blend
 
     top = body["items"][0]["article_id"]
     why = run("why", "--user", "u1", "--article", top)

@@ -62,3 +62,14 @@ def test_cold_start_reader():
     assert p.render() == "A new reader with no reading history yet."
     only_explicit = build_profile("new", [], Preferences(interests=("ai",)), HITS, NOW, explicit_vector=np.ones(3))
     assert not only_explicit.cold_start and only_explicit.query is not None
+
+
+def test_closest_is_the_largest_similarity_to_one_history_item():
+    events = [Event("u", "s1", "click", NOW - DAY), Event("u", "t1", "click", NOW), Event("u", "f1", "dislike", NOW)]
+    profile = build_profile("u", events, Preferences(), HITS, NOW)
+    assert profile.engaged == 2  # the dislike is no history
+    ids = ["s1", "t1", "f1", "s2"]
+    closest = profile.closest(np.stack([HITS[a].embedding for a in ids]))
+    assert closest.tolist() == pytest.approx([1.0, 1.0, 0.0, 0.0])  # one-hot embeddings: itself or nothing
+    assert profile.closest(np.zeros((0, len(CORPUS)))).shape == (0,)  # no candidates, no work
+    assert build_profile("v", [], Preferences(), HITS, NOW).closest(np.eye(3, len(CORPUS))).tolist() == [0.0] * 3
