@@ -269,6 +269,8 @@ class Decision:
 
     def summary(self) -> str:
         (a, se, n), (b, se_b, _) = self.new, self.current
+        if n == 0:
+            return "gate FAILED: no held-out ranking has both a click and a non-click to judge it on"
         verdict = "passed" if self.passed else "FAILED"
         return (f"gate {verdict}: held-out AUC {a:.2f} ± {se:.2f} against {b:.2f} ± {se_b:.2f} ({self.against}), "
                 f"on {n} impressions")  # fmt: skip

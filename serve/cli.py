@@ -262,7 +262,7 @@ def cmd_ranker(args: argparse.Namespace) -> int:
     if args.action == "list":
         names = [args.reference] if args.reference else sorted(p.name for p in registry.root.glob("*") if p.is_dir())
         if not names:
-            print("no rankers yet: `newsrank ranker fit --name NAME` fits one on the store's impressions")
+            print("no rankers yet: `newsrank ranker fit NAME` fits one on the store's impressions")
         for name in names:
             active = registry.state(name)["active"]
             for version in registry.versions(name):

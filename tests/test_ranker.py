@@ -206,3 +206,10 @@ def test_a_fit_on_one_mind_sample_carries_to_another_of_twice_the_traffic(embedd
         assert auc(contexts, learned=True) > auc(contexts, learned=False) - 1.5
     drift = auc(list(evaluate.contexts(small, corpus)), True) - auc(list(evaluate.contexts(large, corpus)), True)
     assert abs(drift) < 4.0
+
+
+def test_a_gate_with_nothing_to_judge_on_says_so_and_fails():
+    signals, _, labels = synthetic(40)
+    one = ranker.Impression("only", tuple(signals), tuple(labels), 5, True)
+    _, decision = ranker.fit_and_gate([one], "s", HAND, None, validation_share=0.0)
+    assert not decision.passed and "no held-out ranking" in decision.summary()
