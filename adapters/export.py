@@ -7,7 +7,6 @@ all candidates of one impression just as serving does.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections import defaultdict
@@ -15,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from agent.metrics import in_validation  # noqa: F401  (the split adapters use; re-exported)
 from agent.profile import build_profile
 from agent.ranking import relevance_requests
 from agent.settings import Settings
@@ -37,12 +37,6 @@ class Example:
     @property
     def prompt(self) -> str:
         return self.prefix + self.suffix
-
-
-def in_validation(group: str, share: float, seed: int = 0) -> bool:
-    """A deterministic split by group: the same user (or impression) always lands on the same side."""
-    digest = int(hashlib.sha256(f"{seed}:{group}".encode()).hexdigest(), 16)
-    return (digest % 10_000) / 10_000 < share
 
 
 def sample_negatives(examples: Sequence[Example], per_positive: int | None, seed: int) -> list[Example]:

@@ -259,10 +259,7 @@ class Evaluator:
                 raise InvalidInput("method ranker needs a ranker file (--ranker)")
             weights = BlendWeights(**self.ranker.weights(ctx.profile.engaged, self.scorer, self.weights))
         placed = blend_rank(self.signals(ctx, relevance), ctx.embeddings, weights)
-        n = len(placed)
-        scores = [0.0] * n
-        for position, p in enumerate(placed):
-            scores[p.index] = float(n - position)
+        scores = metrics.by_place(placed)
         sources: list[str] = []
         if self.explain_top and self.backend is not None:
             top = [ctx.hits[p.index] for p in placed[: self.explain_top]]
@@ -450,11 +447,7 @@ def fit_ranker(evaluator: Evaluator, rows: dict[str, dict], prepared: Sequence[C
     """A learned ranker (agent.ranker) fitted on the clicks of these impressions, over the LLM scores in `rows`."""
     from agent import ranker
 
-    impressions = ranker_impressions(evaluator, rows, prepared)
-    signals = [s for i in impressions for s in i.signals]
-    history = [i.history for i in impressions for _ in i.signals]
-    labels = [label for i in impressions for label in i.labels]
-    return ranker.fit(signals, history, labels, [True] * len(labels), evaluator.scorer, **fitted_on)
+    return ranker.fit_impressions(ranker_impressions(evaluator, rows, prepared), evaluator.scorer, **fitted_on)
 
 
 def report_markdown(reports: Sequence[MethodReport], title: str) -> str:

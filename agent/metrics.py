@@ -6,6 +6,7 @@ ranking keep input order, so results are deterministic.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -83,3 +84,17 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, l2: float = 1e-2, ite
         if np.abs(step).max() < 1e-8:
             break
     return w
+
+
+def in_validation(group: str, share: float, seed: int = 0) -> bool:
+    """A deterministic split by group: the same user (or impression) always lands on the same side."""
+    digest = int(hashlib.sha256(f"{seed}:{group}".encode()).hexdigest(), 16)
+    return (digest % 10_000) / 10_000 < share
+
+
+def by_place(placed: Sequence) -> list[float]:
+    """Scores that rank candidates as a placed ranking does (`scoring.Placed`): its place, reversed."""
+    scores = [0.0] * len(placed)
+    for position, p in enumerate(placed):
+        scores[p.index] = float(len(placed) - position)
+    return scores

@@ -17,7 +17,6 @@ versions and activates them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections import Counter
@@ -276,6 +275,15 @@ class Decision:
                 f"on {n} impressions")  # fmt: skip
 
 
+def fit_impressions(impressions: Sequence[Impression], scorer: str | None, **fitted_on: object) -> Ranker:
+    """`fit` on every candidate of these impressions."""
+    rows = [(s, i.history, label, i.scored) for i in impressions for s, label in zip(i.signals, i.labels, strict=True)]
+    if not rows:
+        raise InvalidInput("no impressions to fit a ranker on")
+    signals, history, labels, scored = map(list, zip(*rows, strict=True))
+    return fit(signals, history, labels, scored, scorer, impressions=len(impressions), **fitted_on)
+
+
 def fit_and_gate(
     impressions: Sequence[Impression],
     scorer: str | None,
@@ -288,17 +296,9 @@ def fit_and_gate(
     """Fit on the impressions outside a seeded validation share (by group), and compare the product's ranking
     with the new ranker against the one serving now (the hand-set weights if none) on that share."""
 
-    def held_out(group: str) -> bool:  # the same seeded split by group as the adapters' gate
-        return int(hashlib.sha256(f"{seed}:{group}".encode()).hexdigest(), 16) % 10_000 / 10_000 < validation_share
-
-    validation = [i for i in impressions if held_out(i.group)]
-    train = [i for i in impressions if not held_out(i.group)]
-    rows = [(s, i.history, label, i.scored) for i in train for s, label in zip(i.signals, i.labels, strict=True)]
-    if not rows:
-        raise InvalidInput("no impressions to fit a ranker on")
-    signals, history, labels, scored = map(list, zip(*rows, strict=True))
-    fitted_on = {"impressions": len(train), "validation_impressions": len(validation), **fitted_on}
-    new = fit(signals, history, labels, scored, scorer, **fitted_on)
+    validation = [i for i in impressions if metrics.in_validation(i.group, validation_share, seed)]
+    train = [i for i in impressions if not metrics.in_validation(i.group, validation_share, seed)]
+    new = fit_impressions(train, scorer, validation_impressions=len(validation), **fitted_on)
 
     def weights_by(ranker: Ranker | None):
         return lambda i: ranker.weights(i.history, scorer if i.scored else None, hand_set) if ranker else hand_set

@@ -63,14 +63,6 @@ def per_impression(contexts, scores_of) -> tuple[np.ndarray, np.ndarray]:
     return 100 * np.array(aucs), 100 * np.array(ndcgs)
 
 
-def by_place(placed) -> list[float]:
-    """A candidate's score is its place in the ranking, reversed (as `newsrank eval` scores the blend)."""
-    scores = [0.0] * len(placed)
-    for position, p in enumerate(placed):
-        scores[p.index] = float(len(placed) - position)
-    return scores
-
-
 def relevance_of(scores, ctx) -> list[float]:
     return scores[ctx.impression.id] if scores is not None else [0.0] * len(ctx.hits)
 
@@ -105,7 +97,7 @@ def product(evaluator, fitted, contexts, scores, drop: str | None = None):
         history = 0 if drop == "history" else ctx.profile.engaged
         scorer = evaluator.scorer if scores is not None else None
         weights = BlendWeights(**fitted.weights(history, scorer, HAND_SET))
-        return by_place(blend_rank(signals, ctx.embeddings, weights))
+        return metrics.by_place(blend_rank(signals, ctx.embeddings, weights))
 
     return per_impression(contexts, scores_of)
 
@@ -115,7 +107,7 @@ def hand_set(evaluator, contexts, scores):
     weights = HAND_SET if scores is not None else without(HAND_SET, "relevance")
 
     def scores_of(ctx):
-        return by_place(blend_rank(evaluator.signals(ctx, relevance_of(scores, ctx)), ctx.embeddings, weights))
+        return metrics.by_place(blend_rank(evaluator.signals(ctx, relevance_of(scores, ctx)), ctx.embeddings, weights))
 
     return per_impression(contexts, scores_of)
 

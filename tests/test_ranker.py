@@ -194,9 +194,7 @@ def test_a_fit_on_one_mind_sample_carries_to_another_of_twice_the_traffic(embedd
             else:
                 weights = without(HAND, "relevance")
             placed = blend_rank(evaluator.signals(ctx, [0.0] * len(ctx.hits)), ctx.embeddings, weights)
-            scores = [0.0] * len(placed)
-            for position, p in enumerate(placed):
-                scores[p.index] = len(placed) - position
+            scores = evaluate.metrics.by_place(placed)
             if (value := evaluate.metrics.auc(ctx.labels, scores)) is not None:
                 values.append(value)
         return 100 * float(np.mean(values))
