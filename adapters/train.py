@@ -57,6 +57,12 @@ class TrainConfig:
     checkpoint_every: int = 20  # steps
     threads: int | None = None
     device: str = "cpu"  # or "cuda" on a GPU machine
+    # differential privacy (adapters.private): set dp_epsilon to train with DP-SGD, each reader one example
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None  # default 1 / the number of training readers
+    dp_max_grad_norm: float = 1.0  # each reader's gradient is clipped to this norm
+    dp_readers_per_step: int = 32  # expected readers per step (Poisson sampling)
+    dp_examples_per_reader: int = 16  # a reader contributes at most this many rows
 
 
 # what an override may set: the learning itself, never where data, output or models are read or written
@@ -134,7 +140,16 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     train, validation = split(examples, config.validation_share, config.seed)
     if not train or not any(e.label for e in train):
         raise InvalidInput("no positive training example: nothing to learn from")
-    plan = batches(train, config.batch_size)
+    if config.dp_epsilon is None:
+        plan, budget = batches(train, config.batch_size), None
+    else:
+        from adapters import private
+
+        plan = private.readers(train, config.dp_examples_per_reader, config.seed)
+        budget = private.plan(
+            len(plan), config.dp_epsilon, config.dp_delta, config.dp_readers_per_step, config.epochs,
+            config.dp_max_grad_norm, config.dp_examples_per_reader,
+        )  # fmt: skip
 
     base = resolve_llm(config.base_model, Path(config.model_cache).expanduser())
     tokenizer = transformers.AutoTokenizer.from_pretrained(base)
@@ -148,6 +163,9 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     model = peft.get_peft_model(model, lora)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     answer_ids = answer_token_ids(tokenizer)
+    trained = model  # what the forward passes run: the model itself, or Opacus's per-example wrapper of it
+    if budget is not None:
+        trained, optimizer = private.make_private(model, optimizer, budget)
 
     step, losses, seen = 0, [], 0  # optimizer steps are counted in groups; `seen`: training examples
     run_id = data_hash(Path(config.data)) + json.dumps(asdict(config), sort_keys=True)
@@ -160,34 +178,40 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
             step, losses, seen = state["step"], state["losses"], state.get("seen", 0)
 
     base_before = fingerprint(model)
-    total = config.epochs * len(plan)
+    total = budget.steps if budget else config.epochs * len(plan)
     model.train()
     started = time.perf_counter()
     with tqdm(total=total, initial=step, desc="train", unit=" steps", disable=not show_progress) as bar:
         while step < total:
-            epoch, index = divmod(step, len(plan))
-            order = list(range(len(plan)))
-            random.Random(config.seed + epoch).shuffle(order)  # a fixed order per epoch: resumable
-            group = [plan[order[i]] for i in range(index, min(index + config.accumulate, len(plan)))]
-            optimizer.zero_grad()
-            loss = 0.0
-            for batch in group:  # gradients summed over the step's impressions, each graph freed after its pass
-                labels = torch.tensor([float(e.label) for e in batch], device=config.device)
-                part = torch.nn.functional.binary_cross_entropy_with_logits(
-                    margins(model, tokenizer, batch, answer_ids, config), labels, reduction="sum"
-                ) / sum(len(b) for b in group)
-                part.backward()
-                loss += part.item()
-            optimizer.step()
+            if budget is not None:  # one DP-SGD step over the readers Poisson sampling takes
+                chosen = [plan[i] for i in private.sample(len(plan), budget.sample_rate, config.seed, step)]
+                loss = private.train_step(trained, optimizer, tokenizer, chosen, answer_ids, config.device)
+                advance, rows = 1, sum(len(r.labels) for r in chosen)
+            else:
+                epoch, index = divmod(step, len(plan))
+                order = list(range(len(plan)))
+                random.Random(config.seed + epoch).shuffle(order)  # a fixed order per epoch: resumable
+                group = [plan[order[i]] for i in range(index, min(index + config.accumulate, len(plan)))]
+                optimizer.zero_grad()
+                loss = 0.0
+                for batch in group:  # gradients summed over the step's impressions, each graph freed after its pass
+                    labels = torch.tensor([float(e.label) for e in batch], device=config.device)
+                    part = torch.nn.functional.binary_cross_entropy_with_logits(
+                        margins(model, tokenizer, batch, answer_ids, config), labels, reduction="sum"
+                    ) / sum(len(b) for b in group)
+                    part.backward()
+                    loss += part.item()
+                optimizer.step()
+                advance, rows = len(group), sum(len(b) for b in group)
             losses.append(loss)
-            step += len(group)
-            before, seen = seen, seen + sum(len(b) for b in group)
-            bar.update(len(group))
+            step += advance
+            before, seen = seen, seen + rows
+            bar.update(advance)
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
             for n in config.snapshots:
                 if before < n <= seen:
                     model.save_pretrained(output / "snapshots" / f"{n}-examples")
-            if step // config.checkpoint_every > (step - len(group)) // config.checkpoint_every or step == total:
+            if step // config.checkpoint_every > (step - advance) // config.checkpoint_every or step == total:
                 state = {"step": step, "losses": losses, "seen": seen, "run_id": run_id}
                 save_checkpoint(model, optimizer, state, checkpoint, torch)
 
@@ -207,6 +231,7 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
         "train_loss_last_20": sum(losses[-20:]) / max(len(losses[-20:]), 1),
         "base_weights_unchanged": fingerprint(model) == base_before,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "privacy": budget.card(step) if budget else None,
     }  # fmt: skip
     (adapter / "card.json").write_text(json.dumps(card, indent=2))
     return card
@@ -218,7 +243,7 @@ def margins(model: Any, tokenizer: Any, batch: list[Example], answer_ids: tuple[
 
     prefix, suffixes = batch[0].prefix, [e.suffix for e in batch]
     if config.packed:
-        return packed_margins(model, tokenizer, prefix, suffixes, answer_ids)
+        return packed_margins(model, tokenizer, [(prefix, suffixes)], answer_ids)
     prefix_ids = tokenizer(prefix, add_special_tokens=False, return_tensors="pt").input_ids.to(config.device)
     cache = model(input_ids=prefix_ids, use_cache=True).past_key_values
     cache.batch_repeat_interleave(len(batch))

@@ -3,6 +3,7 @@
     python benchmarks/llm_training.py speed   # today's trainer and the packed one, side by side
     python benchmarks/llm_training.py texts   # the candidate texts of agent.ranking.CANDIDATE_TEXTS
     python benchmarks/llm_training.py curve   # adapters after 1k, 2k, 4k and all examples of the tune part
+    python benchmarks/llm_training.py privacy # differentially private adapters on the curve's examples
 
 `speed` trains two adapters on the same tune-part examples in one process: the trainer as it was (prompt
 relevance.v1 + candidate.v2, where every candidate repeats the question's end and the chat tail, and the prefix's
@@ -13,7 +14,9 @@ impressions. `texts` trains one packed adapter per candidate text on the same tu
 later tune impressions (the held-out part stays unseen). `curve` trains once on the adapter's share of the tune
 part, saving the adapter after 1k, 2k and 4k examples, and writes the LLM scores of each snapshot for the held-out
 impressions and the ranker's share of the tune part to `--out`, for `newsrank ranker` and
-`benchmarks/ranker.py`. Scores are cached there: a rerun goes on where it stopped.
+`benchmarks/ranker.py`. `privacy` trains DP-SGD adapters (`--epsilons`, each reader one example) on the curve's
+examples and scores them, and the model without an adapter, on the held-out impressions; the non-private
+adapter on the same examples is the curve's last row. Scores are cached there: a rerun goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ def train_arm(arm: Arm, rows: list[export.Example], out: Path, **config) -> tupl
         data=str(data), output=str(run), packed=arm.packed, validation_share=0.0, checkpoint_every=10**6,
         **config,
     ))  # fmt: skip
-    return run / "adapter", len(rows) / card["train_seconds_this_run"]
+    return run / "adapter", card["examples_seen"] / card["train_seconds_this_run"]
 
 
 def score(arm: Arm, backend, contexts, adapter: str | None, cache: Path) -> dict[str, list[float]]:
@@ -125,13 +128,15 @@ def tokens_per_candidate(arm: Arm, backend, contexts) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=["speed", "texts", "curve"])
+    parser.add_argument("experiment", choices=["speed", "texts", "curve", "privacy"])
     parser.add_argument("--train-impressions", type=int, default=60, help="speed/texts: first N tune impressions")
     parser.add_argument("--negatives", type=int, default=4, help="unclicked candidates kept per click")
     parser.add_argument("--eval-impressions", type=int, default=100)
     parser.add_argument("--snapshots", default="1000,2000,4000", help="curve: adapters saved after N examples")
     parser.add_argument("--out", default="data/llm-training", help="runs, examples and score caches")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--epsilons", default="8,2", help="privacy: the ε of each private adapter")
+    parser.add_argument("--dp-learning-rate", type=float, default=1e-3, help="privacy: the private runs' rate")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(args.out)
@@ -175,6 +180,25 @@ def main() -> None:
             value, se = auc(judged, score(arm, backend, judged, text, out / "texts" / text / "scores.jsonl"))
             print(f"| {text} | {len(rows)} | {speed:.2f} | {value:.2f} ± {se:.2f} | "
                   f"{tokens_per_candidate(arm, backend, judged):.1f} |", flush=True)  # fmt: skip
+
+    elif args.experiment == "privacy":
+        arm = Arm("curve", packed=True)
+        rows = examples(arm, backend, tune[:ADAPTER_PART], args.negatives)
+        print(f"{len(rows)} examples of {len({r.group for r in rows})} readers; AUC on {len(heldout)} held-out")
+        print("| adapter | ε | δ | noise multiplier | readers/step | steps | examples/s | AUC (LLM alone), held-out |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        value, se = auc(heldout, score(arm, backend, heldout, None, out / "privacy" / "heldout-none.jsonl"))
+        print(f"| none (zero-shot) | – | – | – | – | – | – | {value:.2f} ± {se:.2f} |", flush=True)
+        for epsilon in map(float, args.epsilons.split(",")):
+            name = f"dp-{epsilon:g}"
+            adapter, speed = train_arm(Arm(name, packed=True), rows, out / "privacy", dp_epsilon=epsilon,
+                                       learning_rate=args.dp_learning_rate, **config)  # fmt: skip
+            dp = json.loads((adapter / "card.json").read_text())["privacy"]
+            backend.load_adapter(name, str(adapter))
+            value, se = auc(heldout, score(arm, backend, heldout, name, out / "privacy" / f"heldout-{name}.jsonl"))
+            print(f"| DP-SGD | {dp['epsilon_spent']:.2f} | {dp['delta']:.1e} | {dp['noise_multiplier']:.2f} | "
+                  f"{dp['sample_rate'] * dp['readers']:.0f} | {dp['steps']} | {speed:.2f} | {value:.2f} ± {se:.2f} |",
+                  flush=True)  # fmt: skip
 
     else:
         arm = Arm("curve", packed=True)

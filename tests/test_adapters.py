@@ -16,12 +16,14 @@ from agent.backends.fake import FakeBackend
 from agent.ranking import FeedRequest, relevance_requests
 from agent.settings import Settings
 from core.errors import InvalidInput, NotFound
+from core.pseudonyms import Pseudonyms
 from core.records import Article, Event, registered_id
 from serve.service import Newsrank
 from store.sqlite import SqliteFeedbackStore
 from tests.conftest import NOW, SPORTS_TITLES, random_lora
 
 MIND = Path(__file__).parent / "fixtures" / "mind"
+PSEUDONYMS = Pseudonyms(b"a test secret, 32 bytes long...")
 
 
 def fake_adapter(folder: Path) -> Path:
@@ -116,8 +118,9 @@ def test_the_exported_prompt_is_byte_identical_to_the_served_one(corpus_store, f
     feedback.add_events(
         [Event("fan", a, "impression", NOW + 1) for a in shown] + [Event("fan", shown[1], "click", NOW + 2)]
     )
-    examples = list(export.from_feedback(feedback, corpus_store, llm, settings, since=NOW))
+    examples = list(export.from_feedback(feedback, corpus_store, llm, settings, NOW, service.pseudonyms))
     assert [e.label for e in examples] == [0, 1, 0, 0]
+    assert {e.group for e in examples} == {service.pseudonyms("fan")} != {"fan"}  # the reader, pseudonymous
     for example, article_id in zip(examples, shown, strict=True):
         article = corpus_store.get([article_id])[article_id].article
         serving = relevance_requests(llm, served.profile_text, [article])[0]
@@ -144,7 +147,7 @@ def test_training_changes_the_adapter_not_the_base_and_resumes(llm, tmp_path):
     corpus = evaluate.Corpus(MIND / "news.tsv", llm_embedder(), tmp_path / "cache", show_progress=False)
     data = tmp_path / "examples.jsonl"
     export.write_examples(
-        data, export.from_mind(evaluate.contexts(impressions, corpus), llm, Settings(history_titles=3))
+        data, export.from_mind(evaluate.contexts(impressions, corpus), llm, Settings(history_titles=3), PSEUDONYMS)
     )
     config = train.load_config(None, ["rank=4", "batch_size=8", "validation_share=0.0", "checkpoint_every=2"],
                                data=str(data), output=str(tmp_path / "run"))  # fmt: skip
@@ -175,28 +178,35 @@ def test_training_changes_the_adapter_not_the_base_and_resumes(llm, tmp_path):
 
 
 def test_packed_candidates_score_as_each_would_alone(llm):
-    """One sequence with a block mask gives every candidate the margin it gets after the prefix on its own."""
+    """One sequence with a block mask gives every candidate the margin it gets after its prefix on its own, with
+    one prefix and with two (one reader's profiles at two times, as private training packs them)."""
     from agent.backends.transformers import answer_margins, packed_margins
 
     articles = [Article(str(i), title, 0.0, category="sports") for i, title in enumerate(SPORTS_TITLES)]
     requests = relevance_requests(llm, "Interests: sports, football.", articles)
+    later = relevance_requests(llm, "Interests: politics.", articles[:2])
     with torch.inference_mode(), llm._adapter(None) as model:
-        packed = packed_margins(model, llm.tokenizer, requests[0].prefix, [r.suffix for r in requests],
+        packed = packed_margins(model, llm.tokenizer, [(requests[0].prefix, [r.suffix for r in requests])],
                                 llm._answer_ids)  # fmt: skip
+        two = packed_margins(model, llm.tokenizer, [(later[0].prefix, [r.suffix for r in later]),
+                                                    (requests[0].prefix, [r.suffix for r in requests])],
+                             llm._answer_ids)  # fmt: skip
         alone = torch.cat([
-            answer_margins(model, llm.tokenizer, [r.prompt], None, 0, llm._answer_ids) for r in requests
+            answer_margins(model, llm.tokenizer, [r.prompt], None, 0, llm._answer_ids) for r in later + requests
         ])  # fmt: skip
-    assert torch.allclose(packed, alone, atol=1e-4)
+    assert torch.allclose(packed, alone[2:], atol=1e-4)
+    assert torch.allclose(two, alone, atol=1e-4)
     assert packed.std() > 0.05  # different titles, different answers: the mask did not blur them together
+    assert not torch.allclose(two[:2], packed[:2], atol=1e-3)  # each block read its own profile
     with pytest.raises(InvalidInput):
-        packed_margins(model, llm.tokenizer, requests[0].prefix, [], llm._answer_ids)
+        packed_margins(model, llm.tokenizer, [(requests[0].prefix, [])], llm._answer_ids)
 
 
 def test_packed_and_padded_training_learn_the_same_and_snapshots_are_saved(llm, tmp_path):
     impressions = evaluate.read_behaviors(MIND / "behaviors.tsv")[0][:4]
     corpus = evaluate.Corpus(MIND / "news.tsv", llm_embedder(), tmp_path / "cache", show_progress=False)
     data = tmp_path / "examples.jsonl"
-    export.write_examples(data, export.from_mind(evaluate.contexts(impressions, corpus), llm, Settings()))
+    export.write_examples(data, export.from_mind(evaluate.contexts(impressions, corpus), llm, Settings(), PSEUDONYMS))
     losses = {}
     for packed in (True, False):
         run = tmp_path / f"run-{packed}"

@@ -55,33 +55,53 @@ def answer_margins(
 
 
 def packed_margins(
-    model: Any, tokenizer: Any, prefix: str, suffixes: Sequence[str], answer_ids: tuple[int, int]
+    model: Any, tokenizer: Any, blocks: Sequence[tuple[str, Sequence[str]]], answer_ids: tuple[int, int]
 ) -> Any:
-    """logit(Yes) - logit(No) of every suffix after one shared prefix, from one packed sequence: the prefix, then
-    the suffixes one after another. A block mask lets each suffix see the prefix and its own tokens only, and
-    its positions continue the prefix's, so each margin is the one it would get alone (tests check this). No
-    copy of the prefix's cache per candidate and no padding: a candidate costs only its own tokens, which is
-    what makes training on clicks cheap. Differentiable, like `answer_margins`."""
+    """logit(Yes) - logit(No) of every suffix after its block's prefix, from one packed sequence: each block's
+    prefix, then its suffixes one after another. A block mask lets each suffix see its own prefix and its own
+    tokens only, and its positions continue its prefix's, so each margin is the one it would get alone (tests
+    check this). No copy of the prefix's cache per candidate and no padding: a candidate costs only its own
+    tokens, which is what makes training on clicks cheap. Several blocks (one reader's profiles at different
+    times) make one sequence, one example in differentially private training. Differentiable, like
+    `answer_margins`."""
     torch = require("torch", "pip install torch==2.13.0")
-    head = tokenizer(prefix, add_special_tokens=False).input_ids
-    parts = [tokenizer(s, add_special_tokens=False).input_ids for s in suffixes]
-    if not parts or not all(parts):
-        raise InvalidInput("packed scoring needs at least one suffix, none of them empty")
-    n = len(head)
-    segment = torch.tensor([0] * n + [i for i, part in enumerate(parts, start=1) for _ in part])
-    positions = torch.tensor([*range(n), *(n + j for part in parts for j in range(len(part)))])
-    size = len(segment)
-    visible = torch.ones(size, size, dtype=torch.bool).tril() & (
-        (segment[None, :] == 0) | (segment[None, :] == segment[:, None])
+    ids: list[int] = []
+    block: list[int] = []  # per token: its block
+    segment: list[int] = []  # per token: 0 for a prefix, else its suffix's number
+    positions: list[int] = []
+    ends: list[int] = []  # each suffix's last token
+    for b, (prefix, suffixes) in enumerate(blocks):
+        head = tokenizer(prefix, add_special_tokens=False).input_ids
+        parts = [tokenizer(s, add_special_tokens=False).input_ids for s in suffixes]
+        if not parts or not all(parts):
+            raise InvalidInput("packed scoring needs at least one suffix per prefix, none of them empty")
+        ids += head
+        block += [b] * len(head)
+        segment += [0] * len(head)
+        positions += range(len(head))
+        for part in parts:
+            ids += part
+            block += [b] * len(part)
+            segment += [len(ends) + 1] * len(part)
+            positions += range(len(head), len(head) + len(part))
+            ends.append(len(ids) - 1)
+    if not ends:
+        raise InvalidInput("packed scoring needs at least one suffix")
+    seg, blk = torch.tensor(segment), torch.tensor(block)
+    weight = next(model.parameters())  # a wrapped model (Opacus's) may not expose .dtype and .device
+    dtype, device = weight.dtype, weight.device
+    size = len(ids)
+    visible = (
+        torch.ones(size, size, dtype=torch.bool).tril()
+        & (blk[None, :] == blk[:, None])
+        & ((seg[None, :] == 0) | (seg[None, :] == seg[:, None]))
     )
-    mask = torch.zeros(size, size, dtype=model.dtype).masked_fill(~visible, torch.finfo(model.dtype).min)
-    ends = torch.tensor([len(part) for part in parts]).cumsum(0) + n - 1  # each suffix's last token
-    ids = torch.tensor([head + [t for part in parts for t in part]], device=model.device)
+    mask = torch.zeros(size, size, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
     logits = model(
-        input_ids=ids,
-        attention_mask=mask[None, None].to(model.device),
-        position_ids=positions[None].to(model.device),
-        logits_to_keep=ends.to(model.device),  # the vocabulary projection only where answers are read
+        input_ids=torch.tensor([ids], device=device),
+        attention_mask=mask[None, None].to(device),
+        position_ids=torch.tensor([positions], device=device),
+        logits_to_keep=torch.tensor(ends, device=device),  # the vocabulary projection only where answers are read
         use_cache=False,
     ).logits[0]
     yes, no = answer_ids
@@ -208,7 +228,7 @@ class TransformersBackend:
             suffixes = [r.suffix for r in requests]
             size = 4 * self.batch_size  # bounds the sequence (and its mask) however many candidates come
             margins = [
-                packed_margins(model, self.tokenizer, prefixes[0], suffixes[i : i + size], self._answer_ids)
+                packed_margins(model, self.tokenizer, [(prefixes[0], suffixes[i : i + size])], self._answer_ids)
                 for i in range(0, len(suffixes), size)
             ]
             return torch.sigmoid(torch.cat(margins)).tolist()
