@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,24 +56,33 @@ def sample_negatives(examples: Sequence[Example], per_positive: int | None, seed
     return kept
 
 
-def from_mind(contexts: Iterable, backend: Backend, settings: Settings) -> Iterator[Example]:
-    """Examples from replayed MIND impressions (agent.evaluate.contexts): every candidate with its label."""
+def from_mind(
+    contexts: Iterable, backend: Backend, settings: Settings, pseudonym: Callable[[str], str]
+) -> Iterator[Example]:
+    """Examples from replayed MIND impressions (agent.evaluate.contexts): every candidate with its label, the
+    group the reader's pseudonym (or the impression's id where the data names no reader)."""
     for ctx in contexts:
         profile_text = ctx.profile.render(settings.history_titles)
         requests = relevance_requests(
             backend, profile_text, [h.article for h in ctx.hits], text=settings.candidate_text
         )
-        group = ctx.impression.user_id or ctx.impression.id
+        group = pseudonym(ctx.impression.user_id) if ctx.impression.user_id else ctx.impression.id
         for request, label in zip(requests, ctx.labels, strict=True):
             yield Example(request.prefix, request.suffix, label, group)
 
 
 def from_feedback(
-    feedback: FeedbackStore, articles: ArticleStore, backend: Backend, settings: Settings, since: float
+    feedback: FeedbackStore,
+    articles: ArticleStore,
+    backend: Backend,
+    settings: Settings,
+    since: float,
+    pseudonym: Callable[[str], str],
 ) -> Iterator[Example]:
     """Examples from reader events since a time. Each article a reader saw or touched is one example: Yes if
     they clicked or liked it, No if it was only shown, skipped or disliked; the profile is built from the
-    events before it, as the ranker saw the reader then."""
+    events before it, as the ranker saw the reader then. A reader is named by their pseudonym, and no example
+    holds a time."""
     for user_id in feedback.user_ids(since):
         events = feedback.events(user_id)
         first_seen: dict[str, float] = {}
@@ -98,7 +107,8 @@ def from_feedback(
             [request] = relevance_requests(
                 backend, profile_text, [known[article_id].article], text=settings.candidate_text
             )
-            yield Example(request.prefix, request.suffix, int(bool(kinds[article_id] & POSITIVE)), user_id)
+            label = int(bool(kinds[article_id] & POSITIVE))
+            yield Example(request.prefix, request.suffix, label, pseudonym(user_id))
 
 
 def write_examples(path: Path, examples: Iterable[Example]) -> int:

@@ -21,7 +21,7 @@ from agent import explain, metrics
 from agent.profile import Profile, build_profile
 from agent.ranker import Ranker
 from agent.ranking import DEFAULT_CANDIDATE_TEXT, prompt_version, relevance_requests
-from agent.scoring import BlendWeights, blend_rank, cosine_similarity
+from agent.scoring import BlendWeights, blend_rank, caps_over, cosine_similarity
 from core.errors import InvalidInput
 from core.llm import Backend
 from core.records import SIGNALS, Article, Event, Hit, Preferences, Signals
@@ -200,6 +200,8 @@ class Evaluator:
     candidate_text: str = DEFAULT_CANDIDATE_TEXT
     ranker: Ranker | None = None
     model: str = ""  # the scorer's model, as the ranker's `scorer` names it
+    # exposure caps on the blends' top 10 (agent.scoring.Caps: per_source, category_share, exploration_share)
+    caps: dict[str, float] = field(default_factory=dict)
 
     def score(self, method: str, ctx: Context, llm: Callable[[str], list[float]]) -> MethodResult:
         start = time.perf_counter()
@@ -258,7 +260,12 @@ class Evaluator:
             if self.ranker is None:
                 raise InvalidInput("method ranker needs a ranker file (--ranker)")
             weights = BlendWeights(**self.ranker.weights(ctx.profile.engaged, self.scorer, self.weights))
-        placed = blend_rank(self.signals(ctx, relevance), ctx.embeddings, weights)
+        signals = self.signals(ctx, relevance)
+        placed = blend_rank(signals, ctx.embeddings, weights)
+        caps = caps_over([h.article for h in ctx.hits], ctx.profile.top_categories(), self.caps)
+        if caps is not None:  # the top 10 under the caps, then the rest in the blend's order
+            capped = blend_rank(signals, ctx.embeddings, weights, TOP, caps)
+            placed = capped + [p for p in placed if p.index not in {c.index for c in capped}]
         scores = metrics.by_place(placed)
         sources: list[str] = []
         if self.explain_top and self.backend is not None:
@@ -284,6 +291,19 @@ class MethodReport:
     candidates_per_second: float
     prompt_tokens_per_candidate: float
     grounded_share: float | None
+    exposure: metrics.Exposure | None = None  # of the top 10
+    segments: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # AUC, its error, impressions
+
+
+HISTORY_SEGMENTS = ((5, "history < 5"), (20, "history 5-19"), (float("inf"), "history 20+"))
+
+
+def segments_of(profile: Profile) -> list[str]:
+    """The reader segments an impression counts in: the length of the reader's history, and the category they
+    read most."""
+    length = next(label for bound, label in HISTORY_SEGMENTS if profile.engaged < bound)
+    top = sorted(profile.category_shares.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [length, f"reads most: {top[0][0] if top else 'nothing yet'}"]
 
 
 def method_key(method: str, evaluator: Evaluator, model: str) -> str:
@@ -295,6 +315,8 @@ def method_key(method: str, evaluator: Evaluator, model: str) -> str:
         parts.append(evaluator.adapter)
     if method in ("blend", "ranker"):
         parts += [sorted(evaluator.weights.items()), evaluator.explain_top]
+        if evaluator.caps:
+            parts.append(sorted(evaluator.caps.items()))
     if method == "ranker" and evaluator.ranker is not None:
         parts.append(json.dumps(asdict(evaluator.ranker), sort_keys=True))
     return _digest(json.dumps(parts, default=str))
@@ -376,18 +398,27 @@ def summarize(
     aucs, mrrs, n5, n10, diversity, coverage = [], [], [], [], [], []
     seconds = tokens = candidates = 0.0
     sources: list[str] = []
+    shown: list[metrics.Shown] = []
+    by_segment: dict[str, list[float]] = {}
     for ctx in prepared:
         row = rows[ctx.impression.id]
         scores = row["scores"]
         value = metrics.auc(ctx.labels, scores)
         if value is not None:
             aucs.append(value)
+            for segment in segments_of(ctx.profile):
+                by_segment.setdefault(segment, []).append(value)
         mrrs.append(metrics.mrr(ctx.labels, scores))
         n5.append(metrics.ndcg(ctx.labels, scores, 5))
         n10.append(metrics.ndcg(ctx.labels, scores, 10))
         top = metrics.ranking(scores)[:TOP]
         diversity.append(metrics.intra_list_distance(ctx.embeddings[top]))
         coverage.append(len({ctx.hits[i].article.category for i in top}))
+        usual = ctx.profile.top_categories()
+        shown.append(metrics.Shown(
+            [(h.article.id, h.article.category, h.article.source) for h in ctx.hits], top.tolist(),
+            [ctx.hits[i].article.category not in usual for i in top],
+        ))  # fmt: skip
         for source in (row, inputs[ctx.impression.id]) if inputs else (row,):
             seconds += source["seconds"]
             tokens += source["prompt_tokens"]
@@ -406,6 +437,11 @@ def summarize(
         candidates_per_second=candidates / seconds if seconds > 0 else float("inf"),
         prompt_tokens_per_candidate=tokens / candidates if candidates else 0.0,
         grounded_share=(sources.count("llm") / len(sources)) if sources else None,
+        exposure=metrics.exposure(shown),
+        segments={
+            name: (100 * float(np.mean(v)), 100 * metrics.standard_error(v), len(v))
+            for name, v in sorted(by_segment.items(), key=lambda kv: (not kv[0].startswith("history"), -len(kv[1])))
+        },
     )
 
 
@@ -470,7 +506,36 @@ def report_markdown(reports: Sequence[MethodReport], title: str) -> str:
                      f"{100 * r.grounded_share:.0f}%.")  # fmt: skip
     lines.append("\nAUC ± its standard error over impressions; metrics ×100, averaged per impression (as in MIND). "
                  "No publication times in this data: mean age of the top 10 is not reported.")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + exposure_markdown(reports) + segments_markdown(reports)) + "\n"
+
+
+def exposure_markdown(reports: Sequence[MethodReport], rows: int = 12) -> list[str]:
+    """How each method shares the top 10: by category and by source, against their share among candidates."""
+    names = " | ".join(r.method for r in reports)
+    lines = ["", "#### Exposure of the top 10", "",
+             f"| | {names} |", "|---|" + "---:|" * len(reports),
+             "| Gini of item exposure | " + " | ".join(f"{r.exposure.gini:.3f}" for r in reports) + " |",
+             "| feeds with an item outside the reader's top 2 categories | "
+             + " | ".join(f"{100 * r.exposure.outside:.1f}%" for r in reports) + " |"]  # fmt: skip
+    for kind in ("category", "source"):
+        table = [getattr(r.exposure, kind) for r in reports]
+        lines += ["", f"| {kind}: share of top-10 slots (share among candidates) | {names} |",
+                  "|---|" + "---:|" * len(reports)]  # fmt: skip
+        for label, (_, offered) in list(table[0].items())[:rows]:
+            lines.append(f"| {label} ({100 * offered:.1f}%) | " + " | ".join(
+                f"{100 * t[label][0]:.1f}%" for t in table) + " |")  # fmt: skip
+    return lines
+
+
+def segments_markdown(reports: Sequence[MethodReport], rows: int = 12) -> list[str]:
+    """AUC per reader segment: a change that helps heavy readers and hurts new ones shows here."""
+    names = " | ".join(r.method for r in reports)
+    lines = ["", "#### AUC by reader segment", "", f"| segment (impressions) | {names} |",
+             "|---|" + "---:|" * len(reports)]  # fmt: skip
+    for name, (_, _, n) in list(reports[0].segments.items())[:rows]:
+        cells = " | ".join(f"{r.segments[name][0]:.2f} ± {r.segments[name][1]:.2f}" for r in reports)
+        lines.append(f"| {name} ({n}) | {cells} |")
+    return lines
 
 
 def plot(reports: Sequence[MethodReport], path: Path, title: str) -> None:

@@ -27,6 +27,7 @@ EVENT_WEIGHTS: Mapping[str, float] = {
     "skip": -0.5,
     "dwell": 0.0,  # dwell adds by duration, see event_weight
 }
+TOP_CATEGORIES = 2  # a reader's "top categories": their two most engaged
 DWELL_FULL_SECONDS = 60.0  # a minute of reading counts as much as one more click
 SUBCATEGORY_SHARE = 0.5
 
@@ -76,6 +77,12 @@ class Profile:
         return 0.5 * (
             self.category_shares.get(article.category, 0.0) + self.subcategory_shares.get(article.subcategory, 0.0)
         )
+
+    def top_categories(self, n: int = TOP_CATEGORIES) -> frozenset[str]:
+        """The reader's `n` most engaged categories (and any asked for explicitly): what exposure outside the
+        reader's usual reading is measured against."""
+        ranked = sorted(self.category_shares.items(), key=lambda kv: (-kv[1], kv[0]))
+        return frozenset([c for c, _ in ranked[:n]] + [e.lower() for e in self.explicit])
 
     def closest(self, embeddings: np.ndarray) -> np.ndarray:
         """Each row's largest cosine similarity to a single history item (0 without history)."""

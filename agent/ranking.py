@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from agent import explain, prompts
+from agent.exposure import ExposureTally
 from agent.listwise import Permutation, listwise_rank, parse_permutation, rank_scores
 from agent.profile import Profile, build_profile
 from agent.ranker import Ranker, RankerRegistry
-from agent.scoring import BlendWeights, blend_rank, cosine_similarity, freshness, without
+from agent.scoring import BlendWeights, blend_rank, caps_over, cosine_similarity, freshness, without
 from agent.settings import Settings
 from core.errors import EmptyStore, InvalidInput, NotFound, model_failure
 from core.llm import Backend, GenerateRequest, ScoreRequest
@@ -151,6 +152,7 @@ class Recommender:
         self.clock = clock
         self.adapters = adapters
         self.tally = tally or Tally()
+        self.exposure = ExposureTally()
         self.scoring_asked = threading.Event()  # set when work is queued: a worker in this process wakes at once
         self._interest_vectors: dict[str, np.ndarray] = {}
         self._ranker: tuple[tuple[str, int | None], Ranker] | None = None
@@ -433,7 +435,13 @@ class Recommender:
             for h, y, c, p in zip(hits, relevance, closest, popularity, strict=True)
         ]
         lacking = without(weights, "relevance")  # a candidate not scored yet is blended on its other signals
-        placed = blend_rank(signals, embeddings, [lacking if y is None else weights for y in relevance], request.k)
+        caps = caps_over([h.article for h in hits], profile.top_categories(), s.exposure_caps)
+        placed = blend_rank(
+            signals, embeddings, [lacking if y is None else weights for y in relevance], request.k, caps
+        )
+        for p in placed if keep else ():
+            if p.moved_by:
+                self.tally.add("feed_capped", cap=p.moved_by)
         lap("blend")
 
         top = [hits[p.index] for p in placed]
@@ -468,6 +476,9 @@ class Recommender:
                     explanation_source=explanations.get(position, (None, None))[1],
                     grounded_in=grounding.facts,
                     relevance_source=sources[p.index],
+                    category=hit.article.category,
+                    source=hit.article.source,
+                    moved_by=p.moved_by,
                 ),
             )
             for position, (p, hit, grounding) in enumerate(zip(placed, top, groundings, strict=True), start=1)
@@ -489,6 +500,7 @@ class Recommender:
         )
         if keep:
             self.feedback.record_ranking(record)
+            self.exposure.add([h.article for h in hits], [h.article for h in top], profile.top_categories())
         if rewrite and keep:  # one rewrite per reader waits at a time: of their latest ranking, the one they look at
             self.ask_scoring([ScoringTask("explain", request.user_id, now)])
         lap("record")

@@ -15,12 +15,12 @@ placed above x (1 for the first item).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from core.records import BLEND, DIVERSITY, SIGNALS, Signals
+from core.records import BLEND, DIVERSITY, SIGNALS, Article, Signals
 
 
 class BlendWeights(dict[str, float]):
@@ -46,11 +46,57 @@ def without(weights: BlendWeights, missing: str) -> BlendWeights:
 
 @dataclass(frozen=True)
 class Placed:
-    """One slot of a blended ranking: which candidate, its diversity gain there, and its final score."""
+    """One slot of a blended ranking: which candidate, its diversity gain there, its final score, and the cap
+    that put it there (the one that held back the candidate the blend alone would have placed), if any."""
 
     index: int
     diversity: float
     score: float
+    moved_by: str | None = None
+
+
+CAPS = ("source", "category", "exploration")  # the names a Placed.moved_by may take
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Bounds on what one feed exposes, applied while the blend places its items (settings `cap_per_source`,
+    `cap_category_share`, `min_exploration_share`). `sources`, `categories` and `outside` (not among the
+    reader's top categories) describe each candidate. A candidate with no source is never held by the source
+    cap. When the caps leave no candidate for a slot, the blend's own choice fills it: a feed is never short."""
+
+    sources: Sequence[str]
+    categories: Sequence[str]
+    outside: Sequence[bool]
+    per_source: int | None = None
+    category_share: float | None = None
+    exploration_share: float = 0.0
+
+    def holding(self, candidate: int, placed: Sequence[int], k: int) -> str | None:
+        """The cap that holds a candidate back from the next slot, or None."""
+        source = self.sources[candidate]
+        if self.per_source is not None and source and sum(self.sources[i] == source for i in placed) >= self.per_source:
+            return "source"
+        if self.category_share is not None:
+            most = max(1, math.floor(self.category_share * k + 1e-9))
+            if sum(self.categories[i] == self.categories[candidate] for i in placed) >= most:
+                return "category"
+        if self.exploration_share > 0 and not self.outside[candidate]:
+            wanted = math.ceil(self.exploration_share * k - 1e-9)
+            if wanted - sum(self.outside[i] for i in placed) >= k - len(placed):
+                return "exploration"  # the remaining slots are all needed for items outside the top categories
+        return None
+
+
+def caps_over(articles: Sequence[Article], usual: Collection[str], settings: Mapping[str, float]) -> Caps | None:
+    """The caps the settings set (Settings.exposure_caps) over these candidates, for a reader whose top
+    categories are `usual`; None when no cap is set."""
+    if not settings:
+        return None
+    return Caps(
+        [a.source for a in articles], [a.category for a in articles], [a.category not in usual for a in articles],
+        **settings,
+    )  # fmt: skip
 
 
 def freshness(age_hours: float, half_life_hours: float) -> float:
@@ -111,12 +157,14 @@ def blend_rank(
     embeddings: np.ndarray,
     weights: BlendWeights | Sequence[BlendWeights],
     k: int | None = None,
+    caps: Caps | None = None,
 ) -> list[Placed]:
     """Greedy MMR blend: place, one slot at a time, the candidate with the highest blended score.
 
     `weights` holds for every candidate, or there is one per candidate (a candidate that lacks a signal is
     blended on the others: `without`). Diversity is re-evaluated against what is already placed, so a
     near-duplicate of the top item sinks. Ties go to the earlier candidate, which keeps the result deterministic.
+    `caps` make a candidate they hold back wait for a later slot (or stay out).
     """
     n = len(signals)
     k = n if k is None else min(k, n)
@@ -137,8 +185,14 @@ def blend_rank(
     for _ in range(k):
         gain = np.where(np.isinf(closest), 1.0, np.clip(1.0 - closest, 0.0, 1.0))
         total = np.where(remaining, base + diversity * gain, -np.inf)
-        best = int(np.argmax(total))
-        placed.append(Placed(index=best, diversity=float(gain[best]), score=float(total[best])))
+        best, moved_by = int(np.argmax(total)), None
+        if caps is not None:
+            so_far = [p.index for p in placed]
+            allowed = [i for i in np.flatnonzero(remaining) if caps.holding(int(i), so_far, k) is None]
+            if allowed and best not in allowed:
+                moved_by = caps.holding(best, so_far, k)
+                best = int(max(allowed, key=lambda i: (total[i], -i)))
+        placed.append(Placed(best, float(gain[best]), float(total[best]), moved_by))
         remaining[best] = False
         closest = np.maximum(closest, sim[best])
     return placed

@@ -81,6 +81,15 @@ class Settings(BaseSettings):
     # API keys: a JSON list [{"name", "key", "scope": "admin"|"client", "users": [ids or patterns]}], or a file
     api_keys: str | None = None
     api_keys_file: Path | None = None  # default DATA_DIR/api_keys.json, created with an admin key if missing
+    # the secret of readers' pseudonyms (core.pseudonyms) in training data and everything outside the store's
+    # tables; unset: pseudonym.key beside the API key file, created (0600) on first start. Instances that share
+    # a store must share it: set it here, or share the file.
+    pseudonym_secret: str | None = Field(None, min_length=16)
+
+    # retention: events and ranking records older than this many days are deleted by the service (hourly) and
+    # by `newsrank retention`; unset: kept until the reader is erased
+    events_retention_days: float | None = Field(365.0, gt=0)
+    rankings_retention_days: float | None = Field(90.0, gt=0)
 
     # vllm (in-process engine; also what `newsrank llm-serve` passes to `vllm serve`)
     vllm_dtype: str = "auto"  # auto = float32 on a CPU (bf16 is several times slower there), the model's on a GPU
@@ -109,6 +118,11 @@ class Settings(BaseSettings):
     candidate_text: Literal["title", "title+category", "title+abstract"] = "title+abstract"
     # a learned ranker (`newsrank ranker`): a registered NAME[@VERSION] or a JSON file; unset: the hand-set weights
     ranker: str | None = None
+    # exposure caps, applied while the blend places a feed's items (unset: none): at most N items from one source,
+    # at most a share of the feed from one category, at least a share from outside the reader's top categories
+    cap_per_source: int | None = Field(None, ge=1)
+    cap_category_share: float | None = Field(None, gt=0, le=1)
+    min_exploration_share: float = Field(0.0, ge=0, le=1)
     listwise_window: int = Field(10, ge=2)
     listwise_step: int = Field(5, ge=1)
 
@@ -149,6 +163,17 @@ class Settings(BaseSettings):
     @property
     def api_keys_path(self) -> Path:
         return self.api_keys_file or self.data_dir / "api_keys.json"
+
+    @property
+    def exposure_caps(self) -> dict[str, float]:
+        """The exposure caps that are set, as agent.scoring.Caps takes them."""
+        caps = {"per_source": self.cap_per_source, "category_share": self.cap_category_share,
+                "exploration_share": self.min_exploration_share}  # fmt: skip
+        return {name: value for name, value in caps.items() if value}
+
+    @property
+    def pseudonym_key_path(self) -> Path:
+        return self.api_keys_path.parent / "pseudonym.key"
 
     @property
     def adapters_path(self) -> Path:

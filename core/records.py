@@ -34,6 +34,7 @@ class Article:
     category: str = ""
     subcategory: str = ""
     url: str = ""
+    source: str = ""  # the publisher or domain (from the URL when not given): what exposure is shared between
 
     def __post_init__(self) -> None:
         if not self.id.strip():
@@ -177,6 +178,9 @@ class RankedItem:
     explanation_source: str | None = None  # "llm" or "template"
     grounded_in: tuple[str, ...] = ()
     relevance_source: str | None = None  # one of RELEVANCE_SOURCES; None in records made before they were kept
+    category: str = ""
+    source: str = ""
+    moved_by: str | None = None  # the exposure cap that put it here (agent.scoring.CAPS), if one did
 
 
 @dataclass(frozen=True)

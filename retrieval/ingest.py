@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from core.errors import InvalidInput
 from core.records import Article
@@ -99,8 +100,15 @@ def article_from_dict(row: dict[str, Any], now: float) -> Article:
         category=str(row.get("category") or "").strip().lower(),
         subcategory=str(row.get("subcategory") or "").strip().lower(),
         url=str(row.get("url") or ""),
+        source=" ".join(str(row.get("source") or "").split()).lower() or domain(str(row.get("url") or "")),
         published_at=parse_time(row.get("published_at"), now),
     )
+
+
+def domain(url: str) -> str:
+    """An article's source when none is given: its URL's host, without a leading www."""
+    host = urlparse(url.strip()).hostname or ""
+    return host.removeprefix("www.")
 
 
 def read_jsonl(path: Path, now: float) -> Iterator[Article | RowError]:

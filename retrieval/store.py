@@ -37,6 +37,7 @@ def chroma_metadata(article: Article) -> dict[str, Any]:
         "category": article.category,
         "subcategory": article.subcategory,
         "url": article.url,
+        "source": article.source,
         "published_at": float(article.published_at),
     }
 
@@ -49,6 +50,7 @@ def article_from_chroma(article_id: str, meta: dict[str, Any]) -> Article:
         category=str(meta.get("category", "")),
         subcategory=str(meta.get("subcategory", "")),
         url=str(meta.get("url", "")),
+        source=str(meta.get("source", "")),
         published_at=float(meta.get("published_at", 0.0)),
     )
 

@@ -17,6 +17,7 @@ from litestar.params import Parameter
 from litestar.response import Response, ServerSentEvent
 
 from agent import __version__
+from agent.metrics import Exposure
 from core.errors import NotFound, RateLimited, StoreUnavailable
 from core.records import SCORING_KINDS
 from serve.auth import PUBLIC, ApiKey, admin_only
@@ -102,6 +103,7 @@ TALLY_COUNTERS = {
     "scoring_tasks": "background scoring tasks this process ran, by kind and outcome",
     "scoring_dropped": "scoring tasks dropped because the queue was full (the sweep asks again)",
     "explanation_rewrites": "LLM rewrites of template explanations, kept (as specific as the template) or rejected",
+    "feed_capped": "feed items placed by an exposure cap (holding back the item the blend placed first), by cap",
 }
 SCORES_WINDOW_SECONDS = 60
 
@@ -109,6 +111,32 @@ SCORES_WINDOW_SECONDS = 60
 def metric(name: str, help: str, series: dict[str, float], kind: str = "counter") -> str:
     head = f"# HELP {name} {help}\n# TYPE {name} {kind}\n"
     return head + "".join(f"{name}{labels} {value:g}\n" for labels, value in series.items())
+
+
+def exposure_gauges(exposure: Exposure) -> str:
+    """How this process's feeds shared their top 10 (agent.exposure): per category and source against the
+    candidates, the Gini coefficient of item exposure, the feeds reaching outside the reader's top categories."""
+
+    def by_label(index: int) -> dict[str, float]:
+        return {
+            label_text((("kind", kind), ("label", label))): shares[index]
+            for kind in ("category", "source")
+            for label, shares in getattr(exposure, kind).items()
+        }
+
+    return "".join(
+        [
+            metric("newsrank_exposure_feeds_total", "feeds whose exposure is counted here", {"": exposure.feeds}),
+            metric("newsrank_exposure_top10_share", "share of the feeds' top-10 slots, by category and by source",
+                   by_label(0), "gauge"),
+            metric("newsrank_exposure_candidate_share", "share among the feeds' candidates, by category and by "
+                   "source", by_label(1), "gauge"),
+            metric("newsrank_exposure_gini", "Gini coefficient of the top-10 slots each candidate item got",
+                   {"": exposure.gini}, "gauge"),
+            metric("newsrank_exposure_outside_share", "share of feeds with an item outside the reader's top 2 "
+                   "categories", {"": exposure.outside}, "gauge"),
+        ]
+    )  # fmt: skip
 
 
 def scoring_gauges(newsrank: Newsrank) -> str:
@@ -150,6 +178,7 @@ def metrics_text(metrics: Metrics, newsrank: Newsrank) -> str:
     for name, help in TALLY_COUNTERS.items():
         series = {label_text(labels): value for (n, labels), value in sorted(counted.items()) if n == name}
         parts.append(metric(f"newsrank_{name}_total", help, series or {"": 0}))
+    parts.append(exposure_gauges(newsrank.recommender.exposure.snapshot()))
     try:
         parts.append(scoring_gauges(newsrank))
     except StoreUnavailable:  # the metrics still answer; the store's own probe says what is wrong

@@ -126,7 +126,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     evaluator = evaluate.Evaluator(
         backend, settings.weights.frozen(), args.seed, adapter, args.explain, settings.history_titles,
         settings.candidate_text, ranker=Ranker.load(Path(args.ranker)) if args.ranker else None,
-        model=backend.model if backend else "",
+        model=backend.model if backend else "", caps=settings.exposure_caps,
     )  # fmt: skip
     base = "llm+adapter" if adapter else "llm"
     if (args.fit_weights or args.fit_ranker) and base not in methods:
@@ -177,7 +177,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             examples = _mind_examples(args, service)
         else:
             since = _since(args.since, registry, args.name)
-            examples = export.from_feedback(service.feedback, service.articles, service.backend, settings, since)
+            examples = export.from_feedback(
+                service.feedback, service.articles, service.backend, settings, since, service.pseudonyms
+            )
         examples = export.sample_negatives(list(examples), args.negatives, args.seed)
         if not any(e.label for e in examples):
             raise InvalidInput("no positive examples to learn from (no clicks or likes in the chosen data)")
@@ -215,7 +217,7 @@ def _mind_examples(args: argparse.Namespace, service):
     chosen = evaluate.select(impressions, args.part, args.seed, args.limit)
     corpus = evaluate.Corpus(Path(args.mind_news), service.articles.embedder, service.settings.data_dir / "eval-cache")
     contexts = evaluate.contexts(chosen, corpus)
-    return export.from_mind(contexts, service.backend, service.settings)
+    return export.from_mind(contexts, service.backend, service.settings, service.pseudonyms)
 
 
 def _since(value: str | None, registry, name: str) -> float:
@@ -393,6 +395,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention(args: argparse.Namespace) -> int:
+    """Delete the events and ranking records past their retention (NEWSRANK_EVENTS_RETENTION_DAYS and
+    NEWSRANK_RANKINGS_RETENTION_DAYS); the service's workers do the same every hour."""
+    service = _service()
+    s = service.settings
+    deleted = service.enforce_retention()
+    for kind, days in (("events", s.events_retention_days), ("rankings", s.rankings_retention_days)):
+        print(f"{kind}: {deleted[kind]} deleted, " + (f"older than {days:g} days" if days else "no retention set"))
+    return 0
+
+
 def cmd_llm_serve(args: argparse.Namespace) -> int:
     """Replace this process with a vLLM OpenAI-compatible server: the base model and every active adapter."""
     import os
@@ -495,6 +508,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="fit: rankings since TIME (ISO-8601); default: all")
     p.add_argument("--force", action="store_true", help="publish even if the gate finds it no better")
     p.set_defaults(run=cmd_ranker)
+
+    p = commands.add_parser("retention", help="delete events and ranking records past their retention now")
+    p.set_defaults(run=cmd_retention)
 
     p = commands.add_parser("db", help="the feedback store: status, migrate, or copy it into a new database")
     p.add_argument("action", choices=["status", "migrate", "migrate-to"])

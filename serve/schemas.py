@@ -70,6 +70,7 @@ class FeedItemOut(BaseModel):
     category: str
     subcategory: str
     url: str
+    source: str
     published_at: datetime
     age_hours: float
     score: float
@@ -83,6 +84,12 @@ class FeedItemOut(BaseModel):
         "llm-stale (under an earlier profile; a rescoring is queued), none (not computed yet: the item was "
         "blended on its other signals, their weights scaled up) or popularity (a reader with no history)",
     )
+    moved_by: str | None = Field(
+        None,
+        description="the exposure cap that put this item here, holding back the one the blend placed first: "
+        "source (at most N per source), category (at most a share per category) or exploration (a minimum "
+        "share from outside the reader's top categories)",
+    )
 
     @classmethod
     def of(cls, item: FeedItem) -> FeedItemOut:
@@ -95,6 +102,7 @@ class FeedItemOut(BaseModel):
             category=a.category,
             subcategory=a.subcategory,
             url=a.url,
+            source=a.source,
             published_at=datetime.fromtimestamp(a.published_at, UTC),
             age_hours=round(r.age_hours, 2),
             score=r.score,
@@ -103,6 +111,7 @@ class FeedItemOut(BaseModel):
             explanation_source=r.explanation_source,
             grounded_in=list(r.grounded_in),
             relevance_source=r.relevance_source,
+            moved_by=r.moved_by,
         )
 
 
@@ -169,6 +178,7 @@ class ArticleIn(BaseModel):
     category: str = Field("", max_length=60)
     subcategory: str = Field("", max_length=60)
     url: str = Field("", max_length=2000)
+    source: str = Field("", max_length=200, description="publisher or domain; default: the URL's host")
     published_at: datetime | Finite | None = Field(None, description="ISO-8601 or epoch seconds; default: now")
 
 
@@ -184,13 +194,14 @@ class ArticleOut(BaseModel):
     category: str
     subcategory: str
     url: str
+    source: str
     published_at: datetime
 
     @classmethod
     def of(cls, a: Article) -> ArticleOut:
         return cls(
             id=a.id, title=a.title, abstract=a.abstract, category=a.category, subcategory=a.subcategory, url=a.url,
-            published_at=datetime.fromtimestamp(a.published_at, UTC),
+            source=a.source, published_at=datetime.fromtimestamp(a.published_at, UTC),
         )  # fmt: skip
 
 

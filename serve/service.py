@@ -25,6 +25,7 @@ from agent.ranking import MAX_K, Feed, FeedRequest, Recommender
 from agent.settings import Settings
 from core.errors import InvalidInput, NotFound, StoreUnavailable
 from core.llm import Backend
+from core.pseudonyms import Pseudonyms, from_key_file
 from core.records import BLEND, MAX_INTERESTS, MAX_MUTES, Article, Event, Preferences, ScoringTask
 from core.stores import ArticleStore, FeedbackStore
 from core.tally import Tally
@@ -84,6 +85,13 @@ def make_backend(settings: Settings) -> Backend:
     return MeteredBackend(inner)
 
 
+def reader_pseudonyms(settings: Settings) -> Pseudonyms:
+    """Readers' pseudonyms under PSEUDONYM_SECRET, or under the key file beside the API keys (made on first start)."""
+    if settings.pseudonym_secret:
+        return Pseudonyms(settings.pseudonym_secret.encode())
+    return from_key_file(settings.pseudonym_key_path)
+
+
 @dataclass
 class EventReport:
     rows: int = 0
@@ -139,6 +147,7 @@ class Newsrank:
         backend: Backend,
         clock: Callable[[], float] = time.time,
         adapters: AdapterRegistry | None = None,
+        pseudonyms: Pseudonyms | None = None,
     ) -> None:
         self.settings = settings
         self.articles = articles
@@ -146,6 +155,7 @@ class Newsrank:
         self.backend = backend
         self.clock = clock
         self.adapters = adapters or AdapterRegistry(settings.adapters_path, feedback, clock)
+        self.pseudonyms = pseudonyms or reader_pseudonyms(settings)
         self.tally = Tally()
         self.recommender = Recommender(articles, feedback, backend, settings, clock, self.adapters, self.tally)
         self.chat = Chat(
@@ -307,15 +317,25 @@ class Newsrank:
         return self.feedback.export_user(user_id)
 
     def delete_user(self, user_id: str) -> dict[str, int]:
-        """Erase a reader: events, preferences, rankings, and their rows in exported training examples, so
-        no later training run sees them. Adapters already trained are not unlearned; retrain to drop them."""
+        """Erase a reader: events, preferences, rankings, and their rows in exported training examples (found
+        by their pseudonym, or by the raw id in files older versions wrote), so no later training run sees them.
+        Adapters already trained are not unlearned; retrain to drop them (a private adapter bounds them)."""
         if not self.feedback.known_user(user_id):
             raise NotFound(f"no user {user_id!r}")
         counts = self.feedback.delete_user(user_id)
+        names = (self.pseudonyms(user_id), user_id)
         counts["training_examples"] = sum(
-            export.drop_group(path, user_id) for path in (self.settings.data_dir / "runs").glob("*/examples.jsonl")
+            export.drop_group(path, name)
+            for path in (self.settings.data_dir / "runs").glob("*/examples.jsonl")
+            for name in names
         )
         return counts
+
+    def enforce_retention(self) -> dict[str, int]:
+        """Delete the events and ranking records past their retention now (the workers do it hourly)."""
+        from serve.worker import enforce_retention
+
+        return enforce_retention(self.feedback, self.settings, self.clock())
 
     def why(self, user_id: str, article_id: str, ranking_id: str | None = None) -> str:
         """Answer "why was this recommended?" from the stored ranking record, not from a fresh guess."""

@@ -1,7 +1,8 @@
 """Background scorer threads: in `newsrank serve` (SCORER_THREADS, one by default) or on their own in
 `newsrank worker`, for deployments that keep the API and the LLM's work apart. The work itself is
 agent/scorer.py; this runs it until told to stop, waking at once when this process queues work and otherwise
-polling the shared queue (another instance may have queued it)."""
+polling the shared queue (another instance may have queued it). A worker also deletes, hourly, the events and
+ranking records past their retention."""
 
 from __future__ import annotations
 
@@ -11,11 +12,23 @@ import time
 
 from agent.ranking import Recommender
 from agent.scorer import Scorer
+from agent.settings import Settings
 from core.errors import StoreUnavailable
+from core.stores import FeedbackStore
 from serve.jobs import INSTANCE
 
 log = logging.getLogger("newsrank.worker")
 POLL_SECONDS = 0.5  # how often an idle worker looks at the shared queue
+RETENTION_SECONDS = 3600.0  # how often a worker deletes what is past its retention
+
+
+def enforce_retention(feedback: FeedbackStore, settings: Settings, now: float) -> dict[str, int]:
+    """Delete the events and ranking records older than their retention (settings); how many of each."""
+
+    def cutoff(days: float | None) -> float | None:
+        return None if days is None else now - days * 86400
+
+    return feedback.forget_before(cutoff(settings.events_retention_days), cutoff(settings.rankings_retention_days))
 
 
 class ScoringWorkers:
@@ -25,6 +38,7 @@ class ScoringWorkers:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_sweep = 0.0
+        self._next_retention = 0.0
         self._sweep_lock = threading.Lock()
 
     def start(self) -> None:
@@ -70,4 +84,12 @@ class ScoringWorkers:
             if time.monotonic() < self._next_sweep:
                 return
             self._next_sweep = time.monotonic() + self.recommender.settings.scoring_sweep_seconds
+            retain = time.monotonic() >= self._next_retention
+            if retain:
+                self._next_retention = time.monotonic() + RETENTION_SECONDS
         scorer.sweep()
+        if retain:
+            r = self.recommender
+            deleted = enforce_retention(r.feedback, r.settings, r.clock())
+            if any(deleted.values()):
+                log.info("retention: deleted %d events and %d ranking records", deleted["events"], deleted["rankings"])

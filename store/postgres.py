@@ -161,6 +161,12 @@ class PostgresFeedbackStore(SqlFeedbackStore):
         CREATE INDEX rankings_created ON rankings(created_at);
         ALTER TABLE ranking_items ADD COLUMN relevance_source TEXT;
         """,
+        # 8: what exposure is shared between (each item's category and source) and the cap that moved it
+        """
+        ALTER TABLE ranking_items ADD COLUMN category TEXT NOT NULL DEFAULT '';
+        ALTER TABLE ranking_items ADD COLUMN source TEXT NOT NULL DEFAULT '';
+        ALTER TABLE ranking_items ADD COLUMN moved_by TEXT;
+        """,
     )
 
     def __init__(self, url: str, pool_size: int = 10, timeout: float = 5.0) -> None:

@@ -363,6 +363,23 @@ class SqlFeedbackStore(ABC):
         self.after_erasure()
         return counts
 
+    def forget_before(self, events_before: float | None, rankings_before: float | None) -> dict[str, int]:
+        """Retention: delete the events and the ranking records (their items cascade) older than these times
+        (None: keep them). Returns how many of each were deleted."""
+        counts = {"events": 0, "rankings": 0}
+        with self.transaction() as tx:
+            if events_before is not None:
+                counts["events"] = tx.execute(
+                    "DELETE FROM events WHERE ts < ?", [self.encode_time(events_before)]
+                ).rowcount
+            if rankings_before is not None:
+                counts["rankings"] = tx.execute(
+                    "DELETE FROM rankings WHERE created_at < ?", [self.encode_time(rankings_before)]
+                ).rowcount
+        if any(counts.values()):
+            self.after_erasure()
+        return counts
+
     # -- LLM relevance computed ahead of requests ---------------------------------------------------------
     def cached_relevance(self, user_id: str, scorer: str, article_ids: Sequence[str]) -> dict[str, CachedScore]:
         """The stored relevance of these articles for this reader under this scorer (model, adapter, prompt);

@@ -162,6 +162,12 @@ class SqliteFeedbackStore(SqlFeedbackStore):
         CREATE INDEX rankings_created ON rankings(created_at);
         ALTER TABLE ranking_items ADD COLUMN relevance_source TEXT;
         """,
+        # 8: what exposure is shared between (each item's category and source) and the cap that moved it
+        """
+        ALTER TABLE ranking_items ADD COLUMN category TEXT NOT NULL DEFAULT '';
+        ALTER TABLE ranking_items ADD COLUMN source TEXT NOT NULL DEFAULT '';
+        ALTER TABLE ranking_items ADD COLUMN moved_by TEXT;
+        """,
     )
 
     def __init__(self, path: Path | str) -> None:

@@ -214,7 +214,9 @@ def test_users_profile_patch_export_delete(client, service, tmp_path):
     # a training export that holds the reader's rows loses them too
     runs = service.settings.data_dir / "runs" / "clicks"
     runs.mkdir(parents=True)
-    rows = [{"prefix": "p", "suffix": "s", "label": 1, "group": g} for g in ("fan", "someone", "fan")]
+    rows = [
+        {"prefix": "p", "suffix": "s", "label": 1, "group": g} for g in ("fan", "someone", service.pseudonyms("fan"))
+    ]
     (runs / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     erased = client.delete("/v1/users/fan", headers=auth(ADMIN)).json()
     assert erased == {"events": 2, "users": 1, "rankings": 1, "relevance": 0, "training_examples": 2}
@@ -381,3 +383,36 @@ def test_first_start_creates_an_admin_key_file(corpus_store, feedback, settings,
     again = json.loads(path.read_text())
     create_app(newsrank=service)
     assert json.loads(path.read_text()) == again  # the next start keeps it
+
+
+def test_exposure_caps_move_items_and_metrics_show_the_exposure(corpus_store, feedback, settings, llm):
+    """A per-source cap and a minimum exploration share, through the API: the record says which cap moved an
+    item, and /metrics reports the shares, the Gini coefficient and the capped items."""
+    wire = [{"id": f"w{i}", "title": f"Hawks football playoff report number {i}", "category": "sports",
+             "subcategory": "football", "url": f"https://www.wire.example/{i}"} for i in range(4)]  # fmt: skip
+    feedback.add_events([Event("fan", a, "click", NOW - 3600) for a in ("s1", "s2")])
+    shown = {}
+    for name, caps in (("none", {}), ("capped", {"cap_per_source": 1, "min_exploration_share": 0.5})):
+        configured = settings.model_copy(update={"api_keys": json.dumps(KEYS), **caps})
+        service = Newsrank(configured, corpus_store, feedback, llm, clock=lambda: NOW)
+        with TestClient(app=create_app(newsrank=service)) as client:
+            assert client.post("/v1/articles", json={"articles": wire}, headers=auth(ADMIN)).status_code == 201
+            shown[name] = feed_for(client, k=6, explain=False)["items"]
+            text = client.get("/metrics", headers=auth(ADMIN)).text
+        record = feedback.ranking(feedback.latest_ranking("fan").ranking_id)
+    free, capped = shown["none"], shown["capped"]
+    assert {i["source"] for i in free} >= {"wire.example"}  # the URL's host, when no source is given
+    assert sum(i["source"] == "wire.example" for i in free) >= 2  # unbounded, the wire fills the feed
+    assert sum(i["source"] == "wire.example" for i in capped) == 1
+    assert sum(i["category"] != "sports" for i in capped) >= 3  # half of 6 from outside the reader's sports
+    moved = {i["moved_by"] for i in capped} - {None}
+    assert moved and moved <= {"source", "exploration"} and all(i["moved_by"] is None for i in free)
+    assert [(i.source, i.moved_by) for i in record.items] == [(i["source"], i["moved_by"]) for i in capped]
+    assert "newsrank_exposure_feeds_total 1" in text
+    assert 'newsrank_exposure_top10_share{kind="source",label="wire.example"}' in text
+    assert 'newsrank_exposure_candidate_share{kind="category",label="sports"}' in text
+    gini = float(next(line for line in text.splitlines() if line.startswith("newsrank_exposure_gini ")).split()[1])
+    assert 0 < gini < 1
+    outside = next(line for line in text.splitlines() if line.startswith("newsrank_exposure_outside_share "))
+    assert outside == "newsrank_exposure_outside_share 1"
+    assert any(line.startswith('newsrank_feed_capped_total{cap="') for line in text.splitlines())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import evaluate
+from agent import evaluate, metrics
 from agent.backends.fake import FakeBackend
 from agent.ranker import Ranker
 from agent.scoring import BlendWeights
@@ -142,8 +142,14 @@ def test_the_eval_command_end_to_end_on_the_real_llm(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "2 malformed rows skipped" in done.stdout and "12 impressions evaluated" in done.stdout
     report = (tmp_path / "out" / "r.md").read_text()
-    rows = [line for line in report.splitlines() if line.startswith("| ") and "method" not in line]
+    main, exposure = report.split("#### Exposure of the top 10")
+    rows = [line for line in main.splitlines() if line.startswith("| ") and "method" not in line]
     assert [r.split("|")[1].strip() for r in rows] == ["blend", "random", "popularity", "category", "embedding", "llm"]
+    gini = [float(v) for v in next(r for r in exposure.splitlines() if r.startswith("| Gini")).split("|")[2:-1]]
+    assert len(gini) == 6 and all(0 < g < 1 for g in gini) and len(set(gini)) > 1  # the methods share differently
+    segments = exposure.split("#### AUC by reader segment")[1]
+    assert "| history < 5 (" in segments or "| history 5-19 (" in segments
+    assert "| reads most: " in segments
     llm_row = rows[-1].split("|")
     assert float(llm_row[-3].replace(",", "")) > 0 and float(llm_row[-2]) > 5  # speed and prompt tokens
     assert "passed the grounding check (blend)" in report
@@ -168,3 +174,19 @@ def test_the_eval_command_end_to_end_on_the_real_llm(tmp_path):
     ]  # fmt: skip
     missing = subprocess.run([*common, "--method", "ranker"], env=env, capture_output=True, text=True, timeout=900)
     assert missing.returncode == 2 and "needs a ranker file" in missing.stderr
+
+
+def test_the_blend_under_a_category_cap_spreads_its_top_over_categories(corpus, impressions, tmp_path):
+    from collections import Counter
+
+    crowding = {}
+    for name, caps in (("free", {}), ("capped", {"category_share": 0.34})):  # at most 2 of 6 from one category
+        evaluator = evaluate.Evaluator(FakeBackend(), BlendWeights(), caps=caps)
+        rows, prepared = evaluate.run(impressions, corpus, evaluator, ["blend"], tmp_path, "fake", show_progress=False)
+        tops = [[c.hits[i].article.category for i in metrics.ranking(rows["blend"][c.impression.id]["scores"])[:3]]
+                for c in prepared]  # fmt: skip
+        crowding[name] = [max(Counter(top).values()) for top in tops]
+        report = evaluate.summarize("blend", rows["blend"], prepared, rows["llm"])
+        assert report.exposure.feeds == len(prepared) and report.segments
+    assert all(c <= 2 for c in crowding["capped"])
+    assert sum(crowding["capped"]) < sum(crowding["free"])

@@ -57,7 +57,7 @@ def job(job_id: str, status: str = "running", at: float = NOW, instance: str = "
 
 def test_a_store_implements_the_protocol_and_its_schema_is_current(store):
     assert isinstance(store, FeedbackStore)
-    assert store.schema_current() and store.schema_version == len(store.MIGRATIONS) == 7
+    assert store.schema_current() and store.schema_version == len(store.MIGRATIONS) == 8
     store.migrate()  # idempotent
     assert store.schema_current()
 
@@ -500,3 +500,23 @@ def test_an_ask_that_a_running_task_satisfies_does_not_run_it_again(store):
     store.request_scoring([reader("u", NOW + 5)], NOW, limit=100, again=False)  # the sweep: scores are old
     store.finish_scoring(task, "w")
     assert store.scoring_queue() == {}
+
+
+def test_retention_deletes_old_events_and_rankings_with_their_items(store):
+    store.add_events([Event("u", "a", "click", NOW - 400 * 86400), Event("u", "b", "click", NOW - 3600)])
+    store.record_ranking(record("old", "u", NOW - 100 * 86400, ["a", "b"]))
+    store.record_ranking(record("new", "u", NOW - 3600, ["c"]))
+    assert store.forget_before(None, None) == {"events": 0, "rankings": 0}
+    assert store.forget_before(NOW - 365 * 86400, NOW - 90 * 86400) == {"events": 1, "rankings": 1}
+    assert [e.article_id for e in store.events("u")] == ["b"]
+    assert [r.ranking_id for r in store.rankings_for("u")] == ["new"]
+    with pytest.raises(NotFound):
+        store.ranking("old")
+    kept = store.ranking("new").items[0]
+    assert (kept.category, kept.source, kept.moved_by) == ("", "", None)  # the exposure fields round-trip
+
+
+def test_a_ranked_items_exposure_fields_are_kept(store):
+    items = (RankedItem(1, "a", "A", 0.5, {}, 1.0, category="sports", source="wire", moved_by="source"),)
+    store.record_ranking(RankingRecord("r", "u", NOW, "pointwise", "v1", "fake", "m", None, {}, "p", False, items))
+    assert store.ranking("r").items == items

@@ -45,3 +45,19 @@ def test_logistic_regression_recovers_known_weights():
     y = (rng.random(20000) < p).astype(float)
     w = fit_logistic(x, y, l2=1e-6)
     assert w == pytest.approx(true, abs=0.3)
+
+
+def test_gini_and_exposure_shares_by_hand():
+    from agent.metrics import Shown, exposure, gini, shares
+
+    assert gini([3, 3, 3]) == 0.0 and gini([]) == 0.0 and gini([0, 0]) == 0.0
+    assert gini([0, 0, 0, 4]) == pytest.approx(0.75)  # one of four holds everything: (n - 1) / n
+    assert gini([1, 2, 3, 4]) == pytest.approx(0.25)
+    assert shares(["a", "b", "a", ""]) == {"a": 0.5, "b": 0.25, "unknown": 0.25}
+    candidates = [("x", "sports", "wire"), ("y", "sports", "daily"), ("z", "news", "wire"), ("w", "news", "")]
+    feeds = [Shown(candidates, [0, 1], [False, False]), Shown(candidates, [0, 2], [False, True])]
+    found = exposure(feeds)
+    assert found.feeds == 2 and found.outside == 0.5
+    assert found.category == {"news": (0.25, 0.5), "sports": (0.75, 0.5)}
+    assert found.source == {"wire": (0.75, 0.5), "daily": (0.25, 0.25), "unknown": (0.0, 0.25)}
+    assert found.gini == pytest.approx(gini([2, 1, 1, 0]))

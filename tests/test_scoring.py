@@ -79,3 +79,31 @@ def test_every_part_reads_the_one_declaration_of_the_signals():
     assert Weights().frozen() == BlendWeights() == {spec.name: spec.weight for spec in BLEND}
     with pytest.raises(ValueError, match="unknown signals"):
         BlendWeights(recency=1.0)
+
+
+def caps_case(**caps):
+    """Six candidates by falling relevance: three from one source in sports (the reader's usual), then others."""
+    from agent.scoring import Caps
+
+    signals = [Signals(relevance=1.0 - i / 10) for i in range(6)]
+    sources = ["wire", "wire", "wire", "daily", "", "daily"]
+    categories = ["sports", "sports", "sports", "politics", "sports", "science"]
+    outside = [c != "sports" for c in categories]
+    embeddings = np.eye(6)
+    weights = BlendWeights(relevance=1.0, similarity=0, affinity=0, popularity=0, freshness=0, diversity=0)
+    return blend_rank(signals, embeddings, weights, 4, Caps(sources, categories, outside, **caps) if caps else None)
+
+
+def test_exposure_caps_hold_items_back_and_say_which_cap_moved_what():
+    assert [p.index for p in caps_case()] == [0, 1, 2, 3]
+    assert all(p.moved_by is None for p in caps_case())
+    by_source = caps_case(per_source=2)
+    assert [(p.index, p.moved_by) for p in by_source] == [(0, None), (1, None), (3, "source"), (4, "source")]
+    by_category = caps_case(category_share=0.5)  # at most 2 of 4 from one category
+    assert [(p.index, p.moved_by) for p in by_category] == [(0, None), (1, None), (3, "category"), (5, "category")]
+    exploring = caps_case(exploration_share=0.5)  # at least 2 of 4 from outside sports: the last two slots
+    assert [(p.index, p.moved_by) for p in exploring] == [(0, None), (1, None), (3, "exploration"), (5, "exploration")]
+    assert [p.index for p in caps_case(exploration_share=0.25)] == [0, 1, 2, 3]  # already met: nothing moves
+    # caps no candidate can meet do not shorten the feed: the blend's own choice fills the slot
+    strict = caps_case(per_source=1, category_share=0.25)
+    assert [(p.index, p.moved_by) for p in strict] == [(0, None), (3, "source"), (1, None), (2, None)]
