@@ -516,7 +516,9 @@ def exposure_markdown(reports: Sequence[MethodReport], rows: int = 12) -> list[s
              f"| | {names} |", "|---|" + "---:|" * len(reports),
              "| Gini of item exposure | " + " | ".join(f"{r.exposure.gini:.3f}" for r in reports) + " |",
              "| feeds with an item outside the reader's top 2 categories | "
-             + " | ".join(f"{100 * r.exposure.outside:.1f}%" for r in reports) + " |"]  # fmt: skip
+             + " | ".join(f"{100 * r.exposure.outside:.1f}%" for r in reports) + " |",
+             "| top-10 slots outside the reader's top 2 categories | "
+             + " | ".join(f"{100 * r.exposure.outside_slots:.1f}%" for r in reports) + " |"]  # fmt: skip
     for kind in ("category", "source"):
         table = [getattr(r.exposure, kind) for r in reports]
         lines += ["", f"| {kind}: share of top-10 slots (share among candidates) | {names} |",

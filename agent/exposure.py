@@ -23,7 +23,8 @@ class ExposureTally:
         self._offered: dict[str, Counter[str]] = {"category": Counter(), "source": Counter()}
         self._slots: Counter[str] = Counter()
         self.feeds = 0
-        self._outside = 0
+        self._outside = 0  # feeds with an item outside the reader's top categories
+        self._outside_slots = [0, 0]  # top slots outside them, top slots
 
     def add(self, candidates: Sequence[Article], shown: Sequence[Article], usual: Collection[str]) -> None:
         """One feed: its candidates, what it showed (best first) and the reader's top categories."""
@@ -31,6 +32,8 @@ class ExposureTally:
         with self._lock:
             self.feeds += 1
             self._outside += any(a.category not in usual for a in top)
+            self._outside_slots[0] += sum(a.category not in usual for a in top)
+            self._outside_slots[1] += len(top)
             for kind in ("category", "source"):
                 self._offered[kind].update(self._label(kind, getattr(a, kind)) for a in candidates)
                 self._top[kind].update(self._label(kind, getattr(a, kind)) for a in top)
@@ -57,4 +60,5 @@ class ExposureTally:
             return metrics.Exposure(
                 self.feeds, side_by_side("category"), side_by_side("source"), metrics.gini(list(self._slots.values())),
                 self._outside / self.feeds if self.feeds else 0.0,
+                self._outside_slots[0] / self._outside_slots[1] if self._outside_slots[1] else 0.0,
             )  # fmt: skip

@@ -137,6 +137,7 @@ class Exposure:
     source: dict[str, tuple[float, float]]
     gini: float  # of the top slots each candidate item got, over every item that was a candidate
     outside: float  # share of feeds with at least one item outside the reader's top categories
+    outside_slots: float  # share of top slots given to items outside the reader's top categories
 
 
 def exposure(feeds: Sequence[Shown]) -> Exposure:
@@ -150,7 +151,8 @@ def exposure(feeds: Sequence[Shown]) -> Exposure:
         for i in f.top:
             slots[f.candidates[i][0]] += 1
     outside = [any(f.outside) for f in feeds]
+    slots_outside = [o for f in feeds for o in f.outside]
     return Exposure(
         len(feeds), side_by_side(1), side_by_side(2), gini(list(slots.values())),
-        float(np.mean(outside)) if outside else 0.0,
+        float(np.mean(outside)) if outside else 0.0, float(np.mean(slots_outside)) if slots_outside else 0.0,
     )  # fmt: skip

@@ -135,6 +135,8 @@ def exposure_gauges(exposure: Exposure) -> str:
                    {"": exposure.gini}, "gauge"),
             metric("newsrank_exposure_outside_share", "share of feeds with an item outside the reader's top 2 "
                    "categories", {"": exposure.outside}, "gauge"),
+            metric("newsrank_exposure_outside_slot_share", "share of top-10 slots given to items outside the "
+                   "reader's top 2 categories", {"": exposure.outside_slots}, "gauge"),
         ]
     )  # fmt: skip
 

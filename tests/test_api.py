@@ -415,4 +415,6 @@ def test_exposure_caps_move_items_and_metrics_show_the_exposure(corpus_store, fe
     assert 0 < gini < 1
     outside = next(line for line in text.splitlines() if line.startswith("newsrank_exposure_outside_share "))
     assert outside == "newsrank_exposure_outside_share 1"
+    slots = next(line for line in text.splitlines() if line.startswith("newsrank_exposure_outside_slot_share "))
+    assert float(slots.split()[1]) >= 0.5  # at least half of the capped feed's 6 slots
     assert any(line.startswith('newsrank_feed_capped_total{cap="') for line in text.splitlines())

@@ -57,7 +57,7 @@ def test_gini_and_exposure_shares_by_hand():
     candidates = [("x", "sports", "wire"), ("y", "sports", "daily"), ("z", "news", "wire"), ("w", "news", "")]
     feeds = [Shown(candidates, [0, 1], [False, False]), Shown(candidates, [0, 2], [False, True])]
     found = exposure(feeds)
-    assert found.feeds == 2 and found.outside == 0.5
+    assert found.feeds == 2 and found.outside == 0.5 and found.outside_slots == 0.25
     assert found.category == {"news": (0.25, 0.5), "sports": (0.75, 0.5)}
     assert found.source == {"wire": (0.75, 0.5), "daily": (0.25, 0.25), "unknown": (0.0, 0.25)}
     assert found.gini == pytest.approx(gini([2, 1, 1, 0]))

@@ -154,7 +154,6 @@ def test_after_erasure_no_file_the_service_wrote_holds_the_reader(llm, tmp_path,
 
     from adapters import train
     from agent.ranking import FeedRequest
-    from core.records import Event
     from serve.app import create_app
     from serve.service import Newsrank
     from serve.worker import ScoringWorkers
