@@ -296,6 +296,7 @@ class MethodReport:
 
 
 HISTORY_SEGMENTS = ((5, "history < 5"), (20, "history 5-19"), (float("inf"), "history 20+"))
+SEGMENT_ORDER = {label: i for i, (_, label) in enumerate(HISTORY_SEGMENTS)}  # then the categories, largest first
 
 
 def segments_of(profile: Profile) -> list[str]:
@@ -440,7 +441,7 @@ def summarize(
         exposure=metrics.exposure(shown),
         segments={
             name: (100 * float(np.mean(v)), 100 * metrics.standard_error(v), len(v))
-            for name, v in sorted(by_segment.items(), key=lambda kv: (not kv[0].startswith("history"), -len(kv[1])))
+            for name, v in sorted(by_segment.items(), key=lambda kv: (SEGMENT_ORDER.get(kv[0], 9), -len(kv[1])))
         },
     )
 

@@ -31,7 +31,10 @@ Weights = create_model(
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NEWSRANK_", env_nested_delimiter="__", extra="forbid")
+    # "none" unsets a setting whose default is a value (NEWSRANK_EVENTS_RETENTION_DAYS=none: kept until erasure)
+    model_config = SettingsConfigDict(
+        env_prefix="NEWSRANK_", env_nested_delimiter="__", extra="forbid", env_parse_none_str="none"
+    )
 
     # storage
     data_dir: Path = Path("data")
@@ -142,8 +145,9 @@ class Settings(BaseSettings):
         for name, value in self.model_dump(mode="json").items():
             if name == "openai_urls":  # read back comma-separated, not as JSON
                 value = ",".join(value)
-            if value is not None:
-                env[f"NEWSRANK_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+            if value is None:
+                value = "none"
+            env[f"NEWSRANK_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
         return env
 
     @field_validator("openai_urls", mode="before")
