@@ -11,6 +11,7 @@ number. σ is set by Opacus's RDP accountant so that the whole run (epochs / q s
 from __future__ import annotations
 
 import random
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -112,6 +113,8 @@ def sample(n_readers: int, rate: float, seed: int, step: int) -> list[int]:
 def make_private(model: Any, optimizer: Any, budget: Budget) -> tuple[Any, Any]:
     """The model with per-example gradients and the optimizer that clips, noises and averages them."""
     grad_sample = require("opacus", OPACUS)
+    # Opacus's hooks fire on module outputs (the LoRA layers' inputs need no gradient): expected, not a problem
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     module = grad_sample.GradSampleModule(model, loss_reduction="mean")
     expected = max(1, round(budget.sample_rate * budget.readers))
     private = grad_sample.optimizers.DPOptimizer(
