@@ -14,9 +14,9 @@ impressions. `texts` trains one packed adapter per candidate text on the same tu
 later tune impressions (the held-out part stays unseen). `curve` trains once on the adapter's share of the tune
 part, saving the adapter after 1k, 2k and 4k examples, and writes the LLM scores of each snapshot for the held-out
 impressions and the ranker's share of the tune part to `--out`, for `newsrank ranker` and
-`benchmarks/ranker.py`. `privacy` trains DP-SGD adapters (`--epsilons`, each reader one example) on the curve's
-examples and scores them, and the model without an adapter, on the held-out impressions; the non-private
-adapter on the same examples is the curve's last row. Scores are cached there: a rerun goes on where it stopped.
+`benchmarks/ranker.py`. `privacy` trains an adapter per ε (`--epsilons`; inf: the non-private trainer, finite:
+DP-SGD with each reader one example) on the curve's examples and scores each, and the model without an adapter,
+on the held-out impressions. Scores are cached there: a rerun goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--snapshots", default="1000,2000,4000", help="curve: adapters saved after N examples")
     parser.add_argument("--out", default="data/llm-training", help="runs, examples and score caches")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--epsilons", default="8,2", help="privacy: the ε of each private adapter")
+    parser.add_argument("--epsilons", default="inf,8,2", help="privacy: ε of each adapter (inf: not private)")
     parser.add_argument("--dp-learning-rate", type=float, default=1e-3, help="privacy: the private runs' rate")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -189,16 +189,18 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         value, se = auc(heldout, score(arm, backend, heldout, None, out / "privacy" / "heldout-none.jsonl"))
         print(f"| none (zero-shot) | – | – | – | – | – | – | {value:.2f} ± {se:.2f} |", flush=True)
-        for epsilon in map(float, args.epsilons.split(",")):
+        for epsilon in map(float, args.epsilons.split(",")):  # inf: the non-private trainer, as the curve ran it
             name = f"dp-{epsilon:g}"
-            adapter, speed = train_arm(Arm(name, packed=True), rows, out / "privacy", dp_epsilon=epsilon,
-                                       learning_rate=args.dp_learning_rate, **config)  # fmt: skip
-            dp = json.loads((adapter / "card.json").read_text())["privacy"]
+            private = {"dp_epsilon": epsilon, "learning_rate": args.dp_learning_rate} if epsilon < float("inf") else {}
+            adapter, speed = train_arm(Arm(name, packed=True), rows, out / "privacy", **private, **config)
+            card = json.loads((adapter / "card.json").read_text())
             backend.load_adapter(name, str(adapter))
             value, se = auc(heldout, score(arm, backend, heldout, name, out / "privacy" / f"heldout-{name}.jsonl"))
-            print(f"| DP-SGD | {dp['epsilon_spent']:.2f} | {dp['delta']:.1e} | {dp['noise_multiplier']:.2f} | "
-                  f"{dp['sample_rate'] * dp['readers']:.0f} | {dp['steps']} | {speed:.2f} | {value:.2f} ± {se:.2f} |",
-                  flush=True)  # fmt: skip
+            dp = card["privacy"] or {"epsilon_spent": float("inf"), "delta": 0.0, "noise_multiplier": 0.0,
+                                     "sample_rate": 1.0, "readers": 1, "steps": card["steps"]}  # fmt: skip
+            print(f"| {'DP-SGD' if card['privacy'] else 'not private'} | {dp['epsilon_spent']:.2f} | "
+                  f"{dp['delta']:.1e} | {dp['noise_multiplier']:.2f} | {dp['sample_rate'] * dp['readers']:.0f} | "
+                  f"{dp['steps']} | {speed:.2f} | {value:.2f} ± {se:.2f} |", flush=True)  # fmt: skip
 
     else:
         arm = Arm("curve", packed=True)
