@@ -236,7 +236,7 @@ class RankerRegistry:
 class Impression:
     """What one reader was shown at once (a ranking, or a MIND impression) and what they clicked."""
 
-    group: str
+    group: str  # the split key: the reader (an impression where readers are unknown)
     signals: tuple[Signals, ...]
     labels: tuple[int, ...]
     history: int  # the reader's history items then
@@ -333,7 +333,7 @@ def from_feedback(feedback: FeedbackStore, since: float) -> tuple[list[Impressio
     known = {f.name for f in fields(Signals)}
     impressions = [
         Impression(
-            r.ranking_id,
+            r.user_id,  # the validation split is by reader: none of a held-out reader's rankings is fitted on
             tuple(Signals(**{k: v for k, v in i.signals.items() if k in known}) for i in r.items),
             labels,
             history,

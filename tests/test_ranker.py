@@ -132,6 +132,7 @@ def test_a_platforms_own_impressions_fit_and_gate_a_ranker(corpus_store, feedbac
     impressions, scorer = ranker.from_feedback(feedback, NOW - 86400)
     assert scorer == recommender.scorer(None) and len(impressions) == len(readers)
     assert all(sum(i.labels) == 1 and i.history == 1 and i.scored for i in impressions)
+    assert sorted(i.group for i in impressions) == sorted(readers)  # the validation split is by reader
     fitted, decision = ranker.fit_and_gate(impressions, scorer, HAND, None, validation_share=0.5)
     assert decision.new[2] > 0 and decision.against == "the hand-set weights"
     assert fitted.fitted_on["impressions"] + fitted.fitted_on["validation_impressions"] == len(readers)
