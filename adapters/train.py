@@ -55,6 +55,7 @@ class TrainConfig:
     max_examples: int | None = None
     seed: int = 0
     checkpoint_every: int = 20  # steps
+    eval_every: int = 50  # steps between validation AUCs in the TensorBoard log (and one at the end); 0: end only
     threads: int | None = None
     device: str = "cpu"  # or "cuda" on a GPU machine
     # differential privacy (adapters.private): set dp_epsilon to train with DP-SGD, each reader one example
@@ -179,6 +180,9 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
 
     base_before = fingerprint(model)
     total = budget.steps if budget else config.epochs * len(plan)
+    # what `tensorboard --logdir OUTPUT/tensorboard` shows: loss and learning rate per step, validation AUC
+    board = require("torch.utils.tensorboard", "pip install tensorboard").SummaryWriter(str(output / "tensorboard"))
+    validation_auc = None
     model.train()
     started = time.perf_counter()
     with tqdm(total=total, initial=step, desc="train", unit=" steps", disable=not show_progress) as bar:
@@ -208,6 +212,12 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
             before, seen = seen, seen + rows
             bar.update(advance)
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+            board.add_scalar("train/loss", loss, step)
+            board.add_scalar("train/learning_rate", optimizer.param_groups[0]["lr"], step)
+            due = config.eval_every and step // config.eval_every > (step - advance) // config.eval_every
+            if validation and (due or step == total):
+                validation_auc = auc_on(model, tokenizer, validation, answer_ids, config)
+                board.add_scalar("validation/auc", validation_auc, step)
             for n in config.snapshots:
                 if before < n <= seen:
                     model.save_pretrained(output / "snapshots" / f"{n}-examples")
@@ -215,6 +225,7 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
                 state = {"step": step, "losses": losses, "seen": seen, "run_id": run_id}
                 save_checkpoint(model, optimizer, state, checkpoint, torch)
 
+    board.close()
     model.eval()
     adapter = output / "adapter"
     model.save_pretrained(adapter)
@@ -229,6 +240,7 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
         "examples_seen": seen,
         "train_seconds_this_run": round(time.perf_counter() - started, 1),
         "train_loss_last_20": sum(losses[-20:]) / max(len(losses[-20:]), 1),
+        "validation_auc_last": validation_auc,
         "base_weights_unchanged": fingerprint(model) == base_before,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "privacy": budget.card(step) if budget else None,
@@ -248,6 +260,25 @@ def margins(model: Any, tokenizer: Any, batch: list[Example], answer_ids: tuple[
     cache = model(input_ids=prefix_ids, use_cache=True).past_key_values
     cache.batch_repeat_interleave(len(batch))
     return answer_margins(model, tokenizer, suffixes, cache, prefix_ids.shape[1], answer_ids)
+
+
+def auc_on(
+    model: Any, tokenizer: Any, examples: list[Example], answer_ids: tuple[int, int], config: TrainConfig
+) -> float:
+    """Mean per-group AUC ×100 of the model as it is now on held-out examples (groups with both labels)."""
+    torch = require("torch", "pip install torch==2.13.0")
+    from agent import metrics
+
+    by_group: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+    model.eval()
+    with torch.no_grad():
+        for batch in batches(examples, config.batch_size):
+            for e, m in zip(batch, margins(model, tokenizer, batch, answer_ids, config).tolist(), strict=True):
+                by_group[e.group][0].append(e.label)
+                by_group[e.group][1].append(m)
+    model.train()
+    values = [a for labels, scores in by_group.values() if (a := metrics.auc(labels, scores)) is not None]
+    return 100 * sum(values) / len(values) if values else 0.0
 
 
 def fingerprint(model: Any) -> list[float]:

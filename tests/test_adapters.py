@@ -295,3 +295,25 @@ def test_train_publish_serve_round_trip_from_the_command_line(tmp_path):
         "4 examples written" in again.stdout
     )  # N1 clicked, and the three shown (one clicked) and "published clicks@2" in again.stdout
     assert run("adapters", "rollback", "clicks").stdout.strip() == "clicks@1 is now active"
+
+
+def test_training_writes_a_tensorboard_log_of_loss_rate_and_validation_auc(llm, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    impressions = evaluate.read_behaviors(MIND / "behaviors.tsv")[0][:8]
+    corpus = evaluate.Corpus(MIND / "news.tsv", llm_embedder(), tmp_path / "cache", show_progress=False)
+    data = tmp_path / "examples.jsonl"
+    export.write_examples(data, export.from_mind(evaluate.contexts(impressions, corpus), llm, Settings(), PSEUDONYMS))
+    run = tmp_path / "run"
+    config = train.load_config(None, ["rank=2", "validation_share=0.5", "eval_every=2", "learning_rate=0.001"],
+                               data=str(data), output=str(run))  # fmt: skip
+    card = train.main(config, show_progress=False)
+    log = EventAccumulator(str(run / "tensorboard"))
+    log.Reload()
+    assert {"train/loss", "train/learning_rate", "validation/auc"} <= set(log.Tags()["scalars"])
+    losses = torch.load(run / "checkpoint" / "state.pt", weights_only=False)["losses"]
+    assert [e.value for e in log.Scalars("train/loss")] == pytest.approx(losses, rel=1e-5)
+    assert [e.value for e in log.Scalars("train/learning_rate")] == pytest.approx([0.001] * card["steps"])
+    aucs = log.Scalars("validation/auc")
+    assert [e.step for e in aucs] == [s for s in range(1, card["steps"] + 1) if s % 2 == 0 or s == card["steps"]]
+    assert all(0 <= e.value <= 100 for e in aucs) and aucs[-1].value == pytest.approx(card["validation_auc_last"])
