@@ -265,7 +265,8 @@ class Evaluator:
         caps = caps_over([h.article for h in ctx.hits], ctx.profile.top_categories(), self.caps)
         if caps is not None:  # the top 10 under the caps, then the rest in the blend's order
             capped = blend_rank(signals, ctx.embeddings, weights, TOP, caps)
-            placed = capped + [p for p in placed if p.index not in {c.index for c in capped}]
+            held = {c.index for c in capped}
+            placed = capped + [p for p in placed if p.index not in held]
         scores = metrics.by_place(placed)
         sources: list[str] = []
         if self.explain_top and self.backend is not None:
@@ -303,8 +304,7 @@ def segments_of(profile: Profile) -> list[str]:
     """The reader segments an impression counts in: the length of the reader's history, and the category they
     read most."""
     length = next(label for bound, label in HISTORY_SEGMENTS if profile.engaged < bound)
-    top = sorted(profile.category_shares.items(), key=lambda kv: (-kv[1], kv[0]))
-    return [length, f"reads most: {top[0][0] if top else 'nothing yet'}"]
+    return [length, f"reads most: {next(iter(profile.most_read(1)), 'nothing yet')}"]
 
 
 def method_key(method: str, evaluator: Evaluator, model: str) -> str:

@@ -7,6 +7,7 @@ ranking keep input order, so results are deterministic.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -113,9 +114,7 @@ def gini(values: Sequence[float]) -> float:
 
 def shares(labels: Sequence[str]) -> dict[str, float]:
     """Each label's share of the list, largest first (an empty label counts as "unknown")."""
-    counts: dict[str, int] = {}
-    for label in labels:
-        counts[label or "unknown"] = counts.get(label or "unknown", 0) + 1
+    counts = Counter(label or "unknown" for label in labels)
     total = sum(counts.values())
     return {k: v / total for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
 

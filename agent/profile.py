@@ -78,11 +78,14 @@ class Profile:
             self.category_shares.get(article.category, 0.0) + self.subcategory_shares.get(article.subcategory, 0.0)
         )
 
+    def most_read(self, n: int) -> list[str]:
+        """The reader's `n` most engaged categories, most engaged first."""
+        return [c for c, _ in sorted(self.category_shares.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+
     def top_categories(self, n: int = TOP_CATEGORIES) -> frozenset[str]:
         """The reader's `n` most engaged categories (and any asked for explicitly): what exposure outside the
         reader's usual reading is measured against."""
-        ranked = sorted(self.category_shares.items(), key=lambda kv: (-kv[1], kv[0]))
-        return frozenset([c for c, _ in ranked[:n]] + [e.lower() for e in self.explicit])
+        return frozenset(self.most_read(n) + [e.lower() for e in self.explicit])
 
     def closest(self, embeddings: np.ndarray) -> np.ndarray:
         """Each row's largest cosine similarity to a single history item (0 without history)."""

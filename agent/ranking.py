@@ -435,7 +435,8 @@ class Recommender:
             for h, y, c, p in zip(hits, relevance, closest, popularity, strict=True)
         ]
         lacking = without(weights, "relevance")  # a candidate not scored yet is blended on its other signals
-        caps = caps_over([h.article for h in hits], profile.top_categories(), s.exposure_caps)
+        usual = profile.top_categories()
+        caps = caps_over([h.article for h in hits], usual, s.exposure_caps)
         placed = blend_rank(
             signals, embeddings, [lacking if y is None else weights for y in relevance], request.k, caps
         )
@@ -500,7 +501,7 @@ class Recommender:
         )
         if keep:
             self.feedback.record_ranking(record)
-            self.exposure.add([h.article for h in hits], [h.article for h in top], profile.top_categories())
+            self.exposure.add([h.article for h in hits], [h.article for h in top], usual)
         if rewrite and keep:  # one rewrite per reader waits at a time: of their latest ranking, the one they look at
             self.ask_scoring([ScoringTask("explain", request.user_id, now)])
         lap("record")

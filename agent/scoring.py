@@ -55,9 +55,6 @@ class Placed:
     moved_by: str | None = None
 
 
-CAPS = ("source", "category", "exploration")  # the names a Placed.moved_by may take
-
-
 @dataclass(frozen=True)
 class Caps:
     """Bounds on what one feed exposes, applied while the blend places its items (settings `cap_per_source`,

@@ -180,7 +180,7 @@ class RankedItem:
     relevance_source: str | None = None  # one of RELEVANCE_SOURCES; None in records made before they were kept
     category: str = ""
     source: str = ""
-    moved_by: str | None = None  # the exposure cap that put it here (agent.scoring.CAPS), if one did
+    moved_by: str | None = None  # the exposure cap that put it here (agent.scoring.Caps.holding), if one did
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from retrieval.ingest import MAX_EXAMPLES, IngestReport, RowError, article_from_
 from retrieval.store import ChromaArticleStore, chroma_client
 from serve.jobs import TrainingJobs
 from serve.limits import Gate, RateLimiter
+from serve.worker import enforce_retention
 from store import open_store
 
 log = logging.getLogger("newsrank.service")
@@ -333,8 +334,6 @@ class Newsrank:
 
     def enforce_retention(self) -> dict[str, int]:
         """Delete the events and ranking records past their retention now (the workers do it hourly)."""
-        from serve.worker import enforce_retention
-
         return enforce_retention(self.feedback, self.settings, self.clock())
 
     def why(self, user_id: str, article_id: str, ranking_id: str | None = None) -> str:
