@@ -15,15 +15,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from agent.metrics import in_validation  # noqa: F401  (the split adapters use; re-exported)
+from agent.position import Propensities, ips_weights
 from agent.profile import build_profile
 from agent.ranking import relevance_requests
 from agent.settings import Settings
-from core.errors import InvalidInput
+from core.errors import InvalidInput, NotFound
 from core.llm import Backend
-from core.records import Event
+from core.records import ENGAGEMENT, Event
 from core.stores import ArticleStore, FeedbackStore
 
-POSITIVE = {"click", "like"}
+POSITIVE = ENGAGEMENT
 NEGATIVE = {"impression", "skip", "dislike"}
 
 
@@ -33,6 +34,7 @@ class Example:
     suffix: str
     label: int  # 1: the reader engaged (Yes), 0: shown and passed over (No)
     group: str  # the split key and the ranking unit: a user, or an impression where users are unknown
+    weight: float = 1.0  # in the loss: a click's inverse propensity of the place it was shown at (agent.position)
 
     @property
     def prompt(self) -> str:
@@ -78,19 +80,27 @@ def from_feedback(
     settings: Settings,
     since: float,
     pseudonym: Callable[[str], str],
+    propensities: Propensities | None = None,
 ) -> Iterator[Example]:
     """Examples from reader events since a time. Each article a reader saw or touched is one example: Yes if
-    they clicked or liked it, No if it was only shown, skipped or disliked; the profile is built from the
-    events before it, as the ranker saw the reader then. A reader is named by their pseudonym, and no example
-    holds a time."""
+    they engaged with it (click, like, share, comment), No if it was only shown, skipped or disliked; the profile
+    is built from the events before it, as the ranker saw the reader then. A reader is named by their pseudonym,
+    and no example holds a time. With `propensities`, a Yes whose event names the feed it happened in weighs the
+    inverse propensity of the place the feed showed it at (agent.position.ips_weights)."""
+    places = Places(feedback)
     for user_id in feedback.user_ids(since):
         events = feedback.events(user_id)
         first_seen: dict[str, float] = {}
         kinds: dict[str, set[str]] = defaultdict(set)
+        shown_at: dict[str, int] = {}
         for e in events:
             if e.ts >= since and e.type in POSITIVE | NEGATIVE:
                 first_seen.setdefault(e.article_id, e.ts)
                 kinds[e.article_id].add(e.type)
+                if e.type in POSITIVE and e.ranking_id and e.article_id not in shown_at:
+                    place = places(e.ranking_id, e.article_id)
+                    if place is not None:
+                        shown_at[e.article_id] = place
         if not first_seen:
             continue
         known = articles.get(list({e.article_id for e in events}))
@@ -108,7 +118,27 @@ def from_feedback(
                 backend, profile_text, [known[article_id].article], text=settings.candidate_text
             )
             label = int(bool(kinds[article_id] & POSITIVE))
-            yield Example(request.prefix, request.suffix, label, pseudonym(user_id))
+            weight = 1.0
+            if propensities is not None and label and article_id in shown_at:
+                [weight] = ips_weights([shown_at[article_id]], [label], propensities)
+            yield Example(request.prefix, request.suffix, label, pseudonym(user_id), weight)
+
+
+class Places:
+    """Where a ranking showed an article (its 1-based position), each ranking read once."""
+
+    def __init__(self, feedback: FeedbackStore) -> None:
+        self.feedback = feedback
+        self.known: dict[str, dict[str, int]] = {}
+
+    def __call__(self, ranking_id: str, article_id: str) -> int | None:
+        if ranking_id not in self.known:
+            try:
+                record = self.feedback.ranking(ranking_id)
+                self.known[ranking_id] = {i.article_id: i.position for i in record.items}
+            except NotFound:  # gone past its retention: the click counts unweighted
+                self.known[ranking_id] = {}
+        return self.known[ranking_id].get(article_id)
 
 
 def write_examples(path: Path, examples: Iterable[Example]) -> int:
@@ -130,7 +160,8 @@ def read_examples(path: Path) -> list[Example]:
             continue
         try:
             row = json.loads(line)
-            examples.append(Example(str(row["prefix"]), str(row["suffix"]), int(row["label"]), str(row["group"])))
+            examples.append(Example(str(row["prefix"]), str(row["suffix"]), int(row["label"]), str(row["group"]),
+                                    float(row.get("weight", 1.0))))  # fmt: skip
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"{path}:{number}: not a training example ({exc})") from None
     return examples

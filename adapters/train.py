@@ -199,10 +199,8 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
                 optimizer.zero_grad()
                 loss = 0.0
                 for batch in group:  # gradients summed over the step's impressions, each graph freed after its pass
-                    labels = torch.tensor([float(e.label) for e in batch], device=config.device)
-                    part = torch.nn.functional.binary_cross_entropy_with_logits(
-                        margins(model, tokenizer, batch, answer_ids, config), labels, reduction="sum"
-                    ) / sum(len(b) for b in group)
+                    scored = margins(model, tokenizer, batch, answer_ids, config)
+                    part = summed_loss(scored, batch) / sum(len(b) for b in group)
                     part.backward()
                     loss += part.item()
                 optimizer.step()
@@ -247,6 +245,16 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     }  # fmt: skip
     (adapter / "card.json").write_text(json.dumps(card, indent=2))
     return card
+
+
+def summed_loss(margins: Any, batch: list[Example]) -> Any:
+    """Binary cross-entropy of each example's margin against its label, times its weight (a click's inverse
+    propensity of the place it was shown at, agent.position; 1 for the rest), summed."""
+    import torch
+
+    labels = torch.tensor([float(e.label) for e in batch], device=margins.device)
+    weights = torch.tensor([e.weight for e in batch], device=margins.device)
+    return torch.nn.functional.binary_cross_entropy_with_logits(margins, labels, weights, reduction="sum")
 
 
 def margins(model: Any, tokenizer: Any, batch: list[Example], answer_ids: tuple[int, int], config: TrainConfig) -> Any:

@@ -70,17 +70,25 @@ def standard_error(values: Sequence[float]) -> float:
     return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
-def fit_logistic(features: np.ndarray, labels: np.ndarray, l2: float = 1e-2, iterations: int = 50) -> np.ndarray:
-    """L2-regularised logistic regression by Newton's method. Returns [w_1..w_d, bias]."""
+def fit_logistic(
+    features: np.ndarray,
+    labels: np.ndarray,
+    l2: float = 1e-2,
+    iterations: int = 50,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """L2-regularised logistic regression by Newton's method, each row's loss times its weight (default 1).
+    Returns [w_1..w_d, bias]."""
     x = np.hstack([np.asarray(features, dtype=np.float64), np.ones((len(features), 1))])
     y = np.asarray(labels, dtype=np.float64)
+    s = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
     w = np.zeros(x.shape[1])
     penalty = np.full(x.shape[1], l2)
     penalty[-1] = 0.0  # the bias is not shrunk
     for _ in range(iterations):
         p = 1.0 / (1.0 + np.exp(-(x @ w)))
-        gradient = x.T @ (p - y) + penalty * w
-        hessian = (x * (p * (1 - p))[:, None]).T @ x + np.diag(penalty)
+        gradient = x.T @ (s * (p - y)) + penalty * w
+        hessian = (x * (s * p * (1 - p))[:, None]).T @ x + np.diag(penalty)
         step = np.linalg.solve(hessian, gradient)
         w -= step
         if np.abs(step).max() < 1e-8:

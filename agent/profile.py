@@ -26,6 +26,9 @@ EVENT_WEIGHTS: Mapping[str, float] = {
     "dislike": -2.0,
     "skip": -0.5,
     "dwell": 0.0,  # dwell adds by duration, see event_weight
+    "share": 2.0,
+    "comment": 2.0,  # strong engagement; the comment's words are kept with the event, never read into a profile
+    "rating": 0.0,  # by its value, see event_weight: 5 counts as a like, 1 as a dislike
 }
 TOP_CATEGORIES = 2  # a reader's "top categories": their two most engaged
 DWELL_FULL_SECONDS = 60.0  # a minute of reading counts as much as one more click
@@ -108,6 +111,8 @@ def event_weight(event: Event) -> float:
     weight = EVENT_WEIGHTS[event.type]
     if event.type == "dwell" and event.dwell_seconds:
         weight += min(event.dwell_seconds / DWELL_FULL_SECONDS, 1.0)
+    if event.type == "rating" and event.value is not None:
+        weight += event.value - 3.0
     return weight
 
 
@@ -130,6 +135,8 @@ def build_profile(
     engagement: dict[str, float] = defaultdict(float)
     last_seen: dict[str, float] = {}
     for event in events:
+        if not event.article_id:  # a rating of a whole feed says nothing about one article
+            continue
         age_days = (now - event.ts) / SECONDS_PER_DAY
         engagement[event.article_id] += event_weight(event) * decay(age_days, half_life_days)
         last_seen[event.article_id] = max(event.ts, last_seen.get(event.article_id, event.ts))

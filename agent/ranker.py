@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agent import metrics
+from agent import metrics, position
+from agent.position import Propensities
 from core.errors import InvalidInput
-from core.records import SIGNALS, RankingRecord, Signals
+from core.records import ENGAGEMENT, SIGNALS, RankingRecord, Signals
 from core.stores import FeedbackStore
 
 FORMAT = "newsrank-ranker/1"
@@ -87,11 +88,12 @@ class Fit:
 
 
 def fit_columns(signals: Sequence[Signals], history: Sequence[int], labels: Sequence[int], names: Sequence[str],
-                l2: float = 1.0, interactions: bool = True) -> Fit:  # fmt: skip
+                l2: float = 1.0, interactions: bool = True, weights: Sequence[float] | None = None) -> Fit:  # fmt: skip
+    """`weights`: each candidate's weight in the fit (agent.position.ips_weights), None for all 1."""
     x = matrix(signals, history, names, interactions)
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale < 1e-9] = 1.0
-    w = metrics.fit_logistic((x - mean) / scale, np.asarray(labels), l2=l2)
+    w = metrics.fit_logistic((x - mean) / scale, np.asarray(labels), l2=l2, weights=weights)
     fit = Fit(columns(names, interactions), mean.tolist(), scale.tolist(), w[:-1].tolist(), float(w[-1]), 1.0, 1.0)
     hand = np.array([sum(spec.weight * getattr(s, spec.name) for spec in SIGNALS if spec.fitted) for s in signals])
     return replace(fit, spread=middle_range(fit.logits(x)), hand_spread=middle_range(hand))
@@ -154,18 +156,21 @@ def fit(
     scored: Sequence[bool],
     scorer: str | None,
     l2: float = 1.0,
+    weights: Sequence[float] | None = None,
     **fitted_on: object,
 ) -> Ranker:
-    """Both fits on the same clicks: with the LLM's relevance (candidates it scored) and without it (all)."""
+    """Both fits on the same clicks: with the LLM's relevance (candidates it scored) and without it (all).
+    `weights`: each candidate's weight in both fits, None for all 1."""
     if not any(labels) or all(labels):
         raise InvalidInput("fitting a ranker needs both clicked and unclicked candidates")
     index = [i for i, s in enumerate(scored) if s]
     chosen = [labels[i] for i in index]
     with_llm = None
     if any(chosen) and not all(chosen):
-        with_llm = fit_columns([signals[i] for i in index], [history[i] for i in index], chosen, FEATURES, l2)
+        with_llm = fit_columns([signals[i] for i in index], [history[i] for i in index], chosen, FEATURES, l2,
+                               weights=None if weights is None else [weights[i] for i in index])  # fmt: skip
     base = [name for name in FEATURES if name != "relevance"]
-    without_llm = fit_columns(signals, history, labels, base, l2)
+    without_llm = fit_columns(signals, history, labels, base, l2, weights=weights)
     return Ranker(with_llm, without_llm, scorer, {"candidates": len(labels), "clicks": int(sum(labels)), **fitted_on})
 
 
@@ -241,6 +246,7 @@ class Impression:
     labels: tuple[int, ...]
     history: int  # the reader's history items then
     scored: bool  # the relevance came from the scorer being fitted
+    weights: tuple[float, ...] | None = None  # each candidate's weight in a fit (agent.position.ips_weights)
 
 
 def ranked_by(impression: Impression, weights: Mapping[str, float]) -> list[float]:
@@ -276,12 +282,18 @@ class Decision:
 
 
 def fit_impressions(impressions: Sequence[Impression], scorer: str | None, **fitted_on: object) -> Ranker:
-    """`fit` on every candidate of these impressions."""
-    rows = [(s, i.history, label, i.scored) for i in impressions for s, label in zip(i.signals, i.labels, strict=True)]
+    """`fit` on every candidate of these impressions, weighted by their `weights` where any has them (1 if not)."""
+    rows = [
+        (s, i.history, label, i.scored, weight)
+        for i in impressions
+        for s, label, weight in zip(i.signals, i.labels, i.weights or [1.0] * len(i.signals), strict=True)
+    ]
     if not rows:
         raise InvalidInput("no impressions to fit a ranker on")
-    signals, history, labels, scored = map(list, zip(*rows, strict=True))
-    return fit(signals, history, labels, scored, scorer, impressions=len(impressions), **fitted_on)
+    signals, history, labels, scored, weights = map(list, zip(*rows, strict=True))
+    weighted = any(i.weights is not None for i in impressions)
+    return fit(signals, history, labels, scored, scorer, weights=weights if weighted else None,
+               impressions=len(impressions), **fitted_on)  # fmt: skip
 
 
 def fit_and_gate(
@@ -310,14 +322,16 @@ def fit_and_gate(
     return replace(new, fitted_on={**new.fitted_on, "gate": asdict(decision)}), decision
 
 
-ENGAGED = frozenset({"click", "like"})
 CLICK_WINDOW_SECONDS = 24 * 3600.0  # a click this long after a feed was shown counts for it
 
 
-def from_feedback(feedback: FeedbackStore, since: float) -> tuple[list[Impression], str | None]:
+def from_feedback(
+    feedback: FeedbackStore, since: float, propensities: Propensities | None = None
+) -> tuple[list[Impression], str | None]:
     """A platform's own impressions: every ranking shown to a reader since a time, each item labelled by whether
-    the reader clicked or liked it within a day of the ranking. The scorer fitted for is the one that scored
-    most of them; the others count as rankings without the LLM's relevance."""
+    the reader engaged with it (click, like, share, comment) within a day of the ranking. The scorer fitted for is
+    the one that scored most of them; the others count as rankings without the LLM's relevance. With
+    `propensities`, each click weighs the inverse propensity of the place it was shown at (agent.position)."""
     found: list[tuple[RankingRecord, tuple[int, ...], int]] = []
     for user_id in feedback.user_ids(since):
         events = feedback.events(user_id)
@@ -325,8 +339,8 @@ def from_feedback(feedback: FeedbackStore, since: float) -> tuple[list[Impressio
             if record.created_at < since or record.cold_start or not record.items:
                 continue
             end = record.created_at + CLICK_WINDOW_SECONDS
-            clicked = {e.article_id for e in events if e.type in ENGAGED and record.created_at <= e.ts <= end}
-            history = len({e.article_id for e in events if e.type in ENGAGED and e.ts < record.created_at})
+            clicked = {e.article_id for e in events if e.type in ENGAGEMENT and record.created_at <= e.ts <= end}
+            history = len({e.article_id for e in events if e.type in ENGAGEMENT and e.ts < record.created_at})
             found.append((record, tuple(int(i.article_id in clicked) for i in record.items), history))
     scorers = Counter(record_scorer(r) for r, _, _ in found)
     scorer = scorers.most_common(1)[0][0] if scorers else None
@@ -338,6 +352,9 @@ def from_feedback(feedback: FeedbackStore, since: float) -> tuple[list[Impressio
             labels,
             history,
             scored=record_scorer(r) == scorer and all(i.relevance_source in ("llm", "llm-stale") for i in r.items),
+            weights=None
+            if propensities is None
+            else tuple(position.ips_weights([i.position for i in r.items], labels, propensities)),
         )
         for r, labels, history in found
     ]

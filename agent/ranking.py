@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import random
 import threading
 import time
 import uuid
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent import explain, prompts
+from agent import explain, metrics, position, prompts
+from agent.experiment import Arm
 from agent.exposure import ExposureTally
 from agent.listwise import Permutation, listwise_rank, parse_permutation, rank_scores
 from agent.profile import Profile, build_profile
@@ -90,6 +92,7 @@ class Feed:
     adapter: str | None = None  # the adapter version that scored it (name@version), if any
     degraded: tuple[str, ...] = ()  # parts done without the LLM because it failed: relevance, explanations
     rescore: bool = False  # some relevance was missing or stale: the reader's rescoring was asked for
+    arm: str | None = None  # the experiment arm it was made in
 
 
 def profile_key(profile_text: str) -> str:
@@ -144,6 +147,7 @@ class Recommender:
         clock: Callable[[], float] = time.time,
         adapters: AdapterResolver | None = None,
         tally: Tally | None = None,
+        pseudonym: Callable[[str], str] | None = None,
     ) -> None:
         self.articles = articles
         self.feedback = feedback
@@ -153,9 +157,11 @@ class Recommender:
         self.adapters = adapters
         self.tally = tally or Tally()
         self.exposure = ExposureTally()
+        self.pseudonym = pseudonym or (lambda user_id: user_id)  # what an experiment splits readers by
+        self.random = random.Random()  # which feeds explore positions (agent.position)
         self.scoring_asked = threading.Event()  # set when work is queued: a worker in this process wakes at once
         self._interest_vectors: dict[str, np.ndarray] = {}
-        self._ranker: tuple[tuple[str, int | None], Ranker] | None = None
+        self._rankers: dict[str, tuple[tuple[str, int | None], Ranker]] = {}
 
     def use_adapter(self, reference: str | None) -> str | None:
         """The backend's name for the adapter a request names ("clicks" = its active version, "clicks@3" = that
@@ -177,20 +183,36 @@ class Recommender:
                 raise
             return None
 
-    def learned_ranker(self) -> tuple[str, Ranker] | None:
-        """The learned ranker the settings name (NEWSRANK_RANKER: a registered NAME[@VERSION] or a JSON file), read
-        again when its file changes: a ranker activated on any instance is used on the next feed."""
-        reference = self.settings.ranker
-        if not reference:
+    def arm(self, user_id: str) -> tuple[str, Arm] | None:
+        """The experiment arm a reader is in (NEWSRANK_EXPERIMENT), if an experiment runs."""
+        experiment = self.settings.experiment
+        if experiment is None:
+            return None
+        name = experiment.arm_of(self.pseudonym(user_id))
+        return name, experiment.arms[name]
+
+    def adapter_for(self, user_id: str, requested: str | None = None) -> str | None:
+        """The adapter a reader's feed is scored with: the one the request names, else their arm's, else the
+        configured one."""
+        arm = self.arm(user_id)
+        return self.default_adapter(requested or (arm[1].adapter if arm else None))
+
+    def learned_ranker(self, reference: str | None = None) -> tuple[str, Ranker] | None:
+        """The learned ranker a reference names (default NEWSRANK_RANKER: a registered NAME[@VERSION] or a JSON file;
+        "none": the hand-set weights), read again when its file changes: a ranker activated on any instance is used
+        on the next feed."""
+        reference = reference or self.settings.ranker
+        if not reference or reference == "none":
             return None
         if reference.endswith(".json"):
             key, path = Path(reference).stem, Path(reference)
         else:
             key, path = RankerRegistry(self.settings.adapters_path / "rankers").path(reference)
         stamp = (key, path.stat().st_mtime_ns if path.is_file() else None)
-        if self._ranker is None or self._ranker[0] != stamp:
-            self._ranker = (stamp, Ranker.load(path))
-        return key, self._ranker[1]
+        cached = self._rankers.get(reference)
+        if cached is None or cached[0] != stamp:
+            self._rankers[reference] = cached = (stamp, Ranker.load(path))
+        return key, cached[1]
 
     def scorer(self, adapter: str | None) -> str:
         """What a relevance score is only comparable under: model, adapter, prompts and strategy."""
@@ -383,7 +405,8 @@ class Recommender:
 
         if self.articles.count() == 0:
             raise EmptyStore("the article store is empty: run `newsrank ingest FILE` (or `newsrank ingest --demo`)")
-        adapter = self.default_adapter(request.adapter)
+        arm = self.arm(request.user_id)
+        adapter = self.adapter_for(request.user_id, request.adapter)
         now = self.clock()
         profile = self.profile(request.user_id)
         profile_text = profile.render(s.history_titles)
@@ -392,7 +415,9 @@ class Recommender:
         lap("candidates")
         popularity = self.popularity(hits)
         weights, degraded, strategy = s.weights.frozen(), [], s.strategy
-        learned = None if profile.cold_start else self.learned_ranker()
+        if arm is not None:
+            weights = BlendWeights(**{**weights, **arm[1].weights})
+        learned = None if profile.cold_start else self.learned_ranker(arm[1].ranker if arm else None)
         if learned is not None:  # the reader's own weights, from the ranker fitted on clicks
             key, ranker = learned
             weights = BlendWeights(**ranker.weights(profile.engaged, self.scorer(adapter), weights))
@@ -443,6 +468,11 @@ class Recommender:
         for p in placed if keep else ():
             if p.moved_by:
                 self.tally.add("feed_capped", cap=p.moved_by)
+        explored = None
+        if keep:  # a small share of feeds swap two neighbours at random: what position bias is measured by
+            explored, swap = position.explore(len(placed), s.position_explore_share, self.random,
+                                              s.position_explore_depth)  # fmt: skip
+            placed = position.swapped(placed, explored, swap)
         lap("blend")
 
         top = [hits[p.index] for p in placed]
@@ -498,6 +528,9 @@ class Recommender:
             cold_start=profile.cold_start,
             items=tuple(i.record for i in items),
             degraded=tuple(degraded),
+            arm=arm[0] if arm else None,
+            explored_pair=explored,
+            intra_list_distance=metrics.intra_list_distance(np.stack([h.embedding for h in top])) if top else None,
         )
         if keep:
             self.feedback.record_ranking(record)
@@ -516,6 +549,7 @@ class Recommender:
             record.adapter,
             record.degraded,
             rescore,
+            record.arm,
         )
 
 

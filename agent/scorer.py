@@ -20,6 +20,7 @@ out.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 
 from agent import explain
 from agent.ranking import Recommender
@@ -45,7 +46,7 @@ class Scorer:
         tally = self.recommender.tally
         try:
             if task.kind == "reader":
-                self.recommender.precompute(task.subject, self.recommender.default_adapter())
+                self.recommender.precompute(task.subject, self.recommender.adapter_for(task.subject))
             else:
                 self.rewrite(task.subject)
         except Exception:
@@ -86,7 +87,12 @@ class Scorer:
         older than the recency window (their articles are no longer candidates). Returns how many were asked."""
         s, now = self.settings, self.recommender.clock()
         active = self.recommender.active_readers()
-        scored = self.feedback.last_scored(self.recommender.scorer(self.recommender.default_adapter()), list(active))
+        by_adapter: dict[str | None, list[str]] = defaultdict(list)  # an experiment's arms score with their own
+        for user_id in active:
+            by_adapter[self.recommender.adapter_for(user_id)].append(user_id)
+        scored: dict[str, float] = {}
+        for adapter, readers in by_adapter.items():
+            scored |= self.feedback.last_scored(self.recommender.scorer(adapter), readers)
         due = [u for u in active if scored.get(u, 0.0) < now - s.score_ttl_seconds]
         if due:  # a reader already waiting or being scored needs nothing more
             self.recommender.ask_scoring([ScoringTask("reader", u, active[u]) for u in due], again=False)

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, create_model, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from agent.experiment import Experiment
 from agent.scoring import BlendWeights
 from core.records import BLEND
 from retrieval import PACKAGED_EMBEDDER
@@ -126,6 +127,13 @@ class Settings(BaseSettings):
     cap_per_source: int | None = Field(None, ge=1)
     cap_category_share: float | None = Field(None, gt=0, le=1)
     min_exploration_share: float = Field(0.0, ge=0, le=1)
+    # an A/B experiment (agent/experiment.py): readers split between arms by their pseudonym, each arm serving
+    # its own adapter, ranker or blend weights; JSON {"name", "arms": {NAME: {adapter, ranker, weights}}, "split"}
+    experiment: Experiment | None = None
+    # position bias (agent/position.py): this share of feeds swaps a random pair of adjacent places among the top
+    # `position_explore_depth` at random, from which the propensity of each place is estimated for training
+    position_explore_share: float = Field(0.05, ge=0, le=1)
+    position_explore_depth: int = Field(10, ge=2)
     listwise_window: int = Field(10, ge=2)
     listwise_step: int = Field(5, ge=1)
 

@@ -17,7 +17,11 @@ import numpy as np
 
 from core.errors import InvalidInput
 
-EVENT_TYPES = ("impression", "click", "like", "dislike", "skip", "dwell")
+EVENT_TYPES = ("impression", "click", "like", "dislike", "skip", "dwell", "share", "comment", "rating")
+# what says a reader engaged with an article: a positive in training, a click for a learned ranker and the stats
+ENGAGEMENT = frozenset({"click", "like", "share", "comment"})
+RATINGS = range(1, 6)  # a rating event's value: the reader's satisfaction, 1 (poor) to 5 (great)
+MAX_COMMENT = 2000  # characters
 # where an item's relevance came from: the LLM under the reader's current profile, the LLM under an earlier
 # profile, nowhere yet (the blend ran without it), or popularity (a reader with no history)
 RELEVANCE_SOURCES = ("llm", "llm-stale", "none", "popularity")
@@ -66,14 +70,27 @@ class Event:
     ts: float  # epoch seconds, UTC
     dwell_seconds: float | None = None
     ranking_id: str | None = None
+    value: int | None = None  # a rating's 1-5
+    text: str | None = None  # a comment's text: the reader's words, never put in a prompt unescaped
 
     def __post_init__(self) -> None:
         if self.type not in EVENT_TYPES:
             raise InvalidInput(f"unknown event type {self.type!r}; expected one of {', '.join(EVENT_TYPES)}")
-        if not self.user_id or not self.article_id:
-            raise InvalidInput("an event needs a user_id and an article_id")
+        if not self.user_id:
+            raise InvalidInput("an event needs a user_id")
+        # a rating may be of the whole feed (its ranking_id, no article); every other event is about an article
+        if not self.article_id and not (self.type == "rating" and self.ranking_id):
+            raise InvalidInput("an event needs an article_id (a rating of a whole feed: its ranking_id)")
         if self.dwell_seconds is not None and self.dwell_seconds < 0:
             raise InvalidInput("dwell_seconds must be >= 0")
+        if (self.type == "rating") != (self.value is not None):
+            raise InvalidInput("a rating needs a value (1-5), and only a rating has one")
+        if self.value is not None and (isinstance(self.value, bool) or self.value not in RATINGS):
+            raise InvalidInput("a rating's value must be a whole number from 1 to 5")
+        if (self.type == "comment") != bool(self.text and self.text.strip()):
+            raise InvalidInput("a comment needs a text, and only a comment has one")
+        if self.text is not None and len(self.text) > MAX_COMMENT:
+            raise InvalidInput(f"a comment has at most {MAX_COMMENT} characters")
 
 
 MAX_INTERESTS = 20  # explicit interests go into every prompt: a cap keeps the prompt (and the feed) fast
@@ -198,6 +215,29 @@ class RankingRecord:
     cold_start: bool
     items: tuple[RankedItem, ...] = field(default_factory=tuple)
     degraded: tuple[str, ...] = ()  # parts done without the LLM because it failed (relevance, explanations)
+    arm: str | None = None  # the experiment arm the reader was in (agent.experiment), if one ran
+    explored_pair: int | None = None  # positions k and k+1 were put in play, swapped at random (agent.position)
+    intra_list_distance: float | None = None  # the mean pairwise cosine distance of the items shown
+
+
+@dataclass(frozen=True)
+class FeedOutcome:
+    """What became of one feed: what it showed and what its reader did with it (events that name its ranking),
+    the unit the operator's stats (agent/stats.py) are computed over."""
+
+    ranking_id: str
+    created_at: float
+    arm: str | None
+    shown: int  # items
+    categories: int  # distinct categories among them
+    intra_list_distance: float | None
+    shown_age_hours: float  # summed over the items
+    clicked: tuple[tuple[int, float], ...] = ()  # (position, age in hours) of each item clicked (once per item)
+    likes: int = 0
+    comments: int = 0
+    shares: int = 0
+    ratings: tuple[int, ...] = ()
+    explored_pair: int | None = None  # the pair of places it put in play (agent.position), if it did
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from core.records import (
     Article,
     CachedScore,
     Event,
+    FeedOutcome,
     Hit,
     Job,
     Preferences,
@@ -108,6 +109,8 @@ class FeedbackStore(Protocol):
     def rankings_for(self, user_id: str) -> list[RankingRecord]: ...
 
     def set_explanations(self, ranking_id: str, explanations: dict[int, tuple[str, str]]) -> None: ...
+    def feed_outcomes(self, since: float, until: float) -> list[FeedOutcome]: ...
+    def article_counts(self, since: float, until: float) -> dict[str, tuple[str, int, int]]: ...
 
     # LLM relevance computed ahead of requests, per reader, scorer (model, adapter, prompt) and article
     def cached_relevance(self, user_id: str, scorer: str, article_ids: Sequence[str]) -> dict[str, CachedScore]: ...

@@ -6,6 +6,7 @@ aborts the file. Upserts are keyed by article id, so ingesting the same file twi
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ def parse_time(value: Any, default: float) -> float:
     if isinstance(value, bool):
         raise InvalidInput(f"bad time {value!r}")
     if isinstance(value, int | float):
+        return _plausible(float(value), value)
+    with contextlib.suppress(ValueError):  # epoch seconds written as text (a query string, a command line)
         return _plausible(float(value), value)
     try:
         parsed = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import replace
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import quote
 
 from litestar import Controller, Request, delete, get, patch, post
@@ -165,6 +165,29 @@ def scoring_gauges(newsrank: Newsrank) -> str:
     )  # fmt: skip
 
 
+@get("/v1/stats/serving", sync_to_thread=True, guards=[admin_only], tags=["ops"])
+def serving(newsrank: Newsrank) -> dict:
+    """What feeds are made with now, per experiment arm: adapter and ranker versions, blend weights, the model."""
+    return newsrank.serving()
+
+
+def outcome_gauges(report: dict) -> str:
+    """The five metrics over the last day's feeds, per experiment arm (agent.stats), with their 95 % bounds: the
+    same figures on every instance, read from the shared store."""
+    parts = {"value": "", "low": "_low", "high": "_high"}  # each figure, and the name of its series
+    series: dict[str, dict[str, float]] = {key: {} for key in parts}
+    for arm, row in report["total"].items():
+        for name in report["metrics"]:
+            for key in parts:
+                if row[name][key] is not None:
+                    series[key][label_text((("arm", arm), ("metric", name)))] = row[name][key]
+    feeds = {label_text((("arm", arm),)): row["feeds"] for arm, row in report["total"].items()}
+    return metric("newsrank_outcome_feeds", "feeds made in the last 24 h, by experiment arm", feeds, "gauge") + "".join(
+        metric(f"newsrank_outcome{suffix}", f"the operator's metrics (agent.stats) over the last 24 h's feeds by arm: "
+               f"{key}", series[key], "gauge") for key, suffix in parts.items()
+    )  # fmt: skip
+
+
 @get("/metrics", sync_to_thread=True, guards=[admin_only], tags=["ops"], media_type="text/plain; version=0.0.4")
 def metrics_text(metrics: Metrics, newsrank: Newsrank) -> str:
     """Prometheus text: request counts and latencies by route, LLM work, prefix-cache hits, micro-batching, the
@@ -183,9 +206,30 @@ def metrics_text(metrics: Metrics, newsrank: Newsrank) -> str:
     parts.append(exposure_gauges(newsrank.recommender.exposure.snapshot()))
     try:
         parts.append(scoring_gauges(newsrank))
+        parts.append(outcome_gauges(newsrank.recent_stats()))
     except StoreUnavailable:  # the metrics still answer; the store's own probe says what is wrong
         log.warning("the feedback store did not answer; scoring gauges left out of /metrics")
     return "".join(parts)
+
+
+@get("/v1/stats", sync_to_thread=True, guards=[admin_only], tags=["ops"])
+def stats(
+    newsrank: Newsrank,
+    since: Annotated[
+        str | None, Parameter(description="ISO-8601 or epoch seconds; default: 7 days before until")
+    ] = None,
+    until: Annotated[str | None, Parameter(description="ISO-8601 or epoch seconds; default: now")] = None,
+    by: Annotated[Literal["arm"] | None, Parameter(description="arm: a series per experiment arm")] = None,
+    bucket: Literal["day", "hour"] = "day",
+    wanted: Annotated[
+        str | None, Parameter(query="metrics", description="comma-separated metric names; default: all")
+    ] = None,
+) -> dict:
+    """The five metrics (relevance, diversity, freshness, interaction, satisfaction) from the feeds made in the
+    window and the events that name them: per day or hour, per experiment arm with `by=arm`, each with a 95 %
+    interval, and each arm's difference from the control."""
+    names = [m.strip() for m in wanted.split(",") if m.strip()] if wanted else []
+    return newsrank.stats(since, until, bucket, by == "arm", names)
 
 
 # -- what clients use: feed, events, chat -------------------------------------------------------------------
@@ -360,4 +404,5 @@ def attachment(user_id: str) -> str:
     return f"attachment; filename=\"newsrank-user-{plain}.json\"; filename*=UTF-8''{exact}"
 
 
-ROUTES = [healthz, readyz, metrics_text, feed, events, chat, chat_stream, why, Articles, Users, Adapters, Jobs]
+ROUTES = [healthz, readyz, metrics_text, stats, serving, feed, events, chat, chat_stream, why]
+ROUTES += [Articles, Users, Adapters, Jobs]

@@ -117,6 +117,7 @@ def create_app(newsrank: Newsrank | None = None, settings: Settings | None = Non
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         service = newsrank or Newsrank.from_settings(settings)
+        service.check_experiment()
         if seed_demo and service.articles.count() == 0:
             report = service.seed_demo(show_progress=False)
             log.info("store was empty: loaded %d demo articles and the demo users", report.ingested)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -177,8 +178,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             examples = _mind_examples(args, service)
         else:
             since = _since(args.since, registry, args.name)
+            weights = _propensities(service.feedback, since, settings, args.no_position_weights)
             examples = export.from_feedback(
-                service.feedback, service.articles, service.backend, settings, since, service.pseudonyms
+                service.feedback, service.articles, service.backend, settings, since, service.pseudonyms, weights
             )
         examples = export.sample_negatives(list(examples), args.negatives, args.seed)
         if not any(e.label for e in examples):
@@ -289,7 +291,9 @@ def cmd_ranker(args: argparse.Namespace) -> int:
 
     store = open_store(settings.store_url)
     try:
-        impressions, scorer = ranker.from_feedback(store, parse_time(args.since, float("-inf")))
+        since = parse_time(args.since, float("-inf"))
+        weights = _propensities(store, since, settings, args.no_position_weights)
+        impressions, scorer = ranker.from_feedback(store, since, weights)
     finally:
         store.close()
     print(f"{len(impressions)} rankings shown since {args.since or 'the start'}; "
@@ -298,8 +302,9 @@ def cmd_ranker(args: argparse.Namespace) -> int:
     with contextlib.suppress(InvalidInput):  # nothing active under this name yet: the hand-set weights are the bar
         current = ranker.Ranker.load(registry.path(args.reference)[1])
     fitted, decision = ranker.fit_and_gate(
-        impressions, scorer, settings.weights.frozen(), current, source="feedback store", since=args.since
-    )
+        impressions, scorer, settings.weights.frozen(), current, source="feedback store", since=args.since,
+        position_propensities=weights.to_dict() if weights else None,
+    )  # fmt: skip
     print(decision.summary())
     if decision.passed or args.force:
         version = registry.publish(args.reference, fitted)
@@ -309,6 +314,24 @@ def cmd_ranker(args: argparse.Namespace) -> int:
         return 0
     print("not published (use --force to publish anyway)")
     return 0
+
+
+def _propensities(feedback, since: float, settings, off: bool):
+    """The position propensities to weight clicks by (agent.position), estimated from the explored feeds since
+    `since`; None (and why) when turned off or too few feeds were explored to estimate them."""
+    from agent import position
+
+    if off:
+        print("position bias: not corrected (--no-position-weights)")
+        return None
+    estimated = position.from_store(feedback, since, time.time() + 1, settings.position_explore_depth)
+    if estimated.feeds < position.MIN_FEEDS:
+        print(f"position bias: not corrected, {estimated.feeds} explored feeds (at least {position.MIN_FEEDS} "
+              f"needed; NEWSRANK_POSITION_EXPLORE_SHARE explores a share of feeds)")  # fmt: skip
+        return None
+    shown = " ".join(f"{p:.2f}" for p in estimated.values)
+    print(f"position bias: clicks weighted by 1/propensity, from {estimated.feeds} explored feeds: {shown}")
+    return estimated
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -361,8 +384,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # the key rides in the URL fragment, which the browser keeps to itself; shown only to a person at a
         # terminal on loopback, never into a log
         print(f"newsrank: web page {base}/#key={admin.key}")
+        print(f"newsrank: operator's dashboard {base}/dashboard#key={admin.key}")
     else:
         print(f"newsrank: web page {base}/ (paste an API key from {settings.api_keys_path.resolve()})")
+        print(f"newsrank: operator's dashboard {base}/dashboard (an admin key)")
     logging.getLogger("newsrank.access").setLevel(logging.INFO)
     # uvicorn's own access log would write reader ids (they are in paths); serve/metrics.py logs route templates
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_config=None)
@@ -403,6 +428,29 @@ def cmd_retention(args: argparse.Namespace) -> int:
     deleted = service.enforce_retention()
     for kind, days in (("events", s.events_retention_days), ("rankings", s.rankings_retention_days)):
         print(f"{kind}: {deleted[kind]} deleted, " + (f"older than {days:g} days" if days else "no retention set"))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """The five metrics over the feeds made in a window, per arm with --by arm: a table of each metric's value and
+    95 % interval, and each arm's difference from the control (or everything as JSON)."""
+    from agent import stats
+    from agent.settings import Settings
+    from store import open_store
+
+    settings = Settings()
+    feedback = open_store(settings.store_url)
+    try:
+        report = stats.report(feedback, args.since, args.until, time.time(), args.bucket, args.by == "arm",
+                              args.metrics.split(",") if args.metrics else (), settings.experiment)  # fmt: skip
+    finally:
+        feedback.close()
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(f"feeds made {report['since']} .. {report['until']}"
+          + (f", experiment {report['experiment']}" if report["experiment"] else ""))  # fmt: skip
+    print(stats.table(report))
     return 0
 
 
@@ -495,6 +543,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="run folder (default DATA_DIR/runs/NAME); a rerun resumes from its checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="publish even if the gate finds it no better")
+    p.add_argument("--no-position-weights", action="store_true", help="train on raw clicks, their positions ignored")
     p.set_defaults(run=cmd_train)
 
     p = commands.add_parser("adapters", help="list, activate or roll back adapters")
@@ -507,7 +556,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("reference", nargs="?", help="NAME (fit, list, rollback) or NAME@VERSION (activate)")
     p.add_argument("--since", help="fit: rankings since TIME (ISO-8601); default: all")
     p.add_argument("--force", action="store_true", help="publish even if the gate finds it no better")
+    p.add_argument("--no-position-weights", action="store_true", help="fit on raw clicks, their positions ignored")
     p.set_defaults(run=cmd_ranker)
+
+    p = commands.add_parser("stats", help="relevance, diversity, freshness, interaction, satisfaction; per arm")
+    p.add_argument("--since", help="ISO-8601 or epoch seconds; default: 7 days before --until")
+    p.add_argument("--until", help="ISO-8601 or epoch seconds; default: now")
+    p.add_argument("--by", choices=["arm"], help="one column per experiment arm, with differences from the control")
+    p.add_argument("--bucket", choices=["day", "hour"], default="day", help="the series' step (--json)")
+    p.add_argument("--metrics", help="comma-separated metric names; default: all")
+    p.add_argument("--json", action="store_true", help="the whole report (with the series over time) as JSON")
+    p.set_defaults(run=cmd_stats)
 
     p = commands.add_parser("retention", help="delete events and ranking records past their retention now")
     p.set_defaults(run=cmd_retention)

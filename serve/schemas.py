@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from agent.chat import MAX_MESSAGE_CHARS, MAX_MESSAGES, Message, Reply
 from agent.profile import Profile
 from agent.ranking import MAX_K, Feed, FeedItem, FeedRequest
-from core.records import BLEND, EVENT_TYPES, MAX_INTERESTS, MAX_MUTES, AdapterVersion, Article, Job
+from core.records import BLEND, EVENT_TYPES, MAX_COMMENT, MAX_INTERESTS, MAX_MUTES, AdapterVersion, Article, Job
 
 # Ids travel in URL paths, headers and logs: printable text only, and a reader id without "/" or "\\", so
 # that every reader created through events can also be exported and erased by their id.
@@ -122,6 +122,7 @@ class FeedOut(BaseModel):
     items: list[FeedItemOut]
     timings: dict[str, float]
     adapter: str | None = Field(None, description="the adapter version that scored the feed (NAME@VERSION)")
+    arm: str | None = Field(None, description="the experiment arm the reader is in (NEWSRANK_EXPERIMENT), if any")
     degraded: list[str] = Field(
         default_factory=list,
         description="parts that failed and were done without the LLM: relevance (the blend ran on the other "
@@ -137,6 +138,7 @@ class FeedOut(BaseModel):
             items=[FeedItemOut.of(i) for i in feed.items],
             timings=feed.timings,
             adapter=feed.adapter,
+            arm=feed.arm,
             degraded=list(feed.degraded),
         )
 
@@ -150,11 +152,13 @@ class WhyOut(BaseModel):
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: UserId
-    article_id: ArticleId
+    article_id: ArticleId | None = Field(None, description="the article; only a rating of a whole feed has none")
     type: Literal[EVENT_TYPES]  # type: ignore[valid-type]
     ts: datetime | Finite | None = Field(None, description="ISO-8601 or epoch seconds; default: now")
     dwell_seconds: Finite | None = Field(None, ge=0, le=24 * 3600)
     ranking_id: RankingId | None = Field(None, description="the feed the event happened in (one of this reader's)")
+    value: int | None = Field(None, ge=1, le=5, strict=True, description="a rating's value: 1 (poor) to 5 (great)")
+    text: str | None = Field(None, min_length=1, max_length=MAX_COMMENT, description="a comment's text")
 
 
 class EventsIn(BaseModel):

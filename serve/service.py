@@ -8,7 +8,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
@@ -16,10 +16,11 @@ from typing import Any
 
 from adapters import export
 from adapters.registry import AdapterRegistry
-from agent import prompts
+from agent import prompts, stats
 from agent.backends.batching import MicroBatcher
 from agent.backends.metered import MeteredBackend
 from agent.chat import Chat, item_weights, pick_item
+from agent.experiment import Arm
 from agent.profile import Profile
 from agent.ranking import MAX_K, Feed, FeedRequest, Recommender
 from agent.settings import Settings
@@ -39,6 +40,7 @@ from store import open_store
 
 log = logging.getLogger("newsrank.service")
 
+RECENT_STATS_SECONDS = 60.0
 DEMO_USERS = ("demo-sports", "demo-politics", "demo-tech", "demo-new")
 RELEVANCE_NOTES = {  # the audit's words for where an item's relevance came from (core.records.RELEVANCE_SOURCES)
     "llm": "the LLM's, under the profile this feed was made for",
@@ -104,12 +106,17 @@ class EventReport:
 def event_from_dict(row: Any, now: float) -> Event:
     if not isinstance(row, dict):
         raise InvalidInput("expected a JSON object")
-    unknown = set(row) - {"user_id", "article_id", "type", "ts", "dwell_seconds", "ranking_id"}
+    unknown = set(row) - {f.name for f in fields(Event)}
     if unknown:
         raise InvalidInput(f"unknown fields {sorted(unknown)}")
     dwell = row.get("dwell_seconds")
     if dwell is not None and (isinstance(dwell, bool) or not isinstance(dwell, int | float)):
         raise InvalidInput("dwell_seconds must be a number")
+    value, text = row.get("value"), row.get("text")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InvalidInput("value must be a whole number")
+    if text is not None and not isinstance(text, str):
+        raise InvalidInput("text must be a string")
     return Event(
         user_id=str(row.get("user_id") or ""),
         article_id=str(row.get("article_id") or ""),
@@ -117,6 +124,8 @@ def event_from_dict(row: Any, now: float) -> Event:
         ts=parse_time(row.get("ts"), now),
         dwell_seconds=dwell,
         ranking_id=row.get("ranking_id"),
+        value=value,
+        text=text,
     )
 
 
@@ -158,12 +167,15 @@ class Newsrank:
         self.adapters = adapters or AdapterRegistry(settings.adapters_path, feedback, clock)
         self.pseudonyms = pseudonyms or reader_pseudonyms(settings)
         self.tally = Tally()
-        self.recommender = Recommender(articles, feedback, backend, settings, clock, self.adapters, self.tally)
+        self.recommender = Recommender(
+            articles, feedback, backend, settings, clock, self.adapters, self.tally, self.pseudonyms
+        )
         self.chat = Chat(
             feedback, articles, backend, clock, self.recommender.profile, settings.recency_hours, self.standings
         )
         self.jobs = TrainingJobs(feedback, settings, clock)
         self.event_rate = RateLimiter(settings.events_per_reader_per_minute, time.monotonic)
+        self._recent_stats: tuple[float, dict[str, Any]] | None = None
         self.llm_gate = Gate(settings.llm_concurrency, settings.llm_queue, settings.llm_wait_seconds)
 
     @classmethod
@@ -248,7 +260,8 @@ class Newsrank:
         """What a client's batch may claim: articles that exist, rankings made for the event's own reader, and
         no more events per reader than the rate allows (a reader's clicks can't be used to steer others)."""
         try:
-            unknown = {e.article_id for e in events} - self.articles.known([e.article_id for e in events])
+            named = [e.article_id for e in events if e.article_id]
+            unknown = set(named) - self.articles.known(named)
         except StoreUnavailable:  # events matter more than this check: a Chroma outage must not lose them
             log.warning("the article store did not answer; events are stored without checking their articles")
             unknown = set()
@@ -288,6 +301,45 @@ class Newsrank:
         """Where the reader's candidates rank now, best first (from what the LLM computed ahead; nothing stored)."""
         feed = self.recommender.recommend(FeedRequest(user_id, k=MAX_K, explain=False), keep=False)
         return [(i.record.position, i.article) for i in feed.items]
+
+    def stats(self, since: Any = None, until: Any = None, bucket: str = "day", by_arm: bool = False,
+              metrics: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+        """The five metrics over the feeds made in a window (agent.stats.report)."""
+        return stats.report(
+            self.feedback, since, until, self.clock(), bucket, by_arm, metrics, self.settings.experiment
+        )
+
+    def serving(self) -> dict[str, Any]:
+        """What feeds are made with now, per experiment arm (or "all"): the adapter and ranker versions, the blend
+        weights; and the model, backend and strategy under them."""
+        s, experiment = self.settings, self.settings.experiment
+        arms = experiment.arms.items() if experiment else [("all", Arm())]
+        served = {}
+        for name, arm in arms:
+            ranker = self.recommender.learned_ranker(arm.ranker)
+            served[name] = {"adapter": self.recommender.default_adapter(arm.adapter),
+                            "ranker": ranker[0] if ranker else None,
+                            "weights": {**s.weights.frozen(), **arm.weights}}  # fmt: skip
+        return {"experiment": experiment.model_dump() if experiment else None, "arms": served,
+                "model": self.backend.model, "backend": self.backend.name, "strategy": s.strategy}  # fmt: skip
+
+    def recent_stats(self) -> dict[str, Any]:
+        """The stats of the last day's feeds by arm, computed at most once a minute (what /metrics shows)."""
+        now = self.clock()
+        if self._recent_stats is None or now - self._recent_stats[0] >= RECENT_STATS_SECONDS:
+            self._recent_stats = (now, self.stats(now - 86400, None, "day", by_arm=True))
+        return self._recent_stats[1]
+
+    def check_experiment(self) -> None:
+        """Every arm of the experiment names an adapter and a ranker that exist (InvalidInput if not): a typo must
+        stop the service at its start, not fail the feeds of the readers in one arm."""
+        experiment = self.settings.experiment
+        for name, arm in experiment.arms.items() if experiment else ():
+            try:
+                self.recommender.use_adapter(arm.adapter)
+                self.recommender.learned_ranker(arm.ranker)
+            except (NotFound, InvalidInput, OSError) as exc:
+                raise InvalidInput(f"experiment {experiment.name!r}, arm {name!r}: {exc}") from None
 
     def waits_on_llm(self, request: FeedRequest) -> bool:
         return request.fresh or bool(request.adapter and request.adapter != self.settings.adapter)

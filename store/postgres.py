@@ -8,6 +8,7 @@ event is never lost, whatever the server's default.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -167,6 +168,16 @@ class PostgresFeedbackStore(SqlFeedbackStore):
         ALTER TABLE ranking_items ADD COLUMN source TEXT NOT NULL DEFAULT '';
         ALTER TABLE ranking_items ADD COLUMN moved_by TEXT;
         """,
+        # 9: the reader's voice (a rating's value, a comment's text); the experiment arm a feed was made in and
+        # the pair of positions it put in play to measure position bias; stats by time
+        """
+        ALTER TABLE events ADD COLUMN value INTEGER;
+        ALTER TABLE events ADD COLUMN text TEXT;
+        ALTER TABLE rankings ADD COLUMN arm TEXT;
+        ALTER TABLE rankings ADD COLUMN intra_list_distance REAL;
+        ALTER TABLE rankings ADD COLUMN explored_pair INTEGER;
+        CREATE INDEX events_ranking ON events(ranking_id);
+        """,
     )
 
     def __init__(self, url: str, pool_size: int = 10, timeout: float = 5.0) -> None:
@@ -222,6 +233,8 @@ class PostgresFeedbackStore(SqlFeedbackStore):
         return sql.replace("?", "%s")
 
     def encode_time(self, epoch: float) -> datetime:
+        if math.isinf(epoch):  # "since the start", "until the end"
+            return (datetime.min if epoch < 0 else datetime.max).replace(tzinfo=UTC)
         return datetime.fromtimestamp(epoch, UTC)
 
     def decode_time(self, value: datetime) -> float:

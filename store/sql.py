@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, fields
@@ -24,6 +25,7 @@ from core.records import (
     AdapterVersion,
     CachedScore,
     Event,
+    FeedOutcome,
     Job,
     Preferences,
     RankedItem,
@@ -40,7 +42,7 @@ BOOL_COLUMNS = frozenset({"cold_start"})
 # relevance cache and the scoring queue: the background scorer fills them again.
 TABLES = ("users", "events", "rankings", "ranking_items", "jobs", "adapters", "adapter_versions", "event_batches")
 ITEM_COLUMNS = ("ranking_id", *(f.name for f in fields(RankedItem)))
-EVENT_COLUMNS = ("user_id", "article_id", "type", "ts", "dwell_seconds", "ranking_id")
+EVENT_COLUMNS = tuple(f.name for f in fields(Event))
 BATCH_KEY_DAYS = 1
 
 
@@ -333,6 +335,61 @@ class SqlFeedbackStore(ABC):
         with self.transaction() as tx:
             rows = tx.rows("SELECT ranking_id FROM rankings WHERE user_id = ? ORDER BY created_at", [user_id])
         return [self.ranking(r["ranking_id"]) for r in rows]
+
+    def feed_outcomes(self, since: float, until: float) -> list[FeedOutcome]:
+        """Every feed made in [since, until) with what its reader did with it: clicks, likes, comments and shares
+        on its items and ratings of it or of its items, counted from the events that name the ranking."""
+        window = [self.encode_time(since), self.encode_time(until)]
+        made = "SELECT ranking_id FROM rankings WHERE created_at >= ? AND created_at < ?"
+        with self.transaction() as tx:
+            heads = tx.rows(
+                "SELECT r.ranking_id, r.created_at, r.arm, r.intra_list_distance, r.explored_pair,"
+                " COUNT(i.position) AS shown,"
+                " COUNT(DISTINCT i.category) AS categories, COALESCE(SUM(i.age_hours), 0) AS shown_age_hours"
+                " FROM rankings r LEFT JOIN ranking_items i ON i.ranking_id = r.ranking_id"
+                " WHERE r.created_at >= ? AND r.created_at < ?"
+                " GROUP BY r.ranking_id, r.created_at, r.arm, r.intra_list_distance, r.explored_pair"
+                " ORDER BY r.created_at",
+                window,
+            )
+            acts = tx.rows(
+                "SELECT e.ranking_id, e.type, e.value, e.article_id, i.position, i.age_hours FROM events e"
+                " LEFT JOIN ranking_items i ON i.ranking_id = e.ranking_id AND i.article_id = e.article_id"
+                f" WHERE e.ranking_id IN ({made}) AND e.type IN ('click', 'like', 'comment', 'share', 'rating')",
+                window,
+            )
+        by_feed: dict[str, list[dict[str, Any]]] = {}
+        for act in acts:
+            by_feed.setdefault(act["ranking_id"], []).append(act)
+        outcomes = []
+        for head in heads:
+            mine = by_feed.get(head["ranking_id"], [])
+            clicked = {a["position"]: a["age_hours"] for a in mine if a["type"] == "click" and a["position"]}
+            count = Counter(a["type"] for a in mine)
+            outcomes.append(FeedOutcome(
+                **head, clicked=tuple(sorted(clicked.items())), likes=count["like"], comments=count["comment"],
+                shares=count["share"], ratings=tuple(a["value"] for a in mine if a["type"] == "rating"),
+            ))  # fmt: skip
+        return outcomes
+
+    def article_counts(self, since: float, until: float) -> dict[str, tuple[str, int, int]]:
+        """Per article shown in a feed made in [since, until): its title, the feeds that showed it and the feeds
+        in which it was clicked."""
+        window = [self.encode_time(since), self.encode_time(until)]
+        with self.transaction() as tx:
+            shown = tx.rows(
+                "SELECT i.article_id, MAX(i.title) AS title, COUNT(*) AS n FROM ranking_items i JOIN rankings r"
+                " ON r.ranking_id = i.ranking_id WHERE r.created_at >= ? AND r.created_at < ? GROUP BY i.article_id",
+                window,
+            )
+            clicked = tx.rows(
+                "SELECT e.article_id, COUNT(DISTINCT e.ranking_id) AS n FROM events e JOIN rankings r"
+                " ON r.ranking_id = e.ranking_id WHERE e.type = 'click' AND r.created_at >= ? AND r.created_at < ?"
+                " GROUP BY e.article_id",
+                window,
+            )
+        clicks = {r["article_id"]: r["n"] for r in clicked}
+        return {r["article_id"]: (r["title"], r["n"], clicks.get(r["article_id"], 0)) for r in shown}
 
     # -- a reader's data as a whole -----------------------------------------------------------------------
     def export_user(self, user_id: str) -> dict[str, Any]:

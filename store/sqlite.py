@@ -168,6 +168,16 @@ class SqliteFeedbackStore(SqlFeedbackStore):
         ALTER TABLE ranking_items ADD COLUMN source TEXT NOT NULL DEFAULT '';
         ALTER TABLE ranking_items ADD COLUMN moved_by TEXT;
         """,
+        # 9: the reader's voice (a rating's value, a comment's text); the experiment arm a feed was made in and
+        # the pair of positions it put in play to measure position bias; stats by time
+        """
+        ALTER TABLE events ADD COLUMN value INTEGER;
+        ALTER TABLE events ADD COLUMN text TEXT;
+        ALTER TABLE rankings ADD COLUMN arm TEXT;
+        ALTER TABLE rankings ADD COLUMN intra_list_distance REAL;
+        ALTER TABLE rankings ADD COLUMN explored_pair INTEGER;
+        CREATE INDEX events_ranking ON events(ranking_id);
+        """,
     )
 
     def __init__(self, path: Path | str) -> None:

@@ -162,8 +162,10 @@ def postgres():
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    # no background scorer threads: tests run its work where they want it (tests/test_scorer.py)
-    return Settings(data_dir=tmp_path / "data", model_cache=MODEL_CACHE, candidates=12, explain_top=3, scorer_threads=0)
+    # no background scorer threads: tests run its work where they want it (tests/test_scorer.py); no feed swaps
+    # two places at random (tests/test_stats.py tests that)
+    return Settings(data_dir=tmp_path / "data", model_cache=MODEL_CACHE, candidates=12, explain_top=3, scorer_threads=0,
+                    position_explore_share=0.0)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

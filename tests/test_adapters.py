@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from adapters import export, gate, train
 from adapters.registry import AdapterRegistry, parse_reference
 from agent import evaluate
 from agent.backends.fake import FakeBackend
+from agent.position import Propensities
 from agent.ranking import FeedRequest, relevance_requests
 from agent.settings import Settings
 from core.errors import InvalidInput, NotFound
@@ -119,12 +121,37 @@ def test_the_exported_prompt_is_byte_identical_to_the_served_one(corpus_store, f
         [Event("fan", a, "impression", NOW + 1) for a in shown] + [Event("fan", shown[1], "click", NOW + 2)]
     )
     examples = list(export.from_feedback(feedback, corpus_store, llm, settings, NOW, service.pseudonyms))
-    assert [e.label for e in examples] == [0, 1, 0, 0]
+    assert [e.label for e in examples] == [0, 1, 0, 0] and {e.weight for e in examples} == {1.0}
     assert {e.group for e in examples} == {service.pseudonyms("fan")} != {"fan"}  # the reader, pseudonymous
     for example, article_id in zip(examples, shown, strict=True):
         article = corpus_store.get([article_id])[article_id].article
         serving = relevance_requests(llm, served.profile_text, [article])[0]
         assert example.prompt == serving.prompt and example.prefix == serving.prefix
+
+
+def test_a_click_weighs_the_inverse_propensity_of_its_place_in_export_and_in_the_loss(
+    corpus_store, feedback, settings, llm, tmp_path
+):
+    service = Newsrank(settings, corpus_store, feedback, llm, clock=lambda: NOW)
+    feedback.add_events([Event("fan", "s1", "click", NOW - 3600)])
+    feed = service.recommend(FeedRequest("fan", k=4, explain=False))
+    shown = [i.article.id for i in feed.items]
+    feedback.add_events([Event("fan", a, "impression", NOW + 1, ranking_id=feed.ranking_id) for a in shown]
+                        + [Event("fan", shown[2], "click", NOW + 2, ranking_id=feed.ranking_id),  # third place
+                           Event("fan", shown[3], "like", NOW + 2)])  # names no feed: its place is unknown  # fmt: skip
+    seen = Propensities((1.0, 0.5, 0.25, 0.2), feeds=500)
+    examples = list(export.from_feedback(feedback, corpus_store, llm, settings, NOW, service.pseudonyms, seen))
+    assert [(e.label, e.weight) for e in examples] == [(0, 1.0), (0, 1.0), (1, 4.0), (1, 1.0)]
+    export.write_examples(tmp_path / "x.jsonl", examples)
+    assert export.read_examples(tmp_path / "x.jsonl") == examples
+
+    margins = torch.tensor([0.3, -1.0, 0.2, 0.5])
+    plain = [replace(e, weight=1.0) for e in examples]
+    each = torch.nn.functional.binary_cross_entropy_with_logits(
+        margins, torch.tensor([0.0, 0.0, 1.0, 1.0]), reduction="none"
+    )
+    assert train.summed_loss(margins, plain).item() == pytest.approx(each.sum().item())
+    assert train.summed_loss(margins, examples).item() == pytest.approx((each.sum() + 3 * each[2]).item())
 
 
 def test_the_gate_refuses_an_adapter_that_is_not_better():

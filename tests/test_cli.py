@@ -86,7 +86,7 @@ def test_db_status_and_migrate_to_postgresql(run, tmp_path, postgres):
                               for i in range(3)))  # fmt: skip
     assert run("events", "add", str(events)).returncode == 0
     status = run("db", "status")
-    assert status.returncode == 0 and "schema version 8 of 8" in status.stdout
+    assert status.returncode == 0 and "schema version 9 of 9" in status.stdout
     assert " events " in status.stdout and status.stdout.split(" events ")[1].split()[0] == "3"
 
     url = postgres().replace("newsrank@", "newsrank:secret@")  # trust auth ignores the password; it is not shown

@@ -5,12 +5,13 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent import evaluate, ranker
+from agent import evaluate, position, ranker
 from agent.backends.fake import FakeBackend
 from agent.ranking import FeedRequest, Recommender
 from agent.scoring import BlendWeights, blend_rank, without
@@ -158,7 +159,17 @@ def test_newsrank_ranker_fits_publishes_activates_and_rolls_back(tmp_path, corpu
     assert first.returncode == 0, first.stderr
     assert "10 rankings shown" in first.stdout and "published default@1" in first.stdout
     assert "NEWSRANK_RANKER=default" in first.stdout
-    assert run("fit", "default", "--force").returncode == 0
+    assert "position bias: not corrected, 0 explored feeds" in first.stdout
+    # feeds that explored a pair of places, and clicks in them: the next fit weighs clicks by their place
+    shown = feedback.latest_ranking("r1")
+    for n in range(position.MIN_FEEDS):
+        feedback.record_ranking(replace(shown, ranking_id=f"x{n}", created_at=NOW + n, explored_pair=1 + n % 3))
+        feedback.add_events([Event("r1", shown.items[n % 2].article_id, "click", NOW + n + 1, ranking_id=f"x{n}")])
+    second = run("fit", "default", "--force")
+    assert second.returncode == 0, second.stderr
+    assert f"clicks weighted by 1/propensity, from {position.MIN_FEEDS} explored feeds" in second.stdout
+    fitted = ranker.Ranker.load(settings.adapters_path / "rankers" / "default" / "v2.json")
+    assert fitted.fitted_on["position_propensities"]["feeds"] == position.MIN_FEEDS
     listed = run("list").stdout
     assert "* default@2" in listed and "  default@1" in listed
     assert "default@1 is now active" in run("rollback", "default").stdout

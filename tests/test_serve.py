@@ -19,7 +19,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("serve") / "data"
     port = free_port()
-    env = {**os.environ, "NEWSRANK_DATA_DIR": str(data)}
+    # an A/B test of blend settings, as an operator sets it (no adapter exists on a fresh server)
+    experiment = {"name": "fresher", "arms": {"control": {}, "treatment": {"weights": {"freshness": 0.2}}}}
+    env = {**os.environ, "NEWSRANK_DATA_DIR": str(data), "NEWSRANK_EXPERIMENT": json.dumps(experiment)}
     process = subprocess.Popen(
         [sys.executable, "-m", "serve.cli", "serve", "--port", str(port)],
         env=env,
@@ -84,6 +86,14 @@ def test_the_web_page_feed_feedback_and_chat(server):
             expect(page.get_by_test_id("status")).to_contain_text(" ms")
             expect(page.locator(f'[data-testid=item][data-article="{first_id}"]')).to_have_count(0)
 
+            # rate the new top item and comment on it (the comment as text, never as markup)
+            rated = items.first.get_attribute("data-article")
+            items.first.get_by_test_id("rate").select_option("4")
+            expect(page.get_by_test_id("status")).to_have_text("rating saved")
+            items.first.get_by_test_id("comment-text").fill("<b>Good</b> read")
+            items.first.get_by_test_id("comment").click()
+            expect(page.get_by_test_id("status")).to_contain_text(" ms")
+
             # ask why about the new top item, then ask for less like it: the feed changes again
             items.first.get_by_test_id("why").click()
             page.get_by_test_id("ask").click()
@@ -107,6 +117,58 @@ def test_the_web_page_feed_feedback_and_chat(server):
     headers = {"Authorization": f"Bearer {key}"}
     profile = httpx.get(f"{base}/v1/users/demo-tech", headers=headers, timeout=30).json()
     assert profile["mutes"] and first_title in profile["history"]
+    events = httpx.get(f"{base}/v1/users/demo-tech/export", headers=headers, timeout=30).json()["events"]
+    voiced = [(e["article_id"], e["type"], e["value"], e["text"]) for e in events if e["type"] in ("rating", "comment")]
+    assert voiced == [(rated, "rating", 4, None), (rated, "comment", None, "<b>Good</b> read")]
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed (make test installs it)")
+def test_the_operator_dashboard_plots_what_readers_did(server):
+    """Readers read, click and rate through the API; the dashboard, in the real browser, plots what the store says."""
+    from playwright.sync_api import expect, sync_playwright
+
+    base, key, *_ = server
+    headers = {"Authorization": f"Bearer {key}"}
+    clicked_title = None
+    for user in ("demo-sports", "demo-politics", "demo-tech", "demo-new", "reader-a", "reader-b"):
+        feed = httpx.post(f"{base}/v1/feed", json={"user_id": user, "k": 5, "explain": False}, headers=headers,
+                          timeout=120).json()  # fmt: skip
+        top = feed["items"][0]
+        events = [{"user_id": user, "article_id": top["article_id"], "type": "click", "ranking_id": feed["ranking_id"]},
+                  {"user_id": user, "type": "rating", "value": 5 if feed["arm"] == "treatment" else 3,
+                   "ranking_id": feed["ranking_id"]}]  # fmt: skip
+        stored = httpx.post(f"{base}/v1/events", json={"events": events}, headers=headers, timeout=30)
+        assert stored.status_code == 201, stored.text
+        clicked_title = top["title"]
+    report = httpx.get(f"{base}/v1/stats", params={"by": "arm"}, headers=headers, timeout=30).json()
+    assert sum(row["feeds"] for row in report["total"].values()) >= 6
+    expected = {(s["arm"], s["feed_ctr"]["value"]) for s in report["series"]}
+    ratings = {(s["arm"], s["rating"]["value"]) for s in report["series"]}
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            expect.set_options(timeout=60_000)
+            page.goto(f"{base}/dashboard#key={key}")
+            expect(page.get_by_test_id("status")).to_contain_text("feeds ·")
+            plots = page.get_by_test_id("plot")
+            expect(plots).to_have_count(len(report["metrics"]))
+
+            def points(metric: str) -> set:
+                found = page.locator(f'[data-testid=plot][data-metric="{metric}"] [data-testid=point]')
+                return {tuple(p) for p in found.evaluate_all("ns => ns.map(n => [n.dataset.arm, +n.dataset.value])")}
+
+            assert points("feed_ctr") == expected and points("rating") == ratings
+            serving = page.get_by_test_id("serving-table").inner_text()
+            assert "control" in serving and "treatment" in serving and "freshness 0.2" in serving
+            assert clicked_title in page.get_by_test_id("most-clicked").inner_text()
+            totals = page.get_by_test_id("totals-table").inner_text()
+            assert "treatment − control" in totals and "rating_high" in totals
+            assert page.get_by_test_id("live-table").inner_text().count("mean feed latency") == 1
+        finally:
+            browser.close()
 
 
 def test_the_server_logs_no_key_and_no_reader_and_keeps_its_files_private(server):
