@@ -353,8 +353,10 @@ class SqlFeedbackStore(ABC):
                 window,
             )
             acts = tx.rows(
+                # `|| ''` keeps the planner off the article index (hundreds of rows an article) and on the
+                # ranking's own items (ten or so): 10x faster at 20,000 feeds on SQLite (benchmarks/operator_stats.py)
                 "SELECT e.ranking_id, e.type, e.value, e.article_id, i.position, i.age_hours FROM events e"
-                " LEFT JOIN ranking_items i ON i.ranking_id = e.ranking_id AND i.article_id = e.article_id"
+                " LEFT JOIN ranking_items i ON i.ranking_id = e.ranking_id AND i.article_id || '' = e.article_id"
                 f" WHERE e.ranking_id IN ({made}) AND e.type IN ('click', 'like', 'comment', 'share', 'rating')",
                 window,
             )
