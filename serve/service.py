@@ -40,7 +40,7 @@ from store import open_store
 
 log = logging.getLogger("newsrank.service")
 
-RECENT_STATS_SECONDS = 60.0
+RECENT_STATS_SECONDS = 300.0
 DEMO_USERS = ("demo-sports", "demo-politics", "demo-tech", "demo-new")
 RELEVANCE_NOTES = {  # the audit's words for where an item's relevance came from (core.records.RELEVANCE_SOURCES)
     "llm": "the LLM's, under the profile this feed was made for",
@@ -324,7 +324,7 @@ class Newsrank:
                 "model": self.backend.model, "backend": self.backend.name, "strategy": s.strategy}  # fmt: skip
 
     def recent_stats(self) -> dict[str, Any]:
-        """The stats of the last day's feeds by arm, computed at most once a minute (what /metrics shows)."""
+        """The stats of the last day's feeds by arm, computed at most once every 5 minutes (what /metrics shows)."""
         now = self.clock()
         if self._recent_stats is None or now - self._recent_stats[0] >= RECENT_STATS_SECONDS:
             self._recent_stats = (now, self.stats(now - 86400, None, "day", by_arm=True))
