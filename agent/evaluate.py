@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from agent import explain, metrics
+from agent.exposure import Exposure, ExposureTally
 from agent.profile import Profile, build_profile
 from agent.ranker import Ranker
 from agent.ranking import DEFAULT_CANDIDATE_TEXT, prompt_version, relevance_requests
@@ -292,7 +293,7 @@ class MethodReport:
     candidates_per_second: float
     prompt_tokens_per_candidate: float
     grounded_share: float | None
-    exposure: metrics.Exposure | None = None  # of the top 10
+    exposure: Exposure | None = None  # of the top 10
     segments: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # AUC, its error, impressions
 
 
@@ -399,7 +400,7 @@ def summarize(
     aucs, mrrs, n5, n10, diversity, coverage = [], [], [], [], [], []
     seconds = tokens = candidates = 0.0
     sources: list[str] = []
-    shown: list[metrics.Shown] = []
+    shown = ExposureTally(max_labels=None, max_items=None)
     by_segment: dict[str, list[float]] = {}
     for ctx in prepared:
         row = rows[ctx.impression.id]
@@ -416,10 +417,7 @@ def summarize(
         diversity.append(metrics.intra_list_distance(ctx.embeddings[top]))
         coverage.append(len({ctx.hits[i].article.category for i in top}))
         usual = ctx.profile.top_categories()
-        shown.append(metrics.Shown(
-            [(h.article.id, h.article.category, h.article.source) for h in ctx.hits], top.tolist(),
-            [ctx.hits[i].article.category not in usual for i in top],
-        ))  # fmt: skip
+        shown.add([h.article for h in ctx.hits], [ctx.hits[i].article for i in top], usual)
         for source in (row, inputs[ctx.impression.id]) if inputs else (row,):
             seconds += source["seconds"]
             tokens += source["prompt_tokens"]
@@ -438,7 +436,7 @@ def summarize(
         candidates_per_second=candidates / seconds if seconds > 0 else float("inf"),
         prompt_tokens_per_candidate=tokens / candidates if candidates else 0.0,
         grounded_share=(sources.count("llm") / len(sources)) if sources else None,
-        exposure=metrics.exposure(shown),
+        exposure=shown.snapshot(),
         segments={
             name: (100 * float(np.mean(v)), 100 * metrics.standard_error(v), len(v))
             for name, v in sorted(by_segment.items(), key=lambda kv: (SEGMENT_ORDER.get(kv[0], 9), -len(kv[1])))

@@ -7,9 +7,7 @@ ranking keep input order, so results are deterministic.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -118,48 +116,3 @@ def gini(values: Sequence[float]) -> float:
     if n == 0 or x.sum() <= 0:
         return 0.0
     return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * x.sum()))
-
-
-def shares(labels: Sequence[str]) -> dict[str, float]:
-    """Each label's share of the list, largest first (an empty label counts as "unknown")."""
-    counts = Counter(label or "unknown" for label in labels)
-    total = sum(counts.values())
-    return {k: v / total for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
-
-
-@dataclass(frozen=True)
-class Shown:
-    """One feed as exposure sees it: its candidates (id, category, source) and which of them were shown on top,
-    and whether each shown item lies outside the reader's top categories."""
-
-    candidates: Sequence[tuple[str, str, str]]
-    top: Sequence[int]  # indices into candidates, best first
-    outside: Sequence[bool]  # per shown item
-
-
-@dataclass(frozen=True)
-class Exposure:
-    feeds: int
-    category: dict[str, tuple[float, float]]  # label: (share of top slots, share among candidates)
-    source: dict[str, tuple[float, float]]
-    gini: float  # of the top slots each candidate item got, over every item that was a candidate
-    outside: float  # share of feeds with at least one item outside the reader's top categories
-    outside_slots: float  # share of top slots given to items outside the reader's top categories
-
-
-def exposure(feeds: Sequence[Shown]) -> Exposure:
-    def side_by_side(column: int) -> dict[str, tuple[float, float]]:
-        top = shares([f.candidates[i][column] for f in feeds for i in f.top])
-        offered = shares([c[column] for f in feeds for c in f.candidates])
-        return {label: (top.get(label, 0.0), share) for label, share in offered.items()}
-
-    slots = {c[0]: 0 for f in feeds for c in f.candidates}
-    for f in feeds:
-        for i in f.top:
-            slots[f.candidates[i][0]] += 1
-    outside = [any(f.outside) for f in feeds]
-    slots_outside = [o for f in feeds for o in f.outside]
-    return Exposure(
-        len(feeds), side_by_side(1), side_by_side(2), gini(list(slots.values())),
-        float(np.mean(outside)) if outside else 0.0, float(np.mean(slots_outside)) if slots_outside else 0.0,
-    )  # fmt: skip

@@ -17,7 +17,7 @@ from litestar.params import Parameter
 from litestar.response import Response, ServerSentEvent
 
 from agent import __version__
-from agent.metrics import Exposure
+from agent.exposure import Exposure
 from core.errors import NotFound, RateLimited, StoreUnavailable
 from core.records import SCORING_KINDS
 from serve.auth import PUBLIC, ApiKey, admin_only

@@ -48,16 +48,23 @@ def test_logistic_regression_recovers_known_weights():
 
 
 def test_gini_and_exposure_shares_by_hand():
-    from agent.metrics import Shown, exposure, gini, shares
+    from agent.exposure import ExposureTally
+    from agent.metrics import gini
+    from core.records import Article
 
     assert gini([3, 3, 3]) == 0.0 and gini([]) == 0.0 and gini([0, 0]) == 0.0
     assert gini([0, 0, 0, 4]) == pytest.approx(0.75)  # one of four holds everything: (n - 1) / n
     assert gini([1, 2, 3, 4]) == pytest.approx(0.25)
-    assert shares(["a", "b", "a", ""]) == {"a": 0.5, "b": 0.25, "unknown": 0.25}
-    candidates = [("x", "sports", "wire"), ("y", "sports", "daily"), ("z", "news", "wire"), ("w", "news", "")]
-    feeds = [Shown(candidates, [0, 1], [False, False]), Shown(candidates, [0, 2], [False, True])]
-    found = exposure(feeds)
+    x, y, z, w = (Article(i, i.upper(), 0.0, category=c, source=s)
+                  for i, c, s in (("x", "sports", "wire"), ("y", "sports", "daily"), ("z", "news", "wire"),
+                                  ("w", "news", "")))  # fmt: skip
+    tally = ExposureTally(max_labels=None, max_items=None)
+    tally.add([x, y, z, w], [x, y], usual={"sports", "news"})
+    tally.add([x, y, z, w], [x, z], usual={"sports"})
+    found = tally.snapshot()
     assert found.feeds == 2 and found.outside == 0.5 and found.outside_slots == 0.25
     assert found.category == {"news": (0.25, 0.5), "sports": (0.75, 0.5)}
-    assert found.source == {"wire": (0.75, 0.5), "daily": (0.25, 0.25), "unknown": (0.0, 0.25)}
+    assert found.source == {"wire": (0.75, 0.5), "daily": (0.25, 0.25), "unknown": (0.0, 0.25)}  # no source: unknown
+    assert list(found.source) == ["wire", "daily", "unknown"]  # largest share first, ties by label
+    assert list(found.category) == ["news", "sports"]
     assert found.gini == pytest.approx(gini([2, 1, 1, 0]))
