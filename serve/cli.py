@@ -423,9 +423,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_retention(args: argparse.Namespace) -> int:
     """Delete the events and ranking records past their retention (NEWSRANK_EVENTS_RETENTION_DAYS and
     NEWSRANK_RANKINGS_RETENTION_DAYS); the service's workers do the same every hour."""
-    service = _service()
-    s = service.settings
-    deleted = service.enforce_retention()
+    from agent.settings import Settings
+    from serve.worker import enforce_retention
+    from store import open_store
+
+    s = Settings()
+    feedback = open_store(s.store_url)  # the store alone: no embedder, no LLM
+    try:
+        deleted = enforce_retention(feedback, s, time.time())
+    finally:
+        feedback.close()
     for kind, days in (("events", s.events_retention_days), ("rankings", s.rankings_retention_days)):
         print(f"{kind}: {deleted[kind]} deleted, " + (f"older than {days:g} days" if days else "no retention set"))
     return 0

@@ -35,7 +35,6 @@ from retrieval.ingest import MAX_EXAMPLES, IngestReport, RowError, article_from_
 from retrieval.store import ChromaArticleStore, chroma_client
 from serve.jobs import TrainingJobs
 from serve.limits import Gate, RateLimiter
-from serve.worker import enforce_retention
 from store import open_store
 
 log = logging.getLogger("newsrank.service")
@@ -324,10 +323,12 @@ class Newsrank:
                 "model": self.backend.model, "backend": self.backend.name, "strategy": s.strategy}  # fmt: skip
 
     def recent_stats(self) -> dict[str, Any]:
-        """The stats of the last day's feeds by arm, computed at most once every 5 minutes (what /metrics shows)."""
+        """The metrics of the last day's feeds by arm (agent.stats.summarise: no article tables, no propensities),
+        computed at most once every 5 minutes: what /metrics shows."""
         now = self.clock()
         if self._recent_stats is None or now - self._recent_stats[0] >= RECENT_STATS_SECONDS:
-            self._recent_stats = (now, self.stats(now - 86400, None, "day", by_arm=True))
+            outcomes = self.feedback.feed_outcomes(now - 86400, now + 1)  # what was made this second included
+            self._recent_stats = (now, stats.summarise(outcomes, by_arm=True))
         return self._recent_stats[1]
 
     def check_experiment(self) -> None:
@@ -383,10 +384,6 @@ class Newsrank:
             for name in names
         )
         return counts
-
-    def enforce_retention(self) -> dict[str, int]:
-        """Delete the events and ranking records past their retention now (the workers do it hourly)."""
-        return enforce_retention(self.feedback, self.settings, self.clock())
 
     def why(self, user_id: str, article_id: str, ranking_id: str | None = None) -> str:
         """Answer "why was this recommended?" from the stored ranking record, not from a fresh guess."""
