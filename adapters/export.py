@@ -14,15 +14,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from agent.metrics import in_validation  # noqa: F401  (the split adapters use; re-exported)
-from agent.position import Propensities, ips_weights
-from agent.profile import build_profile
-from agent.ranking import relevance_requests
-from agent.settings import Settings
+from config.settings import Settings
 from core.errors import InvalidInput, NotFound
 from core.llm import Backend
+from core.metrics import in_validation  # noqa: F401  (the split adapters use; re-exported)
 from core.records import ENGAGEMENT, Event
 from core.stores import ArticleStore, FeedbackStore
+from feed.position import Propensities, ips_weights
+from feed.profile import build_profile
+from llm.relevance import relevance_requests
 
 POSITIVE = ENGAGEMENT
 NEGATIVE = {"impression", "skip", "dislike"}
@@ -34,7 +34,7 @@ class Example:
     suffix: str
     label: int  # 1: the reader engaged (Yes), 0: shown and passed over (No)
     group: str  # the split key and the ranking unit: a user, or an impression where users are unknown
-    weight: float = 1.0  # in the loss: a click's inverse propensity of the place it was shown at (agent.position)
+    weight: float = 1.0  # in the loss: a click's inverse propensity of the place it was shown at (feed.position)
 
     @property
     def prompt(self) -> str:
@@ -61,7 +61,7 @@ def sample_negatives(examples: Sequence[Example], per_positive: int | None, seed
 def from_mind(
     contexts: Iterable, backend: Backend, settings: Settings, pseudonym: Callable[[str], str]
 ) -> Iterator[Example]:
-    """Examples from replayed MIND impressions (agent.evaluate.contexts): every candidate with its label, the
+    """Examples from replayed MIND impressions (evaluation.replay.contexts): every candidate with its label, the
     group the reader's pseudonym (or the impression's id where the data names no reader)."""
     for ctx in contexts:
         profile_text = ctx.profile.render(settings.history_titles)
@@ -86,7 +86,7 @@ def from_feedback(
     they engaged with it (click, like, share, comment), No if it was only shown, skipped or disliked; the profile
     is built from the events before it, as the ranker saw the reader then. A reader is named by their pseudonym,
     and no example holds a time. With `propensities`, a Yes whose event names the feed it happened in weighs the
-    inverse propensity of the place the feed showed it at (agent.position.ips_weights)."""
+    inverse propensity of the place the feed showed it at (feed.position.ips_weights)."""
     places = Places(feedback)
     for user_id in feedback.user_ids(since):
         events = feedback.events(user_id)

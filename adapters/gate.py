@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adapters.export import Example
-from agent import metrics
+from core import metrics
 from core.llm import Backend, ScoreRequest
 
 

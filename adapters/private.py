@@ -131,7 +131,7 @@ def train_step(
     summed, then noised once. An empty sample still adds the noise (Poisson sampling: skipping it would leak
     that nobody was sampled)."""
     torch = require("torch", "pip install torch==2.13.0")
-    from agent.backends.transformers import packed_margins
+    from llm.backends.transformers import packed_margins
 
     losses = []
     optimizer.zero_grad()

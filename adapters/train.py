@@ -26,9 +26,9 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
 from adapters.export import Example, in_validation, read_examples
-from agent.models import offline, resolve_llm
-from agent.settings import PACKAGED_LLM
+from config.settings import PACKAGED_LLM
 from core.errors import InvalidInput, require
+from llm.models import offline, resolve_llm
 
 LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -128,7 +128,7 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     from safetensors.torch import load_file
     from tqdm import tqdm
 
-    from agent.backends.transformers import answer_token_ids
+    from llm.backends.transformers import answer_token_ids
 
     output = Path(config.output)
     checkpoint = output / "checkpoint"
@@ -249,7 +249,7 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
 
 def summed_loss(margins: Any, batch: list[Example]) -> Any:
     """Binary cross-entropy of each example's margin against its label, times its weight (a click's inverse
-    propensity of the place it was shown at, agent.position; 1 for the rest), summed."""
+    propensity of the place it was shown at, feed.position; 1 for the rest), summed."""
     import torch
 
     labels = torch.tensor([float(e.label) for e in batch], device=margins.device)
@@ -259,7 +259,7 @@ def summed_loss(margins: Any, batch: list[Example]) -> Any:
 
 def margins(model: Any, tokenizer: Any, batch: list[Example], answer_ids: tuple[int, int], config: TrainConfig) -> Any:
     """The answer margins of one group of candidates that share a prefix, as serving computes them."""
-    from agent.backends.transformers import answer_margins, packed_margins
+    from llm.backends.transformers import answer_margins, packed_margins
 
     prefix, suffixes = batch[0].prefix, [e.suffix for e in batch]
     if config.packed:
@@ -275,7 +275,7 @@ def auc_on(
 ) -> float:
     """Mean per-group AUC ×100 of the model as it is now on held-out examples (groups with both labels)."""
     torch = require("torch", "pip install torch==2.13.0")
-    from agent import metrics
+    from core import metrics
 
     by_group: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
     model.eval()

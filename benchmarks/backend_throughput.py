@@ -25,10 +25,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from agent.models import offline
-from agent.ranking import relevance_requests
-from agent.settings import Settings
+from config.settings import Settings
 from core.llm import Backend, ScoreRequest
+from llm.models import offline
+from llm.relevance import relevance_requests
 from serve.service import Newsrank, make_backend
 
 READERS = ("demo-sports", "demo-politics", "demo-tech")

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.chat import DEBRIS, SAYS, Message, Reply, judge, main_signal
-from agent.models import offline
-from agent.ranking import FeedRequest
-from agent.scoring import BlendWeights, blend_rank
-from agent.settings import Settings
-from core.records import SIGNALS, Signals
+from chat.conversation import DEBRIS, SAYS, Message, Reply, judge, main_signal
+from config.settings import Settings
+from core.records import SIGNALS, BlendWeights, Signals
+from feed.blend import blend_rank
+from feed.recommender import FeedRequest
+from llm.models import offline
 from serve.service import DEMO_USERS, Newsrank
 
 NUMBER = re.compile(r"\d+(?:\.\d+)?")

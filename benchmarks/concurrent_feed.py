@@ -31,12 +31,12 @@ from typing import Any
 import httpx
 import uvicorn
 
-from agent.backends.batching import MicroBatcher
-from agent.backends.transformers import TransformersBackend
-from agent.models import offline
-from agent.ranking import FeedRequest
-from agent.settings import Settings
+from config.settings import Settings
 from core.llm import Backend, GenerateRequest, Generation, ScoreRequest
+from feed.recommender import FeedRequest
+from llm.backends.batching import MicroBatcher
+from llm.backends.transformers import TransformersBackend
+from llm.models import offline
 from serve.app import create_app
 from serve.service import DEMO_USERS, Newsrank
 

@@ -20,11 +20,12 @@ from collections import Counter, defaultdict
 from importlib.resources import files
 from pathlib import Path
 
-from agent import explain, prompts
-from agent.models import offline
-from agent.ranking import FeedRequest
-from agent.scorer import Scorer
-from agent.settings import Settings
+from config.settings import Settings
+from feed import explain
+from feed.background_scorer import Scorer
+from feed.recommender import FeedRequest
+from llm import prompts
+from llm.models import offline
 from serve.service import DEMO_USERS, Newsrank
 
 
@@ -51,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     offline()
     rng = random.Random(args.seed)
-    rows = [json.loads(r) for r in (files("agent") / "demo" / "articles.jsonl").read_text().splitlines() if r]
+    rows = [json.loads(r) for r in (files("serve") / "demo" / "articles.jsonl").read_text().splitlines() if r]
     by_category = defaultdict(list)
     for row in rows:
         by_category[row.get("category", "")].append(row["id"])

@@ -24,8 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent import evaluate, metrics
-from agent.settings import Settings
+from config.settings import Settings
+from core import metrics
+from evaluation import replay
 from retrieval.embed import Embedder
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mind-dev"
@@ -41,8 +42,8 @@ ARMS = {
 
 def llm_scores(contexts, path: Path, threads: int) -> dict[str, list[float]]:
     """The packaged LLM's zero-shot relevance of every candidate, cached by impression id."""
-    from agent.backends.transformers import TransformersBackend
-    from agent.settings import PACKAGED_LLM
+    from config.settings import PACKAGED_LLM
+    from llm.backends.transformers import TransformersBackend
 
     done = {}
     if path.is_file():
@@ -52,7 +53,7 @@ def llm_scores(contexts, path: Path, threads: int) -> dict[str, list[float]]:
         from tqdm import tqdm
 
         backend = TransformersBackend(PACKAGED_LLM, Settings().model_cache, threads=threads)
-        evaluator = evaluate.Evaluator(backend, Settings().weights.frozen())
+        evaluator = replay.Evaluator(backend, Settings().weights.frozen())
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as out:
             for ctx in tqdm(todo, desc="LLM relevance"):
@@ -68,9 +69,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    impressions, _ = evaluate.read_behaviors(DATA / "behaviors.tsv")
-    corpus = evaluate.Corpus(DATA / "news.tsv", Embedder(), Path("data/eval-cache"))
-    contexts = list(evaluate.contexts(evaluate.select(impressions, "heldout", 0, args.impressions), corpus))
+    impressions, _ = replay.read_behaviors(DATA / "behaviors.tsv")
+    corpus = replay.Corpus(DATA / "news.tsv", Embedder(), Path("data/eval-cache"))
+    contexts = list(replay.contexts(replay.select(impressions, "heldout", 0, args.impressions), corpus))
     relevance = llm_scores(contexts, Path(args.scores), args.threads)
     weights = Settings().weights.frozen()
 
@@ -83,13 +84,13 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     baseline = None
     for name, caps in ARMS.items():
-        evaluator = evaluate.Evaluator(None, weights, caps=caps)
+        evaluator = replay.Evaluator(None, weights, caps=caps)
         rows = {
             c.impression.id: {"scores": evaluator.blend(c, relevance[c.impression.id])[0], "seconds": 0.0,
                               "prompt_tokens": 0}
             for c in contexts
         }  # fmt: skip
-        report = evaluate.summarize("blend", rows, contexts)
+        report = replay.summarize("blend", rows, contexts)
         aucs = np.array([np.nan if (a := metrics.auc(c.labels, rows[c.impression.id]["scores"])) is None else a
                          for c in contexts])  # fmt: skip
         ndcgs = np.array([metrics.ndcg(c.labels, rows[c.impression.id]["scores"], 10) for c in contexts])

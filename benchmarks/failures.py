@@ -63,10 +63,10 @@ from load import (  # the load and its report (benchmarks/load.py)
     start_service,
 )
 
-from agent.backends.tokenizer import ModelTokenizer
-from agent.models import offline
-from agent.settings import Settings
+from config.settings import Settings
 from core.llm import Backend
+from llm.backends.tokenizer import ModelTokenizer
+from llm.models import offline
 from serve.service import DEMO_USERS, make_backend
 from store import open_store
 

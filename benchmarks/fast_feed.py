@@ -272,7 +272,7 @@ def main() -> None:
         args.click_every < 2
     ):
         raise SystemExit("keep it bounded: 1-64 clients, at most 30 minutes a phase, --click-every at least 2")
-    rows = (files("agent") / "demo" / "articles.jsonl").read_text().splitlines()
+    rows = (files("serve") / "demo" / "articles.jsonl").read_text().splitlines()
     articles = [json.loads(r)["id"] for r in rows if r.strip()]
     key = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory() as tmp:

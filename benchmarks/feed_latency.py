@@ -15,10 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.models import offline
-from agent.ranking import FeedRequest, relevance_requests
-from agent.settings import Settings
+from config.settings import Settings
 from core.llm import ScoreRequest
+from feed.recommender import FeedRequest
+from llm.models import offline
+from llm.relevance import relevance_requests
 from serve.service import Newsrank
 
 

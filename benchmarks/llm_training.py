@@ -1,7 +1,7 @@
 """Training the LLM on clicks: what an example costs, what the candidate text is worth, and a learning curve.
 
     python benchmarks/llm_training.py speed   # today's trainer and the packed one, side by side
-    python benchmarks/llm_training.py texts   # the candidate texts of agent.ranking.CANDIDATE_TEXTS
+    python benchmarks/llm_training.py texts   # the candidate texts of feed.recommender.CANDIDATE_TEXTS
     python benchmarks/llm_training.py curve   # adapters after 1k, 2k, 4k and all examples of the tune part
     python benchmarks/llm_training.py privacy # differentially private adapters on the curve's examples
 
@@ -33,11 +33,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters import export, train
-from agent import evaluate, metrics, prompts
-from agent.backends.transformers import TransformersBackend
-from agent.ranking import CANDIDATE_TEXTS, DEFAULT_CANDIDATE_TEXT, SYSTEM, relevance_requests
-from agent.settings import PACKAGED_LLM
+from config.settings import PACKAGED_LLM
+from core import metrics
 from core.llm import ScoreRequest
+from evaluation import replay
+from llm import prompts
+from llm.backends.transformers import TransformersBackend
+from llm.relevance import CANDIDATE_TEXTS, DEFAULT_CANDIDATE_TEXT, SYSTEM, relevance_requests
 from retrieval.embed import Embedder
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mind-dev"
@@ -140,10 +142,10 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(args.out)
-    impressions, _ = evaluate.read_behaviors(DATA / "behaviors.tsv")
-    corpus = evaluate.Corpus(DATA / "news.tsv", Embedder(), Path("data/eval-cache"))
-    tune = list(evaluate.contexts(evaluate.select(impressions, "tune", 0, None), corpus))
-    heldout = list(evaluate.contexts(evaluate.select(impressions, "heldout", 0, 300), corpus))
+    impressions, _ = replay.read_behaviors(DATA / "behaviors.tsv")
+    corpus = replay.Corpus(DATA / "news.tsv", Embedder(), Path("data/eval-cache"))
+    tune = list(replay.contexts(replay.select(impressions, "tune", 0, None), corpus))
+    heldout = list(replay.contexts(replay.select(impressions, "heldout", 0, 300), corpus))
     backend = TransformersBackend(PACKAGED_LLM, Path("~/.cache/newsrank/models").expanduser(), threads=args.threads)
     config = {"threads": args.threads}
 

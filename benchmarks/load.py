@@ -41,10 +41,10 @@ from typing import Any
 import httpx
 from concurrent_feed import serving  # the app under uvicorn in a thread (benchmarks/concurrent_feed.py)
 
-from agent.models import offline
-from agent.settings import Settings
+from config.settings import Settings
 from core.llm import Backend
 from core.stores import FeedbackStore
+from llm.models import offline
 from serve.service import DEMO_USERS, Newsrank
 
 ROUTES = ("feed", "events", "chat", "explain")
@@ -104,7 +104,7 @@ def parse_mix(text: str) -> dict[str, float]:
 
 
 def demo_article_ids() -> list[str]:
-    rows = (files("agent") / "demo" / "articles.jsonl").read_text().splitlines()
+    rows = (files("serve") / "demo" / "articles.jsonl").read_text().splitlines()
     return [json.loads(row)["id"] for row in rows if row.strip()]
 
 

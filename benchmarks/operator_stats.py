@@ -4,7 +4,7 @@
 
 Fills each store with `--feeds` ranking records of `--items` items over a week, two experiment arms, 5 % of them
 explored, and per feed about one click, a like in a tenth, a rating in a fifth (all naming their ranking). Then
-times `agent.stats.report` by arm over the week (what `GET /v1/stats?by=arm` and the dashboard run) against the
+times `evaluation.stats.report` by arm over the week (what `GET /v1/stats?by=arm` and the dashboard run) against the
 baseline of reading the same feeds' ranking records one by one as `newsrank ranker fit` does
 (`FeedbackStore.rankings_for`), in the same process.
 """
@@ -17,9 +17,9 @@ import tempfile
 import time
 from dataclasses import asdict
 
-from agent import stats
-from agent.experiment import Experiment
+from config.experiment import Experiment
 from core.records import Event, RankedItem, RankingRecord
+from evaluation import stats
 from store import open_store
 from store.throwaway import ThrowawayPostgres
 

@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the simulation lives beside its test
 
-from agent import position, ranker
-from agent.scoring import BlendWeights
+from core.records import BlendWeights
+from feed import learned_ranker, position
 from tests import test_position as sim
 
 TRAIN = 8000
@@ -41,11 +41,11 @@ def logged_with_plays(seed: int):
     return shown, clicks, plays
 
 
-def gate_auc(impressions, fit: ranker.Ranker, weighted: bool) -> float:
+def gate_auc(impressions, fit: learned_ranker.Ranker, weighted: bool) -> float:
     hand = dict(BlendWeights())
     values = []
     for i in impressions:
-        scores = ranker.ranked_by(i, fit.weights(i.history, None, hand))
+        scores = learned_ranker.ranked_by(i, fit.weights(i.history, None, hand))
         y = np.asarray(i.labels, dtype=bool)
         if y.all() or not y.any():
             continue
@@ -57,7 +57,7 @@ def gate_auc(impressions, fit: ranker.Ranker, weighted: bool) -> float:
     return 100 * float(np.mean(values))
 
 
-def swap_gate(fit: ranker.Ranker, seed: int, impressions) -> tuple[float, int]:
+def swap_gate(fit: learned_ranker.Ranker, seed: int, impressions) -> tuple[float, int]:
     shown, clicks, plays = logged_with_plays(seed)
     names = [c for c in fit.without_llm.columns if "*" not in c]
     won = n = 0
@@ -65,7 +65,7 @@ def swap_gate(fit: ranker.Ranker, seed: int, impressions) -> tuple[float, int]:
         pair, _ = plays[f]
         if not pair or clicks[f, pair - 1] == clicks[f, pair]:
             continue
-        rows = ranker.matrix(sim.signals(shown[f, pair - 1 : pair + 1]), [impressions[f].history] * 2, names)
+        rows = learned_ranker.matrix(sim.signals(shown[f, pair - 1 : pair + 1]), [impressions[f].history] * 2, names)
         scores = fit.without_llm.logits(rows)
         won += (scores[0] > scores[1]) == bool(clicks[f, pair - 1])
         n += 1
@@ -90,9 +90,9 @@ def main() -> None:
         impressions, estimated = sim.logged(seed)
         exact = position.Propensities(tuple(sim.EXAMINED.tolist()), estimated.feeds)
         est, true = weighted_by(impressions, estimated), weighted_by(impressions, exact)
-        raw_fit = ranker.fit_impressions(impressions[:TRAIN], None)
-        fit = ranker.fit_impressions(est[:TRAIN], None)
-        true_fit = ranker.fit_impressions(true[:TRAIN], None)
+        raw_fit = learned_ranker.fit_impressions(impressions[:TRAIN], None)
+        fit = learned_ranker.fit_impressions(est[:TRAIN], None)
+        true_fit = learned_ranker.fit_impressions(true[:TRAIN], None)
         order = [sim.ordered_as_truly_relevant(f.without_llm, seed) for f in (raw_fit, fit, true_fit)]
         held = est[TRAIN:]
         gates = [gate_auc(held, f, weighted) for weighted in (False, True) for f in (raw_fit, fit)]

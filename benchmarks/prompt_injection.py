@@ -28,12 +28,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import prompts
-from agent.models import offline
-from agent.ranking import SYSTEM, candidate_text, relevance_requests
-from agent.settings import Settings
+from config.settings import Settings
 from core.llm import Backend, ScoreRequest
 from core.records import Article
+from llm import prompts
+from llm.models import offline
+from llm.relevance import SYSTEM, candidate_text, relevance_requests
 from serve.service import Newsrank
 
 READERS = ("demo-sports", "demo-politics", "demo-tech")

@@ -29,8 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent import evaluate, metrics, ranker
-from agent.scoring import BlendWeights, blend_rank, without
+from core import metrics
+from core.records import BlendWeights
+from evaluation import replay
+from feed import learned_ranker
+from feed.blend import blend_rank, without
 from retrieval.embed import Embedder
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mind-dev"
@@ -72,7 +75,7 @@ def rows(evaluator, contexts, scores, drop: str | None = None):
     signals, history, labels = [], [], []
     for ctx in contexts:
         found = evaluator.signals(ctx, relevance_of(scores, ctx))
-        if drop in ranker.FEATURES:
+        if drop in learned_ranker.FEATURES:
             found = [replace(s, **{drop: 0.0}) for s in found]
         signals += found
         history += [0 if drop == "history" else ctx.profile.engaged] * len(found)
@@ -80,10 +83,10 @@ def rows(evaluator, contexts, scores, drop: str | None = None):
     return signals, history, labels
 
 
-def fit(evaluator, contexts, scores, drop: str | None = None) -> ranker.Ranker:
+def fit(evaluator, contexts, scores, drop: str | None = None) -> learned_ranker.Ranker:
     signals, history, labels = rows(evaluator, contexts, scores, drop)
     scorer = evaluator.scorer if scores is not None else None
-    return ranker.fit(signals, history, labels, [scores is not None] * len(labels), scorer)
+    return learned_ranker.fit(signals, history, labels, [scores is not None] * len(labels), scorer)
 
 
 def product(evaluator, fitted, contexts, scores, drop: str | None = None):
@@ -92,7 +95,7 @@ def product(evaluator, fitted, contexts, scores, drop: str | None = None):
     def scores_of(ctx):
         relevance = relevance_of(scores, ctx)
         signals = evaluator.signals(ctx, relevance)
-        if drop in ranker.FEATURES:
+        if drop in learned_ranker.FEATURES:
             signals = [replace(s, **{drop: 0.0}) for s in signals]
         history = 0 if drop == "history" else ctx.profile.engaged
         scorer = evaluator.scorer if scores is not None else None
@@ -127,22 +130,22 @@ def model_choice(evaluator, fit_part, fit_scores, heldout, held) -> list[str]:
     }
     lines = []
     for name, (interactions, transform) in variants.items():
-        model = ranker.fit_columns([transform(s) for s in signals], history, labels, ranker.FEATURES,
+        model = learned_ranker.fit_columns([transform(s) for s in signals], history, labels, learned_ranker.FEATURES,
                                    interactions=interactions)  # fmt: skip
 
         def scores_of(ctx, model=model, transform=transform, interactions=interactions):
             found = [transform(s) for s in evaluator.signals(ctx, held[ctx.impression.id])]
-            x = ranker.matrix(found, [ctx.profile.engaged] * len(found), ranker.FEATURES, interactions)
+            x = learned_ranker.matrix(found, [ctx.profile.engaged] * len(found), learned_ranker.FEATURES, interactions)
             return model.logits(x).tolist()
 
         auc, ndcg = per_impression(heldout, scores_of)
         lines.append(f"| {name} | {mean_se(auc)} | {np.nanmean(ndcg):.2f} |")
     trees = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15, random_state=0)
-    trees.fit(ranker.matrix(signals, history, ranker.FEATURES), labels)
+    trees.fit(learned_ranker.matrix(signals, history, learned_ranker.FEATURES), labels)
 
     def tree_scores(ctx):
         found = evaluator.signals(ctx, held[ctx.impression.id])
-        x = ranker.matrix(found, [ctx.profile.engaged] * len(found), ranker.FEATURES)
+        x = learned_ranker.matrix(found, [ctx.profile.engaged] * len(found), learned_ranker.FEATURES)
         return trees.predict_proba(x)[:, 1].tolist()
 
     auc, ndcg = per_impression(heldout, tree_scores)
@@ -157,14 +160,14 @@ def main() -> None:
     parser.add_argument("--save", help="write the ranker fitted with the largest adapter here")
     args = parser.parse_args()
     folder = Path(args.scores)
-    impressions, _ = evaluate.read_behaviors(DATA / "behaviors.tsv")
-    corpus = evaluate.Corpus(DATA / "news.tsv", Embedder(), Path("data/eval-cache"), show_progress=False)
-    tune = evaluate.select(impressions, "tune", 0, None)
-    fit_part = list(evaluate.contexts(tune[ADAPTER_PART:], corpus))
-    heldout = list(evaluate.contexts(evaluate.select(impressions, "heldout", 0, 300), corpus))
-    heldout_all = list(evaluate.contexts(evaluate.select(impressions, "heldout", 0, None), corpus))
+    impressions, _ = replay.read_behaviors(DATA / "behaviors.tsv")
+    corpus = replay.Corpus(DATA / "news.tsv", Embedder(), Path("data/eval-cache"), show_progress=False)
+    tune = replay.select(impressions, "tune", 0, None)
+    fit_part = list(replay.contexts(tune[ADAPTER_PART:], corpus))
+    heldout = list(replay.contexts(replay.select(impressions, "heldout", 0, 300), corpus))
+    heldout_all = list(replay.contexts(replay.select(impressions, "heldout", 0, None), corpus))
     sizes = sorted(int(p.stem.split("-")[1]) for p in folder.glob("heldout-*.jsonl"))
-    evaluator = evaluate.Evaluator(None, HAND_SET, model="smollm2-135m")
+    evaluator = replay.Evaluator(None, HAND_SET, model="smollm2-135m")
 
     no_llm = fit(evaluator, fit_part, None)
     no_llm_auc, no_llm_ndcg = product(evaluator, no_llm, heldout, None)
@@ -202,16 +205,16 @@ def main() -> None:
 
     print(f"\nAblation ({size:,}-example adapter): each signal removed and the ranker refitted\n")
     print("| removed | AUC | ΔAUC (paired) |\n|---|---:|---:|")
-    for feature in (*ranker.FEATURES, "history"):
+    for feature in (*learned_ranker.FEATURES, "history"):
         refit = fit(evaluator, fit_part, fit_scores, drop=feature)
         auc, _ = product(evaluator, refit, heldout, held, drop=feature)
         print(f"| {feature} | {mean_se(auc)} | {paired(auc, full)} |", flush=True)
 
-    reader = ranker.Ranker(fitted.with_llm, fitted.without_llm, evaluator.scorer)
+    reader = learned_ranker.Ranker(fitted.with_llm, fitted.without_llm, evaluator.scorer)
     for items in (2, 10, 50):
         weights = reader.weights(items, evaluator.scorer, HAND_SET)
         print(f"\nweights for a reader with {items} history items: "
-              + ", ".join(f"{n} {weights[n]:+.3f}" for n in ranker.FEATURES))  # fmt: skip
+              + ", ".join(f"{n} {weights[n]:+.3f}" for n in learned_ranker.FEATURES))  # fmt: skip
 
     scored = [c for c in heldout_all if c.impression.id in held]
     print(f"\nthe LLM-free ranker on all {len(heldout_all)} held-out impressions (popularity from all of them): "

@@ -24,10 +24,10 @@ from pathlib import Path
 import httpx
 from concurrent_feed import serving  # the app under uvicorn in a thread (benchmarks/concurrent_feed.py)
 
-from agent.models import offline
-from agent.ranking import FeedRequest
-from agent.settings import Settings
+from config.settings import Settings
 from core.records import Event
+from feed.recommender import FeedRequest
+from llm.models import offline
 from serve.service import Newsrank, make_backend
 from store import open_store
 from store.throwaway import ThrowawayPostgres

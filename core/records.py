@@ -140,9 +140,9 @@ class SignalSpec:
 # Each a candidate's own number in [0, 1]. The weights of relevance, similarity, affinity and popularity were
 # fitted by logistic regression on the clicks of the tuning part of MIND-dev (`newsrank eval --part tune
 # --fit-weights`, docs/BENCHMARKS.md); freshness cannot be measured there (MIND has no times) and is set by hand.
-# closest and subcategory weigh nothing in the hand-set blend; a learned ranker (agent/ranker.py) weighs them.
-# A new signal: declare it here and as a field of Signals, and compute it in agent/ranking.py (and, for
-# replayed impressions, in agent/evaluate.py).
+# closest and subcategory weigh nothing in the hand-set blend; a learned ranker (feed/learned_ranker.py) weighs them.
+# A new signal: declare it here and as a field of Signals, and compute it in feed/recommender.py (and, for
+# replayed impressions, in evaluation/replay.py).
 SIGNALS = (
     SignalSpec("relevance", 0.064, "the LLM's P(Yes) that the reader clicks it (for a reader without history: "
                "popularity)", "the model judged it relevant to your profile", "llm"),
@@ -163,6 +163,18 @@ SIGNALS = (
 DIVERSITY = SignalSpec("diversity", 0.1, "1 - the highest cosine similarity to the items placed above it",
                        "it adds variety to the feed", "div", fitted=False)  # fmt: skip
 BLEND = (*SIGNALS, DIVERSITY)  # every term of the blended score
+
+
+class BlendWeights(dict[str, float]):
+    """A weight per term of the blend (core.records.BLEND), by name; those not given take their declared
+    defaults."""
+
+    def __init__(self, **weights: float) -> None:
+        defaults = {spec.name: spec.weight for spec in BLEND}
+        unknown = set(weights) - set(defaults)
+        if unknown:
+            raise ValueError(f"unknown signals {sorted(unknown)}; the blend has {', '.join(defaults)}")
+        super().__init__({**defaults, **weights})
 
 
 @dataclass(frozen=True)
@@ -197,7 +209,7 @@ class RankedItem:
     relevance_source: str | None = None  # one of RELEVANCE_SOURCES; None in records made before they were kept
     category: str = ""
     source: str = ""
-    moved_by: str | None = None  # the exposure cap that put it here (agent.scoring.Caps.holding), if one did
+    moved_by: str | None = None  # the exposure cap that put it here (feed.blend.Caps.holding), if one did
 
 
 @dataclass(frozen=True)
@@ -215,15 +227,15 @@ class RankingRecord:
     cold_start: bool
     items: tuple[RankedItem, ...] = field(default_factory=tuple)
     degraded: tuple[str, ...] = ()  # parts done without the LLM because it failed (relevance, explanations)
-    arm: str | None = None  # the experiment arm the reader was in (agent.experiment), if one ran
-    explored_pair: int | None = None  # positions k and k+1 were put in play, swapped at random (agent.position)
+    arm: str | None = None  # the experiment arm the reader was in (config.experiment), if one ran
+    explored_pair: int | None = None  # positions k and k+1 were put in play, swapped at random (feed.position)
     intra_list_distance: float | None = None  # the mean pairwise cosine distance of the items shown
 
 
 @dataclass(frozen=True)
 class FeedOutcome:
     """What became of one feed: what it showed and what its reader did with it (events that name its ranking),
-    the unit the operator's stats (agent/stats.py) are computed over."""
+    the unit the operator's stats (evaluation/stats.py) are computed over."""
 
     ranking_id: str
     created_at: float
@@ -237,7 +249,7 @@ class FeedOutcome:
     comments: int = 0
     shares: int = 0
     ratings: tuple[int, ...] = ()
-    explored_pair: int | None = None  # the pair of places it put in play (agent.position), if it did
+    explored_pair: int | None = None  # the pair of places it put in play (feed.position), if it did
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,1 @@
-"""Versioned Jinja prompt templates (package data). See agent/prompts.py for the loader."""
+"""Versioned Jinja prompt templates (package data). See llm/prompts.py for the loader."""

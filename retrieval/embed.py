@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 
+from config.settings import PACKAGED_EMBEDDER
 from core.errors import InvalidInput, MissingDependency, require
-from retrieval import PACKAGED_EMBEDDER
 
 
 def packaged_embedder_path() -> Path:

@@ -6,11 +6,9 @@ aborts the file. Upserts are keyed by article id, so ingesting the same file twi
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -18,6 +16,7 @@ from urllib.parse import urlparse
 from core.errors import InvalidInput
 from core.records import Article
 from core.stores import ArticleStore
+from core.times import parse_time
 
 MIND_NEWS_COLUMNS = (
     "id",
@@ -54,38 +53,6 @@ class IngestReport:
     def summary(self) -> str:
         text = f"{self.path}: {self.ingested} articles ingested from {self.rows} rows, {self.malformed} malformed"
         return "\n".join([text, *(f"  line {e.line}: {e.reason}" for e in self.examples)])
-
-
-EARLIEST, LATEST = 0.0, 4_102_444_800.0  # 1970 to 2100: anything else is a mistake, not news
-
-
-def parse_time(value: Any, default: float) -> float:
-    """Epoch seconds from an ISO-8601 string or a number; `default` when absent. Naive times are UTC."""
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        raise InvalidInput(f"bad time {value!r}")
-    if isinstance(value, int | float):
-        return _plausible(float(value), value)
-    with contextlib.suppress(ValueError):  # epoch seconds written as text (a query string, a command line)
-        return _plausible(float(value), value)
-    try:
-        parsed = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-    except ValueError:
-        # MIND behaviors use "11/15/2019 8:55:22 AM"
-        try:
-            parsed = datetime.strptime(str(value).strip(), "%m/%d/%Y %I:%M:%S %p")
-        except ValueError:
-            raise InvalidInput(f"bad time {value!r}; expected ISO-8601 or epoch seconds") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return _plausible(parsed.timestamp(), value)
-
-
-def _plausible(epoch: float, given: Any) -> float:
-    if not EARLIEST <= epoch <= LATEST:  # NaN fails this too
-        raise InvalidInput(f"bad time {str(given)[:40]!r}; expected a time between 1970 and 2100")
-    return epoch
 
 
 def article_from_dict(row: dict[str, Any], now: float) -> Article:

@@ -16,12 +16,11 @@ from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import Parameter
 from litestar.response import Response, ServerSentEvent
 
-from agent import __version__
-from agent.exposure import Exposure
+from core import __version__
 from core.errors import NotFound, RateLimited, StoreUnavailable
 from core.records import SCORING_KINDS
+from feed.exposure import Exposure
 from serve.auth import PUBLIC, ApiKey, admin_only
-from serve.metrics import Metrics, label_text
 from serve.schemas import (
     PRINTABLE,
     USER_ID,
@@ -44,6 +43,7 @@ from serve.schemas import (
     WhyOut,
 )
 from serve.service import Newsrank
+from serve.telemetry import Metrics, label_text
 
 Req = Request[ApiKey, str, object]
 # ids in paths and query strings, checked like the same ids in bodies
@@ -114,7 +114,7 @@ def metric(name: str, help: str, series: dict[str, float], kind: str = "counter"
 
 
 def exposure_gauges(exposure: Exposure) -> str:
-    """How this process's feeds shared their top 10 (agent.exposure): per category and source against the
+    """How this process's feeds shared their top 10 (feed.exposure): per category and source against the
     candidates, the Gini coefficient of item exposure, the feeds reaching outside the reader's top categories."""
 
     def by_label(index: int) -> dict[str, float]:
@@ -172,7 +172,7 @@ def serving(newsrank: Newsrank) -> dict:
 
 
 def outcome_gauges(report: dict) -> str:
-    """The five metrics over the last day's feeds, per experiment arm (agent.stats), with their 95 % bounds: the
+    """The five metrics over the last day's feeds, per experiment arm (evaluation.stats), with their 95 % bounds: the
     same figures on every instance, read from the shared store."""
     parts = {"value": "", "low": "_low", "high": "_high"}  # each figure, and the name of its series
     series: dict[str, dict[str, float]] = {key: {} for key in parts}
@@ -183,7 +183,7 @@ def outcome_gauges(report: dict) -> str:
                     series[key][label_text((("arm", arm), ("metric", name)))] = row[name][key]
     feeds = {label_text((("arm", arm),)): row["feeds"] for arm, row in report["total"].items()}
     return metric("newsrank_outcome_feeds", "feeds made in the last 24 h, by experiment arm", feeds, "gauge") + "".join(
-        metric(f"newsrank_outcome{suffix}", f"the operator's metrics (agent.stats) over the last 24 h's feeds by arm: "
+        metric(f"newsrank_outcome{suffix}", f"the operator's metrics over the last 24 h's feeds by arm: "
                f"{key}", series[key], "gauge") for key, suffix in parts.items()
     )  # fmt: skip
 

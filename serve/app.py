@@ -22,8 +22,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.template.config import TemplateConfig
 
-from agent import __version__
-from agent.settings import Settings
+from config.settings import Settings
+from core import __version__
 from core.errors import (
     BackendError,
     Conflict,
@@ -36,8 +36,8 @@ from core.errors import (
 )
 from serve import api, web
 from serve.auth import ApiKeyMiddleware, KeyRing, NotAuthenticated, PermissionDenied
-from serve.metrics import Metrics, RequestMetrics
 from serve.service import Newsrank
+from serve.telemetry import Metrics, RequestMetrics
 from serve.worker import ScoringWorkers
 
 log = logging.getLogger("newsrank.serve")

@@ -25,7 +25,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
-from agent.settings import Settings
+from config.settings import Settings
 from core.errors import InvalidInput, NewsrankError
 
 log = logging.getLogger("newsrank.serve")

@@ -24,7 +24,7 @@ EXIT_CODES: dict[type[NewsrankError], int] = {
 
 
 def _service():
-    from agent.models import offline
+    from llm.models import offline
 
     offline()
     from serve.service import Newsrank
@@ -61,8 +61,8 @@ def cmd_events_add(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from agent.ranking import FeedRequest
     from core.records import BLEND
+    from feed.recommender import FeedRequest
     from serve.schemas import FeedOut
 
     service = _service()
@@ -91,10 +91,10 @@ def cmd_why(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from agent import evaluate
-    from agent.models import offline
-    from agent.ranker import Ranker
-    from agent.settings import Settings
+    from config.settings import Settings
+    from evaluation import replay
+    from feed.learned_ranker import Ranker
+    from llm.models import offline
     from retrieval.embed import Embedder
     from serve.service import make_backend
 
@@ -103,15 +103,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     if "ranker" in methods and not args.ranker:
         raise InvalidInput("method ranker needs a ranker file (--ranker FILE; --fit-ranker FILE makes one)")
-    impressions, errors = evaluate.read_behaviors(Path(args.behaviors))
+    impressions, errors = replay.read_behaviors(Path(args.behaviors))
     if errors:
         print(f"{args.behaviors}: {len(errors)} malformed rows skipped, e.g. line {errors[0].line}: {errors[0].reason}")
-    chosen = evaluate.select(impressions, args.part, args.seed, args.limit, args.skip)
+    chosen = replay.select(impressions, args.part, args.seed, args.limit, args.skip)
     if not chosen:
         raise InvalidInput(f"no impressions in part {args.part!r}")
     cache = Path(args.cache) if args.cache else settings.data_dir / "eval-cache"
-    corpus = evaluate.Corpus(Path(args.news), Embedder(settings.embedder), cache)
-    needs_llm = any(m in (*evaluate.LLM_METHODS, "blend", "ranker") for m in methods) or args.fit_weights
+    corpus = replay.Corpus(Path(args.news), Embedder(settings.embedder), cache)
+    needs_llm = any(m in (*replay.LLM_METHODS, "blend", "ranker") for m in methods) or args.fit_weights
     needs_llm = needs_llm or bool(args.fit_ranker)
     backend = make_backend(settings) if needs_llm else None
     if backend is not None:
@@ -124,7 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             version = _registry(settings).resolve(args.adapter)
             adapter, folder = version.key, version.path
         backend.load_adapter(adapter, str(folder))
-    evaluator = evaluate.Evaluator(
+    evaluator = replay.Evaluator(
         backend, settings.weights.frozen(), args.seed, adapter, args.explain, settings.history_titles,
         settings.candidate_text, ranker=Ranker.load(Path(args.ranker)) if args.ranker else None,
         model=backend.model if backend else "", caps=settings.exposure_caps,
@@ -133,30 +133,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if (args.fit_weights or args.fit_ranker) and base not in methods:
         methods = [base, *methods]
     model = f"{settings.backend}:{settings.llm}"
-    rows, prepared = evaluate.run(chosen, corpus, evaluator, methods, cache, model)
+    rows, prepared = replay.run(chosen, corpus, evaluator, methods, cache, model)
     print(f"{len(prepared)} impressions evaluated ({args.part} part, seed {args.seed}), "
           f"{len(chosen) - len(prepared)} skipped (no known clicked candidate)")  # fmt: skip
     blends = ("blend", "ranker")
-    reports = [evaluate.summarize(m, rows[m], prepared, rows[base] if m in blends else None) for m in methods]
+    reports = [replay.summarize(m, rows[m], prepared, rows[base] if m in blends else None) for m in methods]
     title = f"{Path(args.behaviors).parent.name or 'MIND'}, {args.part} part, {len(prepared)} impressions"
-    table = evaluate.report_markdown(reports, title)
+    table = replay.report_markdown(reports, title)
     print(table)
     if args.fit_weights:
-        fitted = evaluate.fit_weights(evaluator, rows[base], prepared, settings.weights.frozen())
+        fitted = replay.fit_weights(evaluator, rows[base], prepared, settings.weights.frozen())
         print(f"fitted blend weights ({base} relevance; logistic regression on the clicks of these impressions):")
         for name, value in fitted.items():
             print(f"  NEWSRANK_WEIGHTS__{name.upper()}={value}")
     if args.fit_ranker:
-        fitted = evaluate.fit_ranker(evaluator, rows[base], prepared, source=f"{args.behaviors} {args.part} part")
+        fitted = replay.fit_ranker(evaluator, rows[base], prepared, source=f"{args.behaviors} {args.part} part")
         fitted.save(Path(args.fit_ranker))
         print(f"ranker fitted on {len(prepared)} impressions ({base} relevance) written to {args.fit_ranker}")
     if args.predictions:
-        evaluate.write_predictions(Path(args.predictions), rows[methods[0]], prepared)
+        replay.write_predictions(Path(args.predictions), rows[methods[0]], prepared)
         print(f"predictions ({methods[0]}) written to {args.predictions}")
     if args.report:
         report = Path(args.report)
         png = report.with_suffix(".png")
-        evaluate.plot(reports, png, title)
+        replay.plot(reports, png, title)
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(table + f"\n![AUC and nDCG@10 per method]({png.name})\n")
         print(f"report written to {report} and {png}")
@@ -213,18 +213,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _mind_examples(args: argparse.Namespace, service):
     from adapters import export
-    from agent import evaluate
+    from evaluation import replay
 
-    impressions, _ = evaluate.read_behaviors(Path(args.mind_behaviors))
-    chosen = evaluate.select(impressions, args.part, args.seed, args.limit)
-    corpus = evaluate.Corpus(Path(args.mind_news), service.articles.embedder, service.settings.data_dir / "eval-cache")
-    contexts = evaluate.contexts(chosen, corpus)
+    impressions, _ = replay.read_behaviors(Path(args.mind_behaviors))
+    chosen = replay.select(impressions, args.part, args.seed, args.limit)
+    corpus = replay.Corpus(Path(args.mind_news), service.articles.embedder, service.settings.data_dir / "eval-cache")
+    contexts = replay.contexts(chosen, corpus)
     return export.from_mind(contexts, service.backend, service.settings, service.pseudonyms)
 
 
 def _since(value: str | None, registry, name: str) -> float:
     """--since TIME, or 'last': the time the active adapter of this name was trained (all events if none)."""
-    from retrieval.ingest import parse_time
+    from core.times import parse_time
 
     if value is None:
         return float("-inf")
@@ -238,7 +238,7 @@ def _since(value: str | None, registry, name: str) -> float:
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:
-    from agent.settings import Settings
+    from config.settings import Settings
 
     registry = _registry(Settings())
     if args.action == "list":
@@ -258,11 +258,11 @@ def cmd_adapters(args: argparse.Namespace) -> int:
 
 
 def cmd_ranker(args: argparse.Namespace) -> int:
-    from agent import ranker
-    from agent.settings import Settings
+    from config.settings import Settings
+    from feed import learned_ranker
 
     settings = Settings()
-    registry = ranker.RankerRegistry(settings.adapters_path / "rankers")
+    registry = learned_ranker.RankerRegistry(settings.adapters_path / "rankers")
     if args.action == "list":
         names = [args.reference] if args.reference else sorted(p.name for p in registry.root.glob("*") if p.is_dir())
         if not names:
@@ -270,7 +270,7 @@ def cmd_ranker(args: argparse.Namespace) -> int:
         for name in names:
             active = registry.state(name)["active"]
             for version in registry.versions(name):
-                gate = ranker.Ranker.load(registry.root / name / f"v{version}.json").fitted_on.get("gate", {})
+                gate = learned_ranker.Ranker.load(registry.root / name / f"v{version}.json").fitted_on.get("gate", {})
                 auc = f"  validation AUC {gate['new'][0]:.2f}" if gate else ""
                 print(f"{'*' if version == active else ' '} {name}@{version}{auc}")
         return 0
@@ -286,22 +286,22 @@ def cmd_ranker(args: argparse.Namespace) -> int:
     if args.action == "rollback":
         print(f"{args.reference}@{registry.rollback(args.reference)} is now active")
         return 0
-    from retrieval.ingest import parse_time
+    from core.times import parse_time
     from store import open_store
 
     store = open_store(settings.store_url)
     try:
         since = parse_time(args.since, float("-inf"))
         weights = _propensities(store, since, settings, args.no_position_weights)
-        impressions, scorer = ranker.from_feedback(store, since, weights)
+        impressions, scorer = learned_ranker.from_feedback(store, since, weights)
     finally:
         store.close()
     print(f"{len(impressions)} rankings shown since {args.since or 'the start'}; "
           f"{sum(i.scored for i in impressions)} scored by {scorer or 'no LLM'}")  # fmt: skip
     current = None
     with contextlib.suppress(InvalidInput):  # nothing active under this name yet: the hand-set weights are the bar
-        current = ranker.Ranker.load(registry.path(args.reference)[1])
-    fitted, decision = ranker.fit_and_gate(
+        current = learned_ranker.Ranker.load(registry.path(args.reference)[1])
+    fitted, decision = learned_ranker.fit_and_gate(
         impressions, scorer, settings.weights.frozen(), current, source="feedback store", since=args.since,
         position_propensities=weights.to_dict() if weights else None,
     )  # fmt: skip
@@ -317,9 +317,9 @@ def cmd_ranker(args: argparse.Namespace) -> int:
 
 
 def _propensities(feedback, since: float, settings, off: bool):
-    """The position propensities to weight clicks by (agent.position), estimated from the explored feeds since
+    """The position propensities to weight clicks by (feed.position), estimated from the explored feeds since
     `since`; None (and why) when turned off or too few feeds were explored to estimate them."""
-    from agent import position
+    from feed import position
 
     if off:
         print("position bias: not corrected (--no-position-weights)")
@@ -335,7 +335,7 @@ def _propensities(feedback, since: float, settings, off: bool):
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from agent.settings import Settings
+    from config.settings import Settings
     from store import TABLES, copy_store, open_store, redact
 
     settings = Settings()
@@ -365,8 +365,8 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from agent.models import offline
-    from agent.settings import Settings
+    from config.settings import Settings
+    from llm.models import offline
     from serve.app import create_app
     from serve.auth import KeyRing
 
@@ -389,7 +389,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"newsrank: web page {base}/ (paste an API key from {settings.api_keys_path.resolve()})")
         print(f"newsrank: operator's dashboard {base}/dashboard (an admin key)")
     logging.getLogger("newsrank.access").setLevel(logging.INFO)
-    # uvicorn's own access log would write reader ids (they are in paths); serve/metrics.py logs route templates
+    # uvicorn's own access log would write reader ids (they are in paths); serve/telemetry.py logs route templates
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_config=None)
     return 0
 
@@ -399,7 +399,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from agent.models import offline
+    from llm.models import offline
     from serve.worker import ScoringWorkers
 
     offline()
@@ -423,7 +423,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_retention(args: argparse.Namespace) -> int:
     """Delete the events and ranking records past their retention (NEWSRANK_EVENTS_RETENTION_DAYS and
     NEWSRANK_RANKINGS_RETENTION_DAYS); the service's workers do the same every hour."""
-    from agent.settings import Settings
+    from config.settings import Settings
     from serve.worker import enforce_retention
     from store import open_store
 
@@ -441,8 +441,8 @@ def cmd_retention(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     """The five metrics over the feeds made in a window, per arm with --by arm: a table of each metric's value and
     95 % interval, and each arm's difference from the control (or everything as JSON)."""
-    from agent import stats
-    from agent.settings import Settings
+    from config.settings import Settings
+    from evaluation import stats
     from store import open_store
 
     settings = Settings()
@@ -466,9 +466,9 @@ def cmd_llm_serve(args: argparse.Namespace) -> int:
     import os
     import shlex
 
-    from agent.backends.vllm import serve_command
-    from agent.models import offline
-    from agent.settings import Settings
+    from config.settings import Settings
+    from llm.backends.vllm import serve_command
+    from llm.models import offline
 
     offline()
     settings = Settings()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from adapters.registry import parse_reference
 from adapters.train import parse_overrides
-from agent.settings import Settings
+from config.settings import Settings
 from core.errors import BackendError, InvalidInput
 from core.records import Job
 from core.stores import FeedbackStore

@@ -7,10 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from agent.chat import MAX_MESSAGE_CHARS, MAX_MESSAGES, Message, Reply
-from agent.profile import Profile
-from agent.ranking import MAX_K, Feed, FeedItem, FeedRequest
+from chat.conversation import MAX_MESSAGE_CHARS, MAX_MESSAGES, Message, Reply
 from core.records import BLEND, EVENT_TYPES, MAX_COMMENT, MAX_INTERESTS, MAX_MUTES, AdapterVersion, Article, Job
+from feed.profile import Profile
+from feed.recommender import MAX_K, Feed, FeedItem, FeedRequest
 
 # Ids travel in URL paths, headers and logs: printable text only, and a reader id without "/" or "\\", so
 # that every reader created through events can also be exported and erased by their id.

@@ -16,22 +16,24 @@ from typing import Any
 
 from adapters import export
 from adapters.registry import AdapterRegistry
-from agent import prompts, stats
-from agent.backends.batching import MicroBatcher
-from agent.backends.metered import MeteredBackend
-from agent.chat import Chat, item_weights, pick_item
-from agent.experiment import Arm
-from agent.profile import Profile
-from agent.ranking import MAX_K, Feed, FeedRequest, Recommender
-from agent.settings import Settings
+from chat.conversation import Chat, item_weights, pick_item
+from config.experiment import Arm
+from config.settings import Settings
 from core.errors import InvalidInput, NotFound, StoreUnavailable
 from core.llm import Backend
 from core.pseudonyms import Pseudonyms, from_key_file
 from core.records import BLEND, MAX_INTERESTS, MAX_MUTES, Article, Event, Preferences, ScoringTask
 from core.stores import ArticleStore, FeedbackStore
 from core.tally import Tally
+from core.times import parse_time
+from evaluation import stats
+from feed.profile import Profile
+from feed.recommender import MAX_K, Feed, FeedRequest, Recommender
+from llm import prompts
+from llm.backends.batching import MicroBatcher
+from llm.backends.metered import MeteredBackend
 from retrieval.embed import Embedder
-from retrieval.ingest import MAX_EXAMPLES, IngestReport, RowError, article_from_dict, ingest_file, parse_time
+from retrieval.ingest import MAX_EXAMPLES, IngestReport, RowError, article_from_dict, ingest_file
 from retrieval.store import ChromaArticleStore, chroma_client
 from serve.jobs import TrainingJobs
 from serve.limits import Gate, RateLimiter
@@ -51,11 +53,11 @@ RELEVANCE_NOTES = {  # the audit's words for where an item's relevance came from
 
 def make_backend(settings: Settings) -> Backend:
     if settings.backend == "transformers":
-        from agent.backends.transformers import TransformersBackend
+        from llm.backends.transformers import TransformersBackend
 
         inner: Backend = TransformersBackend(settings.llm, settings.model_cache, settings.batch_size, settings.threads)
     elif settings.backend == "vllm":
-        from agent.backends.vllm import VllmBackend
+        from llm.backends.vllm import VllmBackend
 
         inner = VllmBackend(
             settings.llm,
@@ -69,7 +71,7 @@ def make_backend(settings: Settings) -> Backend:
             max_lora_rank=settings.vllm_max_lora_rank,
         )
     elif settings.backend == "openai":
-        from agent.backends.openai import OpenAIBackend
+        from llm.backends.openai import OpenAIBackend
 
         inner = OpenAIBackend(
             settings.llm,
@@ -200,7 +202,7 @@ class Newsrank:
 
         Articles are upserted (idempotent); a demo user's events are added only if that user is unknown.
         """
-        demo = files("agent") / "demo"
+        demo = files("serve") / "demo"
         rows = [json.loads(line) for line in (demo / "articles.jsonl").read_text().splitlines() if line]
         newest = max(parse_time(r["published_at"], 0.0) for r in rows)
         shift = self.clock() - newest
@@ -303,7 +305,7 @@ class Newsrank:
 
     def stats(self, since: Any = None, until: Any = None, bucket: str = "day", by_arm: bool = False,
               metrics: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
-        """The five metrics over the feeds made in a window (agent.stats.report)."""
+        """The five metrics over the feeds made in a window (evaluation.stats.report)."""
         return stats.report(
             self.feedback, since, until, self.clock(), bucket, by_arm, metrics, self.settings.experiment
         )
@@ -323,7 +325,7 @@ class Newsrank:
                 "model": self.backend.model, "backend": self.backend.name, "strategy": s.strategy}  # fmt: skip
 
     def recent_stats(self) -> dict[str, Any]:
-        """The metrics of the last day's feeds by arm (agent.stats.summarise: no article tables, no propensities),
+        """The metrics of the last day's feeds by arm (evaluation.stats.summarise: no article tables, no propensities),
         computed at most once every 5 minutes: what /metrics shows."""
         now = self.clock()
         if self._recent_stats is None or now - self._recent_stats[0] >= RECENT_STATS_SECONDS:

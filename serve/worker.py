@@ -1,6 +1,6 @@
 """Background scorer threads: in `newsrank serve` (SCORER_THREADS, one by default) or on their own in
 `newsrank worker`, for deployments that keep the API and the LLM's work apart. The work itself is
-agent/scorer.py; this runs it until told to stop, waking at once when this process queues work and otherwise
+feed/background_scorer.py; this runs it until told to stop, waking at once when this process queues work and otherwise
 polling the shared queue (another instance may have queued it). A worker also deletes, hourly, the events and
 ranking records past their retention."""
 
@@ -10,11 +10,11 @@ import logging
 import threading
 import time
 
-from agent.ranking import Recommender
-from agent.scorer import Scorer
-from agent.settings import Settings
+from config.settings import Settings
 from core.errors import StoreUnavailable
 from core.stores import FeedbackStore
+from feed.background_scorer import Scorer
+from feed.recommender import Recommender
 from serve.jobs import INSTANCE
 
 log = logging.getLogger("newsrank.worker")

@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-from agent.settings import Settings
+from config.settings import Settings
 from core.records import Article
 from retrieval.embed import Embedder
 from retrieval.store import ChromaArticleStore, chroma_client
@@ -111,7 +111,7 @@ def random_lora(folder: Path, seed: int) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from agent.models import PACKAGED_FOLDER
+    from llm.models import PACKAGED_FOLDER
 
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(MODEL_CACHE / PACKAGED_FOLDER)
@@ -171,7 +171,7 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def llm():
     """The real packaged SmolLM2-135M on the transformers backend (converted once into the model cache)."""
-    from agent.backends.transformers import TransformersBackend
+    from llm.backends.transformers import TransformersBackend
 
     backend = TransformersBackend("smollm2-135m", MODEL_CACHE, batch_size=8)
     backend.warm()

@@ -12,14 +12,15 @@ import torch
 
 from adapters import export, gate, train
 from adapters.registry import AdapterRegistry, parse_reference
-from agent import evaluate
-from agent.backends.fake import FakeBackend
-from agent.position import Propensities
-from agent.ranking import FeedRequest, relevance_requests
-from agent.settings import Settings
+from config.settings import Settings
 from core.errors import InvalidInput, NotFound
 from core.pseudonyms import Pseudonyms
 from core.records import Article, Event, registered_id
+from evaluation import replay
+from feed.position import Propensities
+from feed.recommender import FeedRequest
+from llm.backends.fake import FakeBackend
+from llm.relevance import relevance_requests
 from serve.service import Newsrank
 from store.sqlite import SqliteFeedbackStore
 from tests.conftest import NOW, SPORTS_TITLES, random_lora
@@ -170,11 +171,11 @@ def test_the_gate_refuses_an_adapter_that_is_not_better():
 
 
 def test_training_changes_the_adapter_not_the_base_and_resumes(llm, tmp_path):
-    impressions = evaluate.read_behaviors(MIND / "behaviors.tsv")[0][:4]
-    corpus = evaluate.Corpus(MIND / "news.tsv", llm_embedder(), tmp_path / "cache", show_progress=False)
+    impressions = replay.read_behaviors(MIND / "behaviors.tsv")[0][:4]
+    corpus = replay.Corpus(MIND / "news.tsv", llm_embedder(), tmp_path / "cache", show_progress=False)
     data = tmp_path / "examples.jsonl"
     export.write_examples(
-        data, export.from_mind(evaluate.contexts(impressions, corpus), llm, Settings(history_titles=3), PSEUDONYMS)
+        data, export.from_mind(replay.contexts(impressions, corpus), llm, Settings(history_titles=3), PSEUDONYMS)
     )
     config = train.load_config(None, ["rank=4", "batch_size=8", "validation_share=0.0", "checkpoint_every=2"],
                                data=str(data), output=str(tmp_path / "run"))  # fmt: skip
@@ -207,7 +208,7 @@ def test_training_changes_the_adapter_not_the_base_and_resumes(llm, tmp_path):
 def test_packed_candidates_score_as_each_would_alone(llm):
     """One sequence with a block mask gives every candidate the margin it gets after its prefix on its own, with
     one prefix and with two (one reader's profiles at two times, as private training packs them)."""
-    from agent.backends.transformers import answer_margins, packed_margins
+    from llm.backends.transformers import answer_margins, packed_margins
 
     articles = [Article(str(i), title, 0.0, category="sports") for i, title in enumerate(SPORTS_TITLES)]
     requests = relevance_requests(llm, "Interests: sports, football.", articles)
@@ -230,10 +231,10 @@ def test_packed_candidates_score_as_each_would_alone(llm):
 
 
 def test_packed_and_padded_training_learn_the_same_and_snapshots_are_saved(llm, tmp_path):
-    impressions = evaluate.read_behaviors(MIND / "behaviors.tsv")[0][:4]
-    corpus = evaluate.Corpus(MIND / "news.tsv", llm_embedder(), tmp_path / "cache", show_progress=False)
+    impressions = replay.read_behaviors(MIND / "behaviors.tsv")[0][:4]
+    corpus = replay.Corpus(MIND / "news.tsv", llm_embedder(), tmp_path / "cache", show_progress=False)
     data = tmp_path / "examples.jsonl"
-    export.write_examples(data, export.from_mind(evaluate.contexts(impressions, corpus), llm, Settings(), PSEUDONYMS))
+    export.write_examples(data, export.from_mind(replay.contexts(impressions, corpus), llm, Settings(), PSEUDONYMS))
     losses = {}
     for packed in (True, False):
         run = tmp_path / f"run-{packed}"
@@ -327,10 +328,10 @@ def test_train_publish_serve_round_trip_from_the_command_line(tmp_path):
 def test_training_writes_a_tensorboard_log_of_loss_rate_and_validation_auc(llm, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    impressions = evaluate.read_behaviors(MIND / "behaviors.tsv")[0][:8]
-    corpus = evaluate.Corpus(MIND / "news.tsv", llm_embedder(), tmp_path / "cache", show_progress=False)
+    impressions = replay.read_behaviors(MIND / "behaviors.tsv")[0][:8]
+    corpus = replay.Corpus(MIND / "news.tsv", llm_embedder(), tmp_path / "cache", show_progress=False)
     data = tmp_path / "examples.jsonl"
-    export.write_examples(data, export.from_mind(evaluate.contexts(impressions, corpus), llm, Settings(), PSEUDONYMS))
+    export.write_examples(data, export.from_mind(replay.contexts(impressions, corpus), llm, Settings(), PSEUDONYMS))
     run = tmp_path / "run"
     config = train.load_config(None, ["rank=2", "validation_share=0.5", "eval_every=2", "learning_rate=0.001"],
                                data=str(data), output=str(run))  # fmt: skip

@@ -6,9 +6,9 @@ import time
 import pytest
 from litestar.testing import TestClient
 
-from agent.backends.batching import MicroBatcher
-from agent.backends.metered import MeteredBackend
 from core.records import BLEND, Event
+from llm.backends.batching import MicroBatcher
+from llm.backends.metered import MeteredBackend
 from serve.app import create_app
 from serve.service import Newsrank
 from serve.worker import ScoringWorkers

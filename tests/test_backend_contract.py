@@ -51,7 +51,7 @@ def contract_lora(tmp_path_factory) -> Path:
 
 
 def vllm_backend():
-    from agent.backends.vllm import VllmBackend
+    from llm.backends.vllm import VllmBackend
 
     backend = VllmBackend("smollm2-135m", MODEL_CACHE, cpu_kvcache_gib=1, max_model_len=1024)
     backend.warm()
@@ -61,7 +61,7 @@ def vllm_backend():
 
 def openai_backend(tmp_path: Path):
     """A real `vllm serve` started by `newsrank llm-serve` on loopback, and the openai backend talking to it."""
-    from agent.backends.openai import OpenAIBackend
+    from llm.backends.openai import OpenAIBackend
 
     port = free_port()
     env = {

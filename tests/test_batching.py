@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from agent.backends.batching import MicroBatcher
-from agent.backends.fake import FakeBackend
 from core.llm import Backend, GenerateRequest, Generation, ScoreRequest
+from llm.backends.batching import MicroBatcher
+from llm.backends.fake import FakeBackend
 from tests.conftest import random_lora
 
 WINDOW_MS = 50.0

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from agent.backends.fake import FakeBackend
-from agent.chat import (
+from chat.conversation import (
     Chat,
     Message,
     check_messages,
@@ -18,9 +17,9 @@ from agent.chat import (
     reblend,
     record_answer,
 )
-from agent.scoring import BlendWeights
 from core.errors import InvalidInput, NotFound
-from core.records import Event, RankedItem, RankingRecord
+from core.records import BlendWeights, Event, RankedItem, RankingRecord
+from llm.backends.fake import FakeBackend
 
 WEIGHTS = {
     "relevance": 0.1,
@@ -187,7 +186,7 @@ def test_undo_is_a_rule(question):
 
 
 def test_undo_reverts_the_conversations_last_preference_change(corpus_store, feedback, settings):
-    from agent.ranking import FeedRequest
+    from feed.recommender import FeedRequest
     from serve.service import Newsrank
     from tests.conftest import NOW
 
@@ -225,9 +224,9 @@ def test_what_if_is_a_rule(question):
 
 
 def test_what_if_answers_are_computed_by_blending_the_record_again(corpus_store, feedback, settings):
-    from agent.ranking import FeedRequest
-    from agent.scoring import blend_rank
     from core.records import SIGNALS, Signals
+    from feed.blend import blend_rank
+    from feed.recommender import FeedRequest
     from serve.service import Newsrank
     from tests.conftest import NOW
 

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from agent.ranking import FeedRequest, Recommender
 from core.records import Event
+from feed.recommender import FeedRequest, Recommender
 from serve.service import Newsrank
 from serve.worker import ScoringWorkers
 from tests.conftest import NOW

@@ -8,24 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from agent import evaluate, metrics
-from agent.backends.fake import FakeBackend
-from agent.ranker import Ranker
-from agent.scoring import BlendWeights
+from core import metrics
 from core.errors import InvalidInput
-from core.records import SIGNALS
+from core.records import SIGNALS, BlendWeights
+from evaluation import replay
+from feed.learned_ranker import Ranker
+from llm.backends.fake import FakeBackend
 
 MIND = Path(__file__).parent / "fixtures" / "mind"
 
 
 @pytest.fixture
 def corpus(embedder, tmp_path):
-    return evaluate.Corpus(MIND / "news.tsv", embedder, tmp_path / "cache", show_progress=False)
+    return replay.Corpus(MIND / "news.tsv", embedder, tmp_path / "cache", show_progress=False)
 
 
 @pytest.fixture
 def impressions():
-    return evaluate.read_behaviors(MIND / "behaviors.tsv")[0]
+    return replay.read_behaviors(MIND / "behaviors.tsv")[0]
 
 
 class CountingBackend(FakeBackend):
@@ -44,26 +44,26 @@ class CountingBackend(FakeBackend):
 
 
 def test_behaviors_are_read_and_bad_rows_reported(impressions):
-    read, errors = evaluate.read_behaviors(MIND / "behaviors.tsv")
+    read, errors = replay.read_behaviors(MIND / "behaviors.tsv")
     assert len(read) == 12 and [e.line for e in errors] == [13, 14]
     first = read[0]
     assert first.history == ("N1", "N2", "N3") and first.labels == (1, 0, 0, 0, 1, 0) and first.time is None
     with pytest.raises(InvalidInput):
-        evaluate.read_behaviors(MIND / "missing.tsv")
+        replay.read_behaviors(MIND / "missing.tsv")
 
 
 def test_the_split_is_seeded_disjoint_and_complete(impressions):
-    tune = evaluate.select(impressions, "tune", 0, None)
-    held = evaluate.select(impressions, "heldout", 0, None)
+    tune = replay.select(impressions, "tune", 0, None)
+    held = replay.select(impressions, "heldout", 0, None)
     assert {i.id for i in tune}.isdisjoint(i.id for i in held) and len(tune) + len(held) == len(impressions)
-    assert evaluate.select(impressions, "tune", 0, None) == tune
-    assert evaluate.select(impressions, "tune", 1, None) != tune  # another seed, another split
-    assert len(evaluate.select(impressions, "all", 0, 5)) == 5
-    assert evaluate.select(impressions, "all", 0, 2, skip=3) == impressions[3:5]
+    assert replay.select(impressions, "tune", 0, None) == tune
+    assert replay.select(impressions, "tune", 1, None) != tune  # another seed, another split
+    assert len(replay.select(impressions, "all", 0, 5)) == 5
+    assert replay.select(impressions, "all", 0, 2, skip=3) == impressions[3:5]
 
 
 def test_contexts_use_history_as_profile_and_leave_one_out_popularity(corpus, impressions):
-    contexts = {c.impression.id: c for c in evaluate.contexts(impressions, corpus)}
+    contexts = {c.impression.id: c for c in replay.contexts(impressions, corpus)}
     first = contexts["1"]
     assert [h.article_id for h in first.profile.history] == ["N3", "N2", "N1"]  # newest (last column) first
     assert first.profile.category_shares == {"sports": 1.0}
@@ -77,45 +77,45 @@ def test_contexts_use_history_as_profile_and_leave_one_out_popularity(corpus, im
 
 def test_run_scores_every_method_and_resumes_after_an_interruption(corpus, impressions, tmp_path):
     methods = ["random", "popularity", "category", "embedding", "llm", "blend"]
-    interrupted = evaluate.Evaluator(CountingBackend(fail_after=4), BlendWeights())
+    interrupted = replay.Evaluator(CountingBackend(fail_after=4), BlendWeights())
     with pytest.raises(KeyboardInterrupt):
-        evaluate.run(impressions, corpus, interrupted, methods, tmp_path / "c", "fake", show_progress=False)
+        replay.run(impressions, corpus, interrupted, methods, tmp_path / "c", "fake", show_progress=False)
     assert interrupted.backend.scored > 0
     cache_file = next((tmp_path / "c").glob("llm-*.jsonl"))
     assert len(cache_file.read_text().splitlines()) == 4  # what was done is kept
 
-    resumed = evaluate.Evaluator(CountingBackend(), BlendWeights())
-    rows, prepared = evaluate.run(impressions, corpus, resumed, methods, tmp_path / "c", "fake", show_progress=False)
+    resumed = replay.Evaluator(CountingBackend(), BlendWeights())
+    rows, prepared = replay.run(impressions, corpus, resumed, methods, tmp_path / "c", "fake", show_progress=False)
     assert len(prepared) == 12 and all(len(rows[m]) == 12 for m in methods)
     assert resumed.backend.calls.count("score:6") + resumed.backend.calls.count("score:5") == 8  # only the rest
 
-    again = evaluate.Evaluator(CountingBackend(), BlendWeights())
-    rows_again, _ = evaluate.run(impressions, corpus, again, methods, tmp_path / "c", "fake", show_progress=False)
+    again = replay.Evaluator(CountingBackend(), BlendWeights())
+    rows_again, _ = replay.run(impressions, corpus, again, methods, tmp_path / "c", "fake", show_progress=False)
     assert again.backend.scored == 0 and rows_again == rows  # fully cached, and deterministic
 
-    fresh = evaluate.Evaluator(CountingBackend(), BlendWeights())
-    rows_fresh, _ = evaluate.run(impressions, corpus, fresh, methods, tmp_path / "other", "fake", show_progress=False)
+    fresh = replay.Evaluator(CountingBackend(), BlendWeights())
+    rows_fresh, _ = replay.run(impressions, corpus, fresh, methods, tmp_path / "other", "fake", show_progress=False)
     assert all(rows_fresh[m][i]["scores"] == rows[m][i]["scores"] for m in methods for i in rows[m])
 
-    reports = {m: evaluate.summarize(m, rows[m], prepared) for m in methods}
+    reports = {m: replay.summarize(m, rows[m], prepared) for m in methods}
     assert reports["category"].auc > 80 and reports["embedding"].auc > 70  # the fixture is easy by design
     assert 20 < reports["random"].auc < 80
     assert all(0 <= r.ndcg10 <= 100 and r.coverage >= 1 for r in reports.values())
 
 
 def test_unknown_methods_and_a_missing_adapter_are_refused(corpus, impressions, tmp_path):
-    evaluator = evaluate.Evaluator(FakeBackend(), BlendWeights())
+    evaluator = replay.Evaluator(FakeBackend(), BlendWeights())
     with pytest.raises(InvalidInput):
-        evaluate.run(impressions, corpus, evaluator, ["magic"], tmp_path, "fake", show_progress=False)
+        replay.run(impressions, corpus, evaluator, ["magic"], tmp_path, "fake", show_progress=False)
     with pytest.raises(InvalidInput):
-        evaluate.run(impressions, corpus, evaluator, ["llm+adapter"], tmp_path, "fake", show_progress=False)
+        replay.run(impressions, corpus, evaluator, ["llm+adapter"], tmp_path, "fake", show_progress=False)
 
 
 def test_predictions_rank_unknown_candidates_last(corpus, impressions, tmp_path):
-    evaluator = evaluate.Evaluator(None, BlendWeights())
-    rows, prepared = evaluate.run(impressions, corpus, evaluator, ["category"], tmp_path, "-", show_progress=False)
+    evaluator = replay.Evaluator(None, BlendWeights())
+    rows, prepared = replay.run(impressions, corpus, evaluator, ["category"], tmp_path, "-", show_progress=False)
     path = tmp_path / "predictions.txt"
-    evaluate.write_predictions(path, rows["category"], prepared)
+    replay.write_predictions(path, rows["category"], prepared)
     lines = dict(line.split(" ", 1) for line in path.read_text().splitlines())
     assert len(lines) == 12
     ranks9 = json.loads(lines["9"])
@@ -123,9 +123,9 @@ def test_predictions_rank_unknown_candidates_last(corpus, impressions, tmp_path)
 
 
 def test_fitted_weights_fill_the_budget(corpus, impressions, tmp_path):
-    evaluator = evaluate.Evaluator(FakeBackend(), BlendWeights())
-    rows, prepared = evaluate.run(impressions, corpus, evaluator, ["llm"], tmp_path, "fake", show_progress=False)
-    fitted = evaluate.fit_weights(evaluator, rows["llm"], prepared, BlendWeights(diversity=0.1, freshness=0.2))
+    evaluator = replay.Evaluator(FakeBackend(), BlendWeights())
+    rows, prepared = replay.run(impressions, corpus, evaluator, ["llm"], tmp_path, "fake", show_progress=False)
+    fitted = replay.fit_weights(evaluator, rows["llm"], prepared, BlendWeights(diversity=0.1, freshness=0.2))
     assert (fitted["diversity"], fitted["freshness"]) == (0.1, 0.2)
     total = sum(fitted[spec.name] for spec in SIGNALS if spec.fitted)
     assert total == pytest.approx(0.7, abs=0.01) and fitted["affinity"] > 0
@@ -186,12 +186,12 @@ def test_the_blend_under_a_category_cap_spreads_its_top_over_categories(corpus, 
 
     crowding = {}
     for name, caps in (("free", {}), ("capped", {"category_share": 0.34})):  # at most 2 of 6 from one category
-        evaluator = evaluate.Evaluator(FakeBackend(), BlendWeights(), caps=caps)
-        rows, prepared = evaluate.run(impressions, corpus, evaluator, ["blend"], tmp_path, "fake", show_progress=False)
+        evaluator = replay.Evaluator(FakeBackend(), BlendWeights(), caps=caps)
+        rows, prepared = replay.run(impressions, corpus, evaluator, ["blend"], tmp_path, "fake", show_progress=False)
         tops = [[c.hits[i].article.category for i in metrics.ranking(rows["blend"][c.impression.id]["scores"])[:3]]
                 for c in prepared]  # fmt: skip
         crowding[name] = [max(Counter(top).values()) for top in tops]
-        report = evaluate.summarize("blend", rows["blend"], prepared, rows["llm"])
+        report = replay.summarize("blend", rows["blend"], prepared, rows["llm"])
         assert report.exposure.feeds == len(prepared) and report.segments
     assert all(c <= 2 for c in crowding["capped"])
     assert sum(crowding["capped"]) < sum(crowding["free"])

@@ -1,7 +1,7 @@
 import numpy as np
 
-from agent.explain import Grounding, choose, cites, clean, ground, template_explanation, validate
-from agent.profile import HistoryItem, Profile
+from feed.explain import Grounding, choose, cites, clean, ground, template_explanation, validate
+from feed.profile import HistoryItem, Profile
 from tests.conftest import article
 
 HAWKS = HistoryItem("s1", "Riverton Hawks beat Lakeport Mariners in overtime", "sports", np.array([1.0, 0.0]))

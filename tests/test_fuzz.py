@@ -44,11 +44,11 @@ from hypothesis import HealthCheck, settings
 from litestar import Litestar
 from schemathesis.python import asgi
 
-from agent.backends.batching import MicroBatcher
-from agent.backends.fake import FakeBackend
-from agent.backends.metered import MeteredBackend
-from agent.settings import Settings
+from config.settings import Settings
 from core.records import Event
+from llm.backends.batching import MicroBatcher
+from llm.backends.fake import FakeBackend
+from llm.backends.metered import MeteredBackend
 from retrieval.store import ChromaArticleStore, chroma_client
 from serve.app import create_app
 from serve.service import Newsrank

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from litestar.testing import TestClient
 
-from agent.backends.fake import FakeBackend
 from core.errors import BackendError, RateLimited
 from core.records import MAX_INTERESTS, Event
+from llm.backends.fake import FakeBackend
 from serve.app import create_app
 from serve.limits import Gate
 from serve.service import Newsrank

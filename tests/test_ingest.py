@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import InvalidInput
-from retrieval.ingest import RowError, ingest_file, parse_time, read_articles, read_mind_news
+from core.times import parse_time
+from retrieval.ingest import RowError, ingest_file, read_articles, read_mind_news
 from retrieval.store import ChromaArticleStore as ArticleStore
 from tests.conftest import NOW, SHARED_DATA
 

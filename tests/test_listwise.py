@@ -1,4 +1,4 @@
-from agent.listwise import Permutation, listwise_rank, parse_permutation, rank_scores, sliding_windows
+from llm.listwise import Permutation, listwise_rank, parse_permutation, rank_scores, sliding_windows
 
 
 def test_parse_clean_and_messy_permutations():

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from agent.metrics import auc, dcg, fit_logistic, intra_list_distance, mrr, ndcg, ranks, standard_error
+from core.metrics import auc, dcg, fit_logistic, intra_list_distance, mrr, ndcg, ranks, standard_error
 
 
 def test_auc_by_hand():
@@ -48,9 +48,9 @@ def test_logistic_regression_recovers_known_weights():
 
 
 def test_gini_and_exposure_shares_by_hand():
-    from agent.exposure import ExposureTally
-    from agent.metrics import gini
+    from core.metrics import gini
     from core.records import Article
+    from feed.exposure import ExposureTally
 
     assert gini([3, 3, 3]) == 0.0 and gini([]) == 0.0 and gini([0, 0]) == 0.0
     assert gini([0, 0, 0, 4]) == pytest.approx(0.75)  # one of four holds everything: (n - 1) / n

@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from agent.backends.openai import DOWN_SECONDS, OpenAIBackend
-from agent.scoring import yes_probability
 from core.errors import BackendError, NotFound
 from core.llm import GenerateRequest, ScoreRequest
+from llm.backends.openai import DOWN_SECONDS, OpenAIBackend
+from llm.relevance import yes_probability
 from tests.conftest import MODEL_CACHE, free_port
 
 YES_LOGPROB, NO_LOGPROB = -0.4, -1.9
@@ -84,7 +84,7 @@ class Replica:
 
 @pytest.fixture(scope="module")
 def answer_ids() -> tuple[int, int]:
-    from agent.backends.tokenizer import ModelTokenizer
+    from llm.backends.tokenizer import ModelTokenizer
 
     tokens = ModelTokenizer("smollm2-135m", MODEL_CACHE)
     tokens.tokenizer  # noqa: B018
@@ -187,7 +187,7 @@ def test_adapters_are_loaded_on_each_replica_at_first_use(replicas, tmp_path):
 
 
 def test_replicas_come_from_the_settings(monkeypatch, tmp_path):
-    from agent.settings import Settings
+    from config.settings import Settings
     from serve.service import make_backend
 
     monkeypatch.setenv("NEWSRANK_BACKEND", "openai")

@@ -12,13 +12,13 @@ import pytest
 from litestar.testing import TestClient
 
 from adapters.registry import AdapterRegistry
-from agent.backends.fake import FakeBackend
-from agent.experiment import Experiment
-from agent.ranking import FeedRequest, Recommender
-from agent.scorer import Scorer
-from agent.settings import Settings
+from config.experiment import Experiment
+from config.settings import Settings
 from core.errors import InvalidInput
 from core.records import Event
+from feed.background_scorer import Scorer
+from feed.recommender import FeedRequest, Recommender
+from llm.backends.fake import FakeBackend
 from serve.app import create_app
 from serve.service import Newsrank
 from tests.conftest import NOW, random_lora

@@ -8,8 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from agent import metrics, position, ranker
+from core import metrics
 from core.records import Signals
+from feed import learned_ranker, position
 
 
 def test_explore_puts_a_pair_in_play_in_a_share_of_feeds_and_swaps_half():
@@ -86,10 +87,10 @@ def test_sample_weights_count_as_repeated_rows_and_ones_change_nothing():
     weighted = metrics.fit_logistic(x, y, weights=np.where(np.arange(300) % 3 == 0, 2.0, 1.0))
     assert weighted == pytest.approx(metrics.fit_logistic(x[twice], y[twice]))
     assert (metrics.fit_logistic(x, y, weights=np.ones(300)) == metrics.fit_logistic(x, y)).all()
-    impressions = [ranker.Impression(str(i), tuple(Signals(*rng.random(7)) for _ in range(5)),
+    impressions = [learned_ranker.Impression(str(i), tuple(Signals(*rng.random(7)) for _ in range(5)),
                                      tuple(int(v) for v in rng.integers(0, 2, 5)), 10, True) for i in range(50)]  # fmt: skip
     ones = [replace(i, weights=(1.0,) * 5) for i in impressions]
-    assert ranker.fit_impressions(ones, "s") == ranker.fit_impressions(impressions, "s")
+    assert learned_ranker.fit_impressions(ones, "s") == learned_ranker.fit_impressions(impressions, "s")
 
 
 # -- the simulation: readers who click by position as much as by relevance ----------------------------------------
@@ -113,7 +114,7 @@ def signals(rows: np.ndarray) -> tuple[Signals, ...]:
     return tuple(Signals(similarity=s, affinity=a, popularity=p) for s, a, p in rows.tolist())
 
 
-def logged(seed: int) -> tuple[list[ranker.Impression], position.Propensities]:
+def logged(seed: int) -> tuple[list[learned_ranker.Impression], position.Propensities]:
     """A platform's logged feeds (as shown, with clicks) and the propensities estimated from the explored ones."""
     rng, coin = np.random.default_rng(seed), random.Random(seed)
     x = rng.random((FEEDS, POSITIONS, 3))
@@ -126,20 +127,20 @@ def logged(seed: int) -> tuple[list[ranker.Impression], position.Propensities]:
     explored = [(pair, (np.flatnonzero(c) + 1).tolist()) for (pair, _), c in zip(plays, clicks, strict=True) if pair]
     propensities = position.estimate(explored, POSITIONS)
     impressions = [
-        ranker.Impression(f"reader{i}", signals(s), tuple(c.tolist()), int(h), scored=False)
+        learned_ranker.Impression(f"reader{i}", signals(s), tuple(c.tolist()), int(h), scored=False)
         for i, (s, c, h) in enumerate(zip(shown, clicks, history, strict=True))
     ]
     return impressions, propensities
 
 
-def ordered_as_truly_relevant(fit: ranker.Fit, seed: int, sets: int = 300, n: int = 20) -> float:
+def ordered_as_truly_relevant(fit: learned_ranker.Fit, seed: int, sets: int = 300, n: int = 20) -> float:
     """On fresh candidate sets: the share of candidate pairs the fit orders as their true relevance does (0.5 at
     random, 1 perfect)."""
     rng = np.random.default_rng(10_000 + seed)
     x = rng.random((sets, n, 3))
     history = np.repeat(rng.integers(1, 60, sets), n).tolist()
     names = [c for c in fit.columns if "*" not in c]
-    scores = fit.logits(ranker.matrix(signals(x.reshape(-1, 3)), history, names)).reshape(sets, n)
+    scores = fit.logits(learned_ranker.matrix(signals(x.reshape(-1, 3)), history, names)).reshape(sets, n)
     relevance = true_relevance(x)
     i, j = np.triu_indices(n, 1)
     return float(np.mean(np.sign(scores[:, i] - scores[:, j]) == np.sign(relevance[:, i] - relevance[:, j])))
@@ -156,8 +157,10 @@ def test_weighting_clicks_by_estimated_propensity_learns_what_readers_want_not_t
         with_weights = [
             replace(i, weights=tuple(position.ips_weights(shown, i.labels, propensities))) for i in impressions
         ]
-        unweighted.append(ordered_as_truly_relevant(ranker.fit_impressions(impressions, None).without_llm, seed))
-        weighted.append(ordered_as_truly_relevant(ranker.fit_impressions(with_weights, None).without_llm, seed))
+        unweighted.append(
+            ordered_as_truly_relevant(learned_ranker.fit_impressions(impressions, None).without_llm, seed)
+        )
+        weighted.append(ordered_as_truly_relevant(learned_ranker.fit_impressions(with_weights, None).without_llm, seed))
     gains = np.subtract(weighted, unweighted)
     assert gains.mean() > 0.08, (unweighted, weighted)
     assert (gains > 0.02).sum() >= 4, (unweighted, weighted)
@@ -165,9 +168,9 @@ def test_weighting_clicks_by_estimated_propensity_learns_what_readers_want_not_t
 
 # -- on real parts: the feed explores, the store keeps what it did, training reads the weights back -------------
 def test_a_feed_explores_a_pair_of_places_and_its_record_says_which(corpus_store, feedback, settings):
-    from agent.backends.fake import FakeBackend
-    from agent.ranking import FeedRequest, Recommender
     from core.records import Event
+    from feed.recommender import FeedRequest, Recommender
+    from llm.backends.fake import FakeBackend
     from tests.conftest import NOW
 
     feedback.add_events([Event("u", "s1", "click", NOW - 60)])
@@ -212,9 +215,9 @@ def test_training_reads_propensities_from_the_stores_explored_feeds_and_weighs_c
     estimated = position.from_store(feedback, NOW - 1, NOW + 10_000, 5)
     assert estimated == position.estimate(observed, 5) and estimated.feeds == 750
     assert estimated.values[0] == 1.0 > estimated.values[1] > estimated.values[4]  # the top is looked at most
-    impressions, _ = ranker.from_feedback(feedback, NOW - 1, estimated)
+    impressions, _ = learned_ranker.from_feedback(feedback, NOW - 1, estimated)
     for k in range(1, 6):  # each click weighs 1 / the propensity of its place; a place not clicked weighs 1
         weights = {i.weights[k - 1] for i in impressions if i.labels[k - 1]}
         assert weights == {1 / max(estimated.at(k), 0.1)}
     assert all(w == 1.0 for i in impressions for label, w in zip(i.labels, i.weights, strict=True) if not label)
-    assert ranker.from_feedback(feedback, NOW - 1)[0][0].weights is None  # without propensities: raw clicks
+    assert learned_ranker.from_feedback(feedback, NOW - 1)[0][0].weights is None  # without propensities: raw clicks

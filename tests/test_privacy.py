@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from adapters import export, private, train
-from agent import evaluate
-from agent.settings import Settings
+from config.settings import Settings
 from core.errors import InvalidInput
+from evaluation import replay
 from tests.conftest import MODEL_CACHE
 
 MIND = Path(__file__).parent / "fixtures" / "mind"
@@ -52,7 +52,7 @@ def lora_model():
     import peft
     import transformers
 
-    from agent.models import resolve_llm
+    from llm.models import resolve_llm
 
     base = resolve_llm("smollm2-135m", MODEL_CACHE)
     tokenizer = transformers.AutoTokenizer.from_pretrained(base)
@@ -65,8 +65,8 @@ def lora_model():
 def test_a_readers_step_is_clipped_to_the_norm(llm, lora_model):
     """With no noise and plain SGD at rate 1, a step moves the LoRA weights by exactly the sum of the readers'
     clipped gradients over the expected batch: one reader, however many rows, moves them by at most the norm."""
-    from agent.ranking import relevance_requests
     from core.records import Article
+    from llm.relevance import relevance_requests
 
     model, tokenizer = lora_model
     articles = [Article(str(i), f"Story number {i} about football", 0.0, category="sports") for i in range(6)]
@@ -94,12 +94,12 @@ def test_a_readers_step_is_clipped_to_the_norm(llm, lora_model):
 
 @pytest.mark.slow
 def test_private_training_on_the_real_model_states_its_guarantee(llm, tmp_path):
-    impressions = evaluate.read_behaviors(MIND / "behaviors.tsv")[0][:6]
+    impressions = replay.read_behaviors(MIND / "behaviors.tsv")[0][:6]
     from retrieval.embed import Embedder
 
-    corpus = evaluate.Corpus(MIND / "news.tsv", Embedder(), tmp_path / "cache", show_progress=False)
+    corpus = replay.Corpus(MIND / "news.tsv", Embedder(), tmp_path / "cache", show_progress=False)
     data = tmp_path / "examples.jsonl"
-    rows = list(export.from_mind(evaluate.contexts(impressions, corpus), llm, Settings(), str))
+    rows = list(export.from_mind(replay.contexts(impressions, corpus), llm, Settings(), str))
     export.write_examples(data, rows)
     readers = len({e.group for e in rows})
     run = tmp_path / "run"
@@ -153,7 +153,7 @@ def test_after_erasure_no_file_the_service_wrote_holds_the_reader(llm, tmp_path,
     from litestar.testing import TestClient
 
     from adapters import train
-    from agent.ranking import FeedRequest
+    from feed.recommender import FeedRequest
     from serve.app import create_app
     from serve.service import Newsrank
     from serve.worker import ScoringWorkers
@@ -216,8 +216,8 @@ def test_retention_is_enforced_by_the_workers_and_by_the_command(tmp_path):
     import sys
     import time
 
-    from agent.backends.fake import FakeBackend
     from core.records import Event
+    from llm.backends.fake import FakeBackend
     from serve.service import Newsrank
     from serve.worker import ScoringWorkers
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from agent.profile import build_profile, event_weight
 from core.records import Event, Preferences
+from feed.profile import build_profile, event_weight
 from retrieval.store import Hit
 from tests.conftest import CORPUS, NOW, article
 

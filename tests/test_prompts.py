@@ -3,8 +3,8 @@ from importlib.resources import files
 import jinja2
 import pytest
 
-from agent import prompts
 from core.errors import InvalidInput
+from llm import prompts
 
 
 def test_every_template_file_is_pinned_and_matches_its_variables():

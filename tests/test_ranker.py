@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent import evaluate, position, ranker
-from agent.backends.fake import FakeBackend
-from agent.ranking import FeedRequest, Recommender
-from agent.scoring import BlendWeights, blend_rank, without
 from core.errors import InvalidInput
-from core.records import BLEND, Event, Signals
+from core.records import BLEND, BlendWeights, Event, Signals
+from evaluation import replay
+from feed import learned_ranker, position
+from feed.blend import blend_rank, without
+from feed.recommender import FeedRequest, Recommender
+from llm.backends.fake import FakeBackend
 from tests.conftest import NOW
 
 HAND = BlendWeights()
@@ -30,7 +31,7 @@ def synthetic(n: int = 6000, seed: int = 0):
     for _ in range(n):
         s = Signals(*rng.random(7))
         items = int(rng.integers(1, 60))
-        h = ranker.history_feature(items)
+        h = learned_ranker.history_feature(items)
         logit = -3 + 4 * s.similarity * h + 2 * s.relevance + 1.5 * s.popularity
         signals.append(s)
         history.append(items)
@@ -39,9 +40,9 @@ def synthetic(n: int = 6000, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def fitted() -> ranker.Ranker:
+def fitted() -> learned_ranker.Ranker:
     signals, history, labels = synthetic()
-    return ranker.fit(signals, history, labels, [True] * len(labels), "model|-|prompt|pointwise")
+    return learned_ranker.fit(signals, history, labels, [True] * len(labels), "model|-|prompt|pointwise")
 
 
 def test_a_readers_weights_rank_exactly_as_the_fitted_model_does(fitted):
@@ -49,8 +50,8 @@ def test_a_readers_weights_rank_exactly_as_the_fitted_model_does(fitted):
     candidates = [Signals(*rng.random(7)) for _ in range(40)]
     for items in (1, 5, 50):
         weights = fitted.weights(items, fitted.scorer, HAND)
-        blended = [sum(weights[n] * getattr(s, n) for n in ranker.FEATURES) for s in candidates]
-        logits = fitted.with_llm.logits(ranker.matrix(candidates, [items] * 40, ranker.FEATURES))
+        blended = [sum(weights[n] * getattr(s, n) for n in learned_ranker.FEATURES) for s in candidates]
+        logits = fitted.with_llm.logits(learned_ranker.matrix(candidates, [items] * 40, learned_ranker.FEATURES))
         assert list(np.argsort(blended)) == list(np.argsort(logits))
     # what the clicks say: similarity tells more for a long history; freshness and diversity stay as set
     short, long = fitted.weights(2, fitted.scorer, HAND), fitted.weights(50, fitted.scorer, HAND)
@@ -68,21 +69,21 @@ def test_another_scorers_relevance_weighs_nothing(fitted):
 def test_a_ranker_file_round_trips_and_a_foreign_one_is_refused(fitted, tmp_path):
     path = tmp_path / "r.json"
     fitted.save(path)
-    assert ranker.Ranker.load(path) == fitted
+    assert learned_ranker.Ranker.load(path) == fitted
     raw = json.loads(path.read_text())
     path.write_text(json.dumps({**raw, "format": "something/9"}))
     with pytest.raises(InvalidInput, match="format"):
-        ranker.Ranker.load(path)
+        learned_ranker.Ranker.load(path)
     raw["without_llm"]["columns"][0] = "mood"
     path.write_text(json.dumps(raw))
     with pytest.raises(InvalidInput, match="columns"):
-        ranker.Ranker.load(path)
+        learned_ranker.Ranker.load(path)
     with pytest.raises(InvalidInput):
-        ranker.Ranker.load(tmp_path / "missing.json")
+        learned_ranker.Ranker.load(tmp_path / "missing.json")
 
 
 def test_registry_versions_activation_and_rollback(fitted, tmp_path):
-    registry = ranker.RankerRegistry(tmp_path / "rankers")
+    registry = learned_ranker.RankerRegistry(tmp_path / "rankers")
     with pytest.raises(InvalidInput, match="ranker fit"):
         registry.path("default")
     assert registry.publish("default", fitted) == 1
@@ -103,7 +104,7 @@ def test_the_feed_uses_the_readers_learned_weights_and_records_them(corpus_store
     plain = Recommender(corpus_store, feedback, FakeBackend(), settings, clock=lambda: NOW)
     scorer = plain.scorer(None)
     path = tmp_path / "mine.json"
-    mine = ranker.Ranker(fitted.with_llm, fitted.without_llm, scorer)
+    mine = learned_ranker.Ranker(fitted.with_llm, fitted.without_llm, scorer)
     mine.save(path)
     learned = Recommender(corpus_store, feedback, FakeBackend(), settings.model_copy(update={"ranker": str(path)}),
                           clock=lambda: NOW)  # fmt: skip
@@ -130,11 +131,11 @@ def test_a_platforms_own_impressions_fit_and_gate_a_ranker(corpus_store, feedbac
         late = feed.items[-1]
         feedback.add_events([Event(reader, best.article.id, "click", NOW + 60),
                              Event(reader, late.article.id, "click", NOW + 2 * 86400)])  # fmt: skip
-    impressions, scorer = ranker.from_feedback(feedback, NOW - 86400)
+    impressions, scorer = learned_ranker.from_feedback(feedback, NOW - 86400)
     assert scorer == recommender.scorer(None) and len(impressions) == len(readers)
     assert all(sum(i.labels) == 1 and i.history == 1 and i.scored for i in impressions)
     assert sorted(i.group for i in impressions) == sorted(readers)  # the validation split is by reader
-    fitted, decision = ranker.fit_and_gate(impressions, scorer, HAND, None, validation_share=0.5)
+    fitted, decision = learned_ranker.fit_and_gate(impressions, scorer, HAND, None, validation_share=0.5)
     assert decision.new[2] > 0 and decision.against == "the hand-set weights"
     assert fitted.fitted_on["impressions"] + fitted.fitted_on["validation_impressions"] == len(readers)
     assert fitted.weights(1, scorer, HAND)["similarity"] > 0  # it learned what these readers click
@@ -168,7 +169,7 @@ def test_newsrank_ranker_fits_publishes_activates_and_rolls_back(tmp_path, corpu
     second = run("fit", "default", "--force")
     assert second.returncode == 0, second.stderr
     assert f"clicks weighted by 1/propensity, from {position.MIN_FEEDS} explored feeds" in second.stdout
-    fitted = ranker.Ranker.load(settings.adapters_path / "rankers" / "default" / "v2.json")
+    fitted = learned_ranker.Ranker.load(settings.adapters_path / "rankers" / "default" / "v2.json")
     assert fitted.fitted_on["position_propensities"]["feeds"] == position.MIN_FEEDS
     listed = run("list").stdout
     assert "* default@2" in listed and "  default@1" in listed
@@ -183,19 +184,19 @@ def test_a_fit_on_one_mind_sample_carries_to_another_of_twice_the_traffic(embedd
     """Fitted on 150 tune impressions (popularity from their clicks), the ranker without the LLM is judged on 150
     and on 300 held-out impressions (popularity from twice the traffic): it stays level with the hand-set blend on
     both, and its own AUC does not drift between them. Raw counts as features would break on the larger one."""
-    impressions, _ = evaluate.read_behaviors(SHARED_MIND / "behaviors.tsv")
-    tune = evaluate.select(impressions, "tune", 0, 150)
-    small = evaluate.select(impressions, "heldout", 0, 150)
-    large = evaluate.select(impressions, "heldout", 0, 300)
+    impressions, _ = replay.read_behaviors(SHARED_MIND / "behaviors.tsv")
+    tune = replay.select(impressions, "tune", 0, 150)
+    small = replay.select(impressions, "heldout", 0, 150)
+    large = replay.select(impressions, "heldout", 0, 300)
     needed = {n for imp in tune + large for n in (*imp.history, *imp.candidates)}
     news = tmp_path / "news.tsv"
     with (SHARED_MIND / "news.tsv").open(encoding="utf-8") as rows:
         news.write_text("".join(row for row in rows if row.split("\t", 1)[0] in needed), encoding="utf-8")
-    corpus = evaluate.Corpus(news, embedder, tmp_path / "cache", show_progress=False)
-    evaluator = evaluate.Evaluator(None, HAND, model="none")
-    zero = {c.impression.id: {"scores": [0.0] * len(c.hits)} for c in evaluate.contexts(tune, corpus)}
-    fitted_on = list(evaluate.contexts(tune, corpus))
-    evaluator.ranker = evaluate.fit_ranker(evaluator, zero, fitted_on)
+    corpus = replay.Corpus(news, embedder, tmp_path / "cache", show_progress=False)
+    evaluator = replay.Evaluator(None, HAND, model="none")
+    zero = {c.impression.id: {"scores": [0.0] * len(c.hits)} for c in replay.contexts(tune, corpus)}
+    fitted_on = list(replay.contexts(tune, corpus))
+    evaluator.ranker = replay.fit_ranker(evaluator, zero, fitted_on)
     assert evaluator.ranker.with_llm is not None  # a constant relevance: fitted, but it can only weigh nothing
 
     def auc(contexts, learned: bool) -> float:
@@ -206,20 +207,20 @@ def test_a_fit_on_one_mind_sample_carries_to_another_of_twice_the_traffic(embedd
             else:
                 weights = without(HAND, "relevance")
             placed = blend_rank(evaluator.signals(ctx, [0.0] * len(ctx.hits)), ctx.embeddings, weights)
-            scores = evaluate.metrics.by_place(placed)
-            if (value := evaluate.metrics.auc(ctx.labels, scores)) is not None:
+            scores = replay.metrics.by_place(placed)
+            if (value := replay.metrics.auc(ctx.labels, scores)) is not None:
                 values.append(value)
         return 100 * float(np.mean(values))
 
     for sample in (small, large):
-        contexts = list(evaluate.contexts(sample, corpus))
+        contexts = list(replay.contexts(sample, corpus))
         assert auc(contexts, learned=True) > auc(contexts, learned=False) - 1.5
-    drift = auc(list(evaluate.contexts(small, corpus)), True) - auc(list(evaluate.contexts(large, corpus)), True)
+    drift = auc(list(replay.contexts(small, corpus)), True) - auc(list(replay.contexts(large, corpus)), True)
     assert abs(drift) < 4.0
 
 
 def test_a_gate_with_nothing_to_judge_on_says_so_and_fails():
     signals, _, labels = synthetic(40)
-    one = ranker.Impression("only", tuple(signals), tuple(labels), 5, True)
-    _, decision = ranker.fit_and_gate([one], "s", HAND, None, validation_share=0.0)
+    one = learned_ranker.Impression("only", tuple(signals), tuple(labels), 5, True)
+    _, decision = learned_ranker.fit_and_gate([one], "s", HAND, None, validation_share=0.0)
     assert not decision.passed and "no held-out ranking" in decision.summary()

@@ -4,10 +4,11 @@ import math
 
 import pytest
 
-from agent.backends.fake import FakeBackend
-from agent.ranking import CANDIDATE_TEXTS, FeedRequest, Recommender, candidate_text, relevance_requests
 from core.errors import EmptyStore, InvalidInput, NotFound
 from core.records import Event, Preferences
+from feed.recommender import FeedRequest, Recommender
+from llm.backends.fake import FakeBackend
+from llm.relevance import CANDIDATE_TEXTS, candidate_text, relevance_requests
 from retrieval.store import ChromaArticleStore, chroma_client
 from tests.conftest import NOW
 

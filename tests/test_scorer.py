@@ -1,4 +1,4 @@
-"""Feeds from the LLM's work done ahead (agent/scorer.py, serve/worker.py): the cache, the queue's coalescing and
+"""Feeds from the LLM's work done ahead (feed/background_scorer.py, serve/worker.py): the cache, the queue's coalescing and
 bounds, degrading when the LLM is down or slow, explanation rewrites, and warm feeds equal to fresh ones on the
 real packaged LLM."""
 
@@ -8,12 +8,12 @@ import threading
 import pytest
 from litestar.testing import TestClient
 
-from agent.backends.fake import FakeBackend
-from agent.ranking import FeedRequest, Recommender, profile_key
-from agent.scorer import Scorer
-from agent.scoring import without
 from core.errors import BackendError
 from core.records import Event, Preferences, ScoringTask
+from feed.background_scorer import Scorer
+from feed.blend import without
+from feed.recommender import FeedRequest, Recommender, profile_key
+from llm.backends.fake import FakeBackend
 from serve.app import create_app
 from serve.limits import Gate
 from serve.service import Newsrank
@@ -323,7 +323,7 @@ def test_the_ttl_renews_scores_that_nothing_else_changed(corpus_store, feedback,
 
 # -- chat about what the feed does not show -------------------------------------------------------------------
 def ask(service, ranking_id, question):
-    from agent.chat import Message
+    from chat.conversation import Message
 
     return service.chat.answer("fan", [Message("user", question)], ranking_id)
 

@@ -3,7 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from agent.scoring import BlendWeights, Signals, blend_rank, freshness, weighted_mean, yes_probability
+from core.records import BlendWeights, Signals
+from feed.blend import blend_rank, freshness, weighted_mean
+from llm.relevance import yes_probability
 
 
 def test_freshness_halves_every_half_life():
@@ -52,7 +54,7 @@ def test_blend_rank_edges():
 
 
 def test_yes_probability_from_top_logprobs():
-    from agent.scoring import yes_probability_from_top
+    from llm.relevance import yes_probability_from_top
 
     top = {7: -0.1, 9: -2.5, 3: -4.0}  # Yes = 7, No = 9
     assert yes_probability_from_top(top, (7, 9)) == pytest.approx(yes_probability(-0.1, -2.5))
@@ -67,8 +69,8 @@ def test_yes_probability_from_top_logprobs():
 def test_every_part_reads_the_one_declaration_of_the_signals():
     from dataclasses import fields
 
-    from agent.chat import SIGNAL_WORDS
-    from agent.settings import Weights
+    from chat.conversation import SIGNAL_WORDS
+    from config.settings import Weights
     from core.records import BLEND, SIGNALS
     from serve.schemas import SignalsOut
 
@@ -83,7 +85,7 @@ def test_every_part_reads_the_one_declaration_of_the_signals():
 
 def caps_case(**caps):
     """Six candidates by falling relevance: three from one source in sports (the reader's usual), then others."""
-    from agent.scoring import Caps
+    from feed.blend import Caps
 
     signals = [Signals(relevance=1.0 - i / 10) for i in range(6)]
     sources = ["wire", "wire", "wire", "daily", "", "daily"]

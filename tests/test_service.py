@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from agent.backends.fake import FakeBackend
-from agent.ranking import FeedRequest
 from core.errors import InvalidInput, NotFound
+from feed.recommender import FeedRequest
+from llm.backends.fake import FakeBackend
 from retrieval.store import ChromaArticleStore, chroma_client
 from serve.service import DEMO_USERS, Newsrank
 from tests.conftest import NOW

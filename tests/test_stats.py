@@ -1,13 +1,13 @@
-"""The operator's metrics (agent/stats.py): the ratio estimates, their intervals, the series and the differences."""
+"""The operator's metrics (evaluation/stats.py): the ratio estimates, their intervals, the series and the differences."""
 
 import random
 
 import numpy as np
 import pytest
 
-from agent import stats
 from core.errors import InvalidInput
 from core.records import FeedOutcome
+from evaluation import stats
 from tests.conftest import NOW
 
 

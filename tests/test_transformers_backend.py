@@ -82,8 +82,8 @@ def test_a_lora_adapter_changes_scores_only_when_selected(llm, tmp_path):
 
 
 def test_any_local_model_folder_can_be_configured(llm):
-    from agent.backends.transformers import TransformersBackend
-    from agent.models import PACKAGED_FOLDER
+    from llm.backends.transformers import TransformersBackend
+    from llm.models import PACKAGED_FOLDER
 
     by_path = TransformersBackend(str(llm.cache_dir / PACKAGED_FOLDER), llm.cache_dir)
     assert by_path.score(sports_requests(by_path)[:2]) == pytest.approx(llm.score(sports_requests(llm)[:2]), abs=1e-5)
@@ -92,7 +92,7 @@ def test_any_local_model_folder_can_be_configured(llm):
 def test_training_margins_equal_served_scores(llm):
     """Training calls `answer_margins` with one prefix's cache repeated per row and no prefix mask: the quantity
     it trains must stay exactly the one `score` serves (which now batches rows across prefixes)."""
-    from agent.backends.transformers import answer_margins
+    from llm.backends.transformers import answer_margins
 
     reqs = sports_requests(llm)
     prefix_ids = llm.tokenizer(reqs[0].prefix, add_special_tokens=False, return_tensors="pt").input_ids

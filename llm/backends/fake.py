@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from agent.scoring import sigmoid
 from core.errors import NotFound
 from core.llm import GenerateRequest, Generation, ScoreRequest
+from llm.relevance import sigmoid
 
 WORD = re.compile(r"[a-z]{4,}")
 

@@ -22,10 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from agent.backends.tokenizer import ModelTokenizer
-from agent.scoring import yes_probability_from_top
 from core.errors import BackendError, NotFound, require
 from core.llm import GenerateRequest, Generation, ScoreRequest
+from llm.backends.tokenizer import ModelTokenizer
+from llm.relevance import yes_probability_from_top
 
 TOP_LOGPROBS = 20  # vLLM's default ceiling (--max-logprobs)
 DOWN_SECONDS = 10.0  # how long a failed replica is skipped while others are up

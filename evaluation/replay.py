@@ -17,17 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from agent import explain, metrics
-from agent.exposure import Exposure, ExposureTally
-from agent.profile import Profile, build_profile
-from agent.ranker import Ranker
-from agent.ranking import DEFAULT_CANDIDATE_TEXT, prompt_version, relevance_requests
-from agent.scoring import BlendWeights, blend_rank, caps_over, cosine_similarity
+from core import metrics
 from core.errors import InvalidInput
 from core.llm import Backend
-from core.records import SIGNALS, Article, Event, Hit, Preferences, Signals
+from core.records import SIGNALS, Article, BlendWeights, Event, Hit, Preferences, Signals
+from core.times import parse_time
+from feed import explain
+from feed.blend import blend_rank, caps_over, cosine_similarity
+from feed.exposure import Exposure, ExposureTally
+from feed.learned_ranker import Ranker
+from feed.profile import Profile, build_profile
+from llm.relevance import DEFAULT_CANDIDATE_TEXT, prompt_version, relevance_requests
 from retrieval.embed import Embedder
-from retrieval.ingest import RowError, parse_time, read_mind_news
+from retrieval.ingest import RowError, read_mind_news
 
 METHODS = ("random", "popularity", "category", "embedding", "llm", "llm+adapter", "blend", "ranker")
 LLM_METHODS = ("llm", "llm+adapter")
@@ -201,7 +203,7 @@ class Evaluator:
     candidate_text: str = DEFAULT_CANDIDATE_TEXT
     ranker: Ranker | None = None
     model: str = ""  # the scorer's model, as the ranker's `scorer` names it
-    # exposure caps on the blends' top 10 (agent.scoring.Caps: per_source, category_share, exploration_share)
+    # exposure caps on the blends' top 10 (feed.blend.Caps: per_source, category_share, exploration_share)
     caps: dict[str, float] = field(default_factory=dict)
 
     def score(self, method: str, ctx: Context, llm: Callable[[str], list[float]]) -> MethodResult:
@@ -463,11 +465,12 @@ def fit_weights(
 
 
 def ranker_impressions(evaluator: Evaluator, rows: dict[str, dict], prepared: Sequence[Context]) -> list:
-    """The replayed impressions as a learned ranker sees them (agent.ranker.Impression), with these LLM scores."""
-    from agent import ranker
+    """The replayed impressions as a learned ranker sees them (feed.learned_ranker.Impression), with these LLM
+    scores."""
+    from feed import learned_ranker
 
     return [
-        ranker.Impression(
+        learned_ranker.Impression(
             ctx.impression.id,
             tuple(evaluator.signals(ctx, rows[ctx.impression.id]["scores"])),
             tuple(ctx.labels),
@@ -479,10 +482,11 @@ def ranker_impressions(evaluator: Evaluator, rows: dict[str, dict], prepared: Se
 
 
 def fit_ranker(evaluator: Evaluator, rows: dict[str, dict], prepared: Sequence[Context], **fitted_on) -> Ranker:
-    """A learned ranker (agent.ranker) fitted on the clicks of these impressions, over the LLM scores in `rows`."""
-    from agent import ranker
+    """A learned ranker (feed.learned_ranker) fitted on the clicks of these impressions, over the LLM scores in
+    `rows`."""
+    from feed import learned_ranker
 
-    return ranker.fit_impressions(ranker_impressions(evaluator, rows, prepared), evaluator.scorer, **fitted_on)
+    return learned_ranker.fit_impressions(ranker_impressions(evaluator, rows, prepared), evaluator.scorer, **fitted_on)
 
 
 def report_markdown(reports: Sequence[MethodReport], title: str) -> str:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent import prompts
-from agent.scoring import cosine_similarity, decay, weighted_mean
 from core.records import Article, Event, Hit, Preferences
+from feed.blend import cosine_similarity, decay, weighted_mean
+from llm import prompts
 
 PROFILE_TEMPLATE = "profile.v1"
 SECONDS_PER_DAY = 86400.0

@@ -13,9 +13,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.models import offline, resolve_llm
 from core.errors import InvalidInput, NotFound, require
 from core.llm import ANSWER_NO, ANSWER_YES, GenerateRequest, Generation, ScoreRequest
+from llm.models import offline, resolve_llm
 
 
 def answer_margins(

@@ -19,13 +19,14 @@ from typing import Literal
 
 import numpy as np
 
-from agent import explain, prompts
-from agent.profile import Profile
-from agent.scoring import BlendWeights, blend_rank, cosine_similarity, without
 from core.errors import InvalidInput, NotFound, model_failure
 from core.llm import Backend, GenerateRequest
-from core.records import BLEND, SIGNALS, Article, Preferences, RankedItem, RankingRecord, Signals
+from core.records import BLEND, SIGNALS, Article, BlendWeights, Preferences, RankedItem, RankingRecord, Signals
 from core.stores import ArticleStore, FeedbackStore
+from feed import explain
+from feed.blend import blend_rank, cosine_similarity, without
+from feed.profile import Profile
+from llm import prompts
 
 CHAT = "chat.v1"
 CHAT_TOKENS = 48

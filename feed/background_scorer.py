@@ -1,6 +1,6 @@
 """The background scorer: the LLM's work done ahead of the requests that use it.
 
-Feeds read the LLM's relevance from the feedback store (agent/ranking.py); this keeps it fresh. Its work comes
+Feeds read the LLM's relevance from the feedback store (feed/recommender.py); this keeps it fresh. Its work comes
 from one queue in the feedback store, shared by every instance and worker:
 
 - `reader` tasks: score a reader's candidates under their current profile. Asked for by a feed that found a
@@ -22,10 +22,10 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
-from agent import explain
-from agent.ranking import Recommender
 from core.errors import NotFound
 from core.records import ScoringTask
+from feed import explain
+from feed.recommender import Recommender
 
 log = logging.getLogger("newsrank.scorer")
 

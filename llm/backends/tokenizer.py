@@ -10,9 +10,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from agent.backends.transformers import answer_token_ids
-from agent.models import offline, resolve_llm
 from core.errors import require
+from llm.backends.transformers import answer_token_ids
+from llm.models import offline, resolve_llm
 
 
 class ModelTokenizer:

@@ -13,8 +13,8 @@ from importlib.resources import files
 import jinja2
 from jinja2 import meta
 
-from agent.untrusted import neutralize
 from core.errors import InvalidInput
+from llm.untrusted import neutralize
 
 TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
     "system.v1": frozenset(),

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from agent.settings import PACKAGED_LLM
+from config.settings import PACKAGED_LLM
 from core.errors import MissingDependency, require
 
 log = logging.getLogger(__name__)

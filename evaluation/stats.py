@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from agent import position
-from agent.experiment import Experiment
+from config.experiment import Experiment
 from core.errors import InvalidInput
 from core.records import FeedOutcome
 from core.stores import FeedbackStore
-from retrieval.ingest import parse_time
+from core.times import parse_time
+from feed import position
 
 Z95 = 1.959964
 BUCKETS = {"day": 86400, "hour": 3600}

@@ -1,0 +1,5 @@
+"""LLM access: the backends (transformers, vLLM, OpenAI-compatible replicas, a fake), the models on disk, the
+versioned prompts, untrusted text, what the LLM is asked and how its answers are read.
+
+Imports only `core`, `config` and `prompts`: every layer above may use the LLM, the LLM knows none of them.
+"""
