@@ -30,12 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from chat.conversation import DEBRIS, SAYS, Message, Reply, judge, main_signal
+from chat.conversation import SAYING, Message, Reply, judge, main_signal
 from config.settings import Settings
 from core.records import SIGNALS, BlendWeights, Signals
 from feed.blend import blend_rank
 from feed.recommender import FeedRequest
+from llm import guard
 from llm.models import offline
+from serve import demo
 from serve.service import DEMO_USERS, Newsrank
 
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -63,7 +65,7 @@ def main() -> None:
     offline()
     with tempfile.TemporaryDirectory() as tmp:
         service = Newsrank.from_settings(Settings(data_dir=Path(tmp), scorer_threads=0))
-        service.seed_demo(show_progress=False)
+        demo.seed(service.articles, service.feedback, service.clock(), show_progress=False)
         service.chat.backend = keeping = Keeping(service.chat.backend)
         results: dict[str, list[tuple[bool, bool, str]]] = defaultdict(list)  # kind → (passed, llm, answer)
         for user in DEMO_USERS[:3]:
@@ -110,7 +112,7 @@ def ask_everything(service: Newsrank, user: str, keeping: Keeping):
     def clean(reply: Reply) -> bool:
         """Nothing of a chat template, no question back; and a phrased answer holds no number of its own (the
         record's answers compute theirs from the record)."""
-        if DEBRIS.search(reply.text) or "?" in reply.text:
+        if guard.DEBRIS.search(reply.text) or "?" in reply.text:
             return False
         held = " ".join([record.profile_text, *(i.title for i in record.items)])
         return reply.source != "llm" or set(NUMBER.findall(reply.text)) <= set(NUMBER.findall(held))
@@ -122,7 +124,7 @@ def ask_everything(service: Newsrank, user: str, keeping: Keeping):
         def rubric(reply: Reply) -> bool:
             values = [f.split(": ", 1)[-1].strip('"').lower() for f in target.grounded_in]
             words = set(re.findall(r"[a-z]+", reply.text.lower()))
-            said = SAYS[main_signal(target, record.weights)]
+            said = SAYING[main_signal(target, record.weights)]
             return reply.article_id == target.article_id and (
                 target.title in reply.text or any(v in reply.text.lower() for v in values) or bool(words & said)
             )

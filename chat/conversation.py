@@ -26,7 +26,7 @@ from core.stores import ArticleStore, FeedbackStore
 from feed import explain
 from feed.blend import blend_rank, cosine_similarity, without
 from feed.profile import Profile
-from llm import prompts
+from llm import guard, prompts
 
 CHAT = "chat.v1"
 CHAT_TOKENS = 48
@@ -47,17 +47,14 @@ ORDINALS = {"top": 1, "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth":
             "eighth": 8, "ninth": 9, "tenth": 10}  # fmt: skip
 REFERENCE = re.compile(r"(?:#|number |no\. ?)(?P<n>\d{1,3})\b|\bthe (?P<ordinal>" + "|".join(ORDINALS) + r")\b")
 WHAT_IF = re.compile(r"\bwhat if\b|\bwhat would (?:happen|change)\b|\bwithout\b|\bif i (?:had not|hadn'?t|never)\b")
-SIGNAL_NAMES = {  # how a reader may name a term of the blend
-    "relevance": ("relevance", "relevant", "model", "llm"), "similarity": ("similarity", "similar"),
-    "affinity": ("affinity", "topic"), "popularity": ("popularity", "popular"),
-    "freshness": ("freshness", "fresh", "new"), "diversity": ("diversity", "diverse", "variety"),
-}  # fmt: skip
 UNDO = re.compile(r"\bundo\b|\btake (?:that|it) back\b|\brevert\b|\bnever ?mind\b|\bcancel that\b")
 # the answers that changed a profile, as _less and _more write them: what "undo that" reverts
 MUTED = re.compile(r'Done: you will see no more "(?P<label>[^"]+)" articles')
 FOLLOWED = re.compile(r'Done: "(?P<label>[^"]+)" is now one of your interests')
 WAS_INTEREST, WAS_MUTED = "It was one of your interests until now.", "It was muted until now."
-SIGNAL_WORDS = {spec.name: spec.reason for spec in BLEND}
+REASONS = {spec.name: spec.reason for spec in BLEND}  # each term of the blend's reason, in the reader's words
+NAMED = {spec.name: spec.named for spec in BLEND}  # how a reader may name each term ("what if it were less popular?")
+SAYING = {spec.name: spec.says for spec in BLEND}  # words that state each reason: a phrased answer must use one
 
 Role = Literal["user", "assistant"]
 log = logging.getLogger("newsrank.chat")
@@ -132,8 +129,8 @@ def referenced(record: RankingRecord, text: str) -> list[RankedItem]:
 
 def by_title(record: RankingRecord, text: str) -> RankedItem | None:
     """The item whose title shares the most words (at least two) with a text."""
-    words = explain.content_words(text)
-    overlap = max(((len(words & explain.content_words(i.title)), -i.position, i) for i in record.items),
+    words = guard.content_words(text)
+    overlap = max(((len(words & guard.content_words(i.title)), -i.position, i) for i in record.items),
                   key=lambda t: t[:2], default=(0, 0, None))  # fmt: skip
     return overlap[2] if overlap[0] >= 2 else None
 
@@ -233,9 +230,9 @@ def reblend(
 def main_reasons(item: RankedItem, weights: dict[str, float], n: int = 2) -> list[str]:
     """The signals that contributed most to the blended score (weight x value), in words."""
     contributions = sorted(
-        ((weights.get(name, 0.0) * item.signals.get(name, 0.0), name) for name in SIGNAL_WORDS), reverse=True
+        ((weights.get(name, 0.0) * item.signals.get(name, 0.0), name) for name in REASONS), reverse=True
     )
-    return [SIGNAL_WORDS[name] for value, name in contributions[:n] if value > 0]
+    return [REASONS[name] for value, name in contributions[:n] if value > 0]
 
 
 def record_answer(item: RankedItem, record: RankingRecord) -> str:
@@ -255,14 +252,6 @@ def fact_phrase(fact: str) -> str:
     return {"interest": f"your interest in {value}", "read": f"{value}, which you read"}.get(kind, fact)
 
 
-# what a phrased answer must never carry: chat-template debris and role markers, talk about the conversation
-# itself, questions back to the reader
-DEBRIS = re.compile(r"\b(user|assistant|system|human)\s*:|\bthe answer is\b|<\||\|>|\[/?inst\]|#{2,}", re.I)
-META = re.compile(
-    r"\?|\b(i'?m not sure|i am not sure|i think|i believe|i hope|your question|answered|let me know|as an ai"
-    r"|language model|i can'?t|i cannot|sorry|i don'?t know)\b",
-    re.I,
-)
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 # words an explanation may use besides the record's and the profile's own
 EXPLAINING = frozenset(
@@ -274,17 +263,6 @@ EXPLAINING = frozenset(
     "model clicked trending lot lots much more just because one get see seen high higher score scored blend "
     "mix mixes reason reasons related relates connects connected".split()
 )
-# words that state each signal's reason (SIGNALS' `reason`), for checking that a reply states the main one
-SAYS = {
-    "relevance": {"relevant", "profile", "interest", "interests", "judged", "model", "match", "matches"},
-    "similarity": {"close", "closely", "similar", "read", "reading", "like"},
-    "affinity": {"topic", "topics", "follow", "following", "read", "lot", "interest", "interests"},
-    "closest": {"close", "closely", "similar", "read", "one", "article"},
-    "subcategory": {"subtopic", "topic", "topics", "follow", "following", "read", "lot"},
-    "popularity": {"popular", "readers", "clicked", "trending", "many"},
-    "freshness": {"fresh", "new", "newest", "recent", "latest", "just"},
-    "diversity": {"variety", "varied", "different", "adds"},
-}
 
 
 def stem(word: str) -> str:
@@ -297,26 +275,17 @@ def judge(text: str, allowed: Sequence[str], main_signal: str) -> tuple[str, str
     Faithful means: said to the reader, no chat debris, no meta-talk or questions back, no number or word that is
     not in the record, the profile or the words an explanation uses, and it states the record's main reason (its
     main signal, in words). A pure function: what it lets through is what a reader may be shown."""
-    sentences = [s for s in explain.SENTENCE_END.split(" ".join(text.split())) if s and s[-1] in ".!"][:2]
-    reply = " ".join(sentences)
-    if not 15 <= len(reply) <= 2 * explain.MAX_CHARS or explain.BANNED.search(reply):
-        return reply, "not one or two complete sentences"
-    if DEBRIS.search(text):
-        return reply, "chat-template debris"
-    if META.search(text):
-        return reply, "meta-talk or a question"
-    if not explain.ADDRESSES_READER.search(reply):
-        return reply, "not said to the reader"
+    reply, fault = guard.check(text, 2, 2 * explain.MAX_CHARS, ends=".!")
+    if fault is not None:
+        return reply, fault
     source = " ".join(allowed)
     if set(NUMBER.findall(reply)) - set(NUMBER.findall(source)):
         return reply, "a number the record does not have"
-    known = {stem(w) for w in explain.content_words(source) | EXPLAINING}
-    words = {stem(w) for w in re.findall(r"[a-z0-9']+", reply.lower()) if len(w) > 2} - {
-        stem(w) for w in explain.STOPWORDS
-    }
+    known = {stem(w) for w in guard.content_words(source) | EXPLAINING}
+    words = {stem(w) for w in guard.content_words(reply)}
     if words - known:
         return reply, "words the record and the profile do not have"
-    if not words & {stem(w) for w in SAYS.get(main_signal, set())}:
+    if not words & {stem(w) for w in SAYING[main_signal]}:
         return reply, "not the main reason"
     return reply, None
 
@@ -329,7 +298,7 @@ def faithful(text: str, allowed: Sequence[str], main_signal: str) -> str | None:
 
 def main_signal(item: RankedItem, weights: dict[str, float]) -> str:
     """The signal that contributed most to an item's blended score."""
-    return max(SIGNAL_WORDS, key=lambda name: (weights.get(name, 0.0) * item.signals.get(name, 0.0), name))
+    return max(REASONS, key=lambda name: (weights.get(name, 0.0) * item.signals.get(name, 0.0), name))
 
 
 class Chat:
@@ -498,13 +467,13 @@ class Chat:
     def _asked_change(question: str, outcomes: dict[str, tuple[int, str]]) -> str | None:
         """The change a what-if question names: a title the reader read (two words of it at least, so that a
         title's "new" is not taken for freshness), else a term of the blend."""
-        asked = explain.content_words(question)
-        titles = [k for k in outcomes if k not in SIGNAL_NAMES]
-        best = max(titles, key=lambda t: len(explain.content_words(t) & asked), default=None)
-        if best is not None and len(explain.content_words(best) & asked) >= 2:
+        asked = guard.content_words(question)
+        titles = [k for k in outcomes if k not in NAMED]
+        best = max(titles, key=lambda t: len(guard.content_words(t) & asked), default=None)
+        if best is not None and len(guard.content_words(best) & asked) >= 2:
             return best
         words = set(re.findall(r"[a-z]+", question.lower()))
-        return next((n for n, synonyms in SIGNAL_NAMES.items() if n in outcomes and words & set(synonyms)), None)
+        return next((n for n, synonyms in NAMED.items() if n in outcomes and words & set(synonyms)), None)
 
     # -- why not ------------------------------------------------------------------------------------------
     def _why_not(self, reply: Reply, user_id: str, topic: str, record: RankingRecord) -> Reply:

@@ -135,33 +135,45 @@ class SignalSpec:
     reason: str  # what a high value says about an item, in the reader's words (chat)
     short: str  # a column header of four letters (the command line)
     fitted: bool = True  # its weight can be fitted on logged clicks (`newsrank eval --fit-weights`)
+    named: tuple[str, ...] = ()  # words a reader may name it by in chat ("what if it were less popular?")
+    says: frozenset[str] = frozenset()  # words that state its reason: a phrased answer must use one (chat)
 
 
 # Each a candidate's own number in [0, 1]. The weights of relevance, similarity, affinity and popularity were
 # fitted by logistic regression on the clicks of the tuning part of MIND-dev (`newsrank eval --part tune
 # --fit-weights`, docs/BENCHMARKS.md); freshness cannot be measured there (MIND has no times) and is set by hand.
 # closest and subcategory weigh nothing in the hand-set blend; a learned ranker (feed/learned_ranker.py) weighs them.
-# A new signal: declare it here and as a field of Signals, and compute it in feed/recommender.py (and, for
-# replayed impressions, in evaluation/replay.py).
+# A new signal: declare it here and as a field of Signals, and compute it in feed/signals.py (the feed and the
+# offline replay both read it from there).
 SIGNALS = (
     SignalSpec("relevance", 0.064, "the LLM's P(Yes) that the reader clicks it (for a reader without history: "
-               "popularity)", "the model judged it relevant to your profile", "llm"),
+               "popularity)", "the model judged it relevant to your profile", "llm",
+               named=("relevance", "relevant", "model", "llm"),
+               says=frozenset({"relevant", "profile", "interest", "interests", "judged", "model", "match",
+                               "matches"})),
     SignalSpec("similarity", 0.336, "cosine similarity of the article to the reader's profile",
-               "it is close to what you read", "sim"),
+               "it is close to what you read", "sim", named=("similarity", "similar"),
+               says=frozenset({"close", "closely", "similar", "read", "reading", "like"})),
     SignalSpec("affinity", 0.2, "the reader's share of reading in the article's category and subcategory",
-               "you read a lot in this topic", "top"),
+               "you read a lot in this topic", "top", named=("affinity", "topic"),
+               says=frozenset({"topic", "topics", "follow", "following", "read", "lot", "interest", "interests"})),
     SignalSpec("closest", 0.0, "the largest cosine similarity of the article to a single article the reader read",
-               "it is close to one article you read", "one"),
+               "it is close to one article you read", "one", named=("closest",),
+               says=frozenset({"close", "closely", "similar", "read", "one", "article"})),
     SignalSpec("subcategory", 0.0, "the reader's share of reading in the article's subcategory",
-               "you read a lot in this subtopic", "sub"),
+               "you read a lot in this subtopic", "sub", named=("subcategory", "subtopic"),
+               says=frozenset({"subtopic", "topic", "topics", "follow", "following", "read", "lot"})),
     SignalSpec("popularity", 0.15, "readers' recent clicks, log-scaled (the most clicked = 1)",
-               "many readers clicked it recently", "pop"),
+               "many readers clicked it recently", "pop", named=("popularity", "popular"),
+               says=frozenset({"popular", "readers", "clicked", "trending", "many"})),
     SignalSpec("freshness", 0.15, "0.5 ^ (age / half-life): 1 for a brand-new article", "it is fresh", "new",
-               fitted=False),
+               fitted=False, named=("freshness", "fresh", "new"),
+               says=frozenset({"fresh", "new", "newest", "recent", "latest", "just"})),
 )  # fmt: skip
 # not a candidate's own number: its gain at the place the blend gives it (greedy MMR), set by hand
 DIVERSITY = SignalSpec("diversity", 0.1, "1 - the highest cosine similarity to the items placed above it",
-                       "it adds variety to the feed", "div", fitted=False)  # fmt: skip
+                       "it adds variety to the feed", "div", fitted=False, named=("diversity", "diverse", "variety"),
+                       says=frozenset({"variety", "varied", "different", "adds"}))  # fmt: skip
 BLEND = (*SIGNALS, DIVERSITY)  # every term of the blended score
 
 

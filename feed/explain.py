@@ -18,7 +18,7 @@ from core.llm import Backend, GenerateRequest
 from core.records import Article
 from feed.blend import cosine_similarity
 from feed.profile import HistoryItem, Profile
-from llm import prompts
+from llm import guard, prompts
 
 SYSTEM = "system.v1"
 EXPLAIN = "explain.v1"
@@ -26,14 +26,7 @@ EXPLAIN_ANSWER = "explain_answer.v1"
 EXPLAIN_TOKENS = 32
 HISTORY_MATCH_MIN = 0.35  # cosine above which a history title counts as related to a candidate
 MAX_CHARS = 280
-STOPWORDS = frozenset(
-    "a an and are as at be by for from has have in into is it its of on or over than that the their this to "
-    "was were will with after before new says said amid".split()
-)
 SPECULATIVE_TAIL = ", but "
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-ADDRESSES_READER = re.compile(r"\byou(r)?\b", re.IGNORECASE)
-BANNED = re.compile(r"<\||\bhttps?://|as an ai\b|language model", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -87,10 +80,6 @@ def template_explanation(grounding: Grounding, article: Article) -> str:
     return f"Recommended because {reason_text(grounding, article)}."
 
 
-def content_words(text: str) -> set[str]:
-    return {w for w in re.findall(r"[a-z0-9']+", text.lower()) if len(w) > 2 and w not in STOPWORDS}
-
-
 def cites(text: str, grounding: Grounding) -> bool:
     """Does the text name every fact the template names: each interest (as a word) and, when there is one,
     enough of the matched history title? A rewrite that drops one is less specific than the template."""
@@ -99,8 +88,8 @@ def cites(text: str, grounding: Grounding) -> bool:
         if not re.search(rf"\b{re.escape(label.lower())}\b", lowered):
             return False
     if grounding.history is not None:
-        title_words = content_words(grounding.history.title)
-        if title_words and len(title_words & content_words(text)) < max(2, (len(title_words) + 1) // 2):
+        title_words = guard.content_words(grounding.history.title)
+        if title_words and len(title_words & guard.content_words(text)) < max(2, (len(title_words) + 1) // 2):
             return False
     return bool(grounding.facts)
 
@@ -108,23 +97,17 @@ def cites(text: str, grounding: Grounding) -> bool:
 def clean(text: str) -> str:
     """The first complete sentence; one cut off by the token limit is dropped."""
     text = re.sub(r"^\s*(assistant|answer|explanation)\s*:\s*", "", text, flags=re.IGNORECASE)
-    text = text.strip().strip('"').strip()
-    text = " ".join(text.split())
-    sentences = [s for s in SENTENCE_END.split(text) if s and s[-1] in ".!?"][:1]
-    text = " ".join(sentences)
+    text = guard.sentences(text.strip().strip('"').strip(), 1)
     # the small model tends to append an invented aside after a grounded clause: keep the clause
     head, sep, _ = text.partition(SPECULATIVE_TAIL)
     return head + "." if sep else text
 
 
 def validate(text: str, grounding: Grounding) -> str | None:
-    """The cleaned explanation if it is usable, speaks to the reader and is grounded; else None."""
-    cleaned = clean(text)
-    if not 15 <= len(cleaned) <= MAX_CHARS or BANNED.search(cleaned) or not grounding.facts:
-        return None
-    if not ADDRESSES_READER.search(cleaned):
-        return None
-    return cleaned if cites(cleaned, grounding) else None
+    """The cleaned explanation if the guard lets it through (one sentence to the reader, no debris) and it names
+    every fact its template names; else None."""
+    cleaned, fault = guard.check(clean(text), 1, MAX_CHARS)
+    return cleaned if fault is None and cites(cleaned, grounding) else None
 
 
 def choose(generated: Sequence[str | None], groundings: Sequence[Grounding], articles: Sequence[Article]):

@@ -69,7 +69,7 @@ def test_yes_probability_from_top_logprobs():
 def test_every_part_reads_the_one_declaration_of_the_signals():
     from dataclasses import fields
 
-    from chat.conversation import SIGNAL_WORDS
+    from chat.conversation import NAMED, REASONS, SAYING
     from config.settings import Weights
     from core.records import BLEND, SIGNALS
     from serve.schemas import SignalsOut
@@ -77,7 +77,8 @@ def test_every_part_reads_the_one_declaration_of_the_signals():
     names = [spec.name for spec in BLEND]
     assert [f.name for f in fields(Signals)] == [spec.name for spec in SIGNALS] == names[:-1]
     assert list(Weights.model_fields) == list(BlendWeights()) == list(SignalsOut.model_fields) == names
-    assert list(SIGNAL_WORDS) == names
+    assert list(REASONS) == list(NAMED) == list(SAYING) == names
+    assert all(NAMED[n] and SAYING[n] for n in names)  # every term can be named in chat and its reason stated
     assert Weights().frozen() == BlendWeights() == {spec.name: spec.weight for spec in BLEND}
     with pytest.raises(ValueError, match="unknown signals"):
         BlendWeights(recency=1.0)
