@@ -319,10 +319,32 @@ def test_postgres_commits_synchronously(postgres):
     store.close()
 
 
-def test_both_dialects_have_the_same_migrations():
-    from store.postgres import PostgresFeedbackStore
+# how each dialect spells a kind of column (store/migrations.py's slots)
+KINDS = {"integer": "int", "bigint": "int", "boolean": "int", "real": "float", "double precision": "float",
+         "timestamp with time zone": "float", "text": "text", "jsonb": "text"}  # fmt: skip
 
-    assert len(PostgresFeedbackStore.MIGRATIONS) == len(SqliteFeedbackStore.MIGRATIONS)
+
+def test_both_dialects_make_the_same_tables_column_by_column(tmp_path, postgres):
+    """One list of migrations, rendered for each dialect: every table has the same columns, in the same order, of
+    the same kind, with the same nullability."""
+    from store import TABLES
+
+    sqlite = SqliteFeedbackStore(tmp_path / "s.sqlite3")
+    pg = open_store(postgres())
+    assert len(pg.MIGRATIONS) == len(sqlite.MIGRATIONS) == pg.schema_version == sqlite.schema_version
+    for table in (*TABLES, "relevance", "scoring_queue"):
+        with sqlite.transaction() as tx:
+            lite = [(c["name"], KINDS[c["type"].lower()], bool(c["notnull"] or c["pk"]))
+                    for c in tx.execute(f"PRAGMA table_info({table})").fetchall()]  # fmt: skip
+        with pg.transaction() as tx:
+            rows = tx.execute(
+                "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+                "WHERE table_name = ? ORDER BY ordinal_position", (table,)
+            ).fetchall()  # fmt: skip
+        served = [(r["column_name"], KINDS[r["data_type"]], r["is_nullable"] == "NO") for r in rows]
+        assert lite == served, table
+        assert lite, table
+    pg.close()
 
 
 def test_a_database_that_does_not_answer_is_an_error_of_its_own_and_the_store_recovers():
