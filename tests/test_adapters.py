@@ -97,7 +97,13 @@ def test_negative_sampling_and_the_split_are_deterministic():
     assert sum(1 for e in kept if e.group == "g1" and not e.label) == 2 and sum(e.group == "g2" for e in kept) == 1
     assert kept == export.sample_negatives(examples, 1, seed=0)
     assert export.sample_negatives(examples, None, 0) == examples
-    assert export.in_validation("user-7", 0.5) == export.in_validation("user-7", 0.5)
+    # the split is pinned: sha256("SEED:GROUP") mod 10,000 below share × 10,000
+    assert [export.in_validation(f"user-{i}", 0.5) for i in range(8)] == [False, True, True, False, False, True,
+                                                                          True, False]  # fmt: skip
+    share = sum(export.in_validation(f"u{i}", 0.2) for i in range(10_000)) / 10_000
+    assert 0.185 < share < 0.215  # the share asked for, on many groups
+    moved = sum(export.in_validation(f"u{i}", 0.2, seed=1) != export.in_validation(f"u{i}", 0.2) for i in range(1000))
+    assert moved > 200  # another seed, another split (two independent 20 % draws differ on 32 % of groups)
 
 
 def test_config_file_overrides_and_unknown_keys(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 
 from core.records import Event
 from feed.recommender import FeedRequest, Recommender
+from llm.listwise import listwise_rank, parse_permutation, rank_scores, sliding_windows
 from serve.service import Newsrank
 from serve.worker import ScoringWorkers
 from tests.conftest import NOW
@@ -49,11 +50,25 @@ def test_a_sports_reader_gets_sports_first_with_explanations_that_cite_the_histo
 
 
 def test_the_llm_relevance_is_read_from_first_token_logits(corpus_store, feedback, settings, llm):
+    """Each served relevance is σ(logit Yes − logit No) of the answer's first token, for the candidate's whole
+    prompt run through the model on its own (no shared prefix, no packing): the feed's shortcuts change nothing."""
+    import torch
+
+    from core.llm import ANSWER_NO, ANSWER_YES
+    from llm.relevance import relevance_requests
+
     feedback.add_events([Event("fan", a, "click", NOW - 3600) for a in ("s1", "s2")])
     recommender = Recommender(corpus_store, feedback, llm, settings, clock=lambda: NOW)
     feed = recommender.recommend(FeedRequest("fan", k=5, explain=False, fresh=True))
-    relevances = [i.record.signals["relevance"] for i in feed.items]
-    assert all(0.0 < y < 1.0 for y in relevances) and len(set(relevances)) > 1
+    requests = relevance_requests(llm, feed.profile_text, [i.article for i in feed.items], text=settings.candidate_text)
+    yes, no = (llm.tokenizer(w, add_special_tokens=False).input_ids[0] for w in (ANSWER_YES, ANSWER_NO))
+    for item, request in zip(feed.items, requests, strict=True):
+        ids = llm.tokenizer(request.prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            logits = llm.network(input_ids=ids).logits[0, -1]
+        expected = torch.sigmoid(logits[yes] - logits[no]).item()
+        assert item.record.signals["relevance"] == pytest.approx(expected, abs=1e-4)
+    assert len({round(i.record.signals["relevance"], 4) for i in feed.items}) > 1
 
 
 def test_listwise_strategy_on_the_real_llm(corpus_store, feedback, settings, llm):
@@ -61,8 +76,26 @@ def test_listwise_strategy_on_the_real_llm(corpus_store, feedback, settings, llm
     listwise = settings.model_copy(
         update={"strategy": "listwise", "candidates": 6, "listwise_window": 4, "listwise_step": 2}
     )
-    recommender = Recommender(corpus_store, feedback, llm, listwise, clock=lambda: NOW)
+    written: list[str] = []
+
+    class Recording:  # the real model, with what it wrote kept
+        def __getattr__(self, name):
+            return getattr(llm, name)
+
+        def generate(self, requests):
+            generations = llm.generate(requests)
+            written.extend(g.text for g in generations)
+            return generations
+
+    recommender = Recommender(corpus_store, feedback, Recording(), listwise, clock=lambda: NOW)
     feed = recommender.recommend(FeedRequest("fan", k=6, explain=False, fresh=True))
-    relevances = sorted(i.record.signals["relevance"] for i in feed.items)
-    assert relevances == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])  # a full permutation, whatever it wrote
     assert feedback.ranking(feed.ranking_id).strategy == "listwise"
+    # the relevances are the permutation the model's own words give, window by window (repaired where needed)
+    hits = recommender.candidates(recommender.profile("fan"))
+    texts = iter(written)
+    order, _ = listwise_rank(len(hits), lambda window: parse_permutation(next(texts), len(window)), 4, 2)
+    expected = dict(zip((h.article.id for h in hits), rank_scores(order), strict=True))
+    assert {i.article.id: i.record.signals["relevance"] for i in feed.items} == pytest.approx(
+        {a: expected[a] for a in (i.article.id for i in feed.items)}
+    )
+    assert next(texts, None) is None and len(written) == len(sliding_windows(len(hits), 4, 2))
