@@ -29,6 +29,7 @@ from config.settings import Settings
 from core.llm import Backend, ScoreRequest
 from llm.models import offline
 from llm.relevance import relevance_requests
+from serve import demo
 from serve.service import Newsrank, make_backend
 
 READERS = ("demo-sports", "demo-politics", "demo-tech")
@@ -37,7 +38,7 @@ READERS = ("demo-sports", "demo-politics", "demo-tech")
 def demo_requests(settings: Settings, backend: Backend) -> list[list[ScoreRequest]]:
     """Each demo reader's relevance requests, built by the ranking code."""
     service = Newsrank.from_settings(settings, backend)
-    service.seed_demo(show_progress=False)
+    demo.seed(service.articles, service.feedback, service.clock(), show_progress=False)
     batches = []
     for user in READERS:
         profile = service.recommender.profile(user)

@@ -17,19 +17,16 @@ import argparse
 import json
 import logging
 import secrets
-import socket
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
+from harness import serving  # the app under uvicorn in a thread (benchmarks/harness.py)
 
 from config.settings import Settings
 from core.llm import Backend, GenerateRequest, Generation, ScoreRequest
@@ -37,32 +34,8 @@ from feed.recommender import FeedRequest
 from llm.backends.batching import MicroBatcher
 from llm.backends.transformers import TransformersBackend
 from llm.models import offline
-from serve.app import create_app
+from serve import demo
 from serve.service import DEMO_USERS, Newsrank
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serving(service: Newsrank) -> Iterator[str]:
-    """The app on a free loopback port, in a thread of this process; yields its base URL."""
-    config = uvicorn.Config(create_app(newsrank=service), host="127.0.0.1", port=free_port(), log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise SystemExit("the server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 class Recording:
@@ -151,7 +124,7 @@ def main() -> None:
         )
         backend = TransformersBackend(settings.llm, settings.model_cache, settings.batch_size, settings.threads)
         plain = Newsrank.from_settings(settings, backend=backend)
-        plain.seed_demo(show_progress=False)
+        demo.seed(plain.articles, plain.feedback, plain.clock(), show_progress=False)
         backend.warm()
         batcher = MicroBatcher(backend, max_wait_ms=args.window_ms)
         modes: dict[str, Backend] = {"plain": backend, "micro-batched": batcher}

@@ -26,6 +26,7 @@ from feed.background_scorer import Scorer
 from feed.recommender import FeedRequest
 from llm import prompts
 from llm.models import offline
+from serve import demo
 from serve.service import DEMO_USERS, Newsrank
 
 
@@ -58,7 +59,7 @@ def main() -> None:
         by_category[row.get("category", "")].append(row["id"])
     with tempfile.TemporaryDirectory() as tmp:
         service = Newsrank.from_settings(Settings(data_dir=Path(tmp), scorer_threads=0))
-        service.seed_demo(show_progress=False)
+        demo.seed(service.articles, service.feedback, service.clock(), show_progress=False)
         readers = list(DEMO_USERS[:3])
         for n in range(args.readers):
             category = rng.choice(sorted(by_category))

@@ -48,18 +48,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from concurrent_feed import free_port, serving  # the app under uvicorn in a thread (benchmarks/concurrent_feed.py)
-from load import (  # the load and its report (benchmarks/load.py)
+from harness import (  # the app on loopback, the load and its report (benchmarks/harness.py)
     SERVICE_LOG,
     Result,
     Run,
     by_status,
     durability,
     error_samples,
+    free_port,
     new_run,
     percentile,
     quiet_logs,
     run_load,
+    serving,
     start_service,
 )
 

@@ -44,8 +44,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import httpx
-from concurrent_feed import free_port
-from load import percentile
+from harness import free_port, percentile  # benchmarks/harness.py
 
 DEMO_READERS = ("demo-sports", "demo-politics", "demo-tech")
 

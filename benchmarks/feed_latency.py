@@ -20,6 +20,7 @@ from core.llm import ScoreRequest
 from feed.recommender import FeedRequest
 from llm.models import offline
 from llm.relevance import relevance_requests
+from serve import demo
 from serve.service import Newsrank
 
 
@@ -41,7 +42,7 @@ def main() -> None:
     offline()
     with tempfile.TemporaryDirectory() as tmp:
         service = Newsrank.from_settings(Settings(data_dir=Path(tmp)))
-        service.seed_demo(show_progress=False)
+        demo.seed(service.articles, service.feedback, service.clock(), show_progress=False)
         service.backend.warm()
         recommender = service.recommender
         print(f"model {service.settings.llm} on {service.backend.name}, user {args.user}, median of {args.repeats}")

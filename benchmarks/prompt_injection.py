@@ -34,6 +34,7 @@ from core.records import Article
 from llm import prompts
 from llm.models import offline
 from llm.relevance import SYSTEM, candidate_text, relevance_requests
+from serve import demo
 from serve.service import Newsrank
 
 READERS = ("demo-sports", "demo-politics", "demo-tech")
@@ -223,7 +224,7 @@ def main() -> None:
     token_counts: dict[str, list[int]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp:
         service = Newsrank.from_settings(Settings(data_dir=Path(tmp)))
-        service.seed_demo(show_progress=False)
+        demo.seed(service.articles, service.feedback, service.clock(), show_progress=False)
         backend, recommender = service.backend, service.recommender
         backend.warm()
         n_scored = 0

@@ -28,6 +28,7 @@ from config.settings import Settings
 from core.records import Event
 from feed.recommender import FeedRequest
 from llm.models import offline
+from serve import demo
 from serve.service import Newsrank, make_backend
 from store import open_store
 from store.throwaway import ThrowawayPostgres
@@ -88,7 +89,7 @@ def feed_latency(settings: Settings, backend, feeds: int) -> tuple[float, float]
     """Median seconds of a warm feed, and of its store phases (profile + record)."""
     service = Newsrank.from_settings(settings, backend=backend)
     if not service.feedback.known_user("demo-sports"):  # a new store: the demo readers (and the corpus, again)
-        service.seed_demo(show_progress=False)
+        demo.seed(service.articles, service.feedback, service.clock(), show_progress=False)
     request = FeedRequest("demo-sports", k=10, explain=False)
     service.recommend(request)  # warm: prefix caches, connections, Chroma's index
     totals, store_parts = [], []

@@ -65,3 +65,7 @@ class Backend(Protocol):
     def warm(self) -> None:
         """Load the model now, so that the first request does not pay for it."""
         ...
+
+    def counters(self) -> dict[str, float]:
+        """What this backend and any it wraps counted (candidates scored, tokens, batches), by name: /metrics."""
+        ...

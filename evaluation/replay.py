@@ -17,17 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
+from config.settings import Settings
 from core import metrics
 from core.errors import InvalidInput
 from core.llm import Backend
 from core.records import SIGNALS, Article, BlendWeights, Event, Hit, Preferences, Signals
 from core.times import parse_time
-from feed import explain
-from feed.blend import blend_rank, caps_over, cosine_similarity
+from feed import explain, signals
+from feed.blend import blend_rank, caps_over
 from feed.exposure import Exposure, ExposureTally
 from feed.learned_ranker import Ranker
 from feed.profile import Profile, build_profile
-from llm.relevance import DEFAULT_CANDIDATE_TEXT, prompt_version, relevance_requests
+from llm.relevance import DEFAULT_CANDIDATE_TEXT, prompt_version, relevance_requests, scorer_key
 from retrieval.embed import Embedder
 from retrieval.ingest import RowError, read_mind_news
 
@@ -141,6 +142,7 @@ class Context:
     hits: list[Hit]
     labels: list[int]
     popularity: list[float]
+    now: float | None = None  # when the articles' ages are known (MIND's are not: every candidate counts as new)
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -171,9 +173,7 @@ def contexts(impressions: Sequence[Impression], corpus: Corpus) -> Iterable[Cont
         events = [Event(imp.user_id or imp.id, a, "click", now - len(known) + i) for i, a in enumerate(known)]
         profile = build_profile(imp.user_id or imp.id, events, Preferences(), {a: corpus.hit(a) for a in known}, now)
         hits = [corpus.hit(imp.candidates[i]) for i in keep]
-        counts = [total[h.article.id] - own[imp.id][h.article.id] for h in hits]
-        logs = np.log1p(counts)
-        popularity = (logs / logs.max()).tolist() if logs.max() > 0 else [0.0] * len(hits)
+        popularity = signals.popularity(total - own[imp.id], hits)  # the other impressions' clicks
         yield Context(imp, profile, hits, [imp.labels[i] for i in keep], popularity)
 
 
@@ -184,12 +184,6 @@ class MethodResult:
     seconds: float
     prompt_tokens: int = 0
     explanations: list[str] = field(default_factory=list)  # sources ("llm"/"template") of the top explanations
-
-
-def cosine_to_query(ctx: Context) -> list[float]:
-    if ctx.profile.query is None:
-        return [0.0] * len(ctx.hits)
-    return cosine_similarity(ctx.embeddings, ctx.profile.query[None, :])[:, 0].tolist()
 
 
 @dataclass
@@ -203,8 +197,10 @@ class Evaluator:
     candidate_text: str = DEFAULT_CANDIDATE_TEXT
     ranker: Ranker | None = None
     model: str = ""  # the scorer's model, as the ranker's `scorer` names it
+    strategy: str = "pointwise"  # the scorer's strategy, as the ranker's `scorer` names it (Settings.strategy)
     # exposure caps on the blends' top 10 (feed.blend.Caps: per_source, category_share, exploration_share)
     caps: dict[str, float] = field(default_factory=dict)
+    half_life_hours: float = 24.0  # freshness, where the articles' ages are known (Settings.half_life_hours)
 
     def score(self, method: str, ctx: Context, llm: Callable[[str], list[float]]) -> MethodResult:
         start = time.perf_counter()
@@ -218,7 +214,7 @@ class Evaluator:
         elif method == "category":
             scores = [ctx.profile.category_shares.get(h.article.category, 0.0) for h in ctx.hits]
         elif method == "embedding":
-            scores = cosine_to_query(ctx)
+            scores = [signals.similarity(ctx.profile, h) for h in ctx.hits]
         elif method in LLM_METHODS:
             adapter = self.adapter if method == "llm+adapter" else None
             profile_text = ctx.profile.render(self.history_titles)
@@ -235,25 +231,14 @@ class Evaluator:
         return MethodResult(scores, time.perf_counter() - start, tokens, sources)
 
     def signals(self, ctx: Context, relevance: Sequence[float]) -> list[Signals]:
-        similarity = cosine_to_query(ctx)
-        closest = ctx.profile.closest(ctx.embeddings)
-        return [
-            Signals(
-                relevance=float(y),
-                similarity=float(max(s, 0.0)),
-                affinity=ctx.profile.affinity(h.article),
-                closest=float(max(c, 0.0)),
-                subcategory=ctx.profile.subcategory_shares.get(h.article.subcategory, 0.0),
-                popularity=p,
-                freshness=1.0,  # MIND news carry no publication time
-            )
-            for h, y, s, c, p in zip(ctx.hits, relevance, similarity, closest, ctx.popularity, strict=True)
-        ]
+        """The feed's own signals (feed.signals.candidate_signals)."""
+        return signals.candidate_signals(ctx.profile, ctx.hits, relevance, ctx.popularity, ctx.now,
+                                         self.half_life_hours)  # fmt: skip
 
     @property
     def scorer(self) -> str:
         """The LLM's scores, named as the recommender names them (Recommender.scorer)."""
-        return f"{self.model}|{self.adapter or '-'}|{prompt_version(self.candidate_text)}|pointwise"
+        return scorer_key(self.model, self.adapter, self.candidate_text, self.strategy)
 
     def blend(self, ctx: Context, relevance: Sequence[float], learned: bool = False) -> tuple[list[float], list[str]]:
         """The product's own ranking with greedy MMR, with the hand-set weights or (`learned`) the reader's weights
@@ -583,3 +568,96 @@ def _digest(*parts: object) -> str:
     for part in parts:
         h.update(part if isinstance(part, bytes) else str(part).encode())
     return h.hexdigest()[:16]
+
+
+# -- `newsrank eval`: one run, from options to reports -----------------------------------------------------------
+@dataclass(frozen=True)
+class EvalRun:
+    """What `newsrank eval` is asked to do (its options)."""
+
+    news: Path
+    behaviors: Path
+    methods: tuple[str, ...] = ("blend",)
+    part: str = "all"
+    limit: int | None = None
+    skip: int = 0
+    seed: int = 0
+    adapter: str | None = None  # a registered NAME[@VERSION], or a PEFT adapter folder
+    explain: int = 0  # explain the blend's top N per impression
+    ranker: Path | None = None  # a ranker file, for method ranker
+    fit_weights: bool = False
+    fit_ranker: Path | None = None  # fit a learned ranker on these impressions and write it here
+    predictions: Path | None = None
+    report: Path | None = None
+    cache: Path = Path("data/eval-cache")
+
+
+def evaluate(
+    options: EvalRun,
+    settings: Settings,
+    open_backend: Callable[[], Backend],
+    adapter_folder: Callable[[str], tuple[str, Path]],
+    say: Callable[[str], None] = print,
+) -> list[MethodReport]:
+    """Replay the impressions with every method asked for, print (`say`) the report, and write what was asked
+    for (fitted weights, a fitted ranker, predictions, a markdown report). The LLM is loaded only when a method
+    needs it."""
+    methods = list(options.methods)
+    if "ranker" in methods and not options.ranker:
+        raise InvalidInput("method ranker needs a ranker file (--ranker FILE; --fit-ranker FILE makes one)")
+    fits = options.fit_weights or options.fit_ranker is not None
+    needs_llm = fits or any(m in (*LLM_METHODS, "blend", "ranker") for m in methods)
+    if options.adapter and not needs_llm:
+        raise InvalidInput(f"--adapter is for methods that use the LLM; {', '.join(methods)} do not")
+    impressions, errors = read_behaviors(options.behaviors)
+    if errors:
+        first = errors[0]
+        say(f"{options.behaviors}: {len(errors)} malformed rows skipped, e.g. line {first.line}: {first.reason}")
+    chosen = select(impressions, options.part, options.seed, options.limit, options.skip)
+    if not chosen:
+        raise InvalidInput(f"no impressions in part {options.part!r}")
+    corpus = Corpus(options.news, Embedder(settings.embedder), options.cache)
+    backend = open_backend() if needs_llm else None
+    if backend is not None:
+        backend.warm()  # so the model's loading time does not count as scoring time
+    adapter = None
+    if options.adapter and backend is not None:
+        adapter, folder = adapter_folder(options.adapter)
+        backend.load_adapter(adapter, str(folder))
+    evaluator = Evaluator(
+        backend, settings.weights.frozen(), options.seed, adapter, options.explain, settings.history_titles,
+        settings.candidate_text, ranker=Ranker.load(options.ranker) if options.ranker else None,
+        model=backend.model if backend else "", strategy=settings.strategy, caps=settings.exposure_caps,
+    )  # fmt: skip
+    if evaluator.ranker is not None and evaluator.ranker.fit_for(evaluator.scorer) is evaluator.ranker.without_llm:
+        say(f"note: the ranker was fitted for the scorer {evaluator.ranker.scorer}, not {evaluator.scorer}: "
+            "it ranks with its fit without the LLM")  # fmt: skip
+    base = "llm+adapter" if adapter else "llm"
+    if fits and base not in methods:
+        methods = [base, *methods]
+    rows, prepared = run(chosen, corpus, evaluator, methods, options.cache, f"{settings.backend}:{settings.llm}")
+    say(f"{len(prepared)} impressions evaluated ({options.part} part, seed {options.seed}), "
+        f"{len(chosen) - len(prepared)} skipped (no known clicked candidate)")  # fmt: skip
+    reports = [summarize(m, rows[m], prepared, rows[base] if m in ("blend", "ranker") else None) for m in methods]
+    title = f"{options.behaviors.parent.name or 'MIND'}, {options.part} part, {len(prepared)} impressions"
+    table = report_markdown(reports, title)
+    say(table)
+    if options.fit_weights:
+        fitted = fit_weights(evaluator, rows[base], prepared, settings.weights.frozen())
+        say(f"fitted blend weights ({base} relevance; logistic regression on the clicks of these impressions):")
+        for name, value in fitted.items():
+            say(f"  NEWSRANK_WEIGHTS__{name.upper()}={value}")
+    if options.fit_ranker:
+        source = f"{options.behaviors} {options.part} part"
+        fit_ranker(evaluator, rows[base], prepared, source=source).save(options.fit_ranker)
+        say(f"ranker fitted on {len(prepared)} impressions ({base} relevance) written to {options.fit_ranker}")
+    if options.predictions:
+        write_predictions(options.predictions, rows[methods[0]], prepared)
+        say(f"predictions ({methods[0]}) written to {options.predictions}")
+    if options.report:
+        png = options.report.with_suffix(".png")
+        plot(reports, png, title)
+        options.report.parent.mkdir(parents=True, exist_ok=True)
+        options.report.write_text(table + f"\n![AUC and nDCG@10 per method]({png.name})\n")
+        say(f"report written to {options.report} and {png}")
+    return reports

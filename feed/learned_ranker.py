@@ -17,6 +17,7 @@ versions and activates them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections import Counter
@@ -366,3 +367,39 @@ def record_scorer(record: RankingRecord) -> str:
     """The scorer of a ranking's relevance, named as Recommender.scorer names it."""
     strategy = record.strategy.split("+")[0]
     return f"{record.model}|{record.adapter or '-'}|{record.prompt_version}|{strategy}"
+
+
+@dataclass(frozen=True)
+class Refit:
+    """What `refit` did: the gate's decision and the version it published (None: not published)."""
+
+    decision: Decision
+    version: int | None
+    rankings: int
+    scored: int
+    scorer: str | None
+
+
+def refit(
+    feedback: FeedbackStore,
+    registry: RankerRegistry,
+    name: str,
+    since: float,
+    hand_set: Mapping[str, float],
+    propensities: Propensities | None = None,
+    force: bool = False,
+    fitted_on: Mapping[str, object] | None = None,
+) -> Refit:
+    """Fit a ranker named `name` on the rankings the store recorded since a time and the clicks that followed,
+    gate it on a held-out share of readers against the active version (the hand-set weights if none), and
+    publish it as the active version when it passes (or `force`)."""
+    impressions, scorer = from_feedback(feedback, since, propensities)
+    current = None
+    with contextlib.suppress(InvalidInput):  # nothing active under this name yet: the hand-set weights are the bar
+        current = Ranker.load(registry.path(name)[1])
+    fitted, decision = fit_and_gate(
+        impressions, scorer, hand_set, current,
+        position_propensities=propensities.to_dict() if propensities else None, **(fitted_on or {}),
+    )  # fmt: skip
+    version = registry.publish(name, fitted) if decision.passed or force else None
+    return Refit(decision, version, len(impressions), sum(i.scored for i in impressions), scorer)

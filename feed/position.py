@@ -103,3 +103,18 @@ def ips_weights(
 ) -> list[float]:
     """Each candidate's weight in a fit: 1 / max(p_k, clip) when clicked at position k, 1 when not."""
     return [1.0 / max(propensities.at(k), clip) if label else 1.0 for k, label in zip(positions, labels, strict=True)]
+
+
+def for_training(
+    feedback: FeedbackStore, since: float, until: float, positions: int, off: bool = False
+) -> tuple[Propensities | None, str]:
+    """The propensities training weighs clicks by (estimated from the explored feeds since `since`), and a line
+    that says what was done: None when turned off, or when too few feeds were explored to estimate them."""
+    if off:
+        return None, "position bias: not corrected (--no-position-weights)"
+    estimated = from_store(feedback, since, until, positions)
+    if estimated.feeds < MIN_FEEDS:
+        return None, (f"position bias: not corrected, {estimated.feeds} explored feeds (at least {MIN_FEEDS} "
+                      "needed; NEWSRANK_POSITION_EXPLORE_SHARE explores a share of feeds)")  # fmt: skip
+    shown = " ".join(f"{p:.2f}" for p in estimated.values)
+    return estimated, f"position bias: clicks weighted by 1/propensity, from {estimated.feeds} explored feeds: {shown}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import random
 import threading
 import time
@@ -29,14 +28,14 @@ from core.llm import Backend, GenerateRequest
 from core.records import DIVERSITY, Article, BlendWeights, Hit, RankedItem, RankingRecord, ScoringTask, Signals
 from core.stores import AdapterResolver, ArticleStore, FeedbackStore
 from core.tally import Tally
-from feed import explain, position
-from feed.blend import blend_rank, caps_over, cosine_similarity, freshness, without
+from feed import explain, position, signals
+from feed.blend import Placed, blend_rank, caps_over, without
 from feed.exposure import ExposureTally
 from feed.learned_ranker import Ranker, RankerRegistry
 from feed.profile import Profile, build_profile
 from llm import prompts
 from llm.listwise import Permutation, listwise_rank, parse_permutation, rank_scores
-from llm.relevance import LISTWISE, SYSTEM, listed, prompt_version, relevance_requests
+from llm.relevance import LISTWISE, SYSTEM, listed, prompt_version, relevance_requests, scorer_key
 
 log = logging.getLogger("newsrank.ranking")
 
@@ -83,6 +82,28 @@ class Feed:
     degraded: tuple[str, ...] = ()  # parts done without the LLM because it failed: relevance, explanations
     rescore: bool = False  # some relevance was missing or stale: the reader's rescoring was asked for
     arm: str | None = None  # the experiment arm it was made in
+
+
+@dataclass(frozen=True)
+class Standings:
+    """A reader's candidates as they stand now (Recommender.rank): everything a feed is made of, nothing stored
+    yet. `placed` is the blend's order of the top k; `signals`, `sources` and `hits` are per candidate."""
+
+    request: FeedRequest
+    profile: Profile
+    profile_text: str
+    hits: list[Hit]
+    signals: list[Signals]
+    sources: list[str]  # where each relevance came from: llm, llm-stale, none or popularity
+    weights: BlendWeights
+    placed: list[Placed]
+    adapter: str | None
+    arm: str | None
+    strategy: str
+    degraded: tuple[str, ...]
+    fresh: bool  # the LLM scored the candidates now: their relevance is kept when the feed is published
+    now: float
+    timings: dict[str, float]
 
 
 def profile_key(profile_text: str) -> str:
@@ -169,8 +190,7 @@ class Recommender:
 
     def scorer(self, adapter: str | None) -> str:
         """What a relevance score is only comparable under: model, adapter, prompts and strategy."""
-        prompt = prompt_version(self.settings.candidate_text)
-        return f"{self.backend.model}|{adapter or '-'}|{prompt}|{self.settings.strategy}"
+        return scorer_key(self.backend.model, adapter, self.settings.candidate_text, self.settings.strategy)
 
     # -- profile ------------------------------------------------------------------------------------------
     def profile(self, user_id: str, without: frozenset[str] = frozenset()) -> Profile:
@@ -248,8 +268,6 @@ class Recommender:
             **filters,
         )
         hits += fresh[: s.candidates - len(hits)]
-        if profile.query is not None:  # similarity for the exploration picks too
-            hits = [h if h.similarity is not None else _with_similarity(h, profile.query) for h in hits]
         return hits
 
     # -- relevance ----------------------------------------------------------------------------------------
@@ -325,12 +343,9 @@ class Recommender:
             self.ask_scoring([ScoringTask("reader", u, t) for u, t in active.items()])
         return len(active)
 
-    def popularity(self, hits: Sequence[Hit]) -> list[float]:
-        """Recent clicks and likes, log-scaled to [0, 1] (the most popular = 1, never clicked = 0)."""
-        counts = self.feedback.click_counts(self.clock() - 2 * self.settings.half_life_hours * 3600)
-        logs = [math.log1p(counts.get(h.article.id, 0)) for h in hits]
-        top = max(logs, default=0.0)
-        return [v / top if top > 0 else 0.0 for v in logs]
+    def recent_clicks(self) -> dict[str, int]:
+        """Clicks and likes per article over the last two freshness half-lives (feed.signals.popularity)."""
+        return self.feedback.click_counts(self.clock() - 2 * self.settings.half_life_hours * 3600)
 
     def _listwise(self, profile_text: str, articles: Sequence[Article], adapter: str | None) -> list[float]:
         def rank_window(indices: Sequence[int]) -> Permutation:
@@ -342,13 +357,14 @@ class Recommender:
         order, _ = listwise_rank(len(articles), rank_window, self.settings.listwise_window, self.settings.listwise_step)
         return rank_scores(order)
 
-    # -- the whole loop -----------------------------------------------------------------------------------
-    def recommend(self, request: FeedRequest, keep: bool = True) -> Feed:
-        """The feed for a request, its ranking record stored (`keep=False`: a look at where the candidates stand
-        now, stored nowhere, as chat's "why don't I see more X?" asks)."""
+    # -- the whole loop: rank (no side effect), then publish (explain, record, ask for work) ---------------------
+    def rank(self, request: FeedRequest) -> Standings:
+        """Where the reader's candidates stand now: profile, candidates, relevance, signals and the blend's order
+        of the top `request.k`. Stores nothing and asks for nothing (chat's "why don't I see more X?" looks here);
+        a `fresh` request runs the LLM now, and `publish` keeps what it computed."""
         s = self.settings
         timings: dict[str, float] = {}
-        started = tick = time.perf_counter()
+        tick = time.perf_counter()
 
         def lap(name: str) -> None:
             nonlocal tick
@@ -366,7 +382,7 @@ class Recommender:
         lap("profile")
         hits = self.candidates(profile, request.categories, request.exclude_categories, request.max_age_hours)
         lap("candidates")
-        popularity = self.popularity(hits)
+        popular = signals.popularity(self.recent_clicks(), hits)
         weights, degraded, strategy = s.weights.frozen(), [], s.strategy
         if arm is not None:
             weights = BlendWeights(**{**weights, **arm[1].weights})
@@ -375,14 +391,13 @@ class Recommender:
             key, ranker = learned
             weights = BlendWeights(**ranker.weights(profile.engaged, self.scorer(adapter), weights))
             strategy = f"{s.strategy}+ranker:{key}"
+        fresh = False
         # a cold-start reader has no history to judge by: popularity is the relevance prior
         if profile.cold_start or not hits:
-            relevance, sources = list(popularity), ["popularity"] * len(hits)
+            relevance, sources = list(popular), ["popularity"] * len(hits)
         elif request.fresh:
             try:
-                relevance = self.relevance(profile_text, hits, adapter)
-                sources = ["llm"] * len(hits)
-                self.keep_relevance(request.user_id, profile_text, hits, relevance, adapter)
+                relevance, sources, fresh = self.relevance(profile_text, hits, adapter), ["llm"] * len(hits), True
             except Exception as exc:  # the feed goes on without the model: the other signals blend, renormalised
                 if not model_failure(exc):
                     raise
@@ -391,51 +406,48 @@ class Recommender:
                 degraded.append("relevance")
         else:
             relevance, sources = self.cached_relevance(request.user_id, profile_text, hits, adapter)
-        rescore = not request.fresh and any(source in ("none", "llm-stale") for source in sources)
-        if rescore:
-            self.ask_scoring([ScoringTask("reader", request.user_id, now)])
-        for source in sources if keep else ():
-            self.tally.add("feed_relevance", source=source)
         lap("relevance")
 
+        found = signals.candidate_signals(profile, hits, relevance, popular, now, s.half_life_hours)
         embeddings = np.stack([h.embedding for h in hits]) if hits else np.zeros((0, 1))
-        closest = profile.closest(embeddings)
-        signals = [
-            Signals(
-                relevance=0.0 if y is None else float(y),
-                freshness=freshness((now - h.article.published_at) / 3600, s.half_life_hours),
-                similarity=float(np.clip(h.similarity or 0.0, 0.0, 1.0)),
-                affinity=profile.affinity(h.article),
-                closest=float(np.clip(c, 0.0, 1.0)),
-                subcategory=profile.subcategory_shares.get(h.article.subcategory, 0.0),
-                popularity=p,
-            )
-            for h, y, c, p in zip(hits, relevance, closest, popularity, strict=True)
-        ]
         lacking = without(weights, "relevance")  # a candidate not scored yet is blended on its other signals
         usual = profile.top_categories()
         caps = caps_over([h.article for h in hits], usual, s.exposure_caps)
-        placed = blend_rank(
-            signals, embeddings, [lacking if y is None else weights for y in relevance], request.k, caps
-        )
-        for p in placed if keep else ():
+        each = [lacking if y is None else weights for y in relevance]
+        placed = blend_rank(found, embeddings, each, request.k, caps)
+        lap("blend")
+        return Standings(request, profile, profile_text, hits, found, sources, weights, placed, adapter,
+                         arm[0] if arm else None, strategy, tuple(degraded), fresh, now, timings)  # fmt: skip
+
+    def publish(self, standings: Standings) -> Feed:
+        """The feed of these standings, shown: a share of feeds explores positions, the top items are explained,
+        the ranking record is stored, and the background work it calls for is asked for."""
+        s, st, request = self.settings, standings, standings.request
+        timings, tick = dict(st.timings), time.perf_counter()
+        user_id, hits, degraded = request.user_id, st.hits, list(st.degraded)
+        if st.fresh:
+            self.keep_relevance(user_id, st.profile_text, hits, [x.relevance for x in st.signals], st.adapter)
+        rescore = not request.fresh and any(source in ("none", "llm-stale") for source in st.sources)
+        if rescore:
+            self.ask_scoring([ScoringTask("reader", user_id, st.now)])
+        for source in st.sources:
+            self.tally.add("feed_relevance", source=source)
+        for p in st.placed:
             if p.moved_by:
                 self.tally.add("feed_capped", cap=p.moved_by)
-        explored = None
-        if keep:  # a small share of feeds swap two neighbours at random: what position bias is measured by
-            explored, swap = position.explore(len(placed), s.position_explore_share, self.random,
-                                              s.position_explore_depth)  # fmt: skip
-            placed = position.swapped(placed, explored, swap)
-        lap("blend")
+        # a small share of feeds swap two neighbours at random: what position bias is measured by
+        explored, swap = position.explore(len(st.placed), s.position_explore_share, self.random,
+                                          s.position_explore_depth)  # fmt: skip
+        placed = position.swapped(st.placed, explored, swap)
 
         top = [hits[p.index] for p in placed]
-        groundings = [explain.ground(profile, h.article, h.embedding) for h in top]
+        groundings = [explain.ground(st.profile, h.article, h.embedding) for h in top]
         explanations, rewrite = {}, False
         if request.explain:
             articles = [h.article for h in top]
             if request.fresh:
                 try:
-                    explanations = explain.write(self.backend, articles, groundings, s.explain_top, adapter)
+                    explanations = explain.write(self.backend, articles, groundings, s.explain_top, st.adapter)
                 except Exception as exc:  # the template says the same facts plainly
                     if not model_failure(exc):
                         raise
@@ -444,8 +456,9 @@ class Recommender:
             if not explanations:  # the template at once; the LLM's rewrite of it later, on the record
                 explanations = explain.templates(articles, groundings, s.explain_top)
                 rewrite = not request.fresh and any(g.facts for g in groundings[: s.explain_top])
-        lap("explain")
+        tick = _lap(timings, "explain", tick)
 
+        now, cold = st.now, st.profile.cold_start
         items = tuple(
             FeedItem(
                 article=hit.article,
@@ -454,12 +467,12 @@ class Recommender:
                     article_id=hit.article.id,
                     title=hit.article.title,
                     score=p.score,
-                    signals={**asdict(signals[p.index]), DIVERSITY.name: p.diversity},
+                    signals={**asdict(st.signals[p.index]), DIVERSITY.name: p.diversity},
                     age_hours=max(0.0, (now - hit.article.published_at) / 3600),
                     explanation=explanations.get(position, (None, None))[0],
                     explanation_source=explanations.get(position, (None, None))[1],
                     grounded_in=grounding.facts,
-                    relevance_source=sources[p.index],
+                    relevance_source=st.sources[p.index],
                     category=hit.article.category,
                     source=hit.article.source,
                     moved_by=p.moved_by,
@@ -469,45 +482,40 @@ class Recommender:
         )
         record = RankingRecord(
             ranking_id=uuid.uuid4().hex,
-            user_id=request.user_id,
+            user_id=user_id,
             created_at=now,
-            strategy="popularity" if profile.cold_start else strategy,
-            prompt_version=prompt_version(self.settings.candidate_text),
+            strategy="popularity" if cold else st.strategy,
+            prompt_version=prompt_version(s.candidate_text),
             backend=self.backend.name,
             model=self.backend.model,
-            adapter=None if profile.cold_start else adapter,
-            weights=dict(weights),
-            profile_text=profile_text,
-            cold_start=profile.cold_start,
+            adapter=None if cold else st.adapter,
+            weights=dict(st.weights),
+            profile_text=st.profile_text,
+            cold_start=cold,
             items=tuple(i.record for i in items),
             degraded=tuple(degraded),
-            arm=arm[0] if arm else None,
+            arm=st.arm,
             explored_pair=explored,
             intra_list_distance=metrics.intra_list_distance(np.stack([h.embedding for h in top])) if top else None,
         )
-        if keep:
-            self.feedback.record_ranking(record)
-            self.exposure.add([h.article for h in hits], [h.article for h in top], usual)
-        if rewrite and keep:  # one rewrite per reader waits at a time: of their latest ranking, the one they look at
-            self.ask_scoring([ScoringTask("explain", request.user_id, now)])
-        lap("record")
-        timings["total"] = round(time.perf_counter() - started, 4)
-        return Feed(
-            record.ranking_id,
-            request.user_id,
-            profile.cold_start,
-            items,
-            profile_text,
-            timings,
-            record.adapter,
-            record.degraded,
-            rescore,
-            record.arm,
-        )
+        self.feedback.record_ranking(record)
+        self.exposure.add([h.article for h in hits], [h.article for h in top], st.profile.top_categories())
+        if rewrite:  # one rewrite per reader waits at a time: of their latest ranking, the one they look at
+            self.ask_scoring([ScoringTask("explain", user_id, now)])
+        _lap(timings, "record", tick)
+        timings["total"] = round(sum(timings.values()), 4)
+        return Feed(record.ranking_id, user_id, cold, items, st.profile_text, timings, record.adapter,
+                    record.degraded, rescore, record.arm)  # fmt: skip
+
+    def recommend(self, request: FeedRequest) -> Feed:
+        """The feed for a request, explained and recorded."""
+        return self.publish(self.rank(request))
 
 
-def _with_similarity(hit: Hit, query: np.ndarray) -> Hit:
-    return Hit(hit.article, hit.embedding, float(cosine_similarity(hit.embedding[None, :], query[None, :])[0, 0]))
+def _lap(timings: dict[str, float], name: str, since: float) -> float:
+    now = time.perf_counter()
+    timings[name] = round(now - since, 4)
+    return now
 
 
 def _passes(article: Article, filters: dict) -> bool:

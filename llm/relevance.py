@@ -37,6 +37,12 @@ def prompt_version(text: str = DEFAULT_CANDIDATE_TEXT) -> str:
     return f"{RELEVANCE}+{CANDIDATE}:{text}+profile.v1"
 
 
+def scorer_key(model: str, adapter: str | None, text: str = DEFAULT_CANDIDATE_TEXT, strategy: str = "pointwise") -> str:
+    """What a relevance score is only comparable under: model, adapter, prompts and strategy. The feed keys its
+    cached scores by it, and a learned ranker names the scorer its relevance weight was fitted for."""
+    return f"{model}|{adapter or '-'}|{prompt_version(text)}|{strategy}"
+
+
 def candidate_text(article: Article, text: str = DEFAULT_CANDIDATE_TEXT) -> str:
     if text not in CANDIDATE_TEXTS:
         raise InvalidInput(f"unknown candidate text {text!r}; expected one of {', '.join(CANDIDATE_TEXTS)}")

@@ -17,9 +17,7 @@ from litestar.params import Parameter
 from litestar.response import Response, ServerSentEvent
 
 from core import __version__
-from core.errors import NotFound, RateLimited, StoreUnavailable
-from core.records import SCORING_KINDS
-from feed.exposure import Exposure
+from core.errors import NotFound, RateLimited
 from serve.auth import PUBLIC, ApiKey, admin_only
 from serve.schemas import (
     PRINTABLE,
@@ -43,7 +41,7 @@ from serve.schemas import (
     WhyOut,
 )
 from serve.service import Newsrank
-from serve.telemetry import Metrics, label_text
+from serve.telemetry import Metrics, exposition
 
 Req = Request[ApiKey, str, object]
 # ids in paths and query strings, checked like the same ids in bodies
@@ -85,131 +83,17 @@ def readyz(newsrank: Newsrank) -> Response[dict[str, object]]:
     return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-LLM_COUNTERS = {
-    "candidates_scored": "candidates the LLM scored",
-    "prefix_cache_hits": "candidates scored on an already computed profile prefix",
-    "prompt_tokens": "prompt tokens the LLM read",
-    "completion_tokens": "tokens the LLM generated",
-    "generations": "texts the LLM generated",
-}
-BATCH_COUNTERS = {"batches": "LLM calls made", "merged_calls": "calls that rode in another call's batch"}
-
-
-# what the ranking loop and the background scorer counted (core.tally), by tally name
-TALLY_COUNTERS = {
-    "feed_relevance": "feed candidates by where their relevance came from (source=llm: read from the cache under "
-    "the reader's current profile)",
-    "scores_written": "LLM relevance scores this process computed and stored",
-    "scoring_tasks": "background scoring tasks this process ran, by kind and outcome",
-    "scoring_dropped": "scoring tasks dropped because the queue was full (the sweep asks again)",
-    "explanation_rewrites": "LLM rewrites of template explanations, kept (as specific as the template) or rejected",
-    "feed_capped": "feed items placed by an exposure cap (holding back the item the blend placed first), by cap",
-}
-SCORES_WINDOW_SECONDS = 60
-
-
-def metric(name: str, help: str, series: dict[str, float], kind: str = "counter") -> str:
-    head = f"# HELP {name} {help}\n# TYPE {name} {kind}\n"
-    return head + "".join(f"{name}{labels} {value:g}\n" for labels, value in series.items())
-
-
-def exposure_gauges(exposure: Exposure) -> str:
-    """How this process's feeds shared their top 10 (feed.exposure): per category and source against the
-    candidates, the Gini coefficient of item exposure, the feeds reaching outside the reader's top categories."""
-
-    def by_label(index: int) -> dict[str, float]:
-        return {
-            label_text((("kind", kind), ("label", label))): shares[index]
-            for kind in ("category", "source")
-            for label, shares in getattr(exposure, kind).items()
-        }
-
-    return "".join(
-        [
-            metric("newsrank_exposure_feeds_total", "feeds whose exposure is counted here", {"": exposure.feeds}),
-            metric("newsrank_exposure_top10_share", "share of the feeds' top-10 slots, by category and by source",
-                   by_label(0), "gauge"),
-            metric("newsrank_exposure_candidate_share", "share among the feeds' candidates, by category and by "
-                   "source", by_label(1), "gauge"),
-            metric("newsrank_exposure_gini", "Gini coefficient of the top-10 slots each candidate item got",
-                   {"": exposure.gini}, "gauge"),
-            metric("newsrank_exposure_outside_share", "share of feeds with an item outside the reader's top 2 "
-                   "categories", {"": exposure.outside}, "gauge"),
-            metric("newsrank_exposure_outside_slot_share", "share of top-10 slots given to items outside the "
-                   "reader's top 2 categories", {"": exposure.outside_slots}, "gauge"),
-        ]
-    )  # fmt: skip
-
-
-def scoring_gauges(newsrank: Newsrank) -> str:
-    """The background scorer as the shared store sees it, across every instance and worker."""
-    now = newsrank.clock()
-    queue = newsrank.feedback.scoring_queue()
-    oldest = min((since for _, since in queue.values() if since is not None), default=now)
-    written = newsrank.feedback.scores_written(now - SCORES_WINDOW_SECONDS)
-    tally = newsrank.tally
-    by_source = {source: tally.get("feed_relevance", source=source) for source in ("llm", "llm-stale", "none")}
-    judged = sum(by_source.values())
-    return "".join(
-        [
-            metric("newsrank_scoring_queue_depth", "scoring tasks waiting or running, by kind",
-                   {f'{{kind="{k}"}}': queue.get(k, (0, None))[0] for k in SCORING_KINDS}, "gauge"),
-            metric("newsrank_scoring_queue_oldest_seconds", "how long the oldest waiting scoring task has waited",
-                   {"": max(0.0, now - oldest)}, "gauge"),
-            metric("newsrank_scores_per_second", f"LLM relevance scores stored per second over the last "
-                   f"{SCORES_WINDOW_SECONDS} s, by every worker", {"": written / SCORES_WINDOW_SECONDS}, "gauge"),
-            metric("newsrank_feed_cache_hit_ratio", "share of feed candidates of readers with a history whose "
-                   "relevance was read under their current profile, since this process started",
-                   {"": by_source["llm"] / judged if judged else 0.0}, "gauge"),
-        ]
-    )  # fmt: skip
-
-
 @get("/v1/stats/serving", sync_to_thread=True, guards=[admin_only], tags=["ops"])
 def serving(newsrank: Newsrank) -> dict:
     """What feeds are made with now, per experiment arm: adapter and ranker versions, blend weights, the model."""
     return newsrank.serving()
 
 
-def outcome_gauges(report: dict) -> str:
-    """The five metrics over the last day's feeds, per experiment arm (evaluation.stats), with their 95 % bounds: the
-    same figures on every instance, read from the shared store."""
-    parts = {"value": "", "low": "_low", "high": "_high"}  # each figure, and the name of its series
-    series: dict[str, dict[str, float]] = {key: {} for key in parts}
-    for arm, row in report["total"].items():
-        for name in report["metrics"]:
-            for key in parts:
-                if row[name][key] is not None:
-                    series[key][label_text((("arm", arm), ("metric", name)))] = row[name][key]
-    feeds = {label_text((("arm", arm),)): row["feeds"] for arm, row in report["total"].items()}
-    return metric("newsrank_outcome_feeds", "feeds made in the last 24 h, by experiment arm", feeds, "gauge") + "".join(
-        metric(f"newsrank_outcome{suffix}", f"the operator's metrics over the last 24 h's feeds by arm: "
-               f"{key}", series[key], "gauge") for key, suffix in parts.items()
-    )  # fmt: skip
-
-
 @get("/metrics", sync_to_thread=True, guards=[admin_only], tags=["ops"], media_type="text/plain; version=0.0.4")
 def metrics_text(metrics: Metrics, newsrank: Newsrank) -> str:
     """Prometheus text: request counts and latencies by route, LLM work, prefix-cache hits, micro-batching, the
-    background scorer's queue and throughput, and the feed's cache hit rate."""
-    llm = getattr(newsrank.backend, "stats", {})  # a MeteredBackend's counters
-    batcher = getattr(getattr(newsrank.backend, "inner", None), "stats", None)  # a MicroBatcher's
-    parts = [metrics.render()]
-    parts += [metric(f"newsrank_llm_{n}_total", h, {"": llm.get(n, 0)}) for n, h in LLM_COUNTERS.items()]
-    for n, h in BATCH_COUNTERS.items() if batcher is not None else ():
-        by_kind = {f'{{kind="{kind}"}}': batcher[f"{kind}_{n}"] for kind in ("score", "generate")}
-        parts.append(metric(f"newsrank_llm_{n}_total", h, by_kind))
-    counted = newsrank.tally.snapshot()
-    for name, help in TALLY_COUNTERS.items():
-        series = {label_text(labels): value for (n, labels), value in sorted(counted.items()) if n == name}
-        parts.append(metric(f"newsrank_{name}_total", help, series or {"": 0}))
-    parts.append(exposure_gauges(newsrank.recommender.exposure.snapshot()))
-    try:
-        parts.append(scoring_gauges(newsrank))
-        parts.append(outcome_gauges(newsrank.recent_stats()))
-    except StoreUnavailable:  # the metrics still answer; the store's own probe says what is wrong
-        log.warning("the feedback store did not answer; scoring gauges left out of /metrics")
-    return "".join(parts)
+    background scorer's queue and throughput, the feed's cache hit rate, exposure and the operator's metrics."""
+    return exposition(metrics, newsrank)
 
 
 @get("/v1/stats", sync_to_thread=True, guards=[admin_only], tags=["ops"])
@@ -240,7 +124,7 @@ def feed(data: FeedRequestIn, newsrank: Newsrank, request: Req) -> FeedOut:
     each item says where its relevance came from. `fresh` runs the model now (and may answer 429)."""
     request.user.check_user(data.user_id)
     wanted = data.request()
-    with newsrank.llm_gate.slot("feed") if newsrank.waits_on_llm(wanted) else nullcontext():
+    with newsrank.model_slots.slot("feed") if newsrank.waits_on_llm(wanted) else nullcontext():
         return FeedOut.of(newsrank.recommend(wanted))
 
 
@@ -262,7 +146,7 @@ def chat(data: ChatIn, newsrank: Newsrank, request: Req) -> ChatOut:
     Answers come from the stored ranking record; the last two change the reader's explicit preferences.
     The item is `article_id`, else "#N" or title words in the question, else the top item of `ranking_id`."""
     request.user.check_user(data.user_id)
-    with newsrank.llm_gate.slot("chat"):
+    with newsrank.model_slots.slot("chat"):
         return ChatOut.of(newsrank.chat.answer(data.user_id, data.chat_messages(), data.ranking_id, data.article_id))
 
 
@@ -280,7 +164,7 @@ def chat_stream(data: ChatIn, newsrank: Newsrank, request: Req) -> ServerSentEve
         final = reply
         if generate is not None:
             try:
-                with newsrank.llm_gate.slot("chat"):
+                with newsrank.model_slots.slot("chat"):
                     final = newsrank.chat.phrase(reply, generate)
             except RateLimited:
                 final = replace(reply, degraded=True)

@@ -34,7 +34,7 @@ from core.errors import (
     RateLimited,
     StoreUnavailable,
 )
-from serve import api, web
+from serve import api, demo, web
 from serve.auth import ApiKeyMiddleware, KeyRing, NotAuthenticated, PermissionDenied
 from serve.service import Newsrank
 from serve.telemetry import Metrics, RequestMetrics
@@ -119,7 +119,7 @@ def create_app(newsrank: Newsrank | None = None, settings: Settings | None = Non
         service = newsrank or Newsrank.from_settings(settings)
         service.check_experiment()
         if seed_demo and service.articles.count() == 0:
-            report = service.seed_demo(show_progress=False)
+            report = demo.seed(service.articles, service.feedback, service.clock(), show_progress=False)
             log.info("store was empty: loaded %d demo articles and the demo users", report.ingested)
         service.jobs.recover()
         service.backend.warm()

@@ -44,7 +44,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if not args.paths and not args.demo:
         raise InvalidInput("give one or more files to ingest, or --demo")
     service = _service()
-    reports = [service.seed_demo()] if args.demo else []
+    from serve import demo
+
+    reports = [demo.seed(service.articles, service.feedback, service.clock())] if args.demo else []
     reports += [service.ingest(Path(p), args.format) for p in args.paths]
     for report in reports:
         print(report.summary())
@@ -93,73 +95,30 @@ def cmd_why(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from config.settings import Settings
     from evaluation import replay
-    from feed.learned_ranker import Ranker
     from llm.models import offline
-    from retrieval.embed import Embedder
     from serve.service import make_backend
 
     offline()
     settings = Settings()
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    if "ranker" in methods and not args.ranker:
-        raise InvalidInput("method ranker needs a ranker file (--ranker FILE; --fit-ranker FILE makes one)")
-    impressions, errors = replay.read_behaviors(Path(args.behaviors))
-    if errors:
-        print(f"{args.behaviors}: {len(errors)} malformed rows skipped, e.g. line {errors[0].line}: {errors[0].reason}")
-    chosen = replay.select(impressions, args.part, args.seed, args.limit, args.skip)
-    if not chosen:
-        raise InvalidInput(f"no impressions in part {args.part!r}")
-    cache = Path(args.cache) if args.cache else settings.data_dir / "eval-cache"
-    corpus = replay.Corpus(Path(args.news), Embedder(settings.embedder), cache)
-    needs_llm = any(m in (*replay.LLM_METHODS, "blend", "ranker") for m in methods) or args.fit_weights
-    needs_llm = needs_llm or bool(args.fit_ranker)
-    backend = make_backend(settings) if needs_llm else None
-    if backend is not None:
-        backend.warm()  # so the model's loading time does not count as scoring time
-    adapter = None
-    if args.adapter:  # a registered NAME[@VERSION], or a PEFT adapter folder
-        if Path(args.adapter).is_dir():
-            adapter, folder = Path(args.adapter).name, Path(args.adapter)
-        else:
-            version = _registry(settings).resolve(args.adapter)
-            adapter, folder = version.key, version.path
-        backend.load_adapter(adapter, str(folder))
-    evaluator = replay.Evaluator(
-        backend, settings.weights.frozen(), args.seed, adapter, args.explain, settings.history_titles,
-        settings.candidate_text, ranker=Ranker.load(Path(args.ranker)) if args.ranker else None,
-        model=backend.model if backend else "", caps=settings.exposure_caps,
+
+    def adapter_folder(reference: str) -> tuple[str, Path]:
+        """A PEFT adapter folder, or a registered NAME[@VERSION]: its backend name and folder."""
+        if Path(reference).is_dir():
+            return Path(reference).name, Path(reference)
+        version = _registry(settings).resolve(reference)
+        return version.key, version.path
+
+    run = replay.EvalRun(
+        news=Path(args.news), behaviors=Path(args.behaviors),
+        methods=tuple(m.strip() for m in args.method.split(",") if m.strip()), part=args.part, limit=args.limit,
+        skip=args.skip, seed=args.seed, adapter=args.adapter, explain=args.explain,
+        ranker=Path(args.ranker) if args.ranker else None, fit_weights=args.fit_weights,
+        fit_ranker=Path(args.fit_ranker) if args.fit_ranker else None,
+        predictions=Path(args.predictions) if args.predictions else None,
+        report=Path(args.report) if args.report else None,
+        cache=Path(args.cache) if args.cache else settings.data_dir / "eval-cache",
     )  # fmt: skip
-    base = "llm+adapter" if adapter else "llm"
-    if (args.fit_weights or args.fit_ranker) and base not in methods:
-        methods = [base, *methods]
-    model = f"{settings.backend}:{settings.llm}"
-    rows, prepared = replay.run(chosen, corpus, evaluator, methods, cache, model)
-    print(f"{len(prepared)} impressions evaluated ({args.part} part, seed {args.seed}), "
-          f"{len(chosen) - len(prepared)} skipped (no known clicked candidate)")  # fmt: skip
-    blends = ("blend", "ranker")
-    reports = [replay.summarize(m, rows[m], prepared, rows[base] if m in blends else None) for m in methods]
-    title = f"{Path(args.behaviors).parent.name or 'MIND'}, {args.part} part, {len(prepared)} impressions"
-    table = replay.report_markdown(reports, title)
-    print(table)
-    if args.fit_weights:
-        fitted = replay.fit_weights(evaluator, rows[base], prepared, settings.weights.frozen())
-        print(f"fitted blend weights ({base} relevance; logistic regression on the clicks of these impressions):")
-        for name, value in fitted.items():
-            print(f"  NEWSRANK_WEIGHTS__{name.upper()}={value}")
-    if args.fit_ranker:
-        fitted = replay.fit_ranker(evaluator, rows[base], prepared, source=f"{args.behaviors} {args.part} part")
-        fitted.save(Path(args.fit_ranker))
-        print(f"ranker fitted on {len(prepared)} impressions ({base} relevance) written to {args.fit_ranker}")
-    if args.predictions:
-        replay.write_predictions(Path(args.predictions), rows[methods[0]], prepared)
-        print(f"predictions ({methods[0]}) written to {args.predictions}")
-    if args.report:
-        report = Path(args.report)
-        png = report.with_suffix(".png")
-        replay.plot(reports, png, title)
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(table + f"\n![AUC and nDCG@10 per method]({png.name})\n")
-        print(f"report written to {report} and {png}")
+    replay.evaluate(run, settings, lambda: make_backend(settings), adapter_folder)
     return 0
 
 
@@ -293,44 +252,29 @@ def cmd_ranker(args: argparse.Namespace) -> int:
     try:
         since = parse_time(args.since, float("-inf"))
         weights = _propensities(store, since, settings, args.no_position_weights)
-        impressions, scorer = learned_ranker.from_feedback(store, since, weights)
+        done = learned_ranker.refit(store, registry, args.reference, since, settings.weights.frozen(), weights,
+                                    args.force, {"source": "feedback store", "since": args.since})  # fmt: skip
     finally:
         store.close()
-    print(f"{len(impressions)} rankings shown since {args.since or 'the start'}; "
-          f"{sum(i.scored for i in impressions)} scored by {scorer or 'no LLM'}")  # fmt: skip
-    current = None
-    with contextlib.suppress(InvalidInput):  # nothing active under this name yet: the hand-set weights are the bar
-        current = learned_ranker.Ranker.load(registry.path(args.reference)[1])
-    fitted, decision = learned_ranker.fit_and_gate(
-        impressions, scorer, settings.weights.frozen(), current, source="feedback store", since=args.since,
-        position_propensities=weights.to_dict() if weights else None,
-    )  # fmt: skip
-    print(decision.summary())
-    if decision.passed or args.force:
-        version = registry.publish(args.reference, fitted)
-        print(f"published {args.reference}@{version} and made it active" + (" (forced)" if args.force else ""))
-        if settings.ranker != args.reference:
-            print(f"serve it with NEWSRANK_RANKER={args.reference}")
+    print(f"{done.rankings} rankings shown since {args.since or 'the start'}; "
+          f"{done.scored} scored by {done.scorer or 'no LLM'}")  # fmt: skip
+    print(done.decision.summary())
+    if done.version is None:
+        print("not published (use --force to publish anyway)")
         return 0
-    print("not published (use --force to publish anyway)")
+    forced = " (forced)" if not done.decision.passed else ""
+    print(f"published {args.reference}@{done.version} and made it active{forced}")
+    if settings.ranker != args.reference:
+        print(f"serve it with NEWSRANK_RANKER={args.reference}")
     return 0
 
 
 def _propensities(feedback, since: float, settings, off: bool):
-    """The position propensities to weight clicks by (feed.position), estimated from the explored feeds since
-    `since`; None (and why) when turned off or too few feeds were explored to estimate them."""
+    """The position propensities to weight clicks by (feed.position.for_training), and what was done, printed."""
     from feed import position
 
-    if off:
-        print("position bias: not corrected (--no-position-weights)")
-        return None
-    estimated = position.from_store(feedback, since, time.time() + 1, settings.position_explore_depth)
-    if estimated.feeds < position.MIN_FEEDS:
-        print(f"position bias: not corrected, {estimated.feeds} explored feeds (at least {position.MIN_FEEDS} "
-              f"needed; NEWSRANK_POSITION_EXPLORE_SHARE explores a share of feeds)")  # fmt: skip
-        return None
-    shown = " ".join(f"{p:.2f}" for p in estimated.values)
-    print(f"position bias: clicks weighted by 1/propensity, from {estimated.feeds} explored feeds: {shown}")
+    estimated, said = position.for_training(feedback, since, time.time() + 1, settings.position_explore_depth, off)
+    print(said)
     return estimated
 
 

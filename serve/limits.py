@@ -48,7 +48,7 @@ class RateLimiter:
         return min(self.capacity, tokens + (now - when) * self.rate)
 
 
-class Gate:
+class ModelSlots:
     """Admission to the LLM's work: at most `concurrent` requests at it, at most `waiting` more in line, each
     waiting at most `wait_seconds`. Past the line, or past the wait, a request is turned away with RateLimited
     (HTTP 429 and Retry-After) instead of queueing without bound behind the model."""

@@ -3,14 +3,11 @@ The CLI and the HTTP app both go through it; tests may build the parts themselve
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +16,24 @@ from adapters.registry import AdapterRegistry
 from chat.conversation import Chat, item_weights, pick_item
 from config.experiment import Arm
 from config.settings import Settings
-from core.errors import InvalidInput, NotFound, StoreUnavailable
+from core.errors import InvalidInput, NotFound
 from core.llm import Backend
 from core.pseudonyms import Pseudonyms, from_key_file
-from core.records import BLEND, MAX_INTERESTS, MAX_MUTES, Article, Event, Preferences, ScoringTask
+from core.records import BLEND, MAX_INTERESTS, MAX_MUTES, Article, Preferences, ScoringTask
 from core.stores import ArticleStore, FeedbackStore
 from core.tally import Tally
-from core.times import parse_time
 from evaluation import stats
+from feed.events import EventChecks, EventReport, events_from_rows, read_events_file
 from feed.profile import Profile
 from feed.recommender import MAX_K, Feed, FeedRequest, Recommender
 from llm import prompts
 from llm.backends.batching import MicroBatcher
 from llm.backends.metered import MeteredBackend
 from retrieval.embed import Embedder
-from retrieval.ingest import MAX_EXAMPLES, IngestReport, RowError, article_from_dict, ingest_file
+from retrieval.ingest import IngestReport, article_from_dict, ingest_file
 from retrieval.store import ChromaArticleStore, chroma_client
 from serve.jobs import TrainingJobs
-from serve.limits import Gate, RateLimiter
+from serve.limits import ModelSlots, RateLimiter
 from store import open_store
 
 log = logging.getLogger("newsrank.service")
@@ -96,52 +93,6 @@ def reader_pseudonyms(settings: Settings) -> Pseudonyms:
     return from_key_file(settings.pseudonym_key_path)
 
 
-@dataclass
-class EventReport:
-    rows: int = 0
-    stored: int = 0
-    malformed: int = 0
-    examples: list[RowError] = field(default_factory=list)
-
-
-def event_from_dict(row: Any, now: float) -> Event:
-    if not isinstance(row, dict):
-        raise InvalidInput("expected a JSON object")
-    unknown = set(row) - {f.name for f in fields(Event)}
-    if unknown:
-        raise InvalidInput(f"unknown fields {sorted(unknown)}")
-    dwell = row.get("dwell_seconds")
-    if dwell is not None and (isinstance(dwell, bool) or not isinstance(dwell, int | float)):
-        raise InvalidInput("dwell_seconds must be a number")
-    value, text = row.get("value"), row.get("text")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise InvalidInput("value must be a whole number")
-    if text is not None and not isinstance(text, str):
-        raise InvalidInput("text must be a string")
-    return Event(
-        user_id=str(row.get("user_id") or ""),
-        article_id=str(row.get("article_id") or ""),
-        type=str(row.get("type") or ""),
-        ts=parse_time(row.get("ts"), now),
-        dwell_seconds=dwell,
-        ranking_id=row.get("ranking_id"),
-        value=value,
-        text=text,
-    )
-
-
-def read_jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    if not path.is_file():
-        raise InvalidInput(f"no such file: {path}")
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if line.strip():
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield number, exc
-
-
 def clean_labels(labels: Sequence[str]) -> list[str]:
     cleaned = [" ".join(str(label).split()).lower() for label in labels]
     if any(not 1 <= len(label) <= 60 for label in cleaned):
@@ -176,8 +127,9 @@ class Newsrank:
         )
         self.jobs = TrainingJobs(feedback, settings, clock)
         self.event_rate = RateLimiter(settings.events_per_reader_per_minute, time.monotonic)
+        self.check_events = EventChecks(articles, feedback, self.event_rate.take)
         self._recent_stats: tuple[float, dict[str, Any]] | None = None
-        self.llm_gate = Gate(settings.llm_concurrency, settings.llm_queue, settings.llm_wait_seconds)
+        self.model_slots = ModelSlots(settings.llm_concurrency, settings.llm_queue, settings.llm_wait_seconds)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, backend: Backend | None = None) -> Newsrank:
@@ -195,33 +147,6 @@ class Newsrank:
         report = ingest_file(self.articles, path, self.clock(), fmt, show_progress)
         if report.ingested:
             self.recommender.articles_arrived()
-        return report
-
-    def seed_demo(self, show_progress: bool = True) -> IngestReport:
-        """Load the demo corpus and users, shifted in time so that the newest demo article is brand new.
-
-        Articles are upserted (idempotent); a demo user's events are added only if that user is unknown.
-        """
-        demo = files("serve") / "demo"
-        rows = [json.loads(line) for line in (demo / "articles.jsonl").read_text().splitlines() if line]
-        newest = max(parse_time(r["published_at"], 0.0) for r in rows)
-        shift = self.clock() - newest
-        articles = [replace(a, published_at=a.published_at + shift) for a in (article_from_dict(r, 0.0) for r in rows)]
-        report = IngestReport("demo corpus", rows=len(rows))
-        from tqdm import tqdm
-
-        with tqdm(total=len(articles), desc="demo corpus", unit=" articles", disable=not show_progress) as bar:
-            report.ingested = self.articles.upsert(articles, progress=bar)
-        users = [json.loads(line) for line in (demo / "users.jsonl").read_text().splitlines() if line]
-        events = [
-            event_from_dict(json.loads(line), 0.0) for line in (demo / "events.jsonl").read_text().splitlines() if line
-        ]
-        for user in users:
-            if self.feedback.known_user(user["user_id"]):
-                continue
-            prefs = Preferences(tuple(user["interests"]), tuple(user["mutes"]))
-            self.feedback.set_preferences(user["user_id"], prefs, self.clock())
-            self.feedback.add_events([replace(e, ts=e.ts + shift) for e in events if e.user_id == user["user_id"]])
         return report
 
     def upsert_articles(self, rows: Sequence[Any]) -> int:
@@ -244,12 +169,7 @@ class Newsrank:
         """Store a batch of events atomically, after every row validated; returns only once durable. A batch
         sent again with the same `batch_key` stores nothing and returns 0."""
         now = self.clock()
-        events = []
-        for number, row in enumerate(rows, start=1):
-            try:
-                events.append(event_from_dict(row, now))
-            except InvalidInput as exc:
-                raise InvalidInput(f"event {number}: {exc}") from None
+        events = events_from_rows(rows, now)
         self.check_events(events)
         stored = self.feedback.add_events(events, batch_key, now)
         if stored:  # their profiles changed: rescore them in the background
@@ -257,38 +177,9 @@ class Newsrank:
             self.recommender.ask_scoring([ScoringTask("reader", user, now) for user in readers])
         return stored
 
-    def check_events(self, events: Sequence[Event]) -> None:
-        """What a client's batch may claim: articles that exist, rankings made for the event's own reader, and
-        no more events per reader than the rate allows (a reader's clicks can't be used to steer others)."""
-        try:
-            named = [e.article_id for e in events if e.article_id]
-            unknown = set(named) - self.articles.known(named)
-        except StoreUnavailable:  # events matter more than this check: a Chroma outage must not lose them
-            log.warning("the article store did not answer; events are stored without checking their articles")
-            unknown = set()
-        if unknown:
-            raise InvalidInput(f"unknown articles: {', '.join(repr(a) for a in sorted(unknown)[:5])}")
-        owners = self.feedback.ranking_owners([e.ranking_id for e in events if e.ranking_id])
-        for e in events:
-            if e.ranking_id and owners.get(e.ranking_id) != e.user_id:
-                raise InvalidInput(f"ranking {e.ranking_id!r} was not made for {e.user_id!r}")
-        self.event_rate.take(Counter(e.user_id for e in events))
-
     def add_events_file(self, path: Path) -> EventReport:
         """Store every valid event of a JSONL file in one transaction; report the malformed rows."""
-        report = EventReport()
-        valid: list[Event] = []
-        now = self.clock()
-        for number, row in read_jsonl_rows(path):
-            report.rows += 1
-            try:
-                if isinstance(row, Exception):
-                    raise InvalidInput(f"not JSON: {row}")
-                valid.append(event_from_dict(row, now))
-            except InvalidInput as exc:
-                report.malformed += 1
-                if len(report.examples) < MAX_EXAMPLES:
-                    report.examples.append(RowError(number, str(exc)))
+        valid, report = read_events_file(path, self.clock())
         report.stored = self.feedback.add_events(valid)
         return report
 
@@ -300,8 +191,8 @@ class Newsrank:
 
     def standings(self, user_id: str) -> list[tuple[int, Article]]:
         """Where the reader's candidates rank now, best first (from what the LLM computed ahead; nothing stored)."""
-        feed = self.recommender.recommend(FeedRequest(user_id, k=MAX_K, explain=False), keep=False)
-        return [(i.record.position, i.article) for i in feed.items]
+        standings = self.recommender.rank(FeedRequest(user_id, k=MAX_K, explain=False))
+        return [(n, standings.hits[p.index].article) for n, p in enumerate(standings.placed, start=1)]
 
     def stats(self, since: Any = None, until: Any = None, bucket: str = "day", by_arm: bool = False,
               metrics: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip

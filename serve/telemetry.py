@@ -1,7 +1,9 @@
-"""Prometheus metrics in the text exposition format, with no client library: counters and one histogram.
+"""Prometheus metrics in the text exposition format: what `/metrics` shows.
 
 Request counts and latencies come from a middleware (labelled by route template, not raw path, so that user
-ids never become label values); LLM tokens and cache hits are counted where the work happens.
+ids never become label values); LLM tokens, cache hits and batches are counted where the work happens (each
+backend's `counters()`); the ranking loop's own counts come from its tally; the scorer's queue and the operator's
+metrics are read from the shared store, so every instance shows the same figures for them.
 """
 
 from __future__ import annotations
@@ -12,11 +14,20 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.errors import StoreUnavailable
+from core.records import SCORING_KINDS
+from feed.exposure import Exposure
+
+if TYPE_CHECKING:
+    from serve.service import Newsrank
+
+log = logging.getLogger("newsrank.metrics")
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 Labels = tuple[tuple[str, str], ...]
@@ -111,3 +122,124 @@ class RequestMetrics(ASGIMiddleware):
                 "newsrank_http_request_seconds", time.perf_counter() - started, help="HTTP request latency",
                 route=route, method=method,
             )  # fmt: skip
+
+
+# -- /metrics ---------------------------------------------------------------------------------------------
+LLM_COUNTERS = {
+    "candidates_scored": "candidates the LLM scored",
+    "prefix_cache_hits": "candidates scored on an already computed profile prefix",
+    "prompt_tokens": "prompt tokens the LLM read",
+    "completion_tokens": "tokens the LLM generated",
+    "generations": "texts the LLM generated",
+}
+BATCH_COUNTERS = {"batches": "LLM calls made", "merged_calls": "calls that rode in another call's batch"}
+
+
+# what the ranking loop and the background scorer counted (core.tally), by tally name
+TALLY_COUNTERS = {
+    "feed_relevance": "feed candidates by where their relevance came from (source=llm: read from the cache under "
+    "the reader's current profile)",
+    "scores_written": "LLM relevance scores this process computed and stored",
+    "scoring_tasks": "background scoring tasks this process ran, by kind and outcome",
+    "scoring_dropped": "scoring tasks dropped because the queue was full (the sweep asks again)",
+    "explanation_rewrites": "LLM rewrites of template explanations, kept (as specific as the template) or rejected",
+    "feed_capped": "feed items placed by an exposure cap (holding back the item the blend placed first), by cap",
+}
+SCORES_WINDOW_SECONDS = 60
+
+
+def metric(name: str, help: str, series: dict[str, float], kind: str = "counter") -> str:
+    head = f"# HELP {name} {help}\n# TYPE {name} {kind}\n"
+    return head + "".join(f"{name}{labels} {value:g}\n" for labels, value in series.items())
+
+
+def exposure_gauges(exposure: Exposure) -> str:
+    """How this process's feeds shared their top 10 (feed.exposure): per category and source against the
+    candidates, the Gini coefficient of item exposure, the feeds reaching outside the reader's top categories."""
+
+    def by_label(index: int) -> dict[str, float]:
+        return {
+            label_text((("kind", kind), ("label", label))): shares[index]
+            for kind in ("category", "source")
+            for label, shares in getattr(exposure, kind).items()
+        }
+
+    return "".join(
+        [
+            metric("newsrank_exposure_feeds_total", "feeds whose exposure is counted here", {"": exposure.feeds}),
+            metric("newsrank_exposure_top10_share", "share of the feeds' top-10 slots, by category and by source",
+                   by_label(0), "gauge"),
+            metric("newsrank_exposure_candidate_share", "share among the feeds' candidates, by category and by "
+                   "source", by_label(1), "gauge"),
+            metric("newsrank_exposure_gini", "Gini coefficient of the top-10 slots each candidate item got",
+                   {"": exposure.gini}, "gauge"),
+            metric("newsrank_exposure_outside_share", "share of feeds with an item outside the reader's top 2 "
+                   "categories", {"": exposure.outside}, "gauge"),
+            metric("newsrank_exposure_outside_slot_share", "share of top-10 slots given to items outside the "
+                   "reader's top 2 categories", {"": exposure.outside_slots}, "gauge"),
+        ]
+    )  # fmt: skip
+
+
+def scoring_gauges(newsrank: Newsrank) -> str:
+    """The background scorer as the shared store sees it, across every instance and worker."""
+    now = newsrank.clock()
+    queue = newsrank.feedback.scoring_queue()
+    oldest = min((since for _, since in queue.values() if since is not None), default=now)
+    written = newsrank.feedback.scores_written(now - SCORES_WINDOW_SECONDS)
+    tally = newsrank.tally
+    by_source = {source: tally.get("feed_relevance", source=source) for source in ("llm", "llm-stale", "none")}
+    judged = sum(by_source.values())
+    return "".join(
+        [
+            metric("newsrank_scoring_queue_depth", "scoring tasks waiting or running, by kind",
+                   {f'{{kind="{k}"}}': queue.get(k, (0, None))[0] for k in SCORING_KINDS}, "gauge"),
+            metric("newsrank_scoring_queue_oldest_seconds", "how long the oldest waiting scoring task has waited",
+                   {"": max(0.0, now - oldest)}, "gauge"),
+            metric("newsrank_scores_per_second", f"LLM relevance scores stored per second over the last "
+                   f"{SCORES_WINDOW_SECONDS} s, by every worker", {"": written / SCORES_WINDOW_SECONDS}, "gauge"),
+            metric("newsrank_feed_cache_hit_ratio", "share of feed candidates of readers with a history whose "
+                   "relevance was read under their current profile, since this process started",
+                   {"": by_source["llm"] / judged if judged else 0.0}, "gauge"),
+        ]
+    )  # fmt: skip
+
+
+def outcome_gauges(report: dict) -> str:
+    """The five metrics over the last day's feeds, per experiment arm (evaluation.stats), with their 95 % bounds: the
+    same figures on every instance, read from the shared store."""
+    parts = {"value": "", "low": "_low", "high": "_high"}  # each figure, and the name of its series
+    series: dict[str, dict[str, float]] = {key: {} for key in parts}
+    for arm, row in report["total"].items():
+        for name in report["metrics"]:
+            for key in parts:
+                if row[name][key] is not None:
+                    series[key][label_text((("arm", arm), ("metric", name)))] = row[name][key]
+    feeds = {label_text((("arm", arm),)): row["feeds"] for arm, row in report["total"].items()}
+    return metric("newsrank_outcome_feeds", "feeds made in the last 24 h, by experiment arm", feeds, "gauge") + "".join(
+        metric(f"newsrank_outcome{suffix}", f"the operator's metrics over the last 24 h's feeds by arm: "
+               f"{key}", series[key], "gauge") for key, suffix in parts.items()
+    )  # fmt: skip
+
+
+def exposition(metrics: Metrics, newsrank: Newsrank) -> str:
+    """Everything /metrics shows, as Prometheus text."""
+    counted = newsrank.backend.counters()
+    parts = [metrics.render()]
+    parts += [metric(f"newsrank_llm_{n}_total", h, {"": counted.get(n, 0)}) for n, h in LLM_COUNTERS.items()]
+    for n, h in BATCH_COUNTERS.items():
+        kinds = [kind for kind in ("score", "generate") if f"{kind}_{n}" in counted]  # what a micro-batcher counts
+        by_kind = {f'{{kind="{kind}"}}': counted[f"{kind}_{n}"] for kind in kinds}
+        if by_kind:
+            parts.append(metric(f"newsrank_llm_{n}_total", h, by_kind))
+    tallied = newsrank.tally.snapshot()
+    for name, help in TALLY_COUNTERS.items():
+        series = {label_text(labels): value for (n, labels), value in sorted(tallied.items()) if n == name}
+        parts.append(metric(f"newsrank_{name}_total", help, series or {"": 0}))
+    parts.append(exposure_gauges(newsrank.recommender.exposure.snapshot()))
+    try:
+        parts.append(scoring_gauges(newsrank))
+        parts.append(outcome_gauges(newsrank.recent_stats()))
+    except StoreUnavailable:  # the metrics still answer; the store's own probe says what is wrong
+        log.warning("the feedback store did not answer; scoring gauges left out of /metrics")
+    return "".join(parts)

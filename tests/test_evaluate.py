@@ -195,3 +195,69 @@ def test_the_blend_under_a_category_cap_spreads_its_top_over_categories(corpus, 
         assert report.exposure.feeds == len(prepared) and report.segments
     assert all(c <= 2 for c in crowding["capped"])
     assert sum(crowding["capped"]) < sum(crowding["free"])
+
+
+def test_evaluation_ranks_as_the_feed_serves(corpus_store, feedback, settings, tmp_path):
+    """The same reader and candidates through the feed (Recommender.rank) and through the offline replay
+    (Evaluator): the same signals, the same scorer key, and the same order, with the hand-set weights and with a
+    learned ranker keyed on that scorer."""
+    from core.records import Event
+    from feed import learned_ranker, signals
+    from feed.recommender import FeedRequest, Recommender
+    from tests.conftest import NOW
+
+    feedback.add_events([Event("fan", a, "click", NOW - 3600 * h) for h, a in enumerate(("s1", "s2", "p1"))])
+    feedback.add_events([Event("other", "s4", "click", NOW - 60), Event("third", "s4", "like", NOW - 50)])
+    backend = FakeBackend()
+    recommender = Recommender(corpus_store, feedback, backend, settings, clock=lambda: NOW)
+    request = FeedRequest("fan", k=8, explain=False, fresh=True)
+    standings = recommender.rank(request)
+    hits = standings.hits
+    ctx = replay.Context(
+        replay.Impression("i", "fan", NOW, (), tuple(h.article.id for h in hits), (0,) * len(hits)),
+        recommender.profile("fan"), hits, [0] * len(hits),
+        signals.popularity(recommender.recent_clicks(), hits), now=NOW,
+    )  # fmt: skip
+    evaluator = replay.Evaluator(backend, settings.weights.frozen(), model=backend.model,
+                                 candidate_text=settings.candidate_text, strategy=settings.strategy,
+                                 half_life_hours=settings.half_life_hours)  # fmt: skip
+    relevance = [s.relevance for s in standings.signals]
+    assert evaluator.scorer == recommender.scorer(None)
+    assert evaluator.signals(ctx, relevance) == standings.signals
+    assert len({s.popularity for s in standings.signals}) > 1  # the click counts are in it, not all zero
+
+    def evaluated_order() -> list[str]:
+        scores, _ = evaluator.blend(ctx, relevance, learned=evaluator.ranker is not None)
+        return [hits[i].article.id for i in metrics.ranking(scores)][: request.k]
+
+    served = [hits[p.index].article.id for p in standings.placed]
+    assert evaluated_order() == served
+
+    # a learned ranker fitted for this scorer: both read its with-LLM fit, and still agree
+    rows = [s for s in standings.signals]
+    fitted = learned_ranker.fit(rows, [3] * len(rows), [int(i % 3 == 0) for i in range(len(rows))], [True] * len(rows),
+                                recommender.scorer(None))  # fmt: skip
+    fitted.save(tmp_path / "r.json")
+    recommender.settings = settings.model_copy(update={"ranker": str(tmp_path / "r.json")})
+    evaluator.ranker = learned_ranker.Ranker.load(tmp_path / "r.json")
+    assert evaluator.ranker.fit_for(evaluator.scorer) is evaluator.ranker.with_llm
+    standings = recommender.rank(request)
+    assert standings.strategy.endswith("+ranker:r") and [hits[p.index].article.id for p in standings.placed] != served
+    assert evaluated_order() == [hits[p.index].article.id for p in standings.placed]
+
+
+def test_ranking_a_reader_stores_nothing_and_asks_for_nothing(corpus_store, feedback, settings):
+    from core.records import Event
+    from feed.recommender import FeedRequest, Recommender
+    from tests.conftest import NOW
+
+    feedback.add_events([Event("fan", "s1", "click", NOW - 60)])
+    recommender = Recommender(corpus_store, feedback, FakeBackend(), settings, clock=lambda: NOW)
+    before = (feedback.count_rows("rankings"), feedback.scoring_queue(), recommender.tally.snapshot())
+    standings = recommender.rank(FeedRequest("fan", k=5, fresh=True))
+    assert standings.placed and standings.fresh
+    assert (feedback.count_rows("rankings"), feedback.scoring_queue(), recommender.tally.snapshot()) == before
+    assert feedback.cached_relevance("fan", recommender.scorer(None), [h.article.id for h in standings.hits]) == {}
+    feed = recommender.publish(standings)  # what recommend does: now it is recorded, and the scores are kept
+    assert feedback.ranking(feed.ranking_id).items and feedback.count_rows("rankings") == before[0] + 1
+    assert len(feedback.cached_relevance("fan", recommender.scorer(None), [h.article.id for h in standings.hits])) > 0

@@ -17,7 +17,7 @@ from core.errors import BackendError, RateLimited
 from core.records import MAX_INTERESTS, Event
 from llm.backends.fake import FakeBackend
 from serve.app import create_app
-from serve.limits import Gate
+from serve.limits import ModelSlots
 from serve.service import Newsrank
 from tests.conftest import NOW
 
@@ -229,26 +229,35 @@ def test_chat_answers_from_the_record_when_the_model_fails(make_client):
 
 # -- client input that used to be a 500 ----------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("path", "body"),
+    ("path", "body", "names"),
     [
-        ("/v1/events", {"events": [{"user_id": "fan", "article_id": "s1", "type": "click", "ts": "NaN"}]}),
-        ("/v1/events", {"events": [{"user_id": "fan", "article_id": "s1", "type": "click", "ts": 1e300}]}),
-        ("/v1/events", {"events": [{"user_id": "a/b", "article_id": "s1", "type": "click"}]}),
-        ("/v1/events", {"events": [{"user_id": "a\r\nb", "article_id": "s1", "type": "click"}]}),
-        ("/v1/feed", {"user_id": "fan", "filters": {"max_age_hours": 1e308}}),
-        ("/v1/feed", {"user_id": "fan", "filters": {"max_age_hours": "inf"}}),
+        ("/v1/events", {"events": [{"user_id": "fan", "article_id": "s1", "type": "click", "ts": "NaN"}]}, "events.0.ts"),
+        ("/v1/events", {"events": [{"user_id": "fan", "article_id": "s1", "type": "click", "ts": 1e300}]}, "bad time"),
+        ("/v1/events", {"events": [{"user_id": "a/b", "article_id": "s1", "type": "click"}]}, "events.0.user_id"),
+        ("/v1/events", {"events": [{"user_id": "a\r\nb", "article_id": "s1", "type": "click"}]}, "events.0.user_id"),
+        ("/v1/feed", {"user_id": "fan", "filters": {"max_age_hours": 1e308}}, "filters.max_age_hours"),
+        ("/v1/feed", {"user_id": "fan", "filters": {"max_age_hours": "inf"}}, "filters.max_age_hours"),
         (
             "/v1/chat",
             {"user_id": "fan", "article_id": "x" * 1_000_000, "messages": [{"role": "user", "content": "why"}]},
+            "article_id",
         ),
-        ("/v1/articles", {"articles": [{"id": "future", "title": "From the year 3000", "published_at": "3000-01-01"}]}),
-        ("/v1/articles", {"articles": [{"id": "nan", "title": "Not a time", "published_at": "NaN"}]}),
+        ("/v1/articles", {"articles": [{"id": "future", "title": "From the year 3000", "published_at": "3000-01-01"}]},
+         "bad time"),
+        ("/v1/articles", {"articles": [{"id": "nan", "title": "Not a time", "published_at": "NaN"}]},
+         "articles.0.published_at"),
     ],
-)
-def test_bad_input_is_a_400_in_the_one_error_shape(client, path, body):
+)  # fmt: skip
+def test_bad_input_is_a_400_in_the_one_error_shape(client, path, body, names):
+    """Each a 400 of the one shape ({error, detail, fields?}), as InvalidInput, naming what was wrong: the field's
+    key, or the reason in the detail."""
     response = client.post(path, json=body, headers=auth())
     assert response.status_code == 400, response.text
     error_shape(response)
+    error = response.json()
+    assert error["error"] == "InvalidInput" and error["detail"], error
+    said = [error["detail"], *(f["key"] for f in error.get("fields", []))]
+    assert any(names in s for s in said), error
 
 
 def test_any_reader_created_by_events_can_be_exported_and_erased(client):
@@ -322,7 +331,7 @@ def test_a_flood_of_fresh_feeds_is_bounded_not_queued_forever(make_client):
     """20 fresh feeds at once, 2 at the model and 3 waiting: the others get 429 at once, nobody waits past the
     bound."""
     client = make_client(Slow())
-    client.service.llm_gate = Gate(concurrent=2, waiting=3, wait_seconds=10)
+    client.service.model_slots = ModelSlots(concurrent=2, waiting=3, wait_seconds=10)
     answers = []
 
     def ask(n: int) -> None:
@@ -344,7 +353,7 @@ def test_a_flood_of_fresh_feeds_is_bounded_not_queued_forever(make_client):
 
 
 def test_a_wait_for_the_model_has_a_deadline():
-    gate = Gate(concurrent=1, waiting=1, wait_seconds=0.2)
+    gate = ModelSlots(concurrent=1, waiting=1, wait_seconds=0.2)
     with gate.slot("feed"), pytest.raises(RateLimited, match="busy"), gate.slot("feed"):
         pass
 

@@ -177,7 +177,8 @@ def test_a_feed_explores_a_pair_of_places_and_its_record_says_which(corpus_store
     exploring = settings.model_copy(update={"position_explore_share": 1.0, "position_explore_depth": 4})
     recommender = Recommender(corpus_store, feedback, FakeBackend(), exploring, clock=lambda: NOW)
     recommender.random = random.Random(3)
-    blended = [i.article.id for i in recommender.recommend(FeedRequest("u", k=6, explain=False), keep=False).items]
+    standings = recommender.rank(FeedRequest("u", k=6, explain=False))
+    blended = [standings.hits[p.index].article.id for p in standings.placed]
     outcomes = set()
     for _ in range(12):
         feed = recommender.recommend(FeedRequest("u", k=6, explain=False))

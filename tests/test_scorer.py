@@ -15,7 +15,7 @@ from feed.blend import without
 from feed.recommender import FeedRequest, Recommender, profile_key
 from llm.backends.fake import FakeBackend
 from serve.app import create_app
-from serve.limits import Gate
+from serve.limits import ModelSlots
 from serve.service import Newsrank
 from serve.worker import ScoringWorkers
 from tests.conftest import NOW
@@ -162,8 +162,8 @@ def test_a_slow_llm_holds_up_no_feed_and_no_event(corpus_store, feedback, settin
 
 
 def test_fresh_feeds_wait_for_the_model_within_bounds_and_others_never(service):
-    service.llm_gate = Gate(concurrent=1, waiting=0, wait_seconds=5)
-    with TestClient(app=create_app(newsrank=service)) as client, service.llm_gate.slot("test"):  # the model is busy
+    service.model_slots = ModelSlots(concurrent=1, waiting=0, wait_seconds=5)
+    with TestClient(app=create_app(newsrank=service)) as client, service.model_slots.slot("test"):  # the model is busy
         busy = client.post("/v1/feed", json={"user_id": "fan", "fresh": True}, headers=AUTH)
         assert busy.status_code == 429 and int(busy.headers["Retry-After"]) >= 1
         tuned = client.post("/v1/feed", json={"user_id": "fan", "adapter": "x@1"}, headers=AUTH)

@@ -6,6 +6,7 @@ from core.errors import InvalidInput, NotFound
 from feed.recommender import FeedRequest
 from llm.backends.fake import FakeBackend
 from retrieval.store import ChromaArticleStore, chroma_client
+from serve import demo
 from serve.service import DEMO_USERS, Newsrank
 from tests.conftest import NOW
 
@@ -17,10 +18,10 @@ def service(settings, embedder, feedback, tmp_path):
 
 
 def test_demo_seed_is_fresh_idempotent_and_serves_every_demo_user(service):
-    report = service.seed_demo(show_progress=False)
+    report = demo.seed(service.articles, service.feedback, service.clock(), show_progress=False)
     assert report.ingested == service.articles.count() >= 300 and report.malformed == 0
     events = service.feedback.count_events()
-    service.seed_demo(show_progress=False)
+    demo.seed(service.articles, service.feedback, service.clock(), show_progress=False)
     assert service.articles.count() == report.ingested and service.feedback.count_events() == events
     newest = max(h.article.published_at for h in service.articles.recent(since=NOW - 86400, k=500))
     assert newest == pytest.approx(NOW)  # shifted so the newest demo article is brand new
@@ -55,7 +56,7 @@ def test_events_file_stores_valid_rows_and_reports_the_rest(service, tmp_path):
 
 
 def test_why_answers_from_the_record_and_refuses_unknowns(service):
-    service.seed_demo(show_progress=False)
+    demo.seed(service.articles, service.feedback, service.clock(), show_progress=False)
     feed = service.recommend(FeedRequest("demo-politics", k=3))
     second = feed.items[1].record
     answer = service.why("demo-politics", second.article_id)

@@ -63,6 +63,12 @@ class MicroBatcher:
     def __getattr__(self, name: str) -> Any:  # name, model, adapters, chat_prompt, load_adapter, warm, ...
         return getattr(self.inner, name)
 
+    def counters(self) -> dict[str, float]:
+        counted = ("calls", "requests", "batches", "merged_calls")
+        with self._lock:
+            mine = {f"{kind}_{n}": self.stats[f"{kind}_{n}"] for kind in ("score", "generate") for n in counted}
+        return {**self.inner.counters(), **mine}
+
     def score(self, requests: Sequence[ScoreRequest]) -> list[float]:
         return self._merged("score", self.inner.score, requests)
 

@@ -58,5 +58,8 @@ class FakeBackend:
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
+    def counters(self) -> dict[str, float]:
+        return {}  # what it does is counted by the wrappers around it (MeteredBackend, MicroBatcher)
+
     def warm(self) -> None:
         pass

@@ -31,6 +31,10 @@ class MeteredBackend:
             self.stats["prompt_tokens"] += tokens
         return scores
 
+    def counters(self) -> dict[str, float]:
+        with self._lock:
+            return {**self.inner.counters(), **self.stats}
+
     def generate(self, requests: Sequence[GenerateRequest]) -> list[Generation]:
         generations = self.inner.generate(requests)
         with self._lock:

@@ -98,6 +98,9 @@ class VllmBackend:
                 )
             return self._engine
 
+    def counters(self) -> dict[str, float]:
+        return {}  # what it does is counted by the wrappers around it (MeteredBackend, MicroBatcher)
+
     def warm(self) -> None:
         self.engine  # noqa: B018 - loading is the point
         self._tokens.tokenizer  # noqa: B018
