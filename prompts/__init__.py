@@ -1,1 +1,2 @@
-"""Versioned Jinja prompt templates (package data). See llm/prompts.py for the loader."""
+"""Versioned Jinja prompt templates (package data): a released version is never edited. llm/prompts.py loads
+them. Imports nothing."""

@@ -1,1 +1,4 @@
-"""Articles: the Chroma vector store, the embedder and ingestion from JSONL and MIND files."""
+"""Articles: the Chroma vector store, the embedder and ingestion from JSONL and MIND files.
+
+Imports `core` and `config`.
+"""

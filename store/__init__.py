@@ -2,7 +2,7 @@
 
 `open_store(url)` picks the implementation from the URL's scheme: `sqlite:///PATH` (embedded, the default) or
 `postgresql://USER:PASSWORD@HOST:PORT/DB` (shared by many instances). A new store is one module that
-implements core.stores.FeedbackStore plus one line in STORES.
+implements core.stores.FeedbackStore plus one line in STORES. Imports only `core`.
 """
 
 from __future__ import annotations
