@@ -1,8 +1,14 @@
 """LoRA training on click feedback: a linear `main(config)` over a typed config.
 
-The loss is binary cross-entropy on σ(logit(Yes) − logit(No)) at the answer position, the very P(Yes) the
-ranker serves. Examples of one impression share their prompt prefix, so each step runs the prefix once and
-all its candidates against it (as serving does): most of a step's tokens are candidates, not the profile.
+Every candidate's score is its answer margin s = logit(Yes) − logit(No) at the answer position; σ(s) is the
+P(Yes) the ranker serves. Two objectives (`objective`):
+- `pointwise`: binary cross-entropy of σ(s) against each candidate's label;
+- `listwise`: the softmax cross-entropy of each click against the non-clicks of its impression (the objective
+  of NRMS-style news recommenders): −log(e^s_click / (e^s_click + Σ e^s_non-click)). It only orders an
+  impression's candidates, so `listwise_anchor` adds that share of the pointwise loss to keep σ(s) a
+  probability the blend and the explanations can read.
+Examples of one impression share their prompt prefix, so each step runs the prefix once and all its candidates
+against it (as serving does): most of a step's tokens are candidates, not the profile.
 
     newsrank train --mind-news N --mind-behaviors B --part tune --name clicks [--config F] [--set key=value]
 """
@@ -20,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
@@ -44,6 +50,8 @@ class TrainConfig:
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LINEAR))
     learning_rate: float = 3e-4
+    objective: Literal["pointwise", "listwise"] = "pointwise"
+    listwise_anchor: float = 0.1  # listwise: this share of the pointwise loss added, to keep σ(s) calibrated
     epochs: int = 1
     batch_size: int = 32  # most candidates per forward pass; they share one prefix
     accumulate: int = 1  # impressions (prefix groups) per optimizer step
@@ -200,7 +208,7 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
                 loss = 0.0
                 for batch in group:  # gradients summed over the step's impressions, each graph freed after its pass
                     scored = margins(model, tokenizer, batch, answer_ids, config)
-                    part = summed_loss(scored, batch) / sum(len(b) for b in group)
+                    part = loss_of(scored, batch, config) / sum(len(b) for b in group)
                     part.backward()
                     loss += part.item()
                 optimizer.step()
@@ -245,6 +253,27 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     }  # fmt: skip
     (adapter / "card.json").write_text(json.dumps(card, indent=2))
     return card
+
+
+def loss_of(margins: Any, batch: list[Example], config: TrainConfig) -> Any:
+    """The objective the config names, summed over one batch of candidates that share a prefix."""
+    if config.objective == "listwise":
+        return listwise_loss(margins, batch) + config.listwise_anchor * summed_loss(margins, batch)
+    return summed_loss(margins, batch)
+
+
+def listwise_loss(margins: Any, batch: list[Example]) -> Any:
+    """Softmax cross-entropy of each click against every non-click of its batch (one impression's candidates),
+    times the click's weight, summed. A batch without a click or without a non-click has nothing to order: 0."""
+    import torch
+
+    labels = torch.tensor([bool(e.label) for e in batch], device=margins.device)
+    weights = torch.tensor([e.weight for e in batch], device=margins.device)
+    clicks, others = margins[labels], margins[~labels]
+    if len(clicks) == 0 or len(others) == 0:
+        return margins.sum() * 0.0  # keeps the graph: backward runs and changes nothing
+    logits = torch.cat([clicks[:, None], others[None, :].expand(len(clicks), -1)], dim=1)
+    return ((torch.logsumexp(logits, dim=1) - clicks) * weights[labels]).sum()
 
 
 def summed_loss(margins: Any, batch: list[Example]) -> Any:

@@ -2,7 +2,8 @@
 
     python benchmarks/llm_training.py speed   # today's trainer and the packed one, side by side
     python benchmarks/llm_training.py texts   # the candidate texts of feed.recommender.CANDIDATE_TEXTS
-    python benchmarks/llm_training.py curve   # adapters after 1k, 2k, 4k and all examples of the tune part
+    python benchmarks/llm_training.py objectives  # pointwise BCE and listwise softmax, same mind-train examples
+    python benchmarks/llm_training.py curve   # adapters after 1k, 2k, 4k ... and all examples (mind-train + tune)
     python benchmarks/llm_training.py privacy # differentially private adapters on the curve's examples
 
 `speed` trains two adapters on the same tune-part examples in one process: the trainer as it was (prompt
@@ -25,7 +26,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,8 @@ from llm.relevance import CANDIDATE_TEXTS, DEFAULT_CANDIDATE_TEXT, SYSTEM, relev
 from retrieval.embed import Embedder
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mind-dev"
+WEEK = DATA.parent / "mind-train"  # the MIND-small training week, before every mind-dev impression
+RANKER_WEEK = 300  # the week's last impressions (by time) fit the ranker; no adapter trains on them
 SPLIT = "\x00CANDIDATE\x00"
 ADAPTER_PART = 500  # the first 500 tune impressions train adapters; the rest of the tune part fits the ranker
 
@@ -53,6 +56,17 @@ class Arm:
     packed: bool
     old_prompt: bool = False
     text: str = DEFAULT_CANDIDATE_TEXT
+    objective: str = "pointwise"
+    negatives: int | None = None  # per click; None: the --negatives option
+
+
+def week(show_progress: bool = True) -> tuple[list, list]:
+    """mind-train's impressions replayed, in time order: (the adapters' share, the ranker's share: the last
+    RANKER_WEEK impressions)."""
+    impressions, _ = replay.read_behaviors(WEEK / "behaviors.tsv")
+    corpus = replay.Corpus(WEEK / "news.tsv", Embedder(), Path("data/eval-cache"), show_progress)
+    ordered = sorted(impressions, key=lambda i: (i.time or 0.0, i.id))
+    return list(replay.contexts(ordered[:-RANKER_WEEK], corpus)), list(replay.contexts(ordered[-RANKER_WEEK:], corpus))
 
 
 def old_requests(backend, profile_text: str, articles) -> list[ScoreRequest]:
@@ -75,21 +89,25 @@ def requests_for(arm: Arm, backend, ctx, adapter: str | None = None) -> list[Sco
 
 
 def examples(arm: Arm, backend, contexts, negatives: int, seed: int = 0) -> list[export.Example]:
+    """Every click of each impression and at most `negatives` unclicked candidates per click, sampled within the
+    impression (so that each impression keeps clicks to order against non-clicks); grouped by reader."""
     rows = []
     for ctx in contexts:
-        group = ctx.impression.id
-        rows += [export.Example(r.prefix, r.suffix, label, group)
-                 for r, label in zip(requests_for(arm, backend, ctx), ctx.labels, strict=True)]  # fmt: skip
-    return export.sample_negatives(rows, negatives, seed)
+        group = ctx.impression.user_id or ctx.impression.id
+        own = [export.Example(r.prefix, r.suffix, label, ctx.impression.id)
+               for r, label in zip(requests_for(arm, backend, ctx), ctx.labels, strict=True)]  # fmt: skip
+        rows += [replace(e, group=group) for e in export.sample_negatives(own, negatives, seed)]
+    return rows
 
 
 def train_arm(arm: Arm, rows: list[export.Example], out: Path, **config) -> tuple[Path, float]:
-    """Train on every row (no validation share); returns the adapter folder and the examples per second."""
+    """Train on every row (no validation share), checkpointing every 50 steps (a rerun resumes); returns the
+    adapter folder and the examples per second."""
     data = out / arm.name / "examples.jsonl"
     export.write_examples(data, rows)
     run = out / arm.name / "run"
     card = train.main(train.TrainConfig(
-        data=str(data), output=str(run), packed=arm.packed, validation_share=0.0, checkpoint_every=10**6,
+        data=str(data), output=str(run), packed=arm.packed, validation_share=0.0, checkpoint_every=50,
         **config,
     ))  # fmt: skip
     return run / "adapter", card["examples_seen"] / card["train_seconds_this_run"]
@@ -130,11 +148,15 @@ def tokens_per_candidate(arm: Arm, backend, contexts) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=["speed", "texts", "curve", "privacy"])
+    parser.add_argument("experiment", choices=["speed", "texts", "objectives", "curve", "privacy"])
     parser.add_argument("--train-impressions", type=int, default=60, help="speed/texts: first N tune impressions")
     parser.add_argument("--negatives", type=int, default=4, help="unclicked candidates kept per click")
     parser.add_argument("--eval-impressions", type=int, default=100)
-    parser.add_argument("--snapshots", default="1000,2000,4000", help="curve: adapters saved after N examples")
+    parser.add_argument("--snapshots", default="4000,8000,16000", help="curve: adapters saved after N examples")
+    parser.add_argument("--arms", default="pointwise:8,listwise:8,listwise:4",
+                        help="objectives: OBJECTIVE:NEGATIVES per arm")  # fmt: skip
+    parser.add_argument("--objective", default="listwise", help="curve: the training objective")
+    parser.add_argument("--tune-only", action="store_true", help="curve: the tune part alone, as before mind-train")
     parser.add_argument("--out", default="data/llm-training", help="runs, examples and score caches")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--epsilons", default="inf,8,2", help="privacy: ε of each adapter (inf: not private)")
@@ -183,6 +205,38 @@ def main() -> None:
             print(f"| {text} | {len(rows)} | {speed:.2f} | {value:.2f} ± {se:.2f} | "
                   f"{tokens_per_candidate(arm, backend, judged):.1f} |", flush=True)  # fmt: skip
 
+    elif args.experiment == "objectives":
+        # equal examples (so equal time: an example costs the same under either objective): the first arm's
+        # examples from the first --train-impressions of the week; every other arm takes impressions in the same
+        # order until it has as many
+        adapters_week, _ = week()
+        print(f"mind-train impressions in time order; AUC on the first {len(heldout)} held-out impressions")
+        print("| objective | unclicked per click | impressions | examples | examples/s | held-out AUC (LLM alone) "
+              "| mean P(Yes): clicked / not |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        budget, summary = None, []
+        for spec in args.arms.split(","):
+            objective, negatives = spec.split(":")
+            arm = Arm(f"{objective}-{negatives}", packed=True, objective=objective, negatives=int(negatives))
+            rows, used = [], 0
+            for ctx in adapters_week[: args.train_impressions] if budget is None else adapters_week:
+                if budget is not None and len(rows) >= budget:
+                    break
+                rows += examples(arm, backend, [ctx], arm.negatives)
+                used += 1
+            rows = rows[:budget] if budget else rows
+            budget = budget or len(rows)
+            adapter, speed = train_arm(arm, rows, out / "objectives", objective=objective, **config)
+            backend.load_adapter(arm.name, str(adapter))
+            scores = score(arm, backend, heldout, arm.name, out / "objectives" / arm.name / "heldout.jsonl")
+            value, se = auc(heldout, scores)
+            clicked = [s for c in heldout for s, y in zip(scores[c.impression.id], c.labels, strict=True) if y]
+            passed = [s for c in heldout for s, y in zip(scores[c.impression.id], c.labels, strict=True) if not y]
+            print(f"| {objective} | {negatives} | {used} | {len(rows)} | {speed:.2f} | {value:.2f} ± {se:.2f} | "
+                  f"{np.mean(clicked):.3f} / {np.mean(passed):.3f} |", flush=True)  # fmt: skip
+            summary.append({"objective": objective, "negatives": int(negatives), "auc": value, "se": se})
+        (out / "objectives" / "summary.json").write_text(json.dumps(summary, indent=1))
+
     elif args.experiment == "privacy":
         arm = Arm("curve", packed=True)
         rows = examples(arm, backend, tune[:ADAPTER_PART], args.negatives)
@@ -205,19 +259,25 @@ def main() -> None:
                   f"{dp['steps']} | {speed:.2f} | {value:.2f} ± {se:.2f} |", flush=True)  # fmt: skip
 
     else:
-        arm = Arm("curve", packed=True)
-        rows = examples(arm, backend, tune[:ADAPTER_PART], args.negatives)
+        # the adapters learn from the week (but its last RANKER_WEEK impressions) and the tune part's first 500;
+        # the ranker is fitted on what no adapter saw: the week's last impressions and the rest of the tune part
+        arm = Arm("curve", packed=True, objective=args.objective)
+        adapters_week, ranker_week = ([], []) if args.tune_only else week()
+        rows = examples(arm, backend, [*adapters_week, *tune[:ADAPTER_PART]], args.negatives)
         sizes = [n for n in map(int, args.snapshots.split(",")) if n < len(rows)]
-        adapter, speed = train_arm(arm, rows, out / "curve", snapshots=sizes, **config)
+        name = "curve" if args.tune_only else f"curve-{args.objective}-{args.negatives}"
+        adapter, speed = train_arm(arm, rows, out / name, snapshots=sizes, objective=args.objective, **config)
         print(f"trained on {len(rows)} examples at {speed:.2f} examples/s")
         snapshots = {f"{n}": adapter.parent / "snapshots" / f"{n}-examples" for n in sizes} | {f"{len(rows)}": adapter}
         print("| examples | AUC (LLM alone), held-out |")
         print("|---:|---:|")
-        for size, folder in snapshots.items():
+        for size, folder in reversed(snapshots.items()):  # the largest first: the default adapter's scores
             backend.load_adapter(f"after-{size}", str(folder))
-            for part, contexts in (("ranker", tune[ADAPTER_PART:]), ("heldout", heldout)):
-                scores = score(arm, backend, contexts, f"after-{size}", out / "curve" / f"{part}-{size}.jsonl")
-            value, se = auc(heldout, scores)
+            parts = (("heldout", heldout), ("ranker", tune[ADAPTER_PART:]), ("ranker-week", ranker_week))
+            for part, contexts in parts:
+                scores = score(arm, backend, contexts, f"after-{size}", out / name / f"{part}-{size}.jsonl")
+                if part == "heldout":
+                    value, se = auc(heldout, scores)
             print(f"| {size} | {value:.2f} ± {se:.2f} |", flush=True)
 
 

@@ -351,3 +351,26 @@ def test_training_writes_a_tensorboard_log_of_loss_rate_and_validation_auc(llm, 
     aucs = log.Scalars("validation/auc")
     assert [e.step for e in aucs] == [s for s in range(1, card["steps"] + 1) if s % 2 == 0 or s == card["steps"]]
     assert all(0 <= e.value <= 100 for e in aucs) and aucs[-1].value == pytest.approx(card["validation_auc_last"])
+
+
+def test_the_listwise_loss_is_each_clicks_softmax_cross_entropy_against_the_non_clicks():
+    import math
+
+    import torch
+
+    batch = [export.Example("p", s, label, "g", weight) for s, label, weight in
+             (("a", 1, 1.0), ("b", 0, 1.0), ("c", 0, 1.0), ("d", 1, 2.0))]  # fmt: skip
+    margins = torch.tensor([1.0, 0.5, -1.0, 0.0], requires_grad=True)
+
+    def lse(*xs: float) -> float:
+        return math.log(sum(math.exp(x) for x in xs))
+
+    expected = (lse(1.0, 0.5, -1.0) - 1.0) + 2.0 * (lse(0.0, 0.5, -1.0) - 0.0)  # each click against b and c
+    assert train.listwise_loss(margins, batch).item() == pytest.approx(expected, rel=1e-6)
+    train.listwise_loss(margins, batch).backward()
+    assert margins.grad[0] < 0 < margins.grad[1]  # a click is pushed up, a non-click down
+    nothing = train.listwise_loss(torch.tensor([1.0, 2.0], requires_grad=True), batch[1:3])  # no click to order
+    assert nothing.item() == 0.0 and nothing.requires_grad
+    config = train.TrainConfig(data="d", output="o", objective="listwise", listwise_anchor=0.5)
+    both = train.loss_of(margins, batch, config).item()
+    assert both == pytest.approx(expected + 0.5 * train.summed_loss(margins, batch).item(), rel=1e-6)
