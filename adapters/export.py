@@ -11,7 +11,7 @@ import json
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from config.settings import Settings
@@ -59,18 +59,27 @@ def sample_negatives(examples: Sequence[Example], per_positive: int | None, seed
 
 
 def from_mind(
-    contexts: Iterable, backend: Backend, settings: Settings, pseudonym: Callable[[str], str]
+    contexts: Iterable,
+    backend: Backend,
+    settings: Settings,
+    pseudonym: Callable[[str], str],
+    negatives: int | None = None,
+    seed: int = 0,
 ) -> Iterator[Example]:
-    """Examples from replayed MIND impressions (evaluation.replay.contexts): every candidate with its label, the
-    group the reader's pseudonym (or the impression's id where the data names no reader)."""
+    """Examples from replayed MIND impressions (evaluation.replay.contexts): every clicked candidate and at most
+    `negatives` unclicked ones per click, sampled within the impression (None: all), the group the reader's
+    pseudonym (or the impression's id where the data names no reader)."""
     for ctx in contexts:
         profile_text = ctx.profile.render(settings.history_titles)
         requests = relevance_requests(
             backend, profile_text, [h.article for h in ctx.hits], text=settings.candidate_text
         )
         group = pseudonym(ctx.impression.user_id) if ctx.impression.user_id else ctx.impression.id
-        for request, label in zip(requests, ctx.labels, strict=True):
-            yield Example(request.prefix, request.suffix, label, group)
+        own = [
+            Example(r.prefix, r.suffix, label, ctx.impression.id) for r, label in zip(requests, ctx.labels, strict=True)
+        ]
+        for e in sample_negatives(own, negatives, seed):
+            yield replace(e, group=group)
 
 
 def from_feedback(

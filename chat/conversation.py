@@ -249,7 +249,9 @@ def record_answer(item: RankedItem, record: RankingRecord) -> str:
 def fact_phrase(fact: str) -> str:
     """A profile fact of the record ('interest: soccer', 'read: "T"') in words."""
     kind, _, value = fact.partition(": ")
-    return {"interest": f"your interest in {value}", "read": f"{value}, which you read"}.get(kind, fact)
+    said = {"interest": f"your interest in {value}", "read": f"{value}, which you read",
+            "judged": "what our model made of your recent reading"}  # fmt: skip
+    return said.get(kind, fact)
 
 
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
@@ -261,7 +263,7 @@ EXPLAINING = frozenset(
     "this that these your you also well top ranked rank ranks position first second third matches match "
     "matched profile based shows picked chose chosen here here's it's you're you've you'll think judged relevant "
     "model clicked trending lot lots much more just because one get see seen high higher score scored blend "
-    "mix mixes reason reasons related relates connects connected".split()
+    "mix mixes reason reasons related relates connects connected shown often others click".split()
 )
 
 

@@ -52,7 +52,9 @@ class Settings(BaseSettings):
     embedder: str = PACKAGED_EMBEDDER
     model_cache: Path = Path("~/.cache/newsrank/models")
     backend: Literal["transformers", "vllm", "openai"] = "transformers"
-    adapter: str | None = None  # adapter served when a request names none
+    # the adapter served when a request names none: NAME (its active version) or NAME@VERSION; "mind" is the one
+    # that ships, installed on first start (serve/shipped); none = the zero-shot model
+    adapter: str | None = "mind"
     batch_size: int = Field(16, ge=1)
     threads: int | None = None  # torch CPU threads; None = torch's default
     micro_batching: bool = True  # concurrent requests share LLM calls (llm/backends/batching.py)
@@ -117,10 +119,17 @@ class Settings(BaseSettings):
     recency_hours: float = Field(24 * 7, gt=0)
     half_life_hours: float = Field(24.0, gt=0)  # freshness half-life; popularity counts 2 half-lives
     explain_top: int = Field(3, ge=0)
+    # readers' behaviour as signals (feed/signals.py): click-through rates over the popularity window (two
+    # freshness half-lives); co-clicks from the engagements of this window, the most recent `coclick_max_pairs`
+    # (reader, article) pairs of it, rebuilt in the background every `coclick_refresh_seconds`
+    coclick_window_hours: float = Field(24 * 7, gt=0)
+    coclick_max_pairs: int = Field(200_000, ge=1)
+    coclick_refresh_seconds: float = Field(300.0, gt=0)
     # what the LLM reads of a candidate (feed.recommender.CANDIDATE_TEXTS); an adapter is trained for one of them
     candidate_text: Literal["title", "title+category", "title+abstract"] = "title+abstract"
-    # a learned ranker (`newsrank ranker`): a registered NAME[@VERSION] or a JSON file; unset: the hand-set weights
-    ranker: str | None = None
+    # a learned ranker (`newsrank ranker`): a registered NAME[@VERSION] or a JSON file; "mind" ships (fitted with the
+    # shipped adapter's scores); none = the hand-set weights
+    ranker: str | None = "mind"
     # exposure caps, applied while the blend places a feed's items (unset: none): at most N items from one source,
     # at most a share of the feed from one category, at least a share from outside the reader's top categories
     cap_per_source: int | None = Field(None, ge=1)

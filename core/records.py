@@ -166,6 +166,14 @@ SIGNALS = (
     SignalSpec("popularity", 0.15, "readers' recent clicks, log-scaled (the most clicked = 1)",
                "many readers clicked it recently", "pop", named=("popularity", "popular"),
                says=frozenset({"popular", "readers", "clicked", "trending", "many"})),
+    SignalSpec("ctr", 0.0, "readers who clicked it over readers it was shown to, smoothed toward the rate of the "
+               "other candidates", "readers it was shown to often clicked it", "ctr",
+               named=("click-through", "ctr", "clicked"),
+               says=frozenset({"readers", "shown", "clicked", "often", "click"})),
+    SignalSpec("coclick", 0.0, "how often readers who clicked what the reader clicked also clicked it (item-item "
+               "cosine, mean over the reader's recent clicks)", "readers who read what you read also read it",
+               "co", named=("co-click", "coclick", "others"),
+               says=frozenset({"readers", "read", "also", "others", "like", "clicked"})),
     SignalSpec("freshness", 0.15, "0.5 ^ (age / half-life): 1 for a brand-new article", "it is fresh", "new",
                fitted=False, named=("freshness", "fresh", "new"),
                says=frozenset({"fresh", "new", "newest", "recent", "latest", "just"})),
@@ -199,6 +207,8 @@ class Signals:
     closest: float = 0.0
     subcategory: float = 0.0
     popularity: float = 0.0
+    ctr: float = 0.0
+    coclick: float = 0.0
     freshness: float = 0.0
 
 

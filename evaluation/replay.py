@@ -36,6 +36,7 @@ METHODS = ("random", "popularity", "category", "embedding", "llm", "llm+adapter"
 LLM_METHODS = ("llm", "llm+adapter")
 PARTS = ("all", "tune", "heldout")
 TOP = 10
+EXPLAINED = 3  # the top items a feed explains (Settings.explain_top's default)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,8 @@ class Context:
     hits: list[Hit]
     labels: list[int]
     popularity: list[float]
+    ctr: list[float] | None = None  # each candidate's click-through rate (None: not known, 0)
+    coclick: list[float] | None = None  # each candidate's co-clicks with the reader's history (None: 0)
     now: float | None = None  # when the articles' ages are known (MIND's are not: every candidate counts as new)
 
     @property
@@ -162,7 +165,12 @@ def leave_one_out_clicks(impressions: Iterable[Impression]) -> tuple[Counter, di
 
 
 def contexts(impressions: Sequence[Impression], corpus: Corpus) -> Iterable[Context]:
+    """Each impression with a known clicked candidate, ready to score. What readers' behaviour says (popularity,
+    click-through rate, co-clicks) comes from the *other* impressions: no label of its own leaks."""
     total, own = leave_one_out_clicks(impressions)
+    shows = Counter(c for imp in impressions for c in set(imp.candidates))
+    engaged = ((imp.user_id or imp.id, a) for imp in impressions for a in (*imp.history, *_clicked(imp)))
+    coclicks = signals.CoClicks(engaged, max_pairs=10**9)
     for imp in impressions:
         keep = [i for i, c in enumerate(imp.candidates) if c in corpus]
         if not keep or not any(imp.labels[i] for i in keep):
@@ -173,8 +181,17 @@ def contexts(impressions: Sequence[Impression], corpus: Corpus) -> Iterable[Cont
         events = [Event(imp.user_id or imp.id, a, "click", now - len(known) + i) for i, a in enumerate(known)]
         profile = build_profile(imp.user_id or imp.id, events, Preferences(), {a: corpus.hit(a) for a in known}, now)
         hits = [corpus.hit(imp.candidates[i]) for i in keep]
-        popularity = signals.popularity(total - own[imp.id], hits)  # the other impressions' clicks
-        yield Context(imp, profile, hits, [imp.labels[i] for i in keep], popularity)
+        clicks = total - own[imp.id]  # the other impressions' clicks
+        shown = shows - Counter(set(imp.candidates))
+        yield Context(
+            imp, profile, hits, [imp.labels[i] for i in keep], signals.popularity(clicks, hits),
+            ctr=signals.click_through(clicks, shown, hits),
+            coclick=coclicks.scores([h.article_id for h in profile.history], hits, imp.user_id or imp.id),
+        )  # fmt: skip
+
+
+def _clicked(impression: Impression) -> list[str]:
+    return [c for c, label in zip(impression.candidates, impression.labels, strict=True) if label]
 
 
 # -- methods ------------------------------------------------------------------------------------------------
@@ -184,6 +201,7 @@ class MethodResult:
     seconds: float
     prompt_tokens: int = 0
     explanations: list[str] = field(default_factory=list)  # sources ("llm"/"template") of the top explanations
+    named: list[bool] = field(default_factory=list)  # whether each top-3 explanation names a title or interest
 
 
 @dataclass
@@ -206,6 +224,7 @@ class Evaluator:
         start = time.perf_counter()
         tokens = 0
         sources: list[str] = []
+        named: list[bool] = []
         if method == "random":
             rng = np.random.default_rng([self.seed, int(_digest(ctx.impression.id), 16) % (2**32)])
             scores = rng.random(len(ctx.hits)).tolist()
@@ -225,24 +244,28 @@ class Evaluator:
                 self.backend.count_tokens(r.suffix) for r in requests
             )
         elif method in ("blend", "ranker"):
-            scores, sources = self.blend(ctx, llm("llm+adapter" if self.adapter else "llm"), method == "ranker")
+            scores, sources, named = self.blend(ctx, llm("llm+adapter" if self.adapter else "llm"), method == "ranker")
         else:
             raise InvalidInput(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-        return MethodResult(scores, time.perf_counter() - start, tokens, sources)
+        return MethodResult(scores, time.perf_counter() - start, tokens, sources, named)
 
     def signals(self, ctx: Context, relevance: Sequence[float]) -> list[Signals]:
         """The feed's own signals (feed.signals.candidate_signals)."""
         return signals.candidate_signals(ctx.profile, ctx.hits, relevance, ctx.popularity, ctx.now,
-                                         self.half_life_hours)  # fmt: skip
+                                         self.half_life_hours, ctx.ctr, ctx.coclick)  # fmt: skip
 
     @property
     def scorer(self) -> str:
         """The LLM's scores, named as the recommender names them (Recommender.scorer)."""
         return scorer_key(self.model, self.adapter, self.candidate_text, self.strategy)
 
-    def blend(self, ctx: Context, relevance: Sequence[float], learned: bool = False) -> tuple[list[float], list[str]]:
+    def blend(
+        self, ctx: Context, relevance: Sequence[float], learned: bool = False
+    ) -> tuple[list[float], list[str], list[bool]]:
         """The product's own ranking with greedy MMR, with the hand-set weights or (`learned`) the reader's weights
-        from the learned ranker; a candidate's score is its place, reversed."""
+        from the learned ranker; a candidate's score is its place, reversed. Also where each of the top 3's
+        explanation came from (explain_top: the LLM or the template), and whether each names a history title or an
+        interest of the reader, as the feed grounds it."""
         weights = self.weights
         if learned:
             if self.ranker is None:
@@ -256,13 +279,16 @@ class Evaluator:
             held = {c.index for c in capped}
             placed = capped + [p for p in placed if p.index not in held]
         scores = metrics.by_place(placed)
+        top = [ctx.hits[p.index] for p in placed[:EXPLAINED]]
+        groundings = explain.groundings(ctx.profile, top, [signals[p.index] for p in placed[:EXPLAINED]], weights,
+                                        self.history_titles)  # fmt: skip
+        named = [g.history is not None or bool(g.interests) for g in groundings]
         sources: list[str] = []
         if self.explain_top and self.backend is not None:
-            top = [ctx.hits[p.index] for p in placed[: self.explain_top]]
-            groundings = [explain.ground(ctx.profile, h.article, h.embedding) for h in top]
-            written = explain.write(self.backend, [h.article for h in top], groundings, self.explain_top, self.adapter)
+            n = self.explain_top
+            written = explain.write(self.backend, [h.article for h in top[:n]], groundings[:n], n, self.adapter)
             sources = [source for _, source in written.values()]
-        return scores, sources
+        return scores, sources, named
 
 
 # -- the run ------------------------------------------------------------------------------------------------
@@ -280,6 +306,7 @@ class MethodReport:
     candidates_per_second: float
     prompt_tokens_per_candidate: float
     grounded_share: float | None
+    named_share: float | None = None  # top-3 explanations that name a history title or an interest of the reader
     exposure: Exposure | None = None  # of the top 10
     segments: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # AUC, its error, impressions
 
@@ -329,7 +356,8 @@ class ScoreCache:
 
     def add(self, impression_id: str, result: MethodResult) -> dict:
         row = {"id": impression_id, "scores": result.scores, "seconds": result.seconds,
-               "prompt_tokens": result.prompt_tokens, "explanations": result.explanations}  # fmt: skip
+               "prompt_tokens": result.prompt_tokens, "explanations": result.explanations,
+               "named": result.named}  # fmt: skip
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         self.done[impression_id] = row
@@ -387,6 +415,7 @@ def summarize(
     aucs, mrrs, n5, n10, diversity, coverage = [], [], [], [], [], []
     seconds = tokens = candidates = 0.0
     sources: list[str] = []
+    named: list[bool] = []
     shown = ExposureTally(max_labels=None, max_items=None)
     by_segment: dict[str, list[float]] = {}
     for ctx in prepared:
@@ -410,6 +439,7 @@ def summarize(
             tokens += source["prompt_tokens"]
         candidates += len(scores)
         sources += row.get("explanations", [])
+        named += row.get("named", [])
     return MethodReport(
         method=method,
         impressions=len(prepared),
@@ -423,6 +453,7 @@ def summarize(
         candidates_per_second=candidates / seconds if seconds > 0 else float("inf"),
         prompt_tokens_per_candidate=tokens / candidates if candidates else 0.0,
         grounded_share=(sources.count("llm") / len(sources)) if sources else None,
+        named_share=sum(named) / len(named) if named else None,
         exposure=shown.snapshot(),
         segments={
             name: (100 * float(np.mean(v)), 100 * metrics.standard_error(v), len(v))
@@ -488,6 +519,10 @@ def report_markdown(reports: Sequence[MethodReport], title: str) -> str:
             f"| {r.method} | {r.auc:.2f} ± {r.auc_se:.2f} | {r.mrr:.2f} | {r.ndcg5:.2f} | {r.ndcg10:.2f} | "
             f"{r.diversity:.3f} | {r.coverage:.2f} | {speed} | {tokens} |"
         )
+    for r in reports:
+        if r.named_share is not None:
+            lines.append(f"\nTop-3 explanations that name a history title or an interest of the reader ({r.method}): "
+                         f"{100 * r.named_share:.0f}%.")  # fmt: skip
     grounded = [r for r in reports if r.grounded_share is not None]
     for r in grounded:
         lines.append(f"\nExplanations written by the LLM that passed the grounding check ({r.method}): "

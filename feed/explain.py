@@ -9,13 +9,13 @@ is not kept). The record says which one the reader saw.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from core.llm import Backend, GenerateRequest
-from core.records import Article
+from core.records import SIGNALS, Article, Hit, Signals
 from feed.blend import cosine_similarity
 from feed.profile import HistoryItem, Profile
 from llm import guard, prompts
@@ -35,12 +35,15 @@ class Grounding:
 
     interests: tuple[str, ...] = ()  # profile labels the candidate's category or subcategory matches
     history: HistoryItem | None = None  # the most similar history article, if similar enough
+    judged: bool = False  # the LLM's relevance led the item's score; `history` is among the titles it read
 
     @property
     def facts(self) -> tuple[str, ...]:
         facts = [f"interest: {label}" for label in self.interests]
         if self.history is not None:
             facts.append(f'read: "{self.history.title}"')
+        if self.judged:
+            facts.append("judged: relevance")
         return tuple(facts)
 
     @classmethod
@@ -49,24 +52,53 @@ class Grounding:
         interests = tuple(f.removeprefix("interest: ") for f in facts if f.startswith("interest: "))
         titles = [f.removeprefix("read: ")[1:-1] for f in facts if f.startswith('read: "') and f.endswith('"')]
         history = HistoryItem("", titles[0], "", np.zeros(0, dtype=np.float32)) if titles else None
-        return cls(interests, history)
+        return cls(interests, history, "judged: relevance" in facts)
 
 
-def ground(profile: Profile, article: Article, embedding: np.ndarray) -> Grounding:
+def model_leads(signals: Signals, weights: Mapping[str, float]) -> bool:
+    """Whether the LLM's relevance is the largest term of an item's blended score (weight × value)."""
+    terms = {spec.name: weights.get(spec.name, 0.0) * getattr(signals, spec.name) for spec in SIGNALS}
+    return terms["relevance"] > 0 and max(terms, key=lambda name: terms[name]) == "relevance"
+
+
+def ground(profile: Profile, article: Article, embedding: np.ndarray, model_read: int | None = None) -> Grounding:
+    """What in the profile connects it to one candidate: the interests its topics match, and the history title
+    closest to it if close enough. `model_read`: the LLM's relevance led the item's score, and the LLM read the
+    reader's latest `model_read` titles: the closest of those is named whatever its similarity, as what the
+    judgement rests on (the reader can check that they read it)."""
     labels = profile.labels
     interests = tuple(dict.fromkeys(x for x in (article.category, article.subcategory) if x and x in labels))
     history = None
-    if profile.history:
-        sims = cosine_similarity(embedding[None, :], np.stack([h.embedding for h in profile.history]))[0]
+    read = profile.history[:model_read] if model_read else profile.history
+    if read:
+        sims = cosine_similarity(embedding[None, :], np.stack([h.embedding for h in read]))[0]
         best = int(np.argmax(sims))
-        if sims[best] >= HISTORY_MATCH_MIN:
-            history = profile.history[best]
-    return Grounding(interests, history)
+        if model_read or sims[best] >= HISTORY_MATCH_MIN:
+            history = read[best]
+    return Grounding(interests, history, judged=bool(model_read and read))
+
+
+def groundings(
+    profile: Profile, hits: Sequence[Hit], signals: Sequence[Signals], weights: Mapping[str, float], model_read: int
+) -> list[Grounding]:
+    """The grounding of each of these items (the feed's top, in order): where the LLM's relevance led an item's
+    score, what the judgement rests on (`ground` with `model_read`, the titles the LLM read)."""
+    return [
+        ground(
+            profile, h.article, h.embedding, model_read if not profile.cold_start and model_leads(s, weights) else None
+        )
+        for h, s in zip(hits, signals, strict=True)
+    ]
 
 
 def reason_text(grounding: Grounding, article: Article) -> str:
     """The signals in words: what the prompt hands the LLM and what the template fallback says."""
     parts = []
+    if grounding.judged and grounding.history is not None:
+        parts.append(f'our model judged it a match for what you read lately, closest to "{grounding.history.title}"')
+        if grounding.interests:
+            parts.append(f"it is about {' and '.join(grounding.interests)}, which you follow")
+        return ", and ".join(parts)
     if grounding.interests:
         parts.append(f"it is about {' and '.join(grounding.interests)}, which you follow")
     if grounding.history is not None:

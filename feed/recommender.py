@@ -136,6 +136,9 @@ class Recommender:
         self.scoring_asked = threading.Event()  # set when work is queued: a worker in this process wakes at once
         self._interest_vectors: dict[str, np.ndarray] = {}
         self._rankers: dict[str, tuple[tuple[str, int | None], Ranker]] = {}
+        self._coclick_index: tuple[float, signals.CoClicks | None] = (0.0, None)
+        self._coclick_lock = threading.Lock()
+        self._coclick_refreshing = False
 
     def use_adapter(self, reference: str | None) -> str | None:
         """The backend's name for the adapter a request names ("clicks" = its active version, "clicks@3" = that
@@ -347,6 +350,38 @@ class Recommender:
         """Clicks and likes per article over the last two freshness half-lives (feed.signals.popularity)."""
         return self.feedback.click_counts(self.clock() - 2 * self.settings.half_life_hours * 3600)
 
+    def behaviour(self, profile: Profile, hits: Sequence[Hit]) -> tuple[list[float], list[float], list[float]]:
+        """What readers' behaviour says of each candidate: popularity, click-through rate and co-clicks."""
+        clicks = self.recent_clicks()
+        since = self.clock() - 2 * self.settings.half_life_hours * 3600
+        shows = self.feedback.shown_counts([h.article.id for h in hits], since)
+        history = [h.article_id for h in profile.history]
+        coclick = self.coclicks().scores(history, hits, profile.user_id)
+        return signals.popularity(clicks, hits), signals.click_through(clicks, shows, hits), coclick
+
+    def coclicks(self) -> signals.CoClicks:
+        """The co-click index of the last `coclick_window_hours`: built at first use, then rebuilt in the background
+        when older than `coclick_refresh_seconds` (feeds use the one there is meanwhile)."""
+        with self._coclick_lock:
+            built, index = self._coclick_index
+            stale = time.monotonic() - built > self.settings.coclick_refresh_seconds
+            if index is None:
+                index = self.refresh_coclicks()
+            elif stale and not self._coclick_refreshing:
+                self._coclick_refreshing = True
+                threading.Thread(target=self.refresh_coclicks, daemon=True, name="coclicks").start()
+            return index
+
+    def refresh_coclicks(self) -> signals.CoClicks:
+        s = self.settings
+        try:
+            pairs = self.feedback.engagements(self.clock() - s.coclick_window_hours * 3600, s.coclick_max_pairs)
+            index = signals.CoClicks(pairs, s.coclick_max_pairs)
+            self._coclick_index = (time.monotonic(), index)
+            return index
+        finally:
+            self._coclick_refreshing = False
+
     def _listwise(self, profile_text: str, articles: Sequence[Article], adapter: str | None) -> list[float]:
         def rank_window(indices: Sequence[int]) -> Permutation:
             user = prompts.render(LISTWISE, profile=profile_text, candidates=[listed(articles[i]) for i in indices])
@@ -382,7 +417,7 @@ class Recommender:
         lap("profile")
         hits = self.candidates(profile, request.categories, request.exclude_categories, request.max_age_hours)
         lap("candidates")
-        popular = signals.popularity(self.recent_clicks(), hits)
+        popular, ctr, coclick = self.behaviour(profile, hits)
         weights, degraded, strategy = s.weights.frozen(), [], s.strategy
         if arm is not None:
             weights = BlendWeights(**{**weights, **arm[1].weights})
@@ -408,7 +443,7 @@ class Recommender:
             relevance, sources = self.cached_relevance(request.user_id, profile_text, hits, adapter)
         lap("relevance")
 
-        found = signals.candidate_signals(profile, hits, relevance, popular, now, s.half_life_hours)
+        found = signals.candidate_signals(profile, hits, relevance, popular, now, s.half_life_hours, ctr, coclick)
         embeddings = np.stack([h.embedding for h in hits]) if hits else np.zeros((0, 1))
         lacking = without(weights, "relevance")  # a candidate not scored yet is blended on its other signals
         usual = profile.top_categories()
@@ -441,7 +476,8 @@ class Recommender:
         placed = position.swapped(st.placed, explored, swap)
 
         top = [hits[p.index] for p in placed]
-        groundings = [explain.ground(st.profile, h.article, h.embedding) for h in top]
+        groundings = explain.groundings(st.profile, top, [st.signals[p.index] for p in placed], st.weights,
+                                        s.history_titles)  # fmt: skip
         explanations, rewrite = {}, False
         if request.explain:
             articles = [h.article for h in top]

@@ -4,7 +4,7 @@ replay both call `candidate_signals`, so what `newsrank eval` measures is what `
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -19,6 +19,51 @@ def popularity(counts: Mapping[str, int], hits: Sequence[Hit]) -> list[float]:
     logs = [math.log1p(counts.get(h.article.id, 0)) for h in hits]
     top = max(logs, default=0.0)
     return [v / top if top > 0 else 0.0 for v in logs]
+
+
+CTR_PRIOR_SHOWS = 10.0  # an article's click-through rate starts at the candidates' pooled rate, as if shown this often
+
+
+def click_through(clicks: Mapping[str, int], shows: Mapping[str, int], hits: Sequence[Hit]) -> list[float]:
+    """Readers who clicked each candidate over readers it was shown to, smoothed toward the candidates' pooled
+    rate (a new article is that rate, not 0/0), at most 1. Readers, not clicks or feeds: one reader counts once
+    on each side, however often they were shown it or clicked it."""
+    ids = [h.article.id for h in hits]
+    shown, clicked = sum(shows.get(a, 0) for a in ids), sum(min(clicks.get(a, 0), shows.get(a, 0)) for a in ids)
+    pooled = clicked / shown if shown else 0.0
+    return [min(1.0, (clicks.get(a, 0) + CTR_PRIOR_SHOWS * pooled) / (shows.get(a, 0) + CTR_PRIOR_SHOWS)) for a in ids]
+
+
+class CoClicks:
+    """Which readers engaged with each article (item → readers), for the co-click signal: how strongly readers
+    who clicked what this reader clicked also clicked a candidate. Bounded: the most recent `max_pairs`
+    (reader, article) engagements of a window, so memory and the time a feed spends here are bounded too."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = (), max_pairs: int = 200_000) -> None:
+        readers: dict[str, set[str]] = {}
+        for n, (reader, article) in enumerate(pairs):
+            if n >= max_pairs:
+                break
+            readers.setdefault(article, set()).add(reader)
+        self.readers = readers
+
+    def scores(self, history: Sequence[str], hits: Sequence[Hit], reader: str | None = None) -> list[float]:
+        """Each candidate's mean item-item cosine to the reader's recent clicks: |R(h) ∩ R(x)| / sqrt(|R(h)|
+        |R(x)|), R the readers who engaged with an article, the reader themselves left out (their own clicks
+        would make every article they clicked look co-clicked with itself). In [0, 1], whatever the traffic."""
+        if not history:
+            return [0.0] * len(hits)
+        own = {reader} if reader is not None else set()
+        seen = [self.readers.get(h, set()) - own for h in history]
+        out = []
+        for hit in hits:
+            others = self.readers.get(hit.article.id, set()) - own
+            if not others:
+                out.append(0.0)
+                continue
+            total = sum(len(r & others) / math.sqrt(len(r) * len(others)) for r in seen if r)
+            out.append(total / len(history))
+        return out
 
 
 def similarity(profile: Profile, hit: Hit) -> float:
@@ -40,12 +85,16 @@ def candidate_signals(
     popularity: Sequence[float],
     now: float | None,
     half_life_hours: float,
+    ctr: Sequence[float] | None = None,
+    coclick: Sequence[float] | None = None,
 ) -> list[Signals]:
     """Every fitted and hand-set signal of each candidate. `relevance`: the LLM's P(Yes), None where it has
     not scored the candidate (0 here; the blend then weighs the candidate without it). `now`: None where the
     articles carry no publication time (MIND), and every candidate counts as new."""
     embeddings = np.stack([h.embedding for h in hits]) if hits else np.zeros((0, 1))
     closest = profile.closest(embeddings)
+    ctr = ctr if ctr is not None else [0.0] * len(hits)
+    coclick = coclick if coclick is not None else [0.0] * len(hits)
     return [
         Signals(
             relevance=0.0 if y is None else float(y),
@@ -55,6 +104,8 @@ def candidate_signals(
             closest=float(np.clip(c, 0.0, 1.0)),
             subcategory=profile.subcategory_shares.get(h.article.subcategory, 0.0),
             popularity=p,
+            ctr=rate,
+            coclick=co,
         )
-        for h, y, c, p in zip(hits, relevance, closest, popularity, strict=True)
+        for h, y, c, p, rate, co in zip(hits, relevance, closest, popularity, ctr, coclick, strict=True)
     ]

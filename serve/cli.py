@@ -14,6 +14,7 @@ from pathlib import Path
 
 from core.errors import BackendError, EmptyStore, InvalidInput, NewsrankError, NotFound, StoreUnavailable
 
+DEFAULT_EVAL_DATA = "../shared/data/mind-dev"  # beside the checkout, where the MIND samples live (not shipped)
 EXIT_CODES: dict[type[NewsrankError], int] = {
     InvalidInput: 2,
     NotFound: 3,
@@ -93,26 +94,48 @@ def cmd_why(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """Replay MIND impressions. Without options: what `make serve` serves (the configured adapter and learned ranker,
+    or the hand-set blend), on the first 300 held-out impressions of ../shared/data/mind-dev."""
     from config.settings import Settings
     from evaluation import replay
+    from feed.learned_ranker import RankerRegistry
     from llm.models import offline
+    from serve import shipped
     from serve.service import make_backend
 
     offline()
     settings = Settings()
+    registry = _registry(settings)
+    shipped.install(settings, registry)  # what a first start installs: eval may run before any serve
+    default_data = args.data is None and args.news is None and args.behaviors is None
+    folder = Path(args.data or DEFAULT_EVAL_DATA)
+    news, behaviors = Path(args.news or folder / "news.tsv"), Path(args.behaviors or folder / "behaviors.tsv")
+    if not news.is_file() or not behaviors.is_file():
+        raise InvalidInput(f"no MIND data at {news} and {behaviors}: give --data FOLDER (news.tsv, behaviors.tsv)"
+                           " or --news and --behaviors")  # fmt: skip
+    part = args.part or ("heldout" if default_data else "all")
+    limit = args.limit if args.limit is not None else (300 if default_data else None)
+    adapter, ranker, methods = args.adapter, args.ranker, args.method
+    if methods is None:  # what the service serves
+        adapter = adapter or settings.adapter
+        if ranker is None and settings.ranker:
+            served = Path(settings.ranker) if settings.ranker.endswith(".json") else None
+            ranker = str(served or RankerRegistry(settings.adapters_path / "rankers").path(settings.ranker)[1])
+        methods = "ranker" if ranker else "blend"
+        print(f"measuring what is served: {methods} with adapter {adapter or 'none (zero-shot)'}"
+              + (f" and ranker {settings.ranker}" if ranker else ""))  # fmt: skip
 
     def adapter_folder(reference: str) -> tuple[str, Path]:
         """A PEFT adapter folder, or a registered NAME[@VERSION]: its backend name and folder."""
         if Path(reference).is_dir():
             return Path(reference).name, Path(reference)
-        version = _registry(settings).resolve(reference)
+        version = registry.resolve(reference)
         return version.key, version.path
 
     run = replay.EvalRun(
-        news=Path(args.news), behaviors=Path(args.behaviors),
-        methods=tuple(m.strip() for m in args.method.split(",") if m.strip()), part=args.part, limit=args.limit,
-        skip=args.skip, seed=args.seed, adapter=args.adapter, explain=args.explain,
-        ranker=Path(args.ranker) if args.ranker else None, fit_weights=args.fit_weights,
+        news=news, behaviors=behaviors, methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        part=part, limit=limit, skip=args.skip, seed=args.seed, adapter=adapter, explain=args.explain,
+        ranker=Path(ranker) if ranker else None, fit_weights=args.fit_weights,
         fit_ranker=Path(args.fit_ranker) if args.fit_ranker else None,
         predictions=Path(args.predictions) if args.predictions else None,
         report=Path(args.report) if args.report else None,
@@ -133,7 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = Path(args.output) if args.output else settings.data_dir / "runs" / args.name
     data = Path(args.data) if args.data else run_dir / "examples.jsonl"
     if not args.data:
-        if args.mind_behaviors:
+        if args.mind_behaviors or args.mind:
             examples = _mind_examples(args, service)
         else:
             since = _since(args.since, registry, args.name)
@@ -141,7 +164,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             examples = export.from_feedback(
                 service.feedback, service.articles, service.backend, settings, since, service.pseudonyms, weights
             )
-        examples = export.sample_negatives(list(examples), args.negatives, args.seed)
+        if not (args.mind_behaviors or args.mind):  # MIND examples are sampled per impression
+            examples = export.sample_negatives(list(examples), args.negatives, args.seed)
         if not any(e.label for e in examples):
             raise InvalidInput("no positive examples to learn from (no clicks or likes in the chosen data)")
         print(f"{export.write_examples(data, examples)} examples written to {data}")
@@ -171,14 +195,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _mind_examples(args: argparse.Namespace, service):
+    """Examples from MIND-format impressions: --mind-news/--mind-behaviors with --part, or each --mind FOLDER[:PART]
+    (news.tsv and behaviors.tsv in the folder; PART all, tune or heldout, default all). Unclicked candidates are
+    sampled within each impression (--negatives per click), so every impression keeps clicks to rank."""
     from adapters import export
     from evaluation import replay
 
-    impressions, _ = replay.read_behaviors(Path(args.mind_behaviors))
-    chosen = replay.select(impressions, args.part, args.seed, args.limit)
-    corpus = replay.Corpus(Path(args.mind_news), service.articles.embedder, service.settings.data_dir / "eval-cache")
-    contexts = replay.contexts(chosen, corpus)
-    return export.from_mind(contexts, service.backend, service.settings, service.pseudonyms)
+    sources = [(Path(args.mind_news), Path(args.mind_behaviors), args.part)] if args.mind_behaviors else []
+    for spec in args.mind or ():
+        folder, _, part = spec.partition(":")
+        sources.append((Path(folder) / "news.tsv", Path(folder) / "behaviors.tsv", part or "all"))
+    examples: list = []
+    for news, behaviors, part in sources:
+        if not news.is_file():
+            raise InvalidInput(f"no news file {news} (give --mind-news, or a --mind folder with news.tsv)")
+        impressions, _ = replay.read_behaviors(behaviors)
+        chosen = replay.select(impressions, part, args.seed, args.limit)
+        corpus = replay.Corpus(news, service.articles.embedder, service.settings.data_dir / "eval-cache")
+        found = export.from_mind(replay.contexts(chosen, corpus), service.backend, service.settings,
+                                 service.pseudonyms, args.negatives, args.seed)  # fmt: skip
+        examples += list(found)
+        print(f"{behaviors}: {len(chosen)} impressions ({part} part)")
+    return examples
 
 
 def _since(value: str | None, registry, name: str) -> float:
@@ -458,15 +496,17 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_events_add)
 
     p = commands.add_parser("eval", help="replay MIND-format impressions and compare ranking methods")
-    p.add_argument("--news", required=True, help="MIND news.tsv")
-    p.add_argument("--behaviors", required=True, help="MIND behaviors.tsv")
+    p.add_argument("--data", help=f"a MIND folder with news.tsv and behaviors.tsv (default {DEFAULT_EVAL_DATA})")
+    p.add_argument("--news", help="MIND news.tsv (instead of --data)")
+    p.add_argument("--behaviors", help="MIND behaviors.tsv (instead of --data)")
     p.add_argument(
         "--method",
-        default="blend",
-        help="comma-separated: random, popularity, category, embedding, llm, llm+adapter, blend (default)",
+        help="comma-separated: random, popularity, category, embedding, llm, llm+adapter, blend, ranker "
+        "(default: what the service serves, with its adapter and ranker)",
     )
-    p.add_argument("--part", default="all", choices=["all", "tune", "heldout"], help="the seeded half split")
-    p.add_argument("--limit", type=int, help="the first N impressions of the part")
+    p.add_argument("--part", choices=["all", "tune", "heldout"],
+                   help="the seeded half split (default: heldout with the default data, else all)")  # fmt: skip
+    p.add_argument("--limit", type=int, help="the first N impressions of the part (default data: 300)")
     p.add_argument("--skip", type=int, default=0, help="skip the first N impressions of the part")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adapter", help="NAME[@VERSION] from the registry, or a PEFT adapter folder")
@@ -484,6 +524,9 @@ def parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--data", help="training examples JSONL (already exported)")
     source.add_argument("--mind-behaviors", help="MIND behaviors.tsv (with --mind-news)")
+    source.add_argument("--mind", action="append", metavar="FOLDER[:PART]",
+                        help="a MIND folder (news.tsv, behaviors.tsv), e.g. ../shared/data/mind-train or "
+                        "../shared/data/mind-dev:tune; repeatable")  # fmt: skip
     source.add_argument("--since", help="events since TIME (ISO-8601), or 'last': since the active adapter")
     p.add_argument("--mind-news", help="MIND news.tsv")
     p.add_argument("--part", default="tune", choices=["all", "tune", "heldout"], help="MIND split (default tune)")

@@ -32,6 +32,7 @@ from llm.backends.metered import MeteredBackend
 from retrieval.embed import Embedder
 from retrieval.ingest import IngestReport, article_from_dict, ingest_file
 from retrieval.store import ChromaArticleStore, chroma_client
+from serve import shipped
 from serve.jobs import TrainingJobs
 from serve.limits import ModelSlots, RateLimiter
 from store import open_store
@@ -140,7 +141,10 @@ class Newsrank:
         feedback = open_store(
             settings.store_url, pool_size=settings.database_pool_size, timeout=settings.database_timeout
         )
-        return cls(settings, articles, feedback, backend or make_backend(settings))
+        service = cls(settings, articles, feedback, backend or make_backend(settings))
+        for installed in shipped.install(settings, service.adapters):  # first start: what a new install serves
+            log.info("installed the shipped %s", installed)
+        return service
 
     # -- articles -----------------------------------------------------------------------------------------
     def ingest(self, path: Path, fmt: str | None = None, show_progress: bool = True) -> IngestReport:
@@ -225,8 +229,15 @@ class Newsrank:
         return self._recent_stats[1]
 
     def check_experiment(self) -> None:
-        """Every arm of the experiment names an adapter and a ranker that exist (InvalidInput if not): a typo must
-        stop the service at its start, not fail the feeds of the readers in one arm."""
+        """The configured adapter and ranker, and every arm of the experiment, name ones that exist (InvalidInput
+        if not): a typo must stop the service at its start, not fail the feeds of the readers in one arm."""
+        try:
+            self.recommender.use_adapter(self.settings.adapter)
+            self.recommender.learned_ranker()
+        except (NotFound, InvalidInput, OSError) as exc:
+            s = self.settings
+            said = f"NEWSRANK_ADAPTER={s.adapter}, NEWSRANK_RANKER={s.ranker}; none serves the zero-shot or hand-set"
+            raise InvalidInput(f"{exc} ({said})") from None
         experiment = self.settings.experiment
         for name, arm in experiment.arms.items() if experiment else ():
             try:

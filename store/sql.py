@@ -22,6 +22,7 @@ from typing import Any
 
 from core.errors import Conflict, InvalidInput, NotFound
 from core.records import (
+    ENGAGEMENT,
     AdapterVersion,
     CachedScore,
     Event,
@@ -63,13 +64,17 @@ class Tx:
         row = self.execute(sql, params).fetchone()
         return None if row is None else self.store.decode(row)
 
-    def rows_in(self, sql: str, params: Sequence[Any], ids: Sequence[Any], chunk: int = 500) -> list[dict[str, Any]]:
+    def rows_in(
+        self, sql: str, params: Sequence[Any], ids: Sequence[Any], chunk: int = 500, twice: bool = False
+    ) -> list[dict[str, Any]]:
         """The rows of a query with `IN ({ids})` in it, the ids sent in chunks (SQLite caps a statement's
-        parameters); `params` come before the ids."""
+        parameters); `params` come before the ids. `twice`: the query has two halves, each with its `params` and
+        then the ids."""
         found: list[dict[str, Any]] = []
         for start in range(0, len(ids), chunk):
             part = list(ids[start : start + chunk])
-            found += self.rows(sql.format(ids=", ".join("?" * len(part))), [*params, *part])
+            values = [*params, *part, *params, *part] if twice else [*params, *part]
+            found += self.rows(sql.format(ids=", ".join("?" * len(part))), values)
         return found
 
     def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
@@ -216,6 +221,35 @@ class SqlFeedbackStore(ABC):
                 [self.encode_time(since)],
             )
         return {r["article_id"]: r["n"] for r in rows}
+
+    def shown_counts(self, article_ids: Sequence[str], since: float) -> dict[str, int]:
+        """Readers each article was shown to since a time, in a recorded feed or by an impression event: the
+        click-through rate's denominator. Readers, not feeds: a reader shown an article in a hundred feeds counts
+        once."""
+        if not article_ids:
+            return {}
+        with self.transaction() as tx:
+            rows = tx.rows_in(
+                "SELECT article_id, COUNT(DISTINCT user_id) AS n FROM ("
+                " SELECT i.article_id, r.user_id FROM ranking_items i JOIN rankings r ON r.ranking_id = i.ranking_id"
+                " WHERE r.created_at >= ? AND i.article_id IN ({ids})"
+                " UNION SELECT article_id, user_id FROM events WHERE type = 'impression' AND ts >= ?"
+                " AND article_id IN ({ids})) AS shown GROUP BY article_id",
+                [self.encode_time(since)], list(article_ids), twice=True,
+            )  # fmt: skip
+        return {r["article_id"]: r["n"] for r in rows}
+
+    def engagements(self, since: float, limit: int) -> list[tuple[str, str]]:
+        """(reader, article) of the engagement events (click, like, share, comment) since a time, one per pair,
+        the most recent first, at most `limit`: what the co-click signal is built from."""
+        kinds = ", ".join(f"'{kind}'" for kind in sorted(ENGAGEMENT))
+        with self.transaction() as tx:
+            rows = tx.rows(
+                f"SELECT user_id, article_id, MAX(ts) AS last FROM events WHERE type IN ({kinds}) AND ts >= ?"
+                " GROUP BY user_id, article_id ORDER BY last DESC LIMIT ?",
+                [self.encode_time(since), int(limit)],
+            )
+        return [(r["user_id"], r["article_id"]) for r in rows]
 
     def user_ids(self, since: float | None = None) -> list[str]:
         """Readers with events since a time, sorted."""

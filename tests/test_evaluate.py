@@ -202,21 +202,23 @@ def test_evaluation_ranks_as_the_feed_serves(corpus_store, feedback, settings, t
     (Evaluator): the same signals, the same scorer key, and the same order, with the hand-set weights and with a
     learned ranker keyed on that scorer."""
     from core.records import Event
-    from feed import learned_ranker, signals
+    from feed import learned_ranker
     from feed.recommender import FeedRequest, Recommender
     from tests.conftest import NOW
 
     feedback.add_events([Event("fan", a, "click", NOW - 3600 * h) for h, a in enumerate(("s1", "s2", "p1"))])
-    feedback.add_events([Event("other", "s4", "click", NOW - 60), Event("third", "s4", "like", NOW - 50)])
+    feedback.add_events([Event("other", "s4", "click", NOW - 60), Event("third", "s4", "like", NOW - 50),
+                         Event("other", "s1", "click", NOW - 70)])  # fmt: skip
     backend = FakeBackend()
     recommender = Recommender(corpus_store, feedback, backend, settings, clock=lambda: NOW)
+    recommender.recommend(FeedRequest("third", k=8, explain=False))  # shown to a reader: click-through rates
     request = FeedRequest("fan", k=8, explain=False, fresh=True)
     standings = recommender.rank(request)
     hits = standings.hits
     ctx = replay.Context(
         replay.Impression("i", "fan", NOW, (), tuple(h.article.id for h in hits), (0,) * len(hits)),
-        recommender.profile("fan"), hits, [0] * len(hits),
-        signals.popularity(recommender.recent_clicks(), hits), now=NOW,
+        recommender.profile("fan"), hits, [0] * len(hits), *recommender.behaviour(recommender.profile("fan"), hits),
+        now=NOW,
     )  # fmt: skip
     evaluator = replay.Evaluator(backend, settings.weights.frozen(), model=backend.model,
                                  candidate_text=settings.candidate_text, strategy=settings.strategy,
@@ -224,10 +226,11 @@ def test_evaluation_ranks_as_the_feed_serves(corpus_store, feedback, settings, t
     relevance = [s.relevance for s in standings.signals]
     assert evaluator.scorer == recommender.scorer(None)
     assert evaluator.signals(ctx, relevance) == standings.signals
-    assert len({s.popularity for s in standings.signals}) > 1  # the click counts are in it, not all zero
+    # the behaviour signals are in it, not all zero: click counts, rates over readers shown, co-clicks
+    assert all(len({getattr(s, name) for s in standings.signals}) > 1 for name in ("popularity", "ctr", "coclick"))
 
     def evaluated_order() -> list[str]:
-        scores, _ = evaluator.blend(ctx, relevance, learned=evaluator.ranker is not None)
+        scores, _, _ = evaluator.blend(ctx, relevance, learned=evaluator.ranker is not None)
         return [hits[i].article.id for i in metrics.ranking(scores)][: request.k]
 
     served = [hits[p.index].article.id for p in standings.placed]

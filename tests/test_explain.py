@@ -65,3 +65,28 @@ def test_choose_falls_back_to_the_template():
         '"Riverton Hawks beat Lakeport Mariners in overtime", which you read.'
     )
     assert chosen[2][0] == "Recommended because it is new in sports and adds variety to your feed."
+
+
+def test_when_the_model_leads_the_explanation_names_what_its_judgement_rests_on():
+    """An item whose score the LLM's relevance leads is explained by the titles the LLM read: the closest of them
+    is named whatever its similarity; the same item led by similarity is not."""
+    from core.records import Signals
+    from feed.explain import groundings, model_leads
+
+    older = HistoryItem("s9", "A recipe for lentil soup", "food", np.array([0.0, 1.0]))
+    profile = Profile("u", history=(HAWKS, older), explicit=("tennis",))
+    pasta = article("d", "Pasta night in the city", "food")
+    by_model = Signals(relevance=0.9, similarity=0.1)
+    by_similarity = Signals(relevance=0.1, similarity=0.9)
+    weights = {"relevance": 0.5, "similarity": 0.3}
+    assert model_leads(by_model, weights) and not model_leads(by_similarity, weights)
+    assert not model_leads(Signals(), weights)  # nothing scored: nothing leads
+    hit = type("Hit", (), {"article": pasta, "embedding": np.array([0.2, 0.98])})()
+    [judged, plain] = groundings(profile, [hit, hit], [by_model, by_similarity], weights, model_read=1)
+    # the LLM read one title (the latest): it is named, though far from pasta; similarity alone names nothing
+    assert judged.judged and judged.history is HAWKS and "judged: relevance" in judged.facts
+    assert plain.history is older and not plain.judged  # the closest of all history, above the threshold
+    text = template_explanation(judged, pasta)
+    assert "our model judged it" in text and HAWKS.title in text
+    assert Grounding.from_facts(judged.facts) == Grounding(history=HistoryItem("", HAWKS.title, "", np.zeros(0)),
+                                                           judged=True)  # fmt: skip

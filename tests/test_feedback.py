@@ -575,3 +575,20 @@ def test_feed_outcomes_count_what_readers_did_with_each_feed(store):
     kept = [e for e in store.events("u1") if e.type in ("comment", "rating")]
     assert [(e.text, e.value) for e in kept] == [(text, None), (None, 5), (None, 2)]
     assert store.ranking("r1").explored_pair == r1.explored_pair == 2 and r2.explored_pair is None
+
+
+def test_readers_shown_and_engagements_count_each_reader_once(store):
+    """The click-through rate's denominator and the co-click index's pairs: readers, not feeds or clicks."""
+    for n in range(5):  # one reader shown a and b in five feeds counts once
+        store.record_ranking(record(f"r{n}", "u1", NOW - 100 + n, ["a", "b"]))
+    store.record_ranking(record("r9", "u2", NOW - 50, ["a"]))
+    store.record_ranking(record("old", "u3", NOW - 10_000, ["a"]))  # before the window
+    store.add_events([Event("u4", "a", "impression", NOW - 20), Event("u4", "c", "impression", NOW - 20),
+                      Event("u1", "a", "impression", NOW - 20)])  # fmt: skip
+    assert store.shown_counts(["a", "b", "c", "z"], NOW - 1000) == {"a": 3, "b": 1, "c": 1}
+    assert store.shown_counts([], NOW - 1000) == {}
+    store.add_events([Event("u1", "a", "click", NOW - 9), Event("u1", "a", "like", NOW - 8),
+                      Event("u2", "b", "share", NOW - 7), Event("u2", "c", "skip", NOW - 6),
+                      Event("u3", "d", "click", NOW - 5000)])  # fmt: skip
+    assert store.engagements(NOW - 1000, 10) == [("u2", "b"), ("u1", "a")]  # the most recent first, one per pair
+    assert store.engagements(NOW - 1000, 1) == [("u2", "b")]

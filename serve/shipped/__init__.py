@@ -1,0 +1,87 @@
+"""What a new install serves: a LoRA adapter and a learned ranker trained on public MIND clicks, shipped in this
+folder with their card (README.md here), installed into the registries on first start.
+
+    adapter/      the PEFT adapter (adapter_config.json, adapter_model.safetensors in fp16, card.json)
+    ranker.json   the learned ranker fitted with that adapter's scores
+
+`NEWSRANK_ADAPTER=none` / `NEWSRANK_RANKER=none` serve the zero-shot model and the hand-set weights instead.
+`make default-model` rebuilds both (docs/BENCHMARKS.md has what it measured); `python -m serve.shipped ADAPTER
+RANKER` packs a trained adapter folder and a ranker file in here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import replace
+from importlib.resources import as_file, files
+from pathlib import Path
+from typing import Any
+
+from adapters.registry import AdapterRegistry
+from config.settings import Settings
+from core.errors import NotFound
+from feed.learned_ranker import Ranker, RankerRegistry
+
+NAME = "mind"  # the registered name of both (NEWSRANK_ADAPTER and NEWSRANK_RANKER default to it)
+FOLDER = files("serve.shipped")
+
+
+def available(folder: Any = FOLDER) -> bool:
+    return (folder / "adapter" / "adapter_config.json").is_file() and (folder / "ranker.json").is_file()
+
+
+def install(settings: Settings, adapters: AdapterRegistry, folder: Any = FOLDER) -> list[str]:
+    """Publish the shipped adapter and ranker into the registries when the settings serve them by their shipped
+    name and the registries have no version of that name yet (a platform's own versions are never touched).
+    The ranker's LLM fit is keyed on the installed adapter's version. Returns what was installed."""
+    installed: list[str] = []
+    if not available(folder):
+        return installed
+    if settings.adapter == NAME and not adapters.versions(NAME):
+        with as_file(folder / "adapter") as adapter:
+            installed.append(adapters.publish(NAME, Path(adapter)).key)
+    rankers = RankerRegistry(settings.adapters_path / "rankers")
+    if settings.ranker == NAME and not rankers.versions(NAME):
+        with as_file(folder / "ranker.json") as path:
+            ranker = Ranker.load(Path(path))
+        if ranker.scorer and settings.adapter == NAME:
+            try:
+                model, _, prompt, strategy = ranker.scorer.split("|")
+                ranker = replace(ranker, scorer=f"{model}|{adapters.resolve(NAME).key}|{prompt}|{strategy}")
+            except (ValueError, NotFound):
+                pass  # a scorer it cannot name: the ranker ranks with its fit without the LLM
+        installed.append(f"{NAME}@{rankers.publish(NAME, ranker)}")
+    return installed
+
+
+def pack(adapter: Path, ranker: Path, into: Path | None = None) -> Path:
+    """Copy a trained adapter (its tensors as fp16 safetensors) and a ranker file in as what ships."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    target = Path(into) if into else Path(str(FOLDER))
+    staging = Path(tempfile.mkdtemp(dir=target, prefix=".pack-"))
+    try:
+        (staging / "adapter").mkdir()
+        for name in ("adapter_config.json", "card.json"):
+            if (adapter / name).is_file():
+                shutil.copy(adapter / name, staging / "adapter" / name)
+        tensors = load_file(adapter / "adapter_model.safetensors")
+        save_file({k: v.to(torch.float16).contiguous() for k, v in tensors.items()},
+                  staging / "adapter" / "adapter_model.safetensors")  # fmt: skip
+        Ranker.load(ranker).save(staging / "ranker.json")
+        shutil.rmtree(target / "adapter", ignore_errors=True)
+        (staging / "adapter").rename(target / "adapter")
+        (staging / "ranker.json").rename(target / "ranker.json")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m serve.shipped ADAPTER_FOLDER RANKER_JSON")
+    print(json.dumps({"packed into": str(pack(Path(sys.argv[1]), Path(sys.argv[2])))}))
