@@ -33,6 +33,8 @@ CHAT_TOKENS = 48
 MAX_MESSAGES = 20
 MAX_MESSAGE_CHARS = 2000
 HISTORY_TURNS = 4  # earlier turns shown to the model: enough for "and the second one?", short enough for 2 cores
+TURN_CHARS = 300  # of each turn shown to the model: a long one costs the prompt no more than this
+MAX_CHAT_CHARS = 6000  # a request's messages together (Settings.chat_chars_max)
 
 LESS = re.compile(r"\b(less like (this|that|it)|fewer like|not interested|no more (of )?(this|these)|stop showing)\b")
 MORE_LIKE = re.compile(r"\bmore (like|of) (this|that|these|it)\b")
@@ -48,9 +50,6 @@ ORDINALS = {"top": 1, "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth":
 REFERENCE = re.compile(r"(?:#|number |no\. ?)(?P<n>\d{1,3})\b|\bthe (?P<ordinal>" + "|".join(ORDINALS) + r")\b")
 WHAT_IF = re.compile(r"\bwhat if\b|\bwhat would (?:happen|change)\b|\bwithout\b|\bif i (?:had not|hadn'?t|never)\b")
 UNDO = re.compile(r"\bundo\b|\btake (?:that|it) back\b|\brevert\b|\bnever ?mind\b|\bcancel that\b")
-# the answers that changed a profile, as _less and _more write them: what "undo that" reverts
-MUTED = re.compile(r'Done: you will see no more "(?P<label>[^"]+)" articles')
-FOLLOWED = re.compile(r'Done: "(?P<label>[^"]+)" is now one of your interests')
 WAS_INTEREST, WAS_MUTED = "It was one of your interests until now.", "It was muted until now."
 REASONS = {spec.name: spec.reason for spec in BLEND}  # each term of the blend's reason, in the reader's words
 NAMED = {spec.name: spec.named for spec in BLEND}  # how a reader may name each term ("what if it were less popular?")
@@ -81,7 +80,7 @@ class Reply:
     main_signal: str = ""  # the reason a phrased answer must state
 
 
-def check_messages(messages: Sequence[Message]) -> None:
+def check_messages(messages: Sequence[Message], max_chars: int = MAX_CHAT_CHARS) -> None:
     if not messages or messages[-1].role != "user":
         raise InvalidInput("messages must end with the user's question")
     if len(messages) > MAX_MESSAGES:
@@ -89,6 +88,8 @@ def check_messages(messages: Sequence[Message]) -> None:
     for m in messages:
         if m.role not in ("user", "assistant") or not m.content.strip() or len(m.content) > MAX_MESSAGE_CHARS:
             raise InvalidInput(f"each message needs role user|assistant and 1-{MAX_MESSAGE_CHARS} characters")
+    if sum(len(m.content) for m in messages) > max_chars:
+        raise InvalidInput(f"at most {max_chars} characters in one request's messages, all turns together")
 
 
 def intent_of(question: str) -> tuple[str, str | None]:
@@ -313,6 +314,7 @@ class Chat:
         profile: Callable[..., Profile] | None = None,
         recency_hours: float = 24 * 7,
         standings: Callable[[str], Sequence[tuple[int, Article]]] | None = None,
+        max_chars: int = MAX_CHAT_CHARS,
     ):
         self.feedback = feedback
         self.articles = articles
@@ -321,6 +323,7 @@ class Chat:
         self.profile = profile  # a reader's profile now, or without some articles ("why not", "what if")
         self.recency_hours = recency_hours
         self.standings = standings  # where a reader's candidates rank now: (position, article), best first
+        self.max_chars = max_chars
 
     def record(self, user_id: str, ranking_id: str | None, article_id: str | None) -> RankingRecord:
         if ranking_id is None and article_id is None:
@@ -337,7 +340,7 @@ class Chat:
     ) -> tuple[Reply, GenerateRequest | None]:
         """Apply the request's preference change and answer from the record; for a "why", also the prompt that
         lets the model phrase the answer (the caller runs it, so that it can stream)."""
-        check_messages(messages)
+        check_messages(messages, self.max_chars)
         question = messages[-1].content
         record = self.record(user_id, ranking_id, article_id)
         earlier = [m.content for m in messages[:-1] if m.role == "user"]
@@ -370,7 +373,7 @@ class Chat:
         if intent == "why-not" and topic and self.profile is not None:
             return self._why_not(reply, user_id, topic.lower(), record), None
         if intent == "undo":
-            return self._undo(reply, user_id, messages), None
+            return self._undo(reply, user_id), None
         if intent == "less":
             return self._less(reply, user_id), None
         if intent == "more":
@@ -389,7 +392,7 @@ class Chat:
             grounded_in=list(item.grounded_in),
         )
         turns = messages[-(2 * HISTORY_TURNS - 1) :]
-        conversation = "\n".join(f"{m.role}: {m.content}" for m in turns)
+        conversation = "\n".join(f"{m.role}: {m.content[:TURN_CHARS]}" for m in turns)
         return reply, GenerateRequest(self.backend.chat_prompt(system, conversation), CHAT_TOKENS)
 
     def finish(self, reply: Reply, generated: str) -> Reply:
@@ -523,27 +526,23 @@ class Chat:
             raise NotFound(f"article {article_id!r} is no longer in the store")
         return hit.article.subcategory or hit.article.category
 
-    def _undo(self, reply: Reply, user_id: str, messages: Sequence[Message]) -> Reply:
-        """Revert the last preference change this conversation made, as its answers reported it."""
-        prefs = self.feedback.preferences(user_id)
-        for message in reversed(messages[:-1]):
-            if message.role != "assistant":
-                continue
-            if muted := MUTED.search(message.content):
-                label = muted.group("label")
-                interests = [*prefs.interests, label] if WAS_INTEREST in message.content else prefs.interests
-                updated = Preferences.newest(interests, [m for m in prefs.mutes if m != label])
-                text = f'Undone: "{label}" is no longer muted.'
-            elif followed := FOLLOWED.search(message.content):
-                label = followed.group("label")
-                mutes = [*prefs.mutes, label] if WAS_MUTED in message.content else prefs.mutes
-                updated = Preferences.newest([i for i in prefs.interests if i != label], mutes)
-                text = f'Undone: "{label}" is no longer one of your interests.'
-            else:
-                continue
-            self.feedback.set_preferences(user_id, updated, self.clock())
-            return replace(reply, text=text, preferences=updated)
-        return replace(reply, text="There is no change to undo in this conversation.")
+    def _undo(self, reply: Reply, user_id: str) -> Reply:
+        """Revert the reader's last preference change made in chat, as the store kept it (never as the client's
+        copy of the conversation says it: that copy is the client's to write)."""
+        change = self.feedback.last_change(user_id)
+        if not change:
+            return replace(reply, text="There is no change to undo in this conversation.")
+        prefs, label = self.feedback.preferences(user_id), change["label"]
+        if change["kind"] == "mute":
+            interests = [*prefs.interests, label] if change.get("was_interest") else prefs.interests
+            updated = Preferences.newest(interests, [m for m in prefs.mutes if m != label])
+            text = f'Undone: "{label}" is no longer muted.'
+        else:
+            mutes = [*prefs.mutes, label] if change.get("was_muted") else prefs.mutes
+            updated = Preferences.newest([i for i in prefs.interests if i != label], mutes)
+            text = f'Undone: "{label}" is no longer one of your interests.'
+        self.feedback.set_preferences(user_id, updated, self.clock())  # no change kept: an undo is not undone
+        return replace(reply, text=text, preferences=updated)
 
     def _less(self, reply: Reply, user_id: str) -> Reply:
         label = self._label(reply.article_id)
@@ -551,7 +550,8 @@ class Chat:
         if label in current.mutes:  # nothing changes, so there is nothing to undo either
             return replace(reply, text=f'You already see no "{label}" articles.', preferences=current)
         updated = current.with_mute(label)
-        self.feedback.set_preferences(user_id, updated, self.clock())
+        change = {"kind": "mute", "label": label, "was_interest": label in current.interests}
+        self.feedback.set_preferences(user_id, updated, self.clock(), change)
         text = f'Done: you will see no more "{label}" articles. Say "undo that" to take it back.'
         if label in current.interests:
             text += f" {WAS_INTEREST}"
@@ -563,7 +563,8 @@ class Chat:
         if topic in current.interests:
             return replace(reply, text=f'"{topic}" is one of your interests already.', preferences=current)
         updated = current.with_interest(topic)
-        self.feedback.set_preferences(user_id, updated, self.clock())
+        change = {"kind": "interest", "label": topic, "was_muted": topic in current.mutes}
+        self.feedback.set_preferences(user_id, updated, self.clock(), change)
         text = f'Done: "{topic}" is now one of your interests, and your next feed will lean towards it.'
         if topic in current.mutes:
             text += f" {WAS_MUTED}"

@@ -60,8 +60,21 @@ class Settings(BaseSettings):
     micro_batching: bool = True  # concurrent requests share LLM calls (llm/backends/batching.py)
     batch_window_ms: float = Field(5.0, ge=0)  # how long a call waits for others to join it
 
-    # events a reader's client may send through the API per minute (per instance); bulk imports: `events add`
+    # what one client key or one reader may cost and weigh (docs/RELIABILITY.md, "Bounds"); per instance unless
+    # said otherwise. Bulk imports (`events add`) are not client requests.
     events_per_reader_per_minute: int = Field(600, ge=1)
+    feeds_per_reader_per_minute: int = Field(60, ge=1)  # each feed is a stored record: feeds are metered too
+    requests_per_key_per_minute: int = Field(12_000, ge=1)  # every API request of one key
+    readers_per_key_per_hour: int = Field(10_000, ge=1)  # new readers one key may bring in (events or feeds)
+    events_future_seconds: float = Field(300.0, ge=0)  # an event may be dated at most this far past the server's now
+    history_events_max: int = Field(5_000, ge=1)  # a reader's most recent events a request reads (their profile)
+    chat_chars_max: int = Field(6_000, ge=1)  # characters of one chat request's messages, all turns together
+    llm_key_share: float = Field(0.5, gt=0, le=1)  # of the LLM's slots and its line, what one key may hold at once
+    erasure_hold_hours: float = Field(24.0, gt=0)  # an erased reader's tombstone refuses writes for this long
+    # a learned fit (ranker, position propensities) gives no reader more than this share of its weight, no client
+    # key more than `fit_key_share` (1: off, the default for one platform behind one key)
+    fit_reader_share: float = Field(0.01, gt=0, le=1)
+    fit_key_share: float = Field(1.0, gt=0, le=1)
 
     # requests that need the LLM while they wait (fresh feeds, feeds naming an adapter, chat): at most
     # LLM_CONCURRENCY at it and LLM_QUEUE more waiting, each at most LLM_WAIT_SECONDS; past that 429 with

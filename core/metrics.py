@@ -7,6 +7,7 @@ ranking keep input order, so results are deterministic.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -116,3 +117,23 @@ def gini(values: Sequence[float]) -> float:
     if n == 0 or x.sum() <= 0:
         return 0.0
     return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * x.sum()))
+
+
+def capped_weights(groups: Sequence[str], share: float) -> list[float]:
+    """A weight per row such that no group's rows together weigh more than `share` of all: each group's total is
+    min(its rows, C), C the largest cap that allows (water-filling), spread evenly over its rows. Groups under the
+    cap keep weight 1 a row. Where even equal groups would exceed the share (fewer than 1/share groups), every
+    group weighs the same. What a fit uses so that one reader (or one client) with many rows cannot steer it."""
+    sizes = Counter(groups)
+    if not sizes:
+        return []
+    ordered = sorted(sizes.values())
+    cap = float(ordered[0])  # all equal: where fewer than 1/share groups leave nothing better
+    if share * len(ordered) > 1:
+        for k in range(len(ordered)):  # cap the k largest at C, where C = share × (the rest + k C)
+            rest = sum(ordered[: len(ordered) - k])
+            c = share * rest / (1 - share * k)
+            if ordered[len(ordered) - k - 1] <= c:  # the largest uncapped one is within the cap too
+                cap = max(c, float(ordered[-1])) if k == 0 else c
+                break
+    return [min(sizes[g], cap) / sizes[g] for g in groups]

@@ -28,6 +28,16 @@ class Pseudonyms:
         digest = hmac.new(self._secret, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
         return PREFIX + digest[:24]  # 96 bits: no two readers of any platform collide in practice
 
+    def fingerprint(self) -> str:
+        """What tells two secrets apart without telling either: instances that share a store compare it."""
+        return hmac.new(self._secret, b"newsrank: the pseudonym secret's fingerprint", hashlib.sha256).hexdigest()
+
+    def split(self, group: str, share: float, seed: int = 0) -> bool:
+        """A held-out split by group under the secret: the same group always on the same side, and no client can
+        choose which side a reader id it makes up falls on (an unkeyed hash of a chosen id can be aimed)."""
+        digest = hmac.new(self._secret, f"{seed}:{group}".encode(), hashlib.sha256).hexdigest()
+        return (int(digest, 16) % 10_000) / 10_000 < share
+
 
 def from_key_file(path: Path) -> Pseudonyms:
     """Pseudonyms under the secret in `path`, generated there (mode 0600) if the file is missing."""

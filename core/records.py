@@ -8,6 +8,7 @@ lives here; validation of one edge's input format lives at that edge.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,10 +92,22 @@ class Event:
             raise InvalidInput("a comment needs a text, and only a comment has one")
         if self.text is not None and len(self.text) > MAX_COMMENT:
             raise InvalidInput(f"a comment has at most {MAX_COMMENT} characters")
+        if self.text is not None and any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in self.text):
+            raise InvalidInput("a comment's text may not hold control characters (line breaks and tabs aside)")
 
 
 MAX_INTERESTS = 20  # explicit interests go into every prompt: a cap keeps the prompt (and the feed) fast
 MAX_MUTES = 50
+MAX_LABEL = 60  # characters of one interest or mute
+
+
+def fit_label(label: object) -> bool:
+    """An interest or mute that may be stored: a string of 1-MAX_LABEL characters, none of them a control one."""
+    return (
+        isinstance(label, str)
+        and 1 <= len(label) <= MAX_LABEL
+        and all(unicodedata.category(c)[0] != "C" for c in label)
+    )
 
 
 @dataclass(frozen=True)
@@ -105,12 +118,16 @@ class Preferences:
     def __post_init__(self) -> None:
         if len(self.interests) > MAX_INTERESTS or len(self.mutes) > MAX_MUTES:
             raise InvalidInput(f"at most {MAX_INTERESTS} interests and {MAX_MUTES} mutes")
+        bad = next((label for label in (*self.interests, *self.mutes) if not fit_label(label)), None)
+        if bad is not None:  # every label goes into prompts: bounded, printable, whoever set it (API, chat, undo)
+            raise InvalidInput(f"each interest or mute must be 1-{MAX_LABEL} printable characters, not {bad[:80]!r}")
 
     @classmethod
     def newest(cls, interests: Sequence[str], mutes: Sequence[str]) -> Preferences:
-        """Preferences from labels in the order they were given, duplicates dropped and, past the caps, the
-        oldest ones forgotten (a reader who keeps asking for "more about X" keeps their latest wishes)."""
-        return cls(tuple(dict.fromkeys(interests))[-MAX_INTERESTS:], tuple(dict.fromkeys(mutes))[-MAX_MUTES:])
+        """Preferences from labels in the order they were given, duplicates and unfit labels dropped and, past the
+        caps, the oldest ones forgotten (a reader who keeps asking for "more about X" keeps their latest wishes)."""
+        fit = [label for label in interests if fit_label(label)], [label for label in mutes if fit_label(label)]
+        return cls(tuple(dict.fromkeys(fit[0]))[-MAX_INTERESTS:], tuple(dict.fromkeys(fit[1]))[-MAX_MUTES:])
 
     def with_interest(self, label: str) -> Preferences:
         return Preferences.newest(
@@ -252,6 +269,8 @@ class RankingRecord:
     arm: str | None = None  # the experiment arm the reader was in (config.experiment), if one ran
     explored_pair: int | None = None  # positions k and k+1 were put in play, swapped at random (feed.position)
     intra_list_distance: float | None = None  # the mean pairwise cosine distance of the items shown
+    experiment: str | None = None  # the experiment whose `arm` it was
+    owner: str | None = None  # the client (API key id) the feed was made for: a fit weighs no client past a share
 
 
 @dataclass(frozen=True)
@@ -272,6 +291,8 @@ class FeedOutcome:
     shares: int = 0
     ratings: tuple[int, ...] = ()
     explored_pair: int | None = None  # the pair of places it put in play (feed.position), if it did
+    user_id: str = ""  # its reader: no one reader weighs more than a share of an estimate over feeds
+    experiment: str | None = None  # the experiment of its `arm`
 
 
 @dataclass(frozen=True)
@@ -321,6 +342,7 @@ class ScoringTask:
     priority: float  # when its reader was last active (epoch seconds): the most recently active go first
     requests: int = 1
     requested_at: float = 0.0  # the first ask still waiting: the task's age
+    owner: str = ""  # the client (API key id) whose requests asked for it: the queue is shared fairly between them
 
 
 # -- adapters -------------------------------------------------------------------------------------------------

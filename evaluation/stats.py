@@ -129,9 +129,11 @@ def summarise(
     by_arm: bool = False,
     metrics: Sequence[str] = (),
     control: str | None = None,
+    experiment: str | None = None,
 ) -> dict:
     """Every metric per time bucket and arm (one series "all" unless `by_arm`), over the whole window per arm,
-    and, by arm, each arm's difference from the control (default: the first arm by name)."""
+    and, by arm, each arm's difference from the control (default: the first arm by name). `experiment`: by arm,
+    only that experiment's feeds (and feeds made in none) count."""
     if bucket not in BUCKETS:
         raise InvalidInput(f"unknown bucket {bucket!r}; expected one of {', '.join(BUCKETS)}")
     unknown = set(metrics) - set(BY_NAME)
@@ -141,6 +143,9 @@ def summarise(
 
     def arm_of(o: FeedOutcome) -> str:
         return (o.arm or "none") if by_arm else "all"
+
+    if by_arm and experiment is not None:  # an earlier experiment's arms are not this one's, whatever their names
+        outcomes = [o for o in outcomes if o.arm is None or o.experiment in (experiment, None)]
 
     arms: dict[str, list[FeedOutcome]] = {}
     series: dict[tuple[float, str], list[FeedOutcome]] = {}
@@ -191,7 +196,8 @@ def report(
     if end - start > MAX_DAYS[bucket if bucket in MAX_DAYS else "day"] * 86400:
         raise InvalidInput(f"{bucket}ly stats cover at most {MAX_DAYS.get(bucket, MAX_DAYS['day'])} days at once")
     outcomes = feedback.feed_outcomes(start, end)
-    summary = summarise(outcomes, bucket, by_arm, metrics, control=next(iter(experiment.arms)) if experiment else None)
+    summary = summarise(outcomes, bucket, by_arm, metrics, control=next(iter(experiment.arms)) if experiment else None,
+                        experiment=experiment.name if experiment else None)  # fmt: skip
     positions = position.estimate(position.explored(outcomes), max((o.shown for o in outcomes), default=1))
     counts = feedback.article_counts(start, end)
     articles = [{"article_id": a, "title": title, "shown": shown, "clicked": clicked}

@@ -96,17 +96,26 @@ def read_events_file(path: Path, now: float) -> tuple[list[Event], EventReport]:
 
 
 class EventChecks:
-    """What a client's batch may claim: articles that exist, rankings made for the event's own reader, and no
-    more events per reader than the rate allows (a reader's clicks can't be used to steer others)."""
+    """What a client's batch may claim: times no later than the server's now (and a little skew), articles that
+    exist, rankings made for the event's own reader that showed the article the event names, and no more events
+    per reader than the rate allows (a reader's clicks can't be used to steer others)."""
 
     def __init__(
-        self, articles: ArticleStore, feedback: FeedbackStore, take: Callable[[Mapping[str, int]], None]
+        self,
+        articles: ArticleStore,
+        feedback: FeedbackStore,
+        take: Callable[[Mapping[str, int]], None],
+        future_seconds: float = 300.0,
     ) -> None:
         self.articles = articles
         self.feedback = feedback
         self.take = take  # charges each reader's events to their rate (RateLimited past it)
+        self.future_seconds = future_seconds
 
-    def __call__(self, events: Sequence[Event]) -> None:
+    def __call__(self, events: Sequence[Event], now: float) -> None:
+        late = next((e for e in events if e.ts > now + self.future_seconds), None)
+        if late is not None:  # a reader dated in the future would be "active" for ever and outlive retention
+            raise InvalidInput(f"event of {late.user_id!r} dated after the server's time: {late.ts:.0f} > {now:.0f}")
         try:
             named = [e.article_id for e in events if e.article_id]
             unknown = set(named) - self.articles.known(named)
@@ -117,6 +126,11 @@ class EventChecks:
             raise InvalidInput(f"unknown articles: {', '.join(repr(a) for a in sorted(unknown)[:5])}")
         owners = self.feedback.ranking_owners([e.ranking_id for e in events if e.ranking_id])
         for e in events:
-            if e.ranking_id and owners.get(e.ranking_id) != e.user_id:
+            if not e.ranking_id:
+                continue
+            owner, shown = owners.get(e.ranking_id, (None, frozenset()))
+            if owner != e.user_id:
                 raise InvalidInput(f"ranking {e.ranking_id!r} was not made for {e.user_id!r}")
+            if e.article_id and e.article_id not in shown:
+                raise InvalidInput(f"ranking {e.ranking_id!r} did not show article {e.article_id!r}")
         self.take(Counter(e.user_id for e in events))

@@ -21,7 +21,7 @@ import contextlib
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -249,6 +249,7 @@ class Impression:
     history: int  # the reader's history items then
     scored: bool  # the relevance came from the scorer being fitted
     weights: tuple[float, ...] | None = None  # each candidate's weight in a fit (feed.position.ips_weights)
+    owner: str = ""  # the client the ranking was made for: no client weighs more than a share of a fit
 
 
 def ranked_by(impression: Impression, weights: Mapping[str, float]) -> list[float]:
@@ -257,11 +258,16 @@ def ranked_by(impression: Impression, weights: Mapping[str, float]) -> list[floa
 
 
 def mean_auc(impressions: Sequence[Impression], weights_of) -> tuple[float, float, int]:
-    """Mean AUC ×100 over the impressions with a click and a non-click, its standard error, and their number."""
-    values = [a for i in impressions if (a := metrics.auc(i.labels, ranked_by(i, weights_of(i)))) is not None]
+    """Mean AUC ×100 over the readers (each reader's impressions with a click and a non-click averaged first, so
+    a reader with a hundred feeds counts as one), its standard error, and the impressions it rests on."""
+    by_reader: dict[str, list[float]] = {}
+    for i in impressions:
+        if (a := metrics.auc(i.labels, ranked_by(i, weights_of(i)))) is not None:
+            by_reader.setdefault(i.group, []).append(a)
+    values = [float(np.mean(v)) for v in by_reader.values()]
     if not values:
         return 0.0, 0.0, 0
-    return 100 * float(np.mean(values)), 100 * metrics.standard_error(values), len(values)
+    return 100 * float(np.mean(values)), 100 * metrics.standard_error(values), sum(map(len, by_reader.values()))
 
 
 @dataclass(frozen=True)
@@ -283,17 +289,27 @@ class Decision:
                 f"on {n} impressions")  # fmt: skip
 
 
-def fit_impressions(impressions: Sequence[Impression], scorer: str | None, **fitted_on: object) -> Ranker:
-    """`fit` on every candidate of these impressions, weighted by their `weights` where any has them (1 if not)."""
+def fit_impressions(
+    impressions: Sequence[Impression],
+    scorer: str | None,
+    reader_share: float = 1.0,
+    key_share: float = 1.0,
+    **fitted_on: object,
+) -> Ranker:
+    """`fit` on every candidate of these impressions, weighted by their `weights` where any has them (1 if not),
+    and so that no reader (`group`) weighs more than `reader_share` of the fit and no client (`owner`) more than
+    `key_share` (core.metrics.capped_weights): a few readers with many feeds cannot steer it."""
+    readers = metrics.capped_weights([i.group for i in impressions], reader_share)
+    clients = metrics.capped_weights([i.owner for i in impressions], key_share)
     rows = [
-        (s, i.history, label, i.scored, weight)
-        for i in impressions
+        (s, i.history, label, i.scored, weight * share)
+        for i, share in zip(impressions, (r * c for r, c in zip(readers, clients, strict=True)), strict=True)
         for s, label, weight in zip(i.signals, i.labels, i.weights or [1.0] * len(i.signals), strict=True)
     ]
     if not rows:
         raise InvalidInput("no impressions to fit a ranker on")
     signals, history, labels, scored, weights = map(list, zip(*rows, strict=True))
-    weighted = any(i.weights is not None for i in impressions)
+    weighted = any(i.weights is not None for i in impressions) or any(w != 1.0 for w in weights)
     return fit(signals, history, labels, scored, scorer, weights=weights if weighted else None,
                impressions=len(impressions), **fitted_on)  # fmt: skip
 
@@ -305,14 +321,19 @@ def fit_and_gate(
     current: Ranker | None,
     validation_share: float = 0.2,
     seed: int = 0,
+    split: Callable[[str, float, int], bool] = metrics.in_validation,
+    reader_share: float = 1.0,
+    key_share: float = 1.0,
     **fitted_on: object,
 ) -> tuple[Ranker, Decision]:
-    """Fit on the impressions outside a seeded validation share (by group), and compare the product's ranking
-    with the new ranker against the one serving now (the hand-set weights if none) on that share."""
-
-    validation = [i for i in impressions if metrics.in_validation(i.group, validation_share, seed)]
-    train = [i for i in impressions if not metrics.in_validation(i.group, validation_share, seed)]
-    new = fit_impressions(train, scorer, validation_impressions=len(validation), **fitted_on)
+    """Fit on the impressions outside a seeded validation share (by reader: `split`, keyed by a secret in the
+    service, so that no client can choose which side its readers fall on), and compare the product's ranking
+    with the new ranker against the one serving now (the hand-set weights if none) on that share, reader by
+    reader."""
+    validation = [i for i in impressions if split(i.group, validation_share, seed)]
+    train = [i for i in impressions if not split(i.group, validation_share, seed)]
+    new = fit_impressions(train, scorer, reader_share, key_share, validation_impressions=len(validation),
+                          **fitted_on)  # fmt: skip
 
     def weights_by(ranker: Ranker | None):
         return lambda i: ranker.weights(i.history, scorer if i.scored else None, hand_set) if ranker else hand_set
@@ -357,6 +378,7 @@ def from_feedback(
             weights=None
             if propensities is None
             else tuple(position.ips_weights([i.position for i in r.items], labels, propensities)),
+            owner=r.owner or "",
         )
         for r, labels, history in found
     ]
@@ -389,16 +411,20 @@ def refit(
     propensities: Propensities | None = None,
     force: bool = False,
     fitted_on: Mapping[str, object] | None = None,
+    split: Callable[[str, float, int], bool] = metrics.in_validation,
+    reader_share: float = 1.0,
+    key_share: float = 1.0,
 ) -> Refit:
     """Fit a ranker named `name` on the rankings the store recorded since a time and the clicks that followed,
-    gate it on a held-out share of readers against the active version (the hand-set weights if none), and
-    publish it as the active version when it passes (or `force`)."""
+    gate it on a held-out share of readers (`split`) against the active version (the hand-set weights if none),
+    and publish it as the active version when it passes (or `force`). No reader weighs more than `reader_share`
+    of the fit, no client more than `key_share`."""
     impressions, scorer = from_feedback(feedback, since, propensities)
     current = None
     with contextlib.suppress(InvalidInput):  # nothing active under this name yet: the hand-set weights are the bar
         current = Ranker.load(registry.path(name)[1])
     fitted, decision = fit_and_gate(
-        impressions, scorer, hand_set, current,
+        impressions, scorer, hand_set, current, split=split, reader_share=reader_share, key_share=key_share,
         position_propensities=propensities.to_dict() if propensities else None, **(fitted_on or {}),
     )  # fmt: skip
     version = registry.publish(name, fitted) if decision.passed or force else None

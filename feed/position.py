@@ -24,6 +24,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from core import metrics
 from core.records import FeedOutcome
 from core.stores import FeedbackStore
 
@@ -69,33 +70,42 @@ class Propensities:
         return cls(tuple(float(v) for v in raw["values"]), int(raw["feeds"]))
 
 
-def estimate(observations: Iterable[tuple[int, Sequence[int]]], positions: int) -> Propensities:
+def estimate(
+    observations: Iterable[tuple[int, Sequence[int], str]], positions: int, reader_share: float = 1.0
+) -> Propensities:
     """Propensities of positions 1..`positions` from explored feeds, each (its explored pair k, the 1-based
-    positions clicked in it): p_{k+1} / p_k = clicks at k+1 / clicks at k over the feeds that explored k (each
-    count plus SMOOTHING), chained from p_1 = 1 and capped at 1. A pair no feed explored has ratio 1, so the
-    positions below it keep the last estimated value. Pairs outside 1..positions-1 are ignored."""
-    clicks = [[0, 0] for _ in range(positions - 1)]  # per pair k (index k-1): clicks at k and at k+1
+    positions clicked in it, its reader): p_{k+1} / p_k = clicks at k+1 / clicks at k over the feeds that explored
+    k (each count plus SMOOTHING), chained from p_1 = 1 and capped at 1. A pair no feed explored has ratio 1, so
+    the positions below it keep the last estimated value. Pairs outside 1..positions-1 are ignored. Of each
+    pair's clicks at k (and at k+1), no reader's weigh more than `reader_share` (core.metrics.capped_weights):
+    one reader who explores many feeds and clicks as they please moves each ratio, and so the chain, by no more
+    than that share."""
+    readers = [[[], []] for _ in range(positions - 1)]  # per pair k (index k-1): who clicked at k, who at k+1
     feeds = 0
-    for pair, clicked in observations:
+    for pair, clicked, reader in observations:
         if not 1 <= pair < positions:
             continue
         feeds += 1
-        clicks[pair - 1][0] += pair in clicked
-        clicks[pair - 1][1] += pair + 1 in clicked
+        for side, place in enumerate((pair, pair + 1)):
+            if place in clicked:
+                readers[pair - 1][side].append(reader)
+    clicks = [[sum(metrics.capped_weights(who, reader_share)) for who in pair] for pair in readers]
     chain = [1.0]
     for upper, lower in clicks:
         chain.append(chain[-1] * (lower + SMOOTHING) / (upper + SMOOTHING))
     return Propensities(tuple(min(p, 1.0) for p in chain[:positions]), feeds)
 
 
-def from_store(feedback: FeedbackStore, since: float, until: float, positions: int) -> Propensities:
+def from_store(
+    feedback: FeedbackStore, since: float, until: float, positions: int, reader_share: float = 1.0
+) -> Propensities:
     """Propensities from the explored feeds made in [since, until) and the clicks that name them."""
-    return estimate(explored(feedback.feed_outcomes(since, until)), positions)
+    return estimate(explored(feedback.feed_outcomes(since, until)), positions, reader_share)
 
 
-def explored(outcomes: Iterable[FeedOutcome]) -> list[tuple[int, list[int]]]:
-    """What `estimate` reads of feeds: each explored one's pair and the positions clicked in it."""
-    return [(o.explored_pair, [p for p, _ in o.clicked]) for o in outcomes if o.explored_pair]
+def explored(outcomes: Iterable[FeedOutcome]) -> list[tuple[int, list[int], str]]:
+    """What `estimate` reads of feeds: each explored one's pair, the positions clicked in it and its reader."""
+    return [(o.explored_pair, [p for p, _ in o.clicked], o.user_id) for o in outcomes if o.explored_pair]
 
 
 def ips_weights(
@@ -106,13 +116,13 @@ def ips_weights(
 
 
 def for_training(
-    feedback: FeedbackStore, since: float, until: float, positions: int, off: bool = False
+    feedback: FeedbackStore, since: float, until: float, positions: int, off: bool = False, reader_share: float = 1.0
 ) -> tuple[Propensities | None, str]:
     """The propensities training weighs clicks by (estimated from the explored feeds since `since`), and a line
     that says what was done: None when turned off, or when too few feeds were explored to estimate them."""
     if off:
         return None, "position bias: not corrected (--no-position-weights)"
-    estimated = from_store(feedback, since, until, positions)
+    estimated = from_store(feedback, since, until, positions, reader_share)
     if estimated.feeds < MIN_FEEDS:
         return None, (f"position bias: not corrected, {estimated.feeds} explored feeds (at least {MIN_FEEDS} "
                       "needed; NEWSRANK_POSITION_EXPLORE_SHARE explores a share of feeds)")  # fmt: skip

@@ -54,6 +54,7 @@ class FeedRequest:
     max_age_hours: float | None = None  # only articles at most this old (default: the recency window, widened
     # when empty)
     fresh: bool = False  # run the LLM now (relevance and explanations) instead of reading what it computed ahead
+    owner: str = ""  # the client (API key id) it is made for: recorded, and the owner of the work it asks for
 
     def __post_init__(self) -> None:
         if not self.user_id or not self.user_id.strip():
@@ -199,7 +200,8 @@ class Recommender:
     def profile(self, user_id: str, without: frozenset[str] = frozenset()) -> Profile:
         """The reader's profile now; `without`: as if they had never touched those articles (what-if)."""
         s = self.settings
-        events = [e for e in self.feedback.events(user_id) if e.article_id not in without]
+        # the most recent events only: a reader with a huge history costs a request no more than a bounded one
+        events = [e for e in self.feedback.events(user_id, limit=s.history_events_max) if e.article_id not in without]
         prefs = self.feedback.preferences(user_id)
         return build_profile(
             user_id,
@@ -410,6 +412,8 @@ class Recommender:
         if self.articles.count() == 0:
             raise EmptyStore("the article store is empty: run `newsrank ingest FILE` (or `newsrank ingest --demo`)")
         arm = self.arm(request.user_id)
+        if arm is not None and request.adapter and request.adapter != arm[1].adapter:
+            arm = None  # served another adapter than its arm's (an operator's look): counted in no arm
         adapter = self.adapter_for(request.user_id, request.adapter)
         now = self.clock()
         profile = self.profile(request.user_id)
@@ -464,7 +468,7 @@ class Recommender:
             self.keep_relevance(user_id, st.profile_text, hits, [x.relevance for x in st.signals], st.adapter)
         rescore = not request.fresh and any(source in ("none", "llm-stale") for source in st.sources)
         if rescore:
-            self.ask_scoring([ScoringTask("reader", user_id, st.now)])
+            self.ask_scoring([ScoringTask("reader", user_id, st.now, owner=request.owner)])
         for source in st.sources:
             self.tally.add("feed_relevance", source=source)
         for p in st.placed:
@@ -533,11 +537,13 @@ class Recommender:
             arm=st.arm,
             explored_pair=explored,
             intra_list_distance=metrics.intra_list_distance(np.stack([h.embedding for h in top])) if top else None,
+            experiment=s.experiment.name if st.arm and s.experiment else None,
+            owner=request.owner or None,
         )
-        self.feedback.record_ranking(record)
+        stored = self.feedback.record_ranking(record)  # False: the reader was erased meanwhile
         self.exposure.add([h.article for h in hits], [h.article for h in top], st.profile.top_categories())
-        if rewrite:  # one rewrite per reader waits at a time: of their latest ranking, the one they look at
-            self.ask_scoring([ScoringTask("explain", user_id, now)])
+        if rewrite and stored:  # one rewrite per reader waits at a time: of their latest ranking, the one they see
+            self.ask_scoring([ScoringTask("explain", user_id, now, owner=request.owner)])
         _lap(timings, "record", tick)
         timings["total"] = round(sum(timings.values()), 4)
         return Feed(record.ranking_id, user_id, cold, items, st.profile_text, timings, record.adapter,

@@ -6,18 +6,18 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Annotated, Literal
 from urllib.parse import quote
 
+from anyio import to_thread
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import Parameter
 from litestar.response import Response, ServerSentEvent
 
 from core import __version__
-from core.errors import NotFound, RateLimited
+from core.errors import InvalidInput, NotFound, RateLimited
 from serve.auth import PUBLIC, ApiKey, admin_only
 from serve.schemas import (
     PRINTABLE,
@@ -117,55 +117,67 @@ def stats(
 
 
 # -- what clients use: feed, events, chat -------------------------------------------------------------------
-@post("/v1/feed", status_code=200, sync_to_thread=True, tags=["feed"])
-def feed(data: FeedRequestIn, newsrank: Newsrank, request: Req) -> FeedOut:
+@post("/v1/feed", status_code=200, tags=["feed"])
+async def feed(data: FeedRequestIn, newsrank: Newsrank, request: Req) -> FeedOut:
     """A ranked feed for one reader with the score breakdown, explanations for the top items and a ranking_id
     that events and chat can refer to. It is made from what the LLM computed ahead, never waiting on the model;
     each item says where its relevance came from. `fresh` runs the model now (and may answer 429)."""
-    request.user.check_user(data.user_id)
-    wanted = data.request()
-    with newsrank.model_slots.slot("feed") if newsrank.waits_on_llm(wanted) else nullcontext():
-        return FeedOut.of(newsrank.recommend(wanted))
+    key = request.user
+    key.check_user(data.user_id)
+    if data.adapter and newsrank.settings.experiment is not None and not key.admin:
+        raise InvalidInput("an experiment runs: it chooses each reader's adapter, a client key may not name one")
+    newsrank.feed_rate.take({data.user_id: 1}, "feeds")  # each feed is a stored record
+    wanted = data.request(owner=key.id)
+    await to_thread.run_sync(newsrank.count_new_readers, key.id, [data.user_id])
+    if not newsrank.waits_on_llm(wanted):
+        return FeedOut.of(await to_thread.run_sync(newsrank.recommend, wanted))
+    async with newsrank.model_slots.slot("feed", key.id):
+        return FeedOut.of(await newsrank.model_slots.run(newsrank.recommend, wanted))
 
 
 @post("/v1/events", status_code=201, sync_to_thread=True, tags=["feed"])
 def events(data: EventsIn, newsrank: Newsrank, request: Req, idempotency_key: IdempotencyKey = None) -> EventsStoredOut:
     """Store a batch of reader events, all or none; the answer comes only after they are durably stored.
     Send an `Idempotency-Key` header to retry safely: a batch sent again with the same key (within a day) is
-    not stored twice, and the answer says `replayed`."""
+    not stored twice, and the answer says `replayed`; the same key with another batch is a 409."""
     for event in data.events:
         request.user.check_user(event.user_id)
-    key = f"{request.user.name}:{idempotency_key}" if idempotency_key else None
-    stored = newsrank.add_events([e.model_dump(mode="json") for e in data.events], key)
-    return EventsStoredOut(stored=stored, replayed=key is not None and stored == 0)
+    stored = newsrank.add_events([e.model_dump(mode="json") for e in data.events], idempotency_key, request.user.id)
+    return EventsStoredOut(stored=stored, replayed=idempotency_key is not None and stored == 0)
 
 
-@post("/v1/chat", status_code=200, sync_to_thread=True, tags=["feed"])
-def chat(data: ChatIn, newsrank: Newsrank, request: Req) -> ChatOut:
+@post("/v1/chat", status_code=200, tags=["feed"])
+async def chat(data: ChatIn, newsrank: Newsrank, request: Req) -> ChatOut:
     """Ask about a recommendation: "why was this recommended?", "show me less like this", "more about X".
     Answers come from the stored ranking record; the last two change the reader's explicit preferences.
     The item is `article_id`, else "#N" or title words in the question, else the top item of `ranking_id`."""
     request.user.check_user(data.user_id)
-    with newsrank.model_slots.slot("chat"):
-        return ChatOut.of(newsrank.chat.answer(data.user_id, data.chat_messages(), data.ranking_id, data.article_id))
+    async with newsrank.model_slots.slot("chat", request.user.id):
+        reply = await newsrank.model_slots.run(
+            newsrank.chat.answer, data.user_id, data.chat_messages(), data.ranking_id, data.article_id
+        )
+    return ChatOut.of(reply)
 
 
-@post("/v1/chat/stream", status_code=200, sync_to_thread=True, tags=["feed"])
-def chat_stream(data: ChatIn, newsrank: Newsrank, request: Req) -> ServerSentEvent:
+@post("/v1/chat/stream", status_code=200, tags=["feed"])
+async def chat_stream(data: ChatIn, newsrank: Newsrank, request: Req) -> ServerSentEvent:
     """The same as /v1/chat, as server-sent events: `facts` (the answer from the record) at once, then
     `answer` (the final reply, phrased by the model when its text checks out) when the model is done."""
-    request.user.check_user(data.user_id)
-    reply, generate = newsrank.chat.prepare(data.user_id, data.chat_messages(), data.ranking_id, data.article_id)
+    key = request.user
+    key.check_user(data.user_id)
+    reply, generate = await to_thread.run_sync(
+        newsrank.chat.prepare, data.user_id, data.chat_messages(), data.ranking_id, data.article_id
+    )
 
-    def events() -> Iterator[dict[str, str]]:
+    async def events() -> AsyncIterator[dict[str, str]]:
         yield {"event": "facts", "data": ChatOut.of(reply).model_dump_json()}
         # the slow part, after the facts are already with the reader; a model too busy to phrase it leaves the
         # record's answer, marked degraded (a stream cannot turn into a 429 any more)
         final = reply
         if generate is not None:
             try:
-                with newsrank.model_slots.slot("chat"):
-                    final = newsrank.chat.phrase(reply, generate)
+                async with newsrank.model_slots.slot("chat", key.id):
+                    final = await newsrank.model_slots.run(newsrank.chat.phrase, reply, generate)
             except RateLimited:
                 final = replace(reply, degraded=True)
         yield {"event": "answer", "data": ChatOut.of(final).model_dump_json()}

@@ -7,6 +7,7 @@ together with the error table, authentication and metrics.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -36,6 +37,7 @@ from core.errors import (
 )
 from serve import api, demo, web
 from serve.auth import ApiKeyMiddleware, KeyRing, NotAuthenticated, PermissionDenied
+from serve.limits import RateLimiter
 from serve.service import Newsrank
 from serve.telemetry import Metrics, RequestMetrics
 from serve.worker import ScoringWorkers
@@ -112,12 +114,13 @@ def create_app(newsrank: Newsrank | None = None, settings: Settings | None = Non
     """`newsrank` may be given (tests); otherwise it is built from `settings` when the app starts."""
     settings = newsrank.settings if newsrank else settings or Settings()
     keys = KeyRing.from_settings(settings)
+    requests = RateLimiter(settings.requests_per_key_per_minute, time.monotonic)  # each key's, all routes
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         service = newsrank or Newsrank.from_settings(settings)
-        service.check_experiment()
+        service.check_configuration()
         if seed_demo and service.articles.count() == 0:
             report = demo.seed(service.articles, service.feedback, service.clock(), show_progress=False)
             log.info("store was empty: loaded %d demo articles and the demo users", report.ingested)
@@ -145,7 +148,7 @@ def create_app(newsrank: Newsrank | None = None, settings: Settings | None = Non
         },
         middleware=[
             RequestMetrics(metrics, status_of),
-            DefineMiddleware(ApiKeyMiddleware, keys=keys, exclude=["^/schema"]),
+            DefineMiddleware(ApiKeyMiddleware, keys=keys, exclude=["^/schema"], requests=requests),
         ],
         exception_handlers={
             NewsrankError: error_response,

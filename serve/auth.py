@@ -11,6 +11,7 @@ Presented keys are compared with every known key in constant time, so timing rev
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import hmac
 import json
 import logging
@@ -59,6 +60,12 @@ class ApiKey:
     def admin(self) -> bool:
         return self.scope == "admin"
 
+    @property
+    def id(self) -> str:
+        """A short digest of the secret: what the service records a client by (its queue share, its feeds, its
+        idempotency keys). Unique, unlike names, and no use to anyone who reads it."""
+        return hashlib.sha256(self.key.encode()).hexdigest()[:16]
+
     def may_act_for(self, user_id: str) -> bool:
         return self.admin or any(fnmatch.fnmatchcase(user_id, pattern) for pattern in self.users)
 
@@ -80,6 +87,8 @@ class KeyRing:
     def __init__(self, keys: Sequence[ApiKey]) -> None:
         if len({k.key for k in keys}) != len(keys):
             raise InvalidInput("two API keys have the same secret")
+        if len({k.name for k in keys}) != len(keys):
+            raise InvalidInput("two API keys have the same name: names are how logs and errors tell them apart")
         self.keys = tuple(keys)
 
     @classmethod
@@ -120,10 +129,11 @@ def presented_key(connection: ASGIConnection) -> str | None:
 
 
 class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
-    def __init__(self, app: Any, keys: KeyRing, **kwargs: Any) -> None:
+    def __init__(self, app: Any, keys: KeyRing, requests: Any = None, **kwargs: Any) -> None:
         # every method needs a key, OPTIONS too: the guards behind it read the key (no cross-origin use here)
         super().__init__(app, exclude_from_auth_key=PUBLIC, exclude_http_methods=[], **kwargs)
         self.keyring = keys
+        self.requests = requests  # a serve.limits.RateLimiter: each key's requests a minute
 
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
         presented = presented_key(connection)
@@ -132,6 +142,8 @@ class ApiKeyMiddleware(AbstractAuthenticationMiddleware):
         key = self.keyring.find(presented)
         if key is None:
             raise NotAuthenticated("unknown API key")
+        if self.requests is not None:
+            self.requests.take({key.id: 1}, f"requests of key {key.name!r}")
         return AuthenticationResult(user=key, auth=key.name)
 
 

@@ -284,14 +284,18 @@ def cmd_ranker(args: argparse.Namespace) -> int:
         print(f"{args.reference}@{registry.rollback(args.reference)} is now active")
         return 0
     from core.times import parse_time
+    from serve.service import reader_pseudonyms
     from store import open_store
 
     store = open_store(settings.store_url)
     try:
         since = parse_time(args.since, float("-inf"))
         weights = _propensities(store, since, settings, args.no_position_weights)
-        done = learned_ranker.refit(store, registry, args.reference, since, settings.weights.frozen(), weights,
-                                    args.force, {"source": "feedback store", "since": args.since})  # fmt: skip
+        done = learned_ranker.refit(
+            store, registry, args.reference, since, settings.weights.frozen(), weights, args.force,
+            {"source": "feedback store", "since": args.since}, split=reader_pseudonyms(settings).split,
+            reader_share=settings.fit_reader_share, key_share=settings.fit_key_share,
+        )  # fmt: skip
     finally:
         store.close()
     print(f"{done.rankings} rankings shown since {args.since or 'the start'}; "
@@ -311,7 +315,8 @@ def _propensities(feedback, since: float, settings, off: bool):
     """The position propensities to weight clicks by (feed.position.for_training), and what was done, printed."""
     from feed import position
 
-    estimated, said = position.for_training(feedback, since, time.time() + 1, settings.position_explore_depth, off)
+    estimated, said = position.for_training(feedback, since, time.time() + 1, settings.position_explore_depth, off,
+                                            settings.fit_reader_share)  # fmt: skip
     print(said)
     return estimated
 

@@ -1,4 +1,5 @@
-"""Limits that keep one client or one burst from taking the service: per-reader rates and the LLM's line.
+"""Limits that keep one client or one burst from taking the service: per-reader and per-key rates, and the LLM's
+line with a share per key.
 
 Per-reader rate limits: a token bucket per key, in this process's memory.
 
@@ -9,12 +10,19 @@ bounded in number (the least recently used go first), so the limiter's memory is
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import math
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 from core.errors import RateLimited
+
+T = TypeVar("T")
 
 
 class RateLimiter:
@@ -49,27 +57,52 @@ class RateLimiter:
 
 
 class ModelSlots:
-    """Admission to the LLM's work: at most `concurrent` requests at it, at most `waiting` more in line, each
-    waiting at most `wait_seconds`. Past the line, or past the wait, a request is turned away with RateLimited
-    (HTTP 429 and Retry-After) instead of queueing without bound behind the model."""
+    """Admission to the LLM's work: at most `concurrent` requests at it and `waiting` more in line, each waiting at
+    most `wait_seconds`; one client key holds at most `key_share` of the line and of the slots. Past the line, a
+    key's share or the wait, a request is turned away with RateLimited (HTTP 429 and Retry-After).
 
-    def __init__(self, concurrent: int, waiting: int, wait_seconds: float) -> None:
-        self._slots = threading.BoundedSemaphore(concurrent)
-        self._line = threading.BoundedSemaphore(concurrent + waiting)
+    Waiting happens in the event loop, never in a thread, and the work itself runs on the model's own threads
+    (`run`): a stalled model holds those alone, never the threads that plain feeds, events and health checks use.
+    """
+
+    def __init__(self, concurrent: int, waiting: int, wait_seconds: float, key_share: float = 1.0) -> None:
+        self.concurrent = concurrent
+        self.line = concurrent + waiting
+        self.key_line = max(1, math.floor(key_share * self.line))
+        self.key_concurrent = max(1, math.ceil(key_share * concurrent))
         self.wait_seconds = wait_seconds
+        self._pool = ThreadPoolExecutor(concurrent, thread_name_prefix="model")
+        self._in_line: Counter[str] = Counter()  # per key: requests in line or at the model
+        self._slots: asyncio.Semaphore | None = None  # made in the event loop, at first use
+        self._key_slots: dict[str, asyncio.Semaphore] = {}  # per configured key: as few as there are keys
 
-    @contextmanager
-    def slot(self, what: str) -> Iterator[None]:
-        if not self._line.acquire(blocking=False):
+    @asynccontextmanager
+    async def slot(self, what: str, key: str = "") -> AsyncIterator[None]:
+        if sum(self._in_line.values()) >= self.line:
             raise RateLimited(f"too many {what} requests waiting for the model; try again shortly", self.wait_seconds)
+        if self._in_line[key] >= self.key_line:
+            raise RateLimited(f"this key has {self._in_line[key]} requests at the model or waiting for it, its share;"
+                              " try again shortly", self.wait_seconds)  # fmt: skip
+        self._in_line[key] += 1
+        slots = self._slots = self._slots or asyncio.Semaphore(self.concurrent)
+        mine = self._key_slots.setdefault(key, asyncio.Semaphore(self.key_concurrent))
+        held: list[asyncio.Semaphore] = []
         try:
-            if not self._slots.acquire(timeout=self.wait_seconds):
+            try:
+                async with asyncio.timeout(self.wait_seconds):
+                    for semaphore in (mine, slots):  # the key's own share first: it never blocks other keys
+                        await semaphore.acquire()
+                        held.append(semaphore)
+            except TimeoutError:
                 raise RateLimited(
                     f"the model is busy: no {what} slot within {self.wait_seconds:g} s", self.wait_seconds
-                )
-            try:
-                yield
-            finally:
-                self._slots.release()
+                ) from None
+            yield
         finally:
-            self._line.release()
+            for semaphore in held:
+                semaphore.release()
+            self._in_line[key] -= 1
+
+    async def run(self, work: Callable[..., T], *args: Any) -> T:
+        """Run model work on the model's own threads (call it inside `slot`)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(work, *args))

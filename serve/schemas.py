@@ -48,11 +48,11 @@ class FeedRequestIn(BaseModel):
         "computed ahead; may answer 429 when the model is busy",
     )
 
-    def request(self) -> FeedRequest:
+    def request(self, owner: str = "") -> FeedRequest:
         f = self.filters
         return FeedRequest(
             self.user_id, self.k, self.explain, tuple(f.categories), self.adapter, tuple(f.exclude_categories),
-            f.max_age_hours, self.fresh,
+            f.max_age_hours, self.fresh, owner,
         )  # fmt: skip
 
 

@@ -3,6 +3,8 @@ The CLI and the HTTP app both go through it; tests may build the parts themselve
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -124,13 +126,17 @@ class Newsrank:
             articles, feedback, backend, settings, clock, self.adapters, self.tally, self.pseudonyms
         )
         self.chat = Chat(
-            feedback, articles, backend, clock, self.recommender.profile, settings.recency_hours, self.standings
-        )
+            feedback, articles, backend, clock, self.recommender.profile, settings.recency_hours, self.standings,
+            settings.chat_chars_max,
+        )  # fmt: skip
         self.jobs = TrainingJobs(feedback, settings, clock)
         self.event_rate = RateLimiter(settings.events_per_reader_per_minute, time.monotonic)
-        self.check_events = EventChecks(articles, feedback, self.event_rate.take)
+        self.feed_rate = RateLimiter(settings.feeds_per_reader_per_minute, time.monotonic)
+        self.new_readers = RateLimiter(settings.readers_per_key_per_hour / 60, time.monotonic)
+        self.check_events = EventChecks(articles, feedback, self.event_rate.take, settings.events_future_seconds)
         self._recent_stats: tuple[float, dict[str, Any]] | None = None
-        self.model_slots = ModelSlots(settings.llm_concurrency, settings.llm_queue, settings.llm_wait_seconds)
+        self.model_slots = ModelSlots(settings.llm_concurrency, settings.llm_queue, settings.llm_wait_seconds,
+                                      settings.llm_key_share)  # fmt: skip
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, backend: Backend | None = None) -> Newsrank:
@@ -169,17 +175,27 @@ class Newsrank:
         return stored
 
     # -- events -------------------------------------------------------------------------------------------
-    def add_events(self, rows: Sequence[Any], batch_key: str | None = None) -> int:
+    def add_events(self, rows: Sequence[Any], batch_key: str | None = None, owner: str = "") -> int:
         """Store a batch of events atomically, after every row validated; returns only once durable. A batch
-        sent again with the same `batch_key` stores nothing and returns 0."""
+        sent again with the same `batch_key` (a client's Idempotency-Key, kept as a digest under the client
+        `owner`) stores nothing and returns 0; the same key with another batch is a Conflict."""
         now = self.clock()
         events = events_from_rows(rows, now)
-        self.check_events(events)
-        stored = self.feedback.add_events(events, batch_key, now)
+        self.check_events(events, now)
+        self.count_new_readers(owner, [e.user_id for e in events])
+        digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+        key = hashlib.sha256(f"{owner}\x00{batch_key}".encode()).hexdigest() if batch_key else None
+        stored = self.feedback.add_events(events, key, now, digest)
         if stored:  # their profiles changed: rescore them in the background
             readers = dict.fromkeys(e.user_id for e in events)
-            self.recommender.ask_scoring([ScoringTask("reader", user, now) for user in readers])
+            self.recommender.ask_scoring([ScoringTask("reader", user, now, owner=owner) for user in readers])
         return stored
+
+    def count_new_readers(self, owner: str, user_ids: Sequence[str]) -> None:
+        """Charge a client for the readers it brings in (RateLimited past readers_per_key_per_hour)."""
+        new = set(user_ids) - self.feedback.known_among(user_ids)
+        if new:
+            self.new_readers.take({owner: len(new)}, "new readers")
 
     def add_events_file(self, path: Path) -> EventReport:
         """Store every valid event of a JSONL file in one transaction; report the malformed rows."""
@@ -225,12 +241,22 @@ class Newsrank:
         now = self.clock()
         if self._recent_stats is None or now - self._recent_stats[0] >= RECENT_STATS_SECONDS:
             outcomes = self.feedback.feed_outcomes(now - 86400, now + 1)  # what was made this second included
-            self._recent_stats = (now, stats.summarise(outcomes, by_arm=True))
+            experiment = self.settings.experiment
+            self._recent_stats = (now, stats.summarise(outcomes, by_arm=True,
+                                                       experiment=experiment.name if experiment else None))  # fmt: skip
         return self._recent_stats[1]
 
-    def check_experiment(self) -> None:
-        """The configured adapter and ranker, and every arm of the experiment, name ones that exist (InvalidInput
-        if not): a typo must stop the service at its start, not fail the feeds of the readers in one arm."""
+    def check_configuration(self) -> None:
+        """At start: the pseudonym secret is the one every instance sharing the store uses (or readers would be
+        split, exported and erased differently by each); the configured adapter and ranker, and every arm of the
+        experiment, name ones that exist. InvalidInput if not: a typo must stop the service at its start, not fail
+        the feeds of the readers in one arm."""
+        if (
+            self.feedback.check_value("pseudonym_secret", self.pseudonyms.fingerprint())
+            != self.pseudonyms.fingerprint()
+        ):
+            raise InvalidInput("another instance shares this store under another pseudonym secret: give every instance"
+                               " the same NEWSRANK_PSEUDONYM_SECRET (or the same pseudonym.key)")  # fmt: skip
         try:
             self.recommender.use_adapter(self.settings.adapter)
             self.recommender.learned_ranker()
@@ -280,7 +306,7 @@ class Newsrank:
         Adapters already trained are not unlearned; retrain to drop them (a private adapter bounds them)."""
         if not self.feedback.known_user(user_id):
             raise NotFound(f"no user {user_id!r}")
-        counts = self.feedback.delete_user(user_id)
+        counts = self.feedback.delete_user(user_id, self.clock())
         names = (self.pseudonyms(user_id), user_id)
         counts["training_examples"] = sum(
             export.drop_group(path, name)

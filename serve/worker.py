@@ -23,12 +23,14 @@ RETENTION_SECONDS = 3600.0  # how often a worker deletes what is past its retent
 
 
 def enforce_retention(feedback: FeedbackStore, settings: Settings, now: float) -> dict[str, int]:
-    """Delete the events and ranking records older than their retention (settings); how many of each."""
+    """Delete the events and ranking records older than their retention (settings), and erased readers'
+    tombstones older than their hold; how many events and rankings."""
 
     def cutoff(days: float | None) -> float | None:
         return None if days is None else now - days * 86400
 
-    return feedback.forget_before(cutoff(settings.events_retention_days), cutoff(settings.rankings_retention_days))
+    return feedback.forget_before(cutoff(settings.events_retention_days), cutoff(settings.rankings_retention_days),
+                                  now - settings.erasure_hold_hours * 3600)  # fmt: skip
 
 
 class ScoringWorkers:

@@ -172,6 +172,30 @@ MIGRATIONS = (
     ALTER TABLE rankings ADD COLUMN explored_pair INTEGER;
     CREATE INDEX events_ranking ON events(ranking_id);
     """,
+    # 10: integrity. Who asked for each scoring task, and when each asker was last served (the queue is shared
+    # fairly between clients); the experiment and the client of each feed; an event batch's digest (a key reused
+    # for another batch is refused); erased readers' tombstones (every writer checks them); a reader's last
+    # preference change made in chat (what "undo" reverts); checks instances sharing the store must agree on
+    """
+    ALTER TABLE scoring_queue ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    CREATE TABLE scoring_owners (
+        owner TEXT PRIMARY KEY,
+        served_at {time} NOT NULL
+    );
+    ALTER TABLE rankings ADD COLUMN experiment TEXT;
+    ALTER TABLE rankings ADD COLUMN owner TEXT;
+    ALTER TABLE event_batches ADD COLUMN digest TEXT;
+    CREATE TABLE erased (
+        user_key TEXT PRIMARY KEY,
+        erased_at {time} NOT NULL
+    );
+    ALTER TABLE users ADD COLUMN last_change {json};
+    CREATE TABLE service_checks (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE INDEX events_ranking_item ON events(ranking_id, article_id, type);
+    """,
 )
 
 

@@ -11,6 +11,7 @@ acknowledges after `add_events` never loses an acknowledged event.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -35,16 +36,41 @@ from core.records import (
 )
 
 TIME_COLUMNS = frozenset(
-    {"ts", "updated_at", "created_at", "finished_at", "heartbeat_at", "scored_at", "requested_at", "claimed_at"}
+    {"ts", "updated_at", "created_at", "finished_at", "heartbeat_at", "scored_at", "requested_at", "claimed_at",
+     "served_at", "erased_at"}
+)  # fmt: skip
+JSON_COLUMNS = frozenset(
+    {"interests", "mutes", "weights", "grounded_in", "args", "history", "signals", "degraded", "last_change"}
 )
-JSON_COLUMNS = frozenset({"interests", "mutes", "weights", "grounded_in", "args", "history", "signals", "degraded"})
 BOOL_COLUMNS = frozenset({"cold_start"})
 # every table, parents before children: the order to copy a store in (`newsrank db migrate-to`). Not the
 # relevance cache and the scoring queue: the background scorer fills them again.
-TABLES = ("users", "events", "rankings", "ranking_items", "jobs", "adapters", "adapter_versions", "event_batches")
+TABLES = ("users", "events", "rankings", "ranking_items", "jobs", "adapters", "adapter_versions", "event_batches",
+          "erased", "service_checks")  # fmt: skip
 ITEM_COLUMNS = ("ranking_id", *(f.name for f in fields(RankedItem)))
 EVENT_COLUMNS = tuple(f.name for f in fields(Event))
 BATCH_KEY_DAYS = 1
+
+
+def largest_first(counts: dict[str, int], drop: int) -> dict[str, int]:
+    """How many to drop from each, `drop` in all, from the largest down (water-filling): {"a": 9, "b": 2}, 5 →
+    {"a": 5}; the smaller ones lose nothing until the larger ones are down to their size."""
+    left, taken = dict(counts), dict.fromkeys(counts, 0)
+    for _ in range(min(drop, sum(left.values()))):
+        largest = max(left, key=lambda k: (left[k], k))
+        left[largest] -= 1
+        taken[largest] += 1
+    return {k: n for k, n in taken.items() if n}
+
+
+def erased_key(user_id: str) -> str:
+    """How a tombstone names an erased reader: a digest, so that the store keeps no copy of the id."""
+    return hashlib.sha256(f"erased:{user_id}".encode()).hexdigest()
+
+
+# a write that names an erased reader is refused (or, for work that was in flight, dropped) while the tombstone is
+# there: retention removes tombstones after Settings.erasure_hold_hours
+NOT_ERASED = "NOT EXISTS (SELECT 1 FROM erased WHERE user_key = ?)"
 
 
 class Tx:
@@ -65,16 +91,15 @@ class Tx:
         return None if row is None else self.store.decode(row)
 
     def rows_in(
-        self, sql: str, params: Sequence[Any], ids: Sequence[Any], chunk: int = 500, twice: bool = False
+        self, sql: str, params: Sequence[Any], ids: Sequence[Any], chunk: int = 300, times: int = 1
     ) -> list[dict[str, Any]]:
         """The rows of a query with `IN ({ids})` in it, the ids sent in chunks (SQLite caps a statement's
-        parameters); `params` come before the ids. `twice`: the query has two halves, each with its `params` and
-        then the ids."""
+        parameters); `params` come before the ids. `times`: the query has that many parts, each with its `params`
+        and then the ids."""
         found: list[dict[str, Any]] = []
         for start in range(0, len(ids), chunk):
             part = list(ids[start : start + chunk])
-            values = [*params, *part, *params, *part] if twice else [*params, *part]
-            found += self.rows(sql.format(ids=", ".join("?" * len(part))), values)
+            found += self.rows(sql.format(ids=", ".join("?" * len(part))), [*params, *part] * times)
         return found
 
     def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
@@ -184,32 +209,64 @@ class SqlFeedbackStore(ABC):
                 self._write_version(tx, version)
 
     # -- events -------------------------------------------------------------------------------------------
-    def add_events(self, events: Sequence[Event], batch_key: str | None = None, now: float = 0.0) -> int:
+    def add_events(
+        self, events: Sequence[Event], batch_key: str | None = None, now: float = 0.0, digest: str | None = None
+    ) -> int:
         """Store a batch atomically: all of it or none of it. Returns how many were stored.
 
         A batch sent again with the same `batch_key` (a client retrying after a lost answer) stores nothing
-        and returns 0: keys are remembered for a day from `now`."""
+        and returns 0: keys are remembered for a day from `now`; the same key with another batch (another
+        `digest`) is a Conflict. An event that names a ranking counts once per (ranking, article, type): a
+        repeat is not stored. Events of an erased reader are a Conflict while the tombstone is there."""
         with self.transaction() as tx:
+            keys = list({erased_key(e.user_id) for e in events})
+            gone = tx.rows_in("SELECT user_key FROM erased WHERE user_key IN ({ids})", [], keys)
+            if gone:
+                named = next(e.user_id for e in events if erased_key(e.user_id) == gone[0]["user_key"])
+                raise Conflict(f"reader {named!r} was erased; their events are refused for a while")
             if batch_key is not None:
                 tx.execute(
                     "DELETE FROM event_batches WHERE created_at < ?", [self.encode_time(now - BATCH_KEY_DAYS * 86400)]
                 )
                 claimed = tx.execute(
-                    "INSERT INTO event_batches(batch_key, stored, created_at) VALUES (?, ?, ?)"
+                    "INSERT INTO event_batches(batch_key, stored, created_at, digest) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT(batch_key) DO NOTHING",
-                    [batch_key, len(events), self.encode_time(now)],
+                    [batch_key, len(events), self.encode_time(now), digest],
                 )
                 if claimed.rowcount == 0:
+                    earlier = tx.row("SELECT digest FROM event_batches WHERE batch_key = ?", [batch_key])
+                    if earlier is not None and earlier["digest"] != digest:
+                        raise Conflict("this Idempotency-Key was used for another batch: send a new key")
                     return 0
-            tx.insert("events", [{c: getattr(e, c) for c in EVENT_COLUMNS} for e in events])
-        return len(events)
+            fresh = self._not_repeated(tx, events)
+            tx.insert("events", [{c: getattr(e, c) for c in EVENT_COLUMNS} for e in fresh])
+        return len(fresh)
 
-    def events(self, user_id: str, since: float | None = None) -> list[Event]:
-        sql, params = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE user_id = ?", [user_id]
+    def _not_repeated(self, tx: Tx, events: Sequence[Event]) -> list[Event]:
+        """The events to store: each (ranking, article, type) once, counting what is stored already."""
+        ranked = list({e.ranking_id for e in events if e.ranking_id})
+        stored = tx.rows_in("SELECT ranking_id, article_id, type FROM events WHERE ranking_id IN ({ids})", [], ranked)
+        seen = {(r["ranking_id"], r["article_id"], r["type"]) for r in stored}
+        fresh = []
+        for e in events:
+            key = (e.ranking_id, e.article_id, e.type)
+            if e.ranking_id and key in seen:
+                continue
+            seen.add(key)
+            fresh.append(e)
+        return fresh
+
+    def events(self, user_id: str, since: float | None = None, limit: int | None = None) -> list[Event]:
+        """A reader's events in time order; `limit`: only the most recent that many (what a request may read)."""
+        sql, params = f"SELECT {', '.join(EVENT_COLUMNS)}, id FROM events WHERE user_id = ?", [user_id]
         if since is not None:
             sql, params = sql + " AND ts >= ?", [*params, self.encode_time(since)]
+        if limit is not None:
+            sql, params = sql + " ORDER BY ts DESC, id DESC LIMIT ?", [*params, int(limit)]
         with self.transaction() as tx:
-            return [Event(**r) for r in tx.rows(sql + " ORDER BY ts, id", params)]
+            rows = tx.rows(sql if limit is not None else sql + " ORDER BY ts, id", params)
+        rows = sorted(rows, key=lambda r: (r["ts"], r["id"])) if limit is not None else rows
+        return [Event(**{k: v for k, v in r.items() if k != "id"}) for r in rows]
 
     def click_counts(self, since: float) -> dict[str, int]:
         """Readers who clicked or liked each article since a time: the popularity signal. Readers, not
@@ -235,7 +292,7 @@ class SqlFeedbackStore(ABC):
                 " WHERE r.created_at >= ? AND i.article_id IN ({ids})"
                 " UNION SELECT article_id, user_id FROM events WHERE type = 'impression' AND ts >= ?"
                 " AND article_id IN ({ids})) AS shown GROUP BY article_id",
-                [self.encode_time(since)], list(article_ids), twice=True,
+                [self.encode_time(since)], list(article_ids), times=2,
             )  # fmt: skip
         return {r["article_id"]: r["n"] for r in rows}
 
@@ -268,6 +325,16 @@ class SqlFeedbackStore(ABC):
             )
         return [r["user_id"] for r in rows]
 
+    def known_among(self, user_ids: Sequence[str]) -> set[str]:
+        """Which of these readers newsrank holds anything on (events, preferences or rankings)."""
+        ids = list(dict.fromkeys(user_ids))
+        with self.transaction() as tx:
+            rows = tx.rows_in(
+                "SELECT user_id FROM events WHERE user_id IN ({ids}) UNION SELECT user_id FROM users WHERE user_id"
+                " IN ({ids}) UNION SELECT user_id FROM rankings WHERE user_id IN ({ids})", [], ids, times=3,
+            )  # fmt: skip
+        return {r["user_id"] for r in rows}
+
     def count_events(self) -> int:
         with self.transaction() as tx:
             return tx.row("SELECT COUNT(*) AS n FROM events")["n"]
@@ -277,8 +344,9 @@ class SqlFeedbackStore(ABC):
             return (
                 tx.row(
                     "SELECT 1 AS known FROM users WHERE user_id = ? UNION ALL SELECT 1 FROM events WHERE user_id = ?"
-                    " UNION ALL SELECT 1 FROM rankings WHERE user_id = ? LIMIT 1",
-                    [user_id] * 3,
+                    " UNION ALL SELECT 1 FROM rankings WHERE user_id = ? UNION ALL SELECT 1 FROM relevance"
+                    " WHERE user_id = ? LIMIT 1",
+                    [user_id] * 4,
                 )
                 is not None
             )
@@ -289,27 +357,44 @@ class SqlFeedbackStore(ABC):
             row = tx.row("SELECT interests, mutes FROM users WHERE user_id = ?", [user_id])
         return Preferences() if row is None else Preferences.newest(row["interests"], row["mutes"])
 
-    def set_preferences(self, user_id: str, prefs: Preferences, now: float) -> None:
+    def set_preferences(
+        self, user_id: str, prefs: Preferences, now: float, change: dict[str, Any] | None = None
+    ) -> None:
+        """Replace a reader's preferences. `change`: what a chat request changed (for its "undo"), kept with them;
+        any other write forgets it. A Conflict for an erased reader while the tombstone is there."""
         with self.transaction() as tx:
+            if tx.row("SELECT 1 AS gone FROM erased WHERE user_key = ?", [erased_key(user_id)]):
+                raise Conflict(f"reader {user_id!r} was erased; their preferences are refused for a while")
             tx.execute(
-                "INSERT INTO users(user_id, interests, mutes, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT(user_id)"
-                " DO UPDATE SET interests = excluded.interests, mutes = excluded.mutes,"
-                " updated_at = excluded.updated_at",
+                "INSERT INTO users(user_id, interests, mutes, updated_at, last_change) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(user_id) DO UPDATE SET interests = excluded.interests, mutes = excluded.mutes,"
+                " updated_at = excluded.updated_at, last_change = excluded.last_change",
                 [
                     user_id,
                     self.encode_json(list(prefs.interests)),
                     self.encode_json(list(prefs.mutes)),
                     self.encode_time(now),
+                    self.encode_json(change) if change is not None else None,
                 ],
             )
 
+    def last_change(self, user_id: str) -> dict[str, Any] | None:
+        """The preference change a chat request made last (set_preferences' `change`), if nothing changed since."""
+        with self.transaction() as tx:
+            row = tx.row("SELECT last_change FROM users WHERE user_id = ?", [user_id])
+        return None if row is None or row["last_change"] is None else row["last_change"]
+
     # -- ranking records ----------------------------------------------------------------------------------
-    def record_ranking(self, record: RankingRecord) -> None:
+    def record_ranking(self, record: RankingRecord) -> bool:
+        """Store a ranking record; False (nothing stored) for a reader erased while the feed was being made."""
         head = {k: v for k, v in asdict(record).items() if k != "items"}
         items = [{"ranking_id": record.ranking_id, **asdict(item)} for item in record.items]
         with self.transaction() as tx:
+            if tx.row("SELECT 1 AS gone FROM erased WHERE user_key = ?", [erased_key(record.user_id)]):
+                return False
             tx.insert("rankings", [head])
             tx.insert("ranking_items", items)
+        return True
 
     def ranking(self, ranking_id: str) -> RankingRecord:
         with self.transaction() as tx:
@@ -335,15 +420,19 @@ class SqlFeedbackStore(ABC):
                     [text, source, ranking_id, position],
                 )
 
-    def ranking_owners(self, ranking_ids: Sequence[str]) -> dict[str, str]:
-        """The reader each known ranking was made for; unknown ids are absent."""
+    def ranking_owners(self, ranking_ids: Sequence[str]) -> dict[str, tuple[str, frozenset[str]]]:
+        """The reader each known ranking was made for, and the articles it showed; unknown ids are absent."""
         with self.transaction() as tx:
             rows = tx.rows_in(
-                "SELECT ranking_id, user_id FROM rankings WHERE ranking_id IN ({ids})",
+                "SELECT r.ranking_id, r.user_id, i.article_id FROM rankings r LEFT JOIN ranking_items i"
+                " ON i.ranking_id = r.ranking_id WHERE r.ranking_id IN ({ids})",
                 [],
                 list(dict.fromkeys(ranking_ids)),
             )
-        return {r["ranking_id"]: r["user_id"] for r in rows}
+        shown: dict[str, tuple[str, set[str]]] = {}
+        for r in rows:
+            shown.setdefault(r["ranking_id"], (r["user_id"], set()))[1].add(r["article_id"] or "")
+        return {rid: (user, frozenset(a for a in articles if a)) for rid, (user, articles) in shown.items()}
 
     def latest_ranking_with(self, user_id: str, article_id: str) -> RankingRecord:
         with self.transaction() as tx:
@@ -377,12 +466,13 @@ class SqlFeedbackStore(ABC):
         made = "SELECT ranking_id FROM rankings WHERE created_at >= ? AND created_at < ?"
         with self.transaction() as tx:
             heads = tx.rows(
-                "SELECT r.ranking_id, r.created_at, r.arm, r.intra_list_distance, r.explored_pair,"
-                " COUNT(i.position) AS shown,"
+                "SELECT r.ranking_id, r.created_at, r.arm, r.intra_list_distance, r.explored_pair, r.user_id,"
+                " r.experiment, COUNT(i.position) AS shown,"
                 " COUNT(DISTINCT i.category) AS categories, COALESCE(SUM(i.age_hours), 0) AS shown_age_hours"
                 " FROM rankings r LEFT JOIN ranking_items i ON i.ranking_id = r.ranking_id"
                 " WHERE r.created_at >= ? AND r.created_at < ?"
-                " GROUP BY r.ranking_id, r.created_at, r.arm, r.intra_list_distance, r.explored_pair"
+                " GROUP BY r.ranking_id, r.created_at, r.arm, r.intra_list_distance, r.explored_pair, r.user_id,"
+                " r.experiment"
                 " ORDER BY r.created_at",
                 window,
             )
@@ -444,10 +534,16 @@ class SqlFeedbackStore(ABC):
             "relevance": relevance,
         }
 
-    def delete_user(self, user_id: str) -> dict[str, int]:
+    def delete_user(self, user_id: str, now: float = 0.0) -> dict[str, int]:
         """Erase a reader in one transaction: events, preferences, rankings (their items cascade), the LLM
-        relevance computed for them and their waiting scoring work."""
+        relevance computed for them and their waiting scoring work; and leave a tombstone, so that work in flight
+        for them (a feed being made, the scorer scoring them) writes nothing after."""
         with self.transaction() as tx:
+            tx.execute(
+                "INSERT INTO erased(user_key, erased_at) VALUES (?, ?) ON CONFLICT(user_key) DO UPDATE SET"
+                " erased_at = excluded.erased_at",
+                [erased_key(user_id), self.encode_time(now)],
+            )
             counts = {
                 table: tx.execute(f"DELETE FROM {table} WHERE user_id = ?", [user_id]).rowcount
                 for table in ("events", "users", "rankings", "relevance")
@@ -456,11 +552,16 @@ class SqlFeedbackStore(ABC):
         self.after_erasure()
         return counts
 
-    def forget_before(self, events_before: float | None, rankings_before: float | None) -> dict[str, int]:
+    def forget_before(
+        self, events_before: float | None, rankings_before: float | None, tombstones_before: float | None = None
+    ) -> dict[str, int]:
         """Retention: delete the events and the ranking records (their items cascade) older than these times
-        (None: keep them). Returns how many of each were deleted."""
+        (None: keep them), and erased readers' tombstones older than `tombstones_before`. Returns how many events
+        and rankings were deleted."""
         counts = {"events": 0, "rankings": 0}
         with self.transaction() as tx:
+            if tombstones_before is not None:
+                tx.execute("DELETE FROM erased WHERE erased_at < ?", [self.encode_time(tombstones_before)])
             if events_before is not None:
                 counts["events"] = tx.execute(
                     "DELETE FROM events WHERE ts < ?", [self.encode_time(events_before)]
@@ -489,8 +590,11 @@ class SqlFeedbackStore(ABC):
     def store_relevance(
         self, user_id: str, scorer: str, profile_key: str, scores: dict[str, float], now: float
     ) -> None:
-        """Keep a reader's freshly computed relevance, replacing what an earlier profile gave the same articles."""
+        """Keep a reader's freshly computed relevance, replacing what an earlier profile gave the same articles;
+        nothing for a reader erased while the scores were being computed."""
         with self.transaction() as tx:
+            if tx.row("SELECT 1 AS gone FROM erased WHERE user_key = ?", [erased_key(user_id)]):
+                return
             for article_id, score in scores.items():
                 tx.execute(
                     "INSERT INTO relevance(user_id, scorer, article_id, score, profile_key, scored_at)"
@@ -534,38 +638,50 @@ class SqlFeedbackStore(ABC):
     # -- the background scorer's queue --------------------------------------------------------------------
     def request_scoring(self, tasks: Sequence[ScoringTask], now: float, limit: int, again: bool = True) -> int:
         """Ask for work: a task already waiting is coalesced (its priority raised, its ask counted), never
-        duplicated; with `again`, one running now runs once more after. Past `limit` waiting tasks unclaimed ones
-        are dropped: explanations first, then the lowest priority (a reader's next request or the sweep asks
-        again). Returns how many were dropped."""
+        duplicated; with `again`, one running now runs once more after. Past `limit` waiting tasks, unclaimed ones
+        are dropped from the client (`owner`) with the most waiting, and theirs only: explanations first, then the
+        lowest priority (a reader's next request or the sweep asks again). A client's flood never pushes out
+        another's task. Tasks for erased readers are not queued. Returns how many were dropped."""
         counted = "scoring_queue.requests + 1" if again else "scoring_queue.requests"
         with self.transaction() as tx:
+            gone = {r["user_key"] for r in tx.rows_in("SELECT user_key FROM erased WHERE user_key IN ({ids})", [],
+                                                     list({erased_key(t.subject) for t in tasks}))}  # fmt: skip
             for task in tasks:
+                if erased_key(task.subject) in gone:
+                    continue
                 tx.execute(
-                    "INSERT INTO scoring_queue(kind, subject, priority, requests, requested_at) VALUES (?, ?, ?, 1, ?)"
-                    f" ON CONFLICT(kind, subject) DO UPDATE SET requests = {counted}, priority ="
-                    " CASE WHEN excluded.priority > scoring_queue.priority THEN excluded.priority"
+                    "INSERT INTO scoring_queue(kind, subject, priority, requests, requested_at, owner)"
+                    f" VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(kind, subject) DO UPDATE SET requests = {counted},"
+                    " priority = CASE WHEN excluded.priority > scoring_queue.priority THEN excluded.priority"
                     " ELSE scoring_queue.priority END",
-                    [task.kind, task.subject, task.priority, self.encode_time(now)],
+                    [task.kind, task.subject, task.priority, self.encode_time(now), task.owner],
                 )
             over = tx.row("SELECT COUNT(*) AS n FROM scoring_queue")["n"] - limit
             if over <= 0:
                 return 0
-            return tx.execute(
-                "DELETE FROM scoring_queue WHERE (kind, subject) IN (SELECT kind, subject FROM scoring_queue"
-                " WHERE claimed_by IS NULL ORDER BY CASE kind WHEN 'explain' THEN 0 ELSE 1 END, priority, subject"
-                " LIMIT ?)",
-                [over],
-            ).rowcount
+            waiting = {r["owner"]: r["n"] for r in tx.rows(
+                "SELECT owner, COUNT(*) AS n FROM scoring_queue WHERE claimed_by IS NULL GROUP BY owner")}  # fmt: skip
+            dropped = 0
+            for owner, n in largest_first(waiting, over).items():
+                dropped += tx.execute(
+                    "DELETE FROM scoring_queue WHERE (kind, subject) IN (SELECT kind, subject FROM scoring_queue"
+                    " WHERE claimed_by IS NULL AND owner = ? ORDER BY CASE kind WHEN 'explain' THEN 0 ELSE 1 END,"
+                    " priority, subject LIMIT ?)",
+                    [owner, n],
+                ).rowcount
+            return dropped
 
     def claim_scoring(self, worker: str, now: float, lease_seconds: float) -> ScoringTask | None:
-        """Take the next task for `worker`: readers before explanations, then the most recently active first.
-        A task claimed by another worker is not handed out again until its lease ran out (its worker died), so
-        two workers never run the same task at once."""
+        """Take the next task for `worker`: from the client (`owner`) served least recently, so that clients take
+        turns whatever each has waiting; within a client, readers before explanations, then the most recently
+        active first. A task claimed by another worker is not handed out again until its lease ran out (its
+        worker died), so two workers never run the same task at once."""
         with self.transaction(lock="scoring") as tx:
             row = tx.row(
-                "SELECT kind, subject, priority, requests, requested_at FROM scoring_queue"
-                " WHERE claimed_by IS NULL OR claimed_at < ?"
-                " ORDER BY CASE kind WHEN 'reader' THEN 0 ELSE 1 END, priority DESC, subject LIMIT 1",
+                "SELECT q.kind, q.subject, q.priority, q.requests, q.requested_at, q.owner FROM scoring_queue q"
+                " LEFT JOIN scoring_owners o ON o.owner = q.owner WHERE q.claimed_by IS NULL OR q.claimed_at < ?"
+                " ORDER BY o.served_at IS NOT NULL, o.served_at, CASE q.kind WHEN 'reader' THEN 0 ELSE 1 END,"
+                " q.priority DESC, q.subject LIMIT 1",
                 [self.encode_time(now - lease_seconds)],
             )
             if row is None:
@@ -574,6 +690,11 @@ class SqlFeedbackStore(ABC):
                 "UPDATE scoring_queue SET claimed_by = ?, claimed_requests = requests, claimed_at = ?"
                 " WHERE kind = ? AND subject = ?",
                 [worker, self.encode_time(now), row["kind"], row["subject"]],
+            )
+            tx.execute(
+                "INSERT INTO scoring_owners(owner, served_at) VALUES (?, ?) ON CONFLICT(owner) DO UPDATE SET"
+                " served_at = excluded.served_at",
+                [row["owner"], self.encode_time(now)],
             )
         return ScoringTask(**row)
 
@@ -715,6 +836,14 @@ class SqlFeedbackStore(ABC):
                        [version, self.encode_json([*row["history"], version]), name])  # fmt: skip
 
     # -- a whole store ------------------------------------------------------------------------------------
+    def check_value(self, name: str, value: str) -> str:
+        """The value every instance sharing this store agreed on for `name`: `value` if none was set yet (then it
+        is set), else the one set first. A caller whose value differs must not go on (Newsrank refuses to start)."""
+        with self.transaction(lock="checks") as tx:
+            tx.execute("INSERT INTO service_checks(name, value) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
+                       [name, value])  # fmt: skip
+            return tx.row("SELECT value FROM service_checks WHERE name = ?", [name])["value"]
+
     def table_rows(self, table: str, batch: int = 1000) -> Iterator[list[dict[str, Any]]]:
         """Every row of a table, decoded, in batches (to copy a store into another)."""
         if table not in TABLES:

@@ -123,12 +123,35 @@ def test_an_ab_test_of_two_adapters_through_settings_alone(ab, feedback):
     assert {i.record.relevance_source for i in feed.items} == {"llm"} and feed.adapter == "clicks@2"
 
 
+def test_a_reader_is_counted_only_in_the_arm_it_was_served(ab, feedback):
+    """A client key may not name an adapter while an experiment runs; an admin's look with another adapter is
+    counted in no arm; every record names its experiment."""
+    control = next(r for r in READERS if ab.recommender.arm(r)[0] == "control")
+    with TestClient(app=create_app(newsrank=ab)) as client:
+        asked = {"user_id": control, "k": 3, "explain": False, "adapter": "clicks@2"}
+        refused = client.post("/v1/feed", json=asked, headers=auth(APP))
+        assert refused.status_code == 400 and "experiment" in refused.json()["detail"]
+        looked = client.post("/v1/feed", json=asked, headers=auth(ADMIN))
+        assert looked.status_code == 200 and looked.json()["arm"] is None
+        served = client.post("/v1/feed", json={**asked, "adapter": None}, headers=auth(APP)).json()
+    assert feedback.ranking(looked.json()["ranking_id"]).arm is None
+    record = feedback.ranking(served["ranking_id"])
+    assert (record.arm, record.experiment) == ("control", ab.settings.experiment.name)
+
+
+def test_instances_that_share_a_store_must_share_the_pseudonym_secret(ab, corpus_store, feedback, llm):
+    ab.check_configuration()
+    other = ab.settings.model_copy(update={"pseudonym_secret": "another-secret-0123456789"})
+    with pytest.raises(InvalidInput, match="another pseudonym secret"):
+        Newsrank(other, corpus_store, feedback, llm, clock=lambda: NOW, adapters=ab.adapters).check_configuration()
+
+
 def test_a_misnamed_arm_stops_the_service_at_its_start(ab):
     wrong = Experiment(name="x", arms={"control": {"adapter": "clicks@1"}, "typo": {"adapter": "clics"}})
     ab.settings = ab.settings.model_copy(update={"experiment": wrong})
     ab.recommender.settings = ab.settings
     with pytest.raises(InvalidInput, match="arm 'typo'"):
-        ab.check_experiment()
+        ab.check_configuration()
     with pytest.raises(ValueError, match="split"):
         Experiment(name="x", arms={"a": {}, "b": {}}, split=[1, 2, 3])
     with pytest.raises(ValueError, match="unknown blend weights"):

@@ -36,16 +36,17 @@ def test_swapped_exchanges_the_pair_only_when_the_coin_says_so():
     assert order == ["a", "b", "c", "d"]  # not in place
 
 
-def explored_feeds(examined: np.ndarray, feeds: int, seed: int, swap: bool = True) -> list[tuple[int, list[int]]]:
+def explored_feeds(examined: np.ndarray, feeds: int, seed: int, swap: bool = True) -> list[tuple[int, list[int], str]]:
     """Explored feeds under a position-based click model, each ranked best first by the current ranker:
-    (the pair in play, the positions clicked). `swap=False`: the pair is never swapped."""
+    (the pair in play, the positions clicked, a reader of its own). `swap=False`: the pair is never swapped."""
     rng, coin = np.random.default_rng(seed), random.Random(seed)
     n = len(examined)
     relevance = -np.sort(-rng.uniform(0.1, 0.9, (feeds, n)), axis=1)
     plays = [position.explore(n, 1.0, coin) for _ in range(feeds)]
     shown = np.array([position.swapped(r, pair, s and swap) for r, (pair, s) in zip(relevance, plays, strict=True)])
     clicked = rng.random((feeds, n)) < examined * shown
-    return [(pair, (np.flatnonzero(c) + 1).tolist()) for (pair, _), c in zip(plays, clicked, strict=True)]
+    return [(pair, (np.flatnonzero(c) + 1).tolist(), f"r{n}")
+            for n, ((pair, _), c) in enumerate(zip(plays, clicked, strict=True))]  # fmt: skip
 
 
 def test_estimate_recovers_the_propensities_of_a_click_model():
@@ -60,10 +61,26 @@ def test_estimate_recovers_the_propensities_of_a_click_model():
     assert unswapped.values[-1] < 0.8 * examined[-1], unswapped.values
 
 
+def test_one_reader_cannot_set_the_propensities():
+    """A reader who explores many feeds and clicks only the upper place of each pair weighs no more than their
+    share: the honest readers' estimate stands."""
+    examined = 1 / np.arange(1, 11) ** 0.8
+    honest = [(pair, clicked, f"h{n % 400}") for n, (pair, clicked, _) in  # 400 readers, 50 feeds each
+              enumerate(explored_feeds(examined, 20_000, seed=1))]  # fmt: skip
+    forged = [(pair, [pair], "attacker") for pair in range(1, 10) for _ in range(300)]  # 2,700 feeds, one reader
+    fair = position.estimate(honest, 10, reader_share=0.01)
+    attacked = position.estimate(honest + forged, 10, reader_share=0.01)
+    unbounded = position.estimate(honest + forged, 10)
+    assert np.allclose(attacked.values, fair.values, rtol=0.15), attacked.values
+    assert np.allclose(fair.values, position.estimate(honest, 10).values, rtol=0.1)  # honest readers: near as they were
+    assert unbounded.values[-1] < 0.05 * fair.values[-1]  # without it, one reader sets the deep places
+
+
 def test_estimate_smooths_chains_caps_and_round_trips():
     assert position.estimate([], 4).values == (1.0, 1.0, 1.0, 1.0)  # no data: every position like the top
     # pair 1 seen with 3 clicks on top and 1 below; pair 2 never explored; pair 3 with clicks only below
-    observations = [(1, [1]), (1, [1, 2]), (1, [1]), (3, [4]), (3, [4]), (7, [7]), (0, [1])]
+    observations = [(1, [1], "a"), (1, [1, 2], "b"), (1, [1], "c"), (3, [4], "d"), (3, [4], "e"), (7, [7], "f"),
+                    (0, [1], "g")]  # fmt: skip
     estimated = position.estimate(observations, 4)
     ratio = 1.5 / 3.5
     assert estimated.values == pytest.approx((1.0, ratio, ratio, 1.0))  # 3 → 4 more clicked: capped at 1
@@ -124,7 +141,8 @@ def logged(seed: int) -> tuple[list[learned_ranker.Impression], position.Propens
     shown = np.take_along_axis(x, order[:, :, None], axis=1)
     clicks = (rng.random((FEEDS, POSITIONS)) < EXAMINED * true_relevance(shown)).astype(int)
     history = rng.integers(1, 60, FEEDS)
-    explored = [(pair, (np.flatnonzero(c) + 1).tolist()) for (pair, _), c in zip(plays, clicks, strict=True) if pair]
+    explored = [(pair, (np.flatnonzero(c) + 1).tolist(), f"reader{n}")
+                for n, ((pair, _), c) in enumerate(zip(plays, clicks, strict=True)) if pair]  # fmt: skip
     propensities = position.estimate(explored, POSITIONS)
     impressions = [
         learned_ranker.Impression(f"reader{i}", signals(s), tuple(c.tolist()), int(h), scored=False)
@@ -211,7 +229,7 @@ def test_training_reads_propensities_from_the_stores_explored_feeds_and_weighs_c
         clicked = [p for p in range(1, 6) if rng.random() < examined[p - 1] * 0.6]
         events += [Event(f"u{n % 50}", f"a{p}", "click", NOW + n + 1, ranking_id=f"r{n}") for p in clicked]
         events += [Event(f"u{n % 50}", "a1", "click", NOW + n + 2)] if n % 7 == 0 else []  # names no feed: not counted
-        observed += [(pair, clicked)] if pair else []
+        observed += [(pair, clicked, f"u{n % 50}")] if pair else []
     feedback.add_events(events)
     estimated = position.from_store(feedback, NOW - 1, NOW + 10_000, 5)
     assert estimated == position.estimate(observed, 5) and estimated.feeds == 750

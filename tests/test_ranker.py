@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core import metrics
 from core.errors import InvalidInput
 from core.records import BLEND, BlendWeights, Event, Signals
 from evaluation import replay
@@ -224,3 +225,41 @@ def test_a_gate_with_nothing_to_judge_on_says_so_and_fails():
     one = learned_ranker.Impression("only", tuple(signals), tuple(labels), 5, True)
     _, decision = learned_ranker.fit_and_gate([one], "s", HAND, None, validation_share=0.0)
     assert not decision.passed and "no held-out ranking" in decision.summary()
+
+
+def test_a_few_readers_with_many_feeds_cannot_steer_the_fit_or_its_gate():
+    """Honest readers click what is similar to them; five readers of one client, a hundred feeds each, click the
+    least similar item. Bounded by reader share, the fit keeps the honest weight of similarity; unbounded, the
+    five reverse it. The gate averages reader by reader, so a reader's hundred feeds
+    count once there too."""
+    import math
+    import random
+
+    rng = random.Random(0)
+
+    def feed(reader: str, owner: str, honest: bool) -> learned_ranker.Impression:
+        similarity = [rng.random() for _ in range(10)]
+        if honest:  # more likely the more similar: P ∝ e^(3 similarity)
+            clicked = rng.choices(range(10), weights=[math.exp(3 * s) for s in similarity])[0]
+        else:
+            clicked = similarity.index(min(similarity))
+        signals = tuple(Signals(similarity=s, affinity=rng.random()) for s in similarity)
+        return learned_ranker.Impression(reader, signals, tuple(int(i == clicked) for i in range(10)), 10, False,
+                                         owner=owner)  # fmt: skip
+
+    honest = [feed(f"reader{n}", "platform", True) for n in range(300) for _ in range(2)]
+    forged = [feed(f"bot{n}", "intruder", False) for n in range(5) for _ in range(100)]
+    slope = "similarity"
+
+    def weight(fitted: learned_ranker.Ranker) -> float:
+        return fitted.without_llm.per_signal(10)[slope]
+
+    fair = weight(learned_ranker.fit_impressions(honest, None))
+    bounded = weight(learned_ranker.fit_impressions(honest + forged, None, reader_share=0.01))
+    unbounded = weight(learned_ranker.fit_impressions(honest + forged, None))
+    assert fair > 0 and bounded > 0.7 * fair  # the five weigh 1 % each: the honest weight stands
+    assert unbounded < 0  # the five readers' 500 feeds reverse it when nothing bounds them
+    hand = {name: 0.0 for name in learned_ranker.FEATURES} | {"similarity": 1.0}
+    per_reader = learned_ranker.mean_auc(honest[:4] + forged, lambda i: hand)
+    per_feed = np.mean([metrics.auc(i.labels, learned_ranker.ranked_by(i, hand)) for i in honest[:4] + forged])
+    assert per_reader[2] == 504 and per_reader[0] > 100 * per_feed + 20  # 2 honest readers of 7 against 4 of 504
