@@ -1,15 +1,19 @@
 """The evaluation gate: a new adapter is published only if it ranks the validation examples better than the
-one being served (or the base model, when none is)."""
+one being served (or the base model, when none is), and, against forgetting, falls no more than a margin below
+it on the reference sets earlier versions were judged on (each version keeps a sample of its validation
+examples as `reference.jsonl`)."""
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from adapters.export import Example
+from adapters.export import Example, write_examples
 from core import metrics
 from core.llm import Backend, ScoreRequest
 
@@ -57,3 +61,50 @@ def decide(new: Quality, current: Quality) -> Decision:
 
 def gate(backend: Backend, validation: Sequence[Example], new: str, current: str | None) -> Decision:
     return decide(quality(backend, validation, new), quality(backend, validation, current))
+
+
+REFERENCE = "reference.jsonl"  # in a version's folder: the sample of validation examples it was judged on
+
+
+@dataclass(frozen=True)
+class Forgetting:
+    """The candidate against the served adapter on each earlier version's reference set: (version, new AUC,
+    served AUC). It forgets when it falls more than `margin` points below on any of them."""
+
+    checks: tuple[tuple[str, float, float], ...]
+    margin: float
+
+    @property
+    def passed(self) -> bool:
+        return all(new >= served - self.margin for _, new, served in self.checks)
+
+    def summary(self) -> str:
+        if not self.checks:
+            return "no earlier reference set to check for forgetting"
+        said = "; ".join(f"{v}: {new:.2f} vs {served:.2f}" for v, new, served in self.checks)
+        verdict = "kept" if self.passed else f"FORGOTTEN (more than {self.margin:g} points below)"
+        return f"earlier reference sets, new vs served AUC: {said}: {verdict}"
+
+
+def forgetting(
+    backend: Backend, references: dict[str, Sequence[Example]], new: str, current: str | None, margin: float
+) -> Forgetting:
+    checks = tuple(
+        (version, quality(backend, examples, new).auc, quality(backend, examples, current).auc)
+        for version, examples in references.items()
+        if examples
+    )
+    return Forgetting(checks, margin)
+
+
+def keep_reference(folder: Path, validation: Sequence[Example], size: int, seed: int = 0) -> int:
+    """Keep a sample of the examples a version was judged on, whole groups, in its folder (`reference.jsonl`)."""
+    groups = sorted({e.group for e in validation})
+    random.Random(seed).shuffle(groups)
+    chosen, kept = set(), 0
+    for group in groups:
+        if kept >= size:
+            break
+        chosen.add(group)
+        kept += sum(e.group == group for e in validation)
+    return write_examples(folder / REFERENCE, [e for e in validation if e.group in chosen])

@@ -62,6 +62,7 @@ class TrainConfig:
     validation_share: float = 0.2
     max_examples: int | None = None
     seed: int = 0
+    init_adapter: str | None = None  # start from this adapter folder's weights (continual training), not from zero
     checkpoint_every: int = 20  # steps
     eval_every: int = 50  # steps between validation AUCs in the TensorBoard log (and one at the end); 0: end only
     threads: int | None = None
@@ -74,8 +75,10 @@ class TrainConfig:
     dp_examples_per_reader: int = 16  # a reader contributes at most this many rows
 
 
-# what an override may set: the learning itself, never where data, output or models are read or written
-OVERRIDABLE = frozenset(f.name for f in fields(TrainConfig)) - {"data", "output", "base_model", "model_cache"}
+# what an override may set: the learning itself, never where data, output or models (or a starting adapter) are
+# read or written
+OVERRIDABLE = frozenset(f.name for f in fields(TrainConfig)) - {"data", "output", "base_model", "model_cache",
+                                                                 "init_adapter"}  # fmt: skip
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
@@ -165,11 +168,14 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(config.device)
-    lora = peft.LoraConfig(
-        task_type="CAUSAL_LM", r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-        target_modules=list(config.target_modules),
-    )  # fmt: skip
-    model = peft.get_peft_model(model, lora)
+    if config.init_adapter:  # continual: go on from an adapter's weights (its shape), not from the base model's
+        model = peft.PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+    else:
+        lora = peft.LoraConfig(
+            task_type="CAUSAL_LM", r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+            target_modules=list(config.target_modules),
+        )  # fmt: skip
+        model = peft.get_peft_model(model, lora)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     answer_ids = answer_token_ids(tokenizer)
     trained = model  # what the forward passes run: the model itself, or Opacus's per-example wrapper of it
@@ -242,6 +248,7 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
         "examples": {"train": len(train), "validation": len(validation),
                      "train_positive": sum(e.label for e in train)},
         "config": asdict(config),
+        "continued_from": config.init_adapter,
         "steps": step,
         "examples_seen": seen,
         "train_seconds_this_run": round(time.perf_counter() - started, 1),

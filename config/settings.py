@@ -163,6 +163,27 @@ class Settings(BaseSettings):
     history_titles: int = Field(5, ge=0)
     top_interests: int = Field(5, ge=1)
 
+    # the learning loop (serve/learning.py): retrain when this many engagement events came in since the last
+    # training, or at this time of day (HH:MM, UTC); a candidate that passes its gate is A/B-tested on
+    # `loop_treatment_share` of readers, the always-valid test deciding at level `loop_alpha` (evaluation/
+    # sequential.py) after `loop_min_feeds` feeds an arm, rolling back undecided after `loop_max_feeds`
+    retrain_every_events: int | None = Field(None, ge=1)
+    retrain_at: str | None = Field(None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    loop_treatment_share: float = Field(0.1, gt=0, lt=1)
+    loop_alpha: float = Field(0.05, gt=0, lt=1)
+    loop_min_feeds: int = Field(200, ge=2)
+    loop_max_feeds: int = Field(20_000, ge=2)
+    loop_check_seconds: float = Field(60.0, gt=0)  # how often a worker looks at the loop
+    # the gate against forgetting: a candidate may fall at most this many AUC points below the active adapter on
+    # the reference sets that earlier versions were judged on (each version keeps `reference_examples` of them)
+    forgetting_margin: float = Field(1.0, ge=0)
+    reference_examples: int = Field(300, ge=10)
+
+    @property
+    def learning_loop(self) -> bool:
+        """Whether the loop runs: a schedule for retraining is set."""
+        return self.retrain_every_events is not None or self.retrain_at is not None
+
     @field_validator("data_dir", "model_cache", "api_keys_file", "adapters_dir")
     @classmethod
     def _expand(cls, path: Path | None) -> Path | None:

@@ -293,6 +293,8 @@ class FeedOutcome:
     explored_pair: int | None = None  # the pair of places it put in play (feed.position), if it did
     user_id: str = ""  # its reader: no one reader weighs more than a share of an estimate over feeds
     experiment: str | None = None  # the experiment of its `arm`
+    dislikes: int = 0
+    skips: int = 0
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ class Metric:
     numerator: Part
     denominator: Part
     better: str = "higher"  # which way is better, for the dashboard ("lower", "neither")
+    share: bool = False  # a proportion (in [0, 1]): its interval is Wilson's, which stays in [0, 1]
 
 
 def _clicks(o: FeedOutcome) -> float:
@@ -49,8 +50,9 @@ def _clicks(o: FeedOutcome) -> float:
 
 
 METRICS = (
-    Metric("ctr", "relevance", "clicked items per item shown", _clicks, lambda o: o.shown),
-    Metric("feed_ctr", "relevance", "share of feeds with a click", lambda o: float(bool(o.clicked)), lambda o: 1.0),
+    Metric("ctr", "relevance", "clicked items per item shown", _clicks, lambda o: o.shown, share=True),
+    Metric("feed_ctr", "relevance", "share of feeds with a click", lambda o: float(bool(o.clicked)), lambda o: 1.0,
+           share=True),
     Metric("click_position", "relevance", "mean position of a clicked item", lambda o: sum(p for p, _ in o.clicked),
            _clicks, "lower"),
     Metric("intra_list_distance", "diversity", "mean pairwise cosine distance of a feed's items",
@@ -65,7 +67,7 @@ METRICS = (
     Metric("shares", "interaction", "shares per item shown", lambda o: o.shares, lambda o: o.shown),
     Metric("rating", "satisfaction", "mean rating (1-5)", lambda o: sum(o.ratings), lambda o: len(o.ratings)),
     Metric("rating_high", "satisfaction", "share of ratings of 4 or 5", lambda o: sum(r >= 4 for r in o.ratings),
-           lambda o: len(o.ratings)),
+           lambda o: len(o.ratings), share=True),
 )  # fmt: skip
 BY_NAME = {m.name: m for m in METRICS}
 
@@ -97,8 +99,25 @@ def ratio(pairs: Sequence[tuple[float, float]]) -> tuple[float | None, float, in
 
 
 def estimate(metric: Metric, outcomes: Iterable[FeedOutcome]) -> Estimate:
-    value, se, n = ratio([(metric.numerator(o), metric.denominator(o)) for o in outcomes])
+    pairs = [(metric.numerator(o), metric.denominator(o)) for o in outcomes]
+    value, se, n = ratio(pairs)
+    if metric.share and value is not None:
+        return wilson(value, se, sum(x for _, x in pairs), n)
     return _interval(value, se, n)
+
+
+def wilson(p: float, se: float, count: float, n: int) -> Estimate:
+    """Wilson's score interval for a proportion p, at the effective sample size its delta-method standard error
+    implies (p(1 - p) / se², which allows for the items of one feed moving together; the items counted where the
+    error says nothing: one feed, or no spread). It stays in [0, 1] and is not centred on p near the edges."""
+    p = min(max(p, 0.0), 1.0)
+    size = p * (1 - p) / se**2 if 0 < se < math.inf and 0 < p < 1 else count
+    if size <= 0:
+        return Estimate(round(p, 6), None, None, n)
+    z2 = Z95**2
+    centre = (p + z2 / (2 * size)) / (1 + z2 / size)
+    half = Z95 * math.sqrt(p * (1 - p) / size + z2 / (4 * size**2)) / (1 + z2 / size)
+    return Estimate(round(p, 6), round(max(0.0, centre - half), 6), round(min(1.0, centre + half), 6), n)
 
 
 def difference(metric: Metric, treated: Sequence[FeedOutcome], control: Sequence[FeedOutcome]) -> Estimate:

@@ -41,6 +41,13 @@ FEATURES = tuple(spec.name for spec in SIGNALS if spec.fitted)
 INTERACTIONS = ("relevance", "similarity", "closest")
 
 
+def unversioned(scorer: str) -> str:
+    """A scorer key with its adapter's version left out: model|clicks|prompt|strategy for model|clicks@3|..."""
+    model, _, rest = scorer.partition("|")
+    adapter, _, rest = rest.partition("|")
+    return f"{model}|{adapter.partition('@')[0]}|{rest}"
+
+
 def history_feature(items: int) -> float:
     """A reader's history size as a number near [0, 1]: log(1 + items) / log(1 + 50)."""
     return math.log1p(max(items, 0)) / HISTORY_SCALE
@@ -116,8 +123,11 @@ class Ranker:
     format: str = FORMAT
 
     def fit_for(self, scorer: str | None) -> Fit:
-        """With the LLM's relevance only for the scorer it was fitted with: another model's P(Yes) means else."""
-        return self.with_llm if self.with_llm is not None and scorer == self.scorer else self.without_llm
+        """With the LLM's relevance only for the scorer it was fitted with: another model's P(Yes) means else. A
+        later version of the same adapter (clicks@3 for a fit on clicks@2, trained on from it) counts as the same:
+        the learning loop refits after it promotes, not before it may test."""
+        same = scorer is not None and self.scorer is not None and unversioned(scorer) == unversioned(self.scorer)
+        return self.with_llm if self.with_llm is not None and same else self.without_llm
 
     def weights(self, history: int, scorer: str | None, settings: Mapping[str, float]) -> dict[str, float]:
         """The blend weights for one reader: the fit's slopes, scaled so that its scores spread as the hand-set

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from config.experiment import Arm
+from config.experiment import Arm, Experiment
 from config.settings import Settings
 from core import metrics
 from core.errors import EmptyStore, InvalidInput, NotFound, model_failure
@@ -134,6 +134,7 @@ class Recommender:
         self.exposure = ExposureTally()
         self.pseudonym = pseudonym or (lambda user_id: user_id)  # what an experiment splits readers by
         self.random = random.Random()  # which feeds explore positions (feed.position)
+        self.running_experiment: Callable[[], Experiment | None] = lambda: None  # the learning loop's, if it runs
         self.scoring_asked = threading.Event()  # set when work is queued: a worker in this process wakes at once
         self._interest_vectors: dict[str, np.ndarray] = {}
         self._rankers: dict[str, tuple[tuple[str, int | None], Ranker]] = {}
@@ -161,9 +162,14 @@ class Recommender:
                 raise
             return None
 
+    def experiment(self) -> Experiment | None:
+        """The experiment running now: the operator's (NEWSRANK_EXPERIMENT), else the learning loop's A/B test of a
+        candidate adapter (serve/learning.py), if any."""
+        return self.settings.experiment or self.running_experiment()
+
     def arm(self, user_id: str) -> tuple[str, Arm] | None:
-        """The experiment arm a reader is in (NEWSRANK_EXPERIMENT), if an experiment runs."""
-        experiment = self.settings.experiment
+        """The experiment arm a reader is in, if an experiment runs."""
+        experiment = self.experiment()
         if experiment is None:
             return None
         name = experiment.arm_of(self.pseudonym(user_id))
@@ -537,7 +543,7 @@ class Recommender:
             arm=st.arm,
             explored_pair=explored,
             intra_list_distance=metrics.intra_list_distance(np.stack([h.embedding for h in top])) if top else None,
-            experiment=s.experiment.name if st.arm and s.experiment else None,
+            experiment=self.experiment().name if st.arm and self.experiment() else None,
             owner=request.owner or None,
         )
         stored = self.feedback.record_ranking(record)  # False: the reader was erased meanwhile

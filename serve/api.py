@@ -96,6 +96,17 @@ def metrics_text(metrics: Metrics, newsrank: Newsrank) -> str:
     return exposition(metrics, newsrank)
 
 
+@get("/v1/loop", sync_to_thread=True, guards=[admin_only], tags=["ops"])
+def loop(newsrank: Newsrank) -> dict:
+    """The learning loop's history, the newest first: what it trained, put to an A/B test, promoted or rolled back,
+    each with its evidence; and its schedule."""
+    s = newsrank.settings
+    schedule = ("off: set NEWSRANK_RETRAIN_EVERY_EVENTS or NEWSRANK_RETRAIN_AT" if not s.learning_loop else
+                f"retrain every {s.retrain_every_events or '–'} engagement events or at {s.retrain_at or '–'} UTC; "
+                f"A/B on {s.loop_treatment_share:.0%} of readers, decided at α {s.loop_alpha}")  # fmt: skip
+    return {"schedule": schedule, "events": newsrank.feedback.loop_events(100)}
+
+
 @get("/v1/stats", sync_to_thread=True, guards=[admin_only], tags=["ops"])
 def stats(
     newsrank: Newsrank,
@@ -124,7 +135,7 @@ async def feed(data: FeedRequestIn, newsrank: Newsrank, request: Req) -> FeedOut
     each item says where its relevance came from. `fresh` runs the model now (and may answer 429)."""
     key = request.user
     key.check_user(data.user_id)
-    if data.adapter and newsrank.settings.experiment is not None and not key.admin:
+    if data.adapter and newsrank.recommender.experiment() is not None and not key.admin:
         raise InvalidInput("an experiment runs: it chooses each reader's adapter, a client key may not name one")
     newsrank.feed_rate.take({data.user_id: 1}, "feeds")  # each feed is a stored record
     wanted = data.request(owner=key.id)
@@ -300,5 +311,5 @@ def attachment(user_id: str) -> str:
     return f"attachment; filename=\"newsrank-user-{plain}.json\"; filename*=UTF-8''{exact}"
 
 
-ROUTES = [healthz, readyz, metrics_text, stats, serving, feed, events, chat, chat_stream, why]
+ROUTES = [healthz, readyz, metrics_text, stats, serving, loop, feed, events, chat, chat_stream, why]
 ROUTES += [Articles, Users, Adapters, Jobs]

@@ -37,6 +37,7 @@ from core.errors import (
 )
 from serve import api, demo, web
 from serve.auth import ApiKeyMiddleware, KeyRing, NotAuthenticated, PermissionDenied
+from serve.learning import LearningLoop
 from serve.limits import RateLimiter
 from serve.service import Newsrank
 from serve.telemetry import Metrics, RequestMetrics
@@ -126,7 +127,8 @@ def create_app(newsrank: Newsrank | None = None, settings: Settings | None = Non
             log.info("store was empty: loaded %d demo articles and the demo users", report.ingested)
         service.jobs.recover()
         service.backend.warm()
-        workers = ScoringWorkers(service.recommender, settings.scorer_threads)
+        loop = LearningLoop(service) if settings.learning_loop else None
+        workers = ScoringWorkers(service.recommender, settings.scorer_threads, loop=loop)
         workers.start()
         app.state.newsrank = service
         try:

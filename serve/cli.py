@@ -169,9 +169,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not any(e.label for e in examples):
             raise InvalidInput("no positive examples to learn from (no clicks or likes in the chosen data)")
         print(f"{export.write_examples(data, examples)} examples written to {data}")
+    start = None
+    if args.from_active:  # continual: from the active version's weights
+        with contextlib.suppress(NotFound):
+            start = str(registry.resolve(args.name).path)
+        print(f"continuing from {start}" if start else f"no active {args.name}: training from the base model")
     config = train.load_config(
         Path(args.config) if args.config else None, args.set, data=str(data), output=str(run_dir),
-        base_model=settings.llm, model_cache=str(settings.model_cache), seed=args.seed,
+        base_model=settings.llm, model_cache=str(settings.model_cache), seed=args.seed, init_adapter=start,
     )  # fmt: skip
     card = train.main(config)
     adapter = run_dir / "adapter"
@@ -184,12 +189,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     service.backend.load_adapter("candidate", str(adapter))
     decision = gate.gate(service.backend, validation, "candidate", served)
     print(decision.summary())
-    card["gate"] = {"new": decision.new.__dict__, "served": decision.current.__dict__, "against": served or "base"}
+    references = {v.key: export.read_examples(v.path / gate.REFERENCE)
+                  for v in registry.versions(args.name)[-3:] if (v.path / gate.REFERENCE).is_file()}  # fmt: skip
+    kept = gate.forgetting(service.backend, references, "candidate", served, settings.forgetting_margin)
+    print(kept.summary())
+    passed = decision.passed and kept.passed
+    card["gate"] = {"new": decision.new.__dict__, "served": decision.current.__dict__, "against": served or "base",
+                    "forgetting": [list(c) for c in kept.checks], "passed": passed}  # fmt: skip
+    card["candidate"] = bool(args.candidate and (passed or args.force))
     (adapter / "card.json").write_text(json.dumps(card, indent=2))
-    if decision.passed or args.force:
-        version = registry.publish(args.name, adapter)
-        print(f"published {version.key} (id {version.id}) and made it active" + (" (forced)" if args.force else ""))
+    gate.keep_reference(adapter, validation, settings.reference_examples, config.seed)
+    if passed or args.force:
+        version = registry.publish(args.name, adapter, activate=not args.candidate)
+        said = "a candidate for the learning loop's A/B test" if args.candidate else "active"
+        print(f"published {version.key} (id {version.id}), {said}" + (" (forced)" if not passed else ""))
         return 0
+    if args.candidate:  # the loop's history says why nothing was put to the test
+        service.feedback.add_loop_event("refused", args.name, {"gate": card["gate"]}, service.clock())
     print("not published (use --force to publish anyway)")
     return 0
 
@@ -391,7 +407,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     offline()
     service = _service()
-    workers = ScoringWorkers(service.recommender, args.threads or max(1, service.settings.scorer_threads))
+    from serve.learning import LearningLoop
+
+    loop = LearningLoop(service) if service.settings.learning_loop else None
+    workers = ScoringWorkers(service.recommender, args.threads or max(1, service.settings.scorer_threads), loop=loop)
     if args.until_idle:
         done = workers.run_until_idle()
         print(f"newsrank worker: {done} tasks done; the queue is empty")
@@ -543,6 +562,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="publish even if the gate finds it no better")
     p.add_argument("--no-position-weights", action="store_true", help="train on raw clicks, their positions ignored")
+    p.add_argument("--from-active", action="store_true", help="start from the active version's weights (continual)")
+    p.add_argument("--candidate", action="store_true",
+                   help="publish inactive, for the learning loop's A/B test to decide (serve/learning.py)")  # fmt: skip
     p.set_defaults(run=cmd_train)
 
     p = commands.add_parser("adapters", help="list, activate or roll back adapters")

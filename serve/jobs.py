@@ -49,14 +49,25 @@ class TrainingJobs:
             if runner_host == host and job.instance != INSTANCE and not _alive(int(runner_pid or 0)):
                 self.feedback.update_job(replace(job, status="interrupted", finished_at=now))
 
-    def start(self, name: str, since: str = "last", overrides: Sequence[str] = (), force: bool = False) -> Job:
+    def start(
+        self,
+        name: str,
+        since: str = "last",
+        overrides: Sequence[str] = (),
+        force: bool = False,
+        continual: bool = False,
+        candidate: bool = False,
+    ) -> Job:
         """Train adapter `name` on the events since `since` ("last": since its active version), gate it and
-        publish it if it is better (or always, with force)."""
+        publish it if it is better (or always, with force). `continual`: start from the active version's weights;
+        `candidate`: publish it inactive, for the learning loop's A/B test to decide."""
         if parse_reference(name)[1] is not None:
             raise InvalidInput(f"train a name, not a version: {name!r}")
         parse_overrides(overrides)  # the trainer parses them again, the same way
         args = ["train", "--name", name, "--since", since, *(a for o in overrides for a in ("--set", o))]
         args += ["--force"] if force else []
+        args += ["--from-active"] if continual else []
+        args += ["--candidate"] if candidate else []
         self.recover()  # a dead runner must not hold the one slot
         job_id = uuid.uuid4().hex[:12]
         log = self.settings.data_dir / "jobs" / f"{job_id}.log"

@@ -218,13 +218,13 @@ class Newsrank:
               metrics: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
         """The five metrics over the feeds made in a window (evaluation.stats.report)."""
         return stats.report(
-            self.feedback, since, until, self.clock(), bucket, by_arm, metrics, self.settings.experiment
+            self.feedback, since, until, self.clock(), bucket, by_arm, metrics, self.recommender.experiment()
         )
 
     def serving(self) -> dict[str, Any]:
         """What feeds are made with now, per experiment arm (or "all"): the adapter and ranker versions, the blend
         weights; and the model, backend and strategy under them."""
-        s, experiment = self.settings, self.settings.experiment
+        s, experiment = self.settings, self.recommender.experiment()
         arms = experiment.arms.items() if experiment else [("all", Arm())]
         served = {}
         for name, arm in arms:
@@ -241,7 +241,7 @@ class Newsrank:
         now = self.clock()
         if self._recent_stats is None or now - self._recent_stats[0] >= RECENT_STATS_SECONDS:
             outcomes = self.feedback.feed_outcomes(now - 86400, now + 1)  # what was made this second included
-            experiment = self.settings.experiment
+            experiment = self.recommender.experiment()
             self._recent_stats = (now, stats.summarise(outcomes, by_arm=True,
                                                        experiment=experiment.name if experiment else None))  # fmt: skip
         return self._recent_stats[1]

@@ -12,7 +12,7 @@ import bisect
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -240,6 +240,11 @@ def exposition(metrics: Metrics, newsrank: Newsrank) -> str:
     try:
         parts.append(scoring_gauges(newsrank))
         parts.append(outcome_gauges(newsrank.recent_stats()))
+        history = Counter(e["kind"] for e in newsrank.feedback.loop_events(10_000))
+        steps = {label_text((("kind", k),)): n for k, n in sorted(history.items())} or {"": 0}
+        parts.append(
+            metric("newsrank_loop_events_total", "the learning loop's steps, by kind (the shared store)", steps)
+        )
     except StoreUnavailable:  # the metrics still answer; the store's own probe says what is wrong
         log.warning("the feedback store did not answer; scoring gauges left out of /metrics")
     return "".join(parts)

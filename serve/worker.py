@@ -16,6 +16,7 @@ from core.stores import FeedbackStore
 from feed.background_scorer import Scorer
 from feed.recommender import Recommender
 from serve.jobs import INSTANCE
+from serve.learning import LearningLoop
 
 log = logging.getLogger("newsrank.worker")
 POLL_SECONDS = 0.5  # how often an idle worker looks at the shared queue
@@ -34,13 +35,17 @@ def enforce_retention(feedback: FeedbackStore, settings: Settings, now: float) -
 
 
 class ScoringWorkers:
-    def __init__(self, recommender: Recommender, threads: int, name: str = INSTANCE) -> None:
+    def __init__(
+        self, recommender: Recommender, threads: int, name: str = INSTANCE, loop: LearningLoop | None = None
+    ) -> None:
         self.recommender = recommender
         self.scorers = [Scorer(recommender, f"{name}/{i}") for i in range(threads)]
+        self.loop = loop  # the learning loop, looked at every LOOP_CHECK_SECONDS
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_sweep = 0.0
         self._next_retention = 0.0
+        self._next_loop = 0.0
         self._sweep_lock = threading.Lock()
 
     def start(self) -> None:
@@ -89,7 +94,12 @@ class ScoringWorkers:
             retain = time.monotonic() >= self._next_retention
             if retain:
                 self._next_retention = time.monotonic() + RETENTION_SECONDS
+            learn = self.loop is not None and time.monotonic() >= self._next_loop
+            if learn:
+                self._next_loop = time.monotonic() + self.recommender.settings.loop_check_seconds
         scorer.sweep()
+        if learn:
+            self.loop.tick()
         if retain:
             r = self.recommender
             deleted = enforce_retention(r.feedback, r.settings, r.clock())

@@ -196,6 +196,17 @@ MIGRATIONS = (
     );
     CREATE INDEX events_ranking_item ON events(ranking_id, article_id, type);
     """,
+    # 11: the learning loop's history: what it trained, gated, put to an A/B test, promoted or rolled back, and why
+    """
+    CREATE TABLE loop_events (
+        id {id},
+        at {time} NOT NULL,
+        kind TEXT NOT NULL,
+        adapter TEXT,
+        details {json} NOT NULL DEFAULT '{{}}'
+    );
+    CREATE INDEX loop_events_at ON loop_events(at);
+    """,
 )
 
 

@@ -37,16 +37,17 @@ from core.records import (
 
 TIME_COLUMNS = frozenset(
     {"ts", "updated_at", "created_at", "finished_at", "heartbeat_at", "scored_at", "requested_at", "claimed_at",
-     "served_at", "erased_at"}
+     "served_at", "erased_at", "at"}
 )  # fmt: skip
 JSON_COLUMNS = frozenset(
-    {"interests", "mutes", "weights", "grounded_in", "args", "history", "signals", "degraded", "last_change"}
-)
+    {"interests", "mutes", "weights", "grounded_in", "args", "history", "signals", "degraded", "last_change",
+     "details"}
+)  # fmt: skip
 BOOL_COLUMNS = frozenset({"cold_start"})
 # every table, parents before children: the order to copy a store in (`newsrank db migrate-to`). Not the
 # relevance cache and the scoring queue: the background scorer fills them again.
 TABLES = ("users", "events", "rankings", "ranking_items", "jobs", "adapters", "adapter_versions", "event_batches",
-          "erased", "service_checks")  # fmt: skip
+          "erased", "service_checks", "loop_events")  # fmt: skip
 ITEM_COLUMNS = ("ranking_id", *(f.name for f in fields(RankedItem)))
 EVENT_COLUMNS = tuple(f.name for f in fields(Event))
 BATCH_KEY_DAYS = 1
@@ -481,7 +482,8 @@ class SqlFeedbackStore(ABC):
                 # ranking's own items (ten or so): 10x faster at 20,000 feeds on SQLite (benchmarks/operator_stats.py)
                 "SELECT e.ranking_id, e.type, e.value, e.article_id, i.position, i.age_hours FROM events e"
                 " LEFT JOIN ranking_items i ON i.ranking_id = e.ranking_id AND i.article_id || '' = e.article_id"
-                f" WHERE e.ranking_id IN ({made}) AND e.type IN ('click', 'like', 'comment', 'share', 'rating')",
+                f" WHERE e.ranking_id IN ({made}) AND e.type IN ('click', 'like', 'comment', 'share', 'rating',"
+                " 'dislike', 'skip')",
                 window,
             )
         by_feed: dict[str, list[dict[str, Any]]] = {}
@@ -495,6 +497,7 @@ class SqlFeedbackStore(ABC):
             outcomes.append(FeedOutcome(
                 **head, clicked=tuple(sorted(clicked.items())), likes=count["like"], comments=count["comment"],
                 shares=count["share"], ratings=tuple(a["value"] for a in mine if a["type"] == "rating"),
+                dislikes=count["dislike"], skips=count["skip"],
             ))  # fmt: skip
         return outcomes
 
@@ -836,6 +839,24 @@ class SqlFeedbackStore(ABC):
                        [version, self.encode_json([*row["history"], version]), name])  # fmt: skip
 
     # -- a whole store ------------------------------------------------------------------------------------
+    def count_engagements(self, since: float) -> int:
+        """Engagement events (click, like, share, comment) since a time: what schedules retraining."""
+        kinds = ", ".join(f"'{kind}'" for kind in sorted(ENGAGEMENT))
+        with self.transaction() as tx:
+            return tx.row(f"SELECT COUNT(*) AS n FROM events WHERE type IN ({kinds}) AND ts >= ?",
+                          [self.encode_time(since)])["n"]  # fmt: skip
+
+    # -- the learning loop's history ----------------------------------------------------------------------
+    def add_loop_event(self, kind: str, adapter: str | None, details: dict[str, Any], at: float) -> None:
+        with self.transaction() as tx:
+            tx.insert("loop_events", [{"at": at, "kind": kind, "adapter": adapter, "details": details}])
+
+    def loop_events(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The learning loop's history, the newest first."""
+        with self.transaction() as tx:
+            return tx.rows("SELECT at, kind, adapter, details FROM loop_events ORDER BY at DESC, id DESC LIMIT ?",
+                           [int(limit)])  # fmt: skip
+
     def check_value(self, name: str, value: str) -> str:
         """The value every instance sharing this store agreed on for `name`: `value` if none was set yet (then it
         is set), else the one set first. A caller whose value differs must not go on (Newsrank refuses to start)."""

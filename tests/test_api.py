@@ -79,7 +79,7 @@ def test_feed_errors_are_clear(client):
 
 def test_events_are_stored_all_or_none(client, service):
     before = service.feedback.count_events()
-    good = {"user_id": "fan", "article_id": "s3", "type": "click", "ts": "2026-01-01T10:00:00Z"}
+    good = {"user_id": "fan", "article_id": "s3", "type": "click", "ts": "2025-12-01T10:00:00Z"}
     response = client.post("/v1/events", json={"events": [good, {**good, "type": "dwell", "dwell_seconds": 42}]},
                            headers=auth(FANS))  # fmt: skip
     assert response.status_code == 201 and response.json() == {"stored": 2, "replayed": False}

@@ -57,7 +57,7 @@ def job(job_id: str, status: str = "running", at: float = NOW, instance: str = "
 
 def test_a_store_implements_the_protocol_and_its_schema_is_current(store):
     assert isinstance(store, FeedbackStore)
-    assert store.schema_current() and store.schema_version == len(store.MIGRATIONS) == 10
+    assert store.schema_current() and store.schema_version == len(store.MIGRATIONS) == 11
     store.migrate()  # idempotent
     assert store.schema_current()
 
@@ -332,7 +332,7 @@ def test_both_dialects_make_the_same_tables_column_by_column(tmp_path, postgres)
     sqlite = SqliteFeedbackStore(tmp_path / "s.sqlite3")
     pg = open_store(postgres())
     assert len(pg.MIGRATIONS) == len(sqlite.MIGRATIONS) == pg.schema_version == sqlite.schema_version
-    for table in (*TABLES, "relevance", "scoring_queue"):
+    for table in (*TABLES, "relevance", "scoring_queue", "scoring_owners"):
         with sqlite.transaction() as tx:
             lite = [(c["name"], KINDS[c["type"].lower()], bool(c["notnull"] or c["pk"]))
                     for c in tx.execute(f"PRAGMA table_info({table})").fetchall()]  # fmt: skip

@@ -62,3 +62,23 @@ def test_series_per_day_and_arm_and_each_arms_difference_from_the_control():
         stats.summarise(feeds, metrics=["clicks"])
     with pytest.raises(InvalidInput, match="unknown bucket"):
         stats.summarise(feeds, "week")
+
+
+def test_shares_have_intervals_inside_zero_and_one_that_still_cover_the_truth():
+    """Wilson's interval for proportions: a feed CTR of 0.95 over 20 feeds, a share of high ratings from three
+    ratings, never leave [0, 1]; and over many runs near the edge the interval still covers the truth."""
+    near_one = [outcome(NOW, "a", clicked=[(1, 1.0)] * (i != 0)) for i in range(20)]
+    e = stats.estimate(stats.BY_NAME["feed_ctr"], near_one)
+    assert e.value == 0.95 and 0.7 < e.low < 0.95 < e.high <= 1.0
+    few = [outcome(NOW, "a", ratings=(5,)), outcome(NOW, "a", ratings=(4, 1))]
+    high = stats.estimate(stats.BY_NAME["rating_high"], few)
+    assert high.value == pytest.approx(2 / 3) and 0.0 <= high.low < high.value < high.high <= 1.0
+    assert stats.estimate(stats.BY_NAME["rating"], few).high > 3  # a mean rating is not a share: the usual interval
+    rng = random.Random(2)
+    covered = 0
+    for _ in range(400):
+        feeds = [outcome(NOW, "a", clicked=[(1, 1.0)] * (rng.random() < 0.9)) for _ in range(40)]
+        e = stats.estimate(stats.BY_NAME["feed_ctr"], feeds)
+        covered += e.low <= 0.9 <= e.high
+        assert 0.0 <= e.low <= e.high <= 1.0
+    assert 0.92 <= covered / 400 <= 0.99
