@@ -10,7 +10,7 @@ PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup browser postgres serve test lint format clean
+.PHONY: setup browser postgres serve test lint format clean default-model
 
 setup: $(STAMP)
 
@@ -51,6 +51,14 @@ lint: $(STAMP)
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+# the adapter and ranker that ship in serve/shipped: trained on ../shared/data (mind-train and mind-dev's tune part),
+# about 3 hours on 2 CPU cores (resumable: run it again after an interruption); docs/BENCHMARKS.md has the numbers
+CURVE := data/llm-training/curve-listwise-8
+default-model: $(STAMP)
+	$(BIN)/python benchmarks/llm_training.py curve --objective listwise --negatives 8
+	$(BIN)/python benchmarks/ranker.py --scores $(CURVE) --save $(CURVE)/ranker.json --plot docs/eval/learning-curve.png
+	$(BIN)/python -m serve.shipped $(CURVE)/curve/run/adapter $(CURVE)/ranker.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

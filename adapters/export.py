@@ -22,6 +22,7 @@ from core.records import ENGAGEMENT, Event
 from core.stores import ArticleStore, FeedbackStore
 from feed.position import Propensities, ips_weights
 from feed.profile import build_profile
+from feed.stance import stance
 from llm.relevance import relevance_requests
 
 POSITIVE = ENGAGEMENT
@@ -105,7 +106,9 @@ def from_feedback(
         for e in events:
             if e.ts >= since and e.type in POSITIVE | NEGATIVE:
                 first_seen.setdefault(e.article_id, e.ts)
-                kinds[e.article_id].add(e.type)
+                # an angry comment is no engagement to learn from (feed/stance.py)
+                against = e.type == "comment" and e.text is not None and stance(e.text) < 0
+                kinds[e.article_id].add("dislike" if against else e.type)
                 if e.type in POSITIVE and e.ranking_id and e.article_id not in shown_at:
                     place = places(e.ranking_id, e.article_id)
                     if place is not None:

@@ -1,12 +1,13 @@
 """The learned ranker on MIND-dev: which model, what each signal is worth, and how far the LLM carries it.
 
-    python benchmarks/llm_training.py curve     # first: adapters after 1k, 2k, 4k and all examples, their scores
-    python benchmarks/ranker.py [--scores data/llm-training/curve] [--plot docs/eval/learning-curve.png]
+    python benchmarks/llm_training.py curve     # first: adapters at 4k, 8k, 16k and all examples, their scores
+    python benchmarks/ranker.py [--scores data/llm-training/curve-listwise-8] [--plot docs/eval/learning-curve.png]
 
-Rankers are fitted on the ranker's share of the tune part (the tune impressions after the adapters' first 500,
-which no adapter was trained on), with each adapter's LLM scores; every number is reported on the first 300
-held-out impressions. The product's ranking is the blend with the reader's weights from the learned ranker and the
-diversity term on top, scored by place, as `newsrank eval --method ranker` scores it.
+Rankers are fitted on the ranker's share of the data, which no adapter was trained on: the tune impressions after
+the adapters' first 500 and mind-train's last 300 impressions (when the curve has their scores), with each
+adapter's LLM scores; every number is reported on the first 300 held-out impressions. The product's ranking is
+the blend with the reader's weights from the learned ranker and the diversity term on top, scored by place, as
+`newsrank eval --method ranker` scores it.
 
 For each adapter: AUC (± standard error over impressions) of the LLM alone, of the hand-set blend with that LLM,
 of the product with the learned ranker, and of the same ranker refitted without the LLM; the LLM's worth is the
@@ -37,12 +38,21 @@ from feed.blend import blend_rank, without
 from retrieval.embed import Embedder
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mind-dev"
+WEEK = DATA.parent / "mind-train"
 ADAPTER_PART = 500
+RANKER_WEEK = 300  # mind-train's last impressions (by time): the ranker's share of the week
 HAND_SET = BlendWeights()
 
 
-def read_scores(path: Path) -> dict[str, list[float]]:
-    return {row["id"]: row["scores"] for row in map(json.loads, path.read_text().splitlines())}
+def read_scores(*paths: Path) -> dict[str, list[float]]:
+    """Scores by impression id, from every file of these that exists."""
+    return {row["id"]: row["scores"] for path in paths if path.is_file()
+            for row in map(json.loads, path.read_text().splitlines())}  # fmt: skip
+
+
+def ranker_scores(folder: Path, size: int) -> dict[str, list[float]]:
+    """An adapter's scores of the ranker's share: the tune part's, and the week's where the curve has them."""
+    return read_scores(folder / f"ranker-{size}.jsonl", folder / f"ranker-week-{size}.jsonl")
 
 
 def mean_se(values: np.ndarray) -> str:
@@ -155,7 +165,7 @@ def model_choice(evaluator, fit_part, fit_scores, heldout, held) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scores", default="data/llm-training/curve", help="llm_training.py curve's output")
+    parser.add_argument("--scores", default="data/llm-training/curve-listwise-8", help="llm_training.py curve's output")
     parser.add_argument("--plot", help="write the learning curve as a PNG here")
     parser.add_argument("--save", help="write the ranker fitted with the largest adapter here")
     args = parser.parse_args()
@@ -164,6 +174,11 @@ def main() -> None:
     corpus = replay.Corpus(DATA / "news.tsv", Embedder(), Path("data/eval-cache"), show_progress=False)
     tune = replay.select(impressions, "tune", 0, None)
     fit_part = list(replay.contexts(tune[ADAPTER_PART:], corpus))
+    if any(folder.glob("ranker-week-*.jsonl")):  # the curve scored the week's ranker share too
+        week, _ = replay.read_behaviors(WEEK / "behaviors.tsv")
+        ordered = sorted(week, key=lambda i: (i.time or 0.0, i.id))[-RANKER_WEEK:]
+        week_corpus = replay.Corpus(WEEK / "news.tsv", Embedder(), Path("data/eval-cache"), show_progress=False)
+        fit_part += list(replay.contexts(ordered, week_corpus))
     heldout = list(replay.contexts(replay.select(impressions, "heldout", 0, 300), corpus))
     heldout_all = list(replay.contexts(replay.select(impressions, "heldout", 0, None), corpus))
     sizes = sorted(int(p.stem.split("-")[1]) for p in folder.glob("heldout-*.jsonl"))
@@ -181,7 +196,7 @@ def main() -> None:
     curve = []
     for size in sizes:
         held = read_scores(folder / f"heldout-{size}.jsonl")
-        fitted = fit(evaluator, fit_part, read_scores(folder / f"ranker-{size}.jsonl"))
+        fitted = fit(evaluator, fit_part, ranker_scores(folder, size))
         llm_auc, _ = per_impression(heldout, lambda ctx, held=held: held[ctx.impression.id])
         blend_auc, _ = hand_set(evaluator, heldout, held)
         auc, ndcg = product(evaluator, fitted, heldout, held)
@@ -192,7 +207,7 @@ def main() -> None:
         return
     size = sizes[-1]
     held = read_scores(folder / f"heldout-{size}.jsonl")
-    fit_scores = read_scores(folder / f"ranker-{size}.jsonl")
+    fit_scores = ranker_scores(folder, size)
     fitted = fit(evaluator, fit_part, fit_scores)
     if args.save:
         fitted.save(Path(args.save))

@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -49,6 +49,14 @@ ORDINALS = {"top": 1, "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth":
             "eighth": 8, "ninth": 9, "tenth": 10}  # fmt: skip
 REFERENCE = re.compile(r"(?:#|number |no\. ?)(?P<n>\d{1,3})\b|\bthe (?P<ordinal>" + "|".join(ORDINALS) + r")\b")
 WHAT_IF = re.compile(r"\bwhat if\b|\bwhat would (?:happen|change)\b|\bwithout\b|\bif i (?:had not|hadn'?t|never)\b")
+FOLLOW = re.compile(
+    r"\bfollow (?:this|that|the|this news) stor(?:y|ies)\b|\bkeep me (?:posted|updated)\b|\bfollow (?:it|this|that)\b"
+)
+UNFOLLOW = re.compile(r"\b(?:unfollow|stop following|don'?t follow)\b")
+SEARCH = re.compile(
+    r"\b(?:find|search(?: for)?|look (?:for|up)|show|get|any)(?: me)?(?: some| the latest| recent| new)?"
+    r"(?: news| articles| stories)?\s+(?:about|on|for|with)\s+(?P<topic>[\w &'.,-]{2,80}?)\s*[?.!]*$"
+)
 UNDO = re.compile(r"\bundo\b|\btake (?:that|it) back\b|\brevert\b|\bnever ?mind\b|\bcancel that\b")
 WAS_INTEREST, WAS_MUTED = "It was one of your interests until now.", "It was muted until now."
 REASONS = {spec.name: spec.reason for spec in BLEND}  # each term of the blend's reason, in the reader's words
@@ -107,6 +115,13 @@ def intent_of(question: str) -> tuple[str, str | None]:
     why_not = WHY_NOT.search(text)
     if why_not:
         return "why-not", why_not.group("topic").strip()
+    if UNFOLLOW.search(text):
+        return "unfollow", None
+    if FOLLOW.search(text):
+        return "follow", None
+    search = SEARCH.search(text)
+    if search:
+        return "search", search.group("topic").strip()
     if LESS.search(text):
         return "less", None
     if MORE_LIKE.search(text):
@@ -251,7 +266,7 @@ def fact_phrase(fact: str) -> str:
     """A profile fact of the record ('interest: soccer', 'read: "T"') in words."""
     kind, _, value = fact.partition(": ")
     said = {"interest": f"your interest in {value}", "read": f"{value}, which you read",
-            "judged": "what our model made of your recent reading"}  # fmt: skip
+            "judged": "what our model made of your recent reading", "follows": "a story you follow"}  # fmt: skip
     return said.get(kind, fact)
 
 
@@ -315,6 +330,7 @@ class Chat:
         recency_hours: float = 24 * 7,
         standings: Callable[[str], Sequence[tuple[int, Article]]] | None = None,
         max_chars: int = MAX_CHAT_CHARS,
+        search: Callable[[str, str], Any] | None = None,
     ):
         self.feedback = feedback
         self.articles = articles
@@ -324,6 +340,7 @@ class Chat:
         self.recency_hours = recency_hours
         self.standings = standings  # where a reader's candidates rank now: (position, article), best first
         self.max_chars = max_chars
+        self.search = search  # a reader's search (feed.recommender: a ranking of articles found for a query)
 
     def record(self, user_id: str, ranking_id: str | None, article_id: str | None) -> RankingRecord:
         if ranking_id is None and article_id is None:
@@ -374,6 +391,10 @@ class Chat:
             return self._why_not(reply, user_id, topic.lower(), record), None
         if intent == "undo":
             return self._undo(reply, user_id), None
+        if intent in ("follow", "unfollow"):
+            return self._follow(reply, user_id, item, intent == "follow"), None
+        if intent == "search" and topic and self.search is not None:
+            return self._search(reply, user_id, topic), None
         if intent == "less":
             return self._less(reply, user_id), None
         if intent == "more":
@@ -533,16 +554,46 @@ class Chat:
         if not change:
             return replace(reply, text="There is no change to undo in this conversation.")
         prefs, label = self.feedback.preferences(user_id), change["label"]
+        if change["kind"] in ("follow", "unfollow"):
+            updated = prefs.following(label, change["kind"] == "unfollow")
+            self.feedback.set_preferences(user_id, updated, self.clock())
+            said = "You no longer follow that story." if change["kind"] == "follow" else "You follow that story again."
+            return replace(reply, text=f"Undone: {said}", preferences=updated)
         if change["kind"] == "mute":
             interests = [*prefs.interests, label] if change.get("was_interest") else prefs.interests
-            updated = Preferences.newest(interests, [m for m in prefs.mutes if m != label])
+            updated = Preferences.newest(interests, [m for m in prefs.mutes if m != label], prefs.follows)
             text = f'Undone: "{label}" is no longer muted.'
         else:
             mutes = [*prefs.mutes, label] if change.get("was_muted") else prefs.mutes
-            updated = Preferences.newest([i for i in prefs.interests if i != label], mutes)
+            updated = Preferences.newest([i for i in prefs.interests if i != label], mutes, prefs.follows)
             text = f'Undone: "{label}" is no longer one of your interests.'
         self.feedback.set_preferences(user_id, updated, self.clock())  # no change kept: an undo is not undone
         return replace(reply, text=text, preferences=updated)
+
+    def _follow(self, reply: Reply, user_id: str, item: RankedItem, follow: bool) -> Reply:
+        """Follow (or stop following) the story of the item asked about."""
+        story = item.story or item.article_id
+        current = self.feedback.preferences(user_id)
+        if (story in current.follows) == follow:
+            said = "You follow this story already." if follow else "You do not follow this story."
+            return replace(reply, text=said, preferences=current)
+        updated = current.following(story, follow)
+        change = {"kind": "follow" if follow else "unfollow", "label": story}
+        self.feedback.set_preferences(user_id, updated, self.clock(), change)
+        text = (f'Done: you follow the story of "{item.title}". Its new articles come first in your feed while they '
+                "are new. Say \"stop following\" to stop." if follow else
+                f'Done: you no longer follow the story of "{item.title}".')  # fmt: skip
+        return replace(reply, text=text, preferences=updated, facts={**reply.facts, "story": story})
+
+    def _search(self, reply: Reply, user_id: str, topic: str) -> Reply:
+        """ "Find me news about X": the reader's search, ranked by their own blend; its top three, by title."""
+        found = self.search(user_id, topic)  # type: ignore[misc]
+        if not found.items:
+            return replace(reply, text=f'I found nothing about "{topic}".', facts={"query": topic})
+        listed = "; ".join(f'#{i.record.position} "{i.article.title}"' for i in found.items[:3])
+        return replace(reply, text=f'Here is what I found about "{topic}": {listed}.', ranking_id=found.ranking_id,
+                       article_id=found.items[0].article.id, title=found.items[0].article.title,
+                       facts={"query": topic, "found": [i.article.id for i in found.items]})  # fmt: skip
 
     def _less(self, reply: Reply, user_id: str) -> Reply:
         label = self._label(reply.article_id)

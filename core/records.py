@@ -40,6 +40,7 @@ class Article:
     subcategory: str = ""
     url: str = ""
     source: str = ""  # the publisher or domain (from the URL when not given): what exposure is shared between
+    story: str = ""  # the story it is a copy of (retrieval/stories.py): an article's own id when it is the first
 
     def __post_init__(self) -> None:
         if not self.id.strip():
@@ -99,6 +100,7 @@ class Event:
 MAX_INTERESTS = 20  # explicit interests go into every prompt: a cap keeps the prompt (and the feed) fast
 MAX_MUTES = 50
 MAX_LABEL = 60  # characters of one interest or mute
+MAX_FOLLOWS = 50  # stories one reader follows
 
 
 def fit_label(label: object) -> bool:
@@ -114,30 +116,37 @@ def fit_label(label: object) -> bool:
 class Preferences:
     interests: tuple[str, ...] = ()
     mutes: tuple[str, ...] = ()
+    follows: tuple[str, ...] = ()  # stories the reader follows: their new articles enter the feed, boosted
 
     def __post_init__(self) -> None:
-        if len(self.interests) > MAX_INTERESTS or len(self.mutes) > MAX_MUTES:
-            raise InvalidInput(f"at most {MAX_INTERESTS} interests and {MAX_MUTES} mutes")
+        if len(self.interests) > MAX_INTERESTS or len(self.mutes) > MAX_MUTES or len(self.follows) > MAX_FOLLOWS:
+            raise InvalidInput(f"at most {MAX_INTERESTS} interests, {MAX_MUTES} mutes, {MAX_FOLLOWS} followed stories")
         bad = next((label for label in (*self.interests, *self.mutes) if not fit_label(label)), None)
         if bad is not None:  # every label goes into prompts: bounded, printable, whoever set it (API, chat, undo)
             raise InvalidInput(f"each interest or mute must be 1-{MAX_LABEL} printable characters, not {bad[:80]!r}")
 
     @classmethod
-    def newest(cls, interests: Sequence[str], mutes: Sequence[str]) -> Preferences:
+    def newest(cls, interests: Sequence[str], mutes: Sequence[str], follows: Sequence[str] = ()) -> Preferences:
         """Preferences from labels in the order they were given, duplicates and unfit labels dropped and, past the
         caps, the oldest ones forgotten (a reader who keeps asking for "more about X" keeps their latest wishes)."""
         fit = [label for label in interests if fit_label(label)], [label for label in mutes if fit_label(label)]
-        return cls(tuple(dict.fromkeys(fit[0]))[-MAX_INTERESTS:], tuple(dict.fromkeys(fit[1]))[-MAX_MUTES:])
+        return cls(tuple(dict.fromkeys(fit[0]))[-MAX_INTERESTS:], tuple(dict.fromkeys(fit[1]))[-MAX_MUTES:],
+                   tuple(dict.fromkeys(str(s) for s in follows))[-MAX_FOLLOWS:])  # fmt: skip
 
     def with_interest(self, label: str) -> Preferences:
         return Preferences.newest(
-            [i for i in self.interests if i != label] + [label], [m for m in self.mutes if m != label]
+            [i for i in self.interests if i != label] + [label], [m for m in self.mutes if m != label], self.follows
         )
 
     def with_mute(self, label: str) -> Preferences:
         return Preferences.newest(
-            [i for i in self.interests if i != label], [m for m in self.mutes if m != label] + [label]
+            [i for i in self.interests if i != label], [m for m in self.mutes if m != label] + [label], self.follows
         )
+
+    def following(self, story: str, follow: bool = True) -> Preferences:
+        """These preferences with a story followed (or no longer followed)."""
+        others = [s for s in self.follows if s != story]
+        return Preferences.newest(self.interests, self.mutes, [*others, story] if follow else others)
 
 
 # -- rankings -------------------------------------------------------------------------------------------------
@@ -194,6 +203,12 @@ SIGNALS = (
     SignalSpec("freshness", 0.15, "0.5 ^ (age / half-life): 1 for a brand-new article", "it is fresh", "new",
                fitted=False, named=("freshness", "fresh", "new"),
                says=frozenset({"fresh", "new", "newest", "recent", "latest", "just"})),
+    SignalSpec("followed", 0.5, "0.5 ^ (age / 12 h) for an article of a story the reader follows, else 0",
+               "you follow this story", "fol", fitted=False, named=("followed", "follow", "following"),
+               says=frozenset({"follow", "following", "story", "followed"})),
+    SignalSpec("query", 0.0, "how well it matches the reader's search: half its cosine to the query, half its "
+               "keyword (BM25) score over the best candidate's; 0 outside a search", "it matches your search",
+               "qry", fitted=False, named=("search", "query"), says=frozenset({"search", "searched", "matches"})),
 )  # fmt: skip
 # not a candidate's own number: its gain at the place the blend gives it (greedy MMR), set by hand
 DIVERSITY = SignalSpec("diversity", 0.1, "1 - the highest cosine similarity to the items placed above it",
@@ -227,6 +242,8 @@ class Signals:
     ctr: float = 0.0
     coclick: float = 0.0
     freshness: float = 0.0
+    followed: float = 0.0
+    query: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -249,6 +266,10 @@ class RankedItem:
     category: str = ""
     source: str = ""
     moved_by: str | None = None  # the exposure cap that put it here (feed.blend.Caps.holding), if one did
+    story: str = ""  # the story it is a copy of (retrieval/stories.py)
+    copies: int = 1  # how many articles (sources) carry that story
+    chosen_over: tuple[str, ...] = ()  # the story's other copies among the candidates, which this one beat
+    chosen_for: str = ""  # why it was the copy shown: the term of the blend that put it ahead of the others
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,18 @@ class ArticleStore(Protocol):
 
     def delete(self, ids: Sequence[str]) -> None: ...
 
+    def story(self, story_id: str) -> list[Hit]:
+        """The articles of one story (retrieval/stories.py), oldest first."""
+        ...
+
+    def keyword_search(self, query: str, k: int) -> list[tuple[str, float]]:
+        """The articles whose words best match a query (BM25): ids and scores, best first."""
+        ...
+
+    def story_sizes(self, story_ids: Sequence[str]) -> dict[str, int]:
+        """How many articles each of these stories holds."""
+        ...
+
     def search(
         self,
         *,

@@ -12,7 +12,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from feed.exposure import Exposure, ExposureTally
 from feed.learned_ranker import Ranker
 from feed.profile import Profile, build_profile
 from llm.relevance import DEFAULT_CANDIDATE_TEXT, prompt_version, relevance_requests, scorer_key
+from retrieval import stories
 from retrieval.embed import Embedder
 from retrieval.ingest import RowError, read_mind_news
 
@@ -126,6 +127,9 @@ class Corpus:
             np.save(path, vectors)
         self.index = {article_id: row for row, article_id in enumerate(ids)}
         self.vectors = vectors
+        # the copies of one story among these news (retrieval/stories.py), as ingesting them would find them
+        found = stories.group([self.articles[i] for i in ids], vectors)
+        self.articles = {i: replace(self.articles[i], story=story) for i, story in zip(ids, found, strict=True)}
 
     def hit(self, article_id: str) -> Hit:
         return Hit(self.articles[article_id], self.vectors[self.index[article_id]])
@@ -272,10 +276,11 @@ class Evaluator:
                 raise InvalidInput("method ranker needs a ranker file (--ranker)")
             weights = BlendWeights(**self.ranker.weights(ctx.profile.engaged, self.scorer, self.weights))
         signals = self.signals(ctx, relevance)
-        placed = blend_rank(signals, ctx.embeddings, weights)
+        copies = [h.article.story or h.article.id for h in ctx.hits]  # one slot per story, copies last
+        placed = blend_rank(signals, ctx.embeddings, weights, stories=copies)
         caps = caps_over([h.article for h in ctx.hits], ctx.profile.top_categories(), self.caps)
         if caps is not None:  # the top 10 under the caps, then the rest in the blend's order
-            capped = blend_rank(signals, ctx.embeddings, weights, TOP, caps)
+            capped = blend_rank(signals, ctx.embeddings, weights, TOP, caps, copies)
             held = {c.index for c in capped}
             placed = capped + [p for p in placed if p.index not in held]
         scores = metrics.by_place(placed)

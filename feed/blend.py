@@ -118,13 +118,15 @@ def blend_rank(
     weights: BlendWeights | Sequence[BlendWeights],
     k: int | None = None,
     caps: Caps | None = None,
+    stories: Sequence[str] | None = None,
 ) -> list[Placed]:
     """Greedy MMR blend: place, one slot at a time, the candidate with the highest blended score.
 
     `weights` holds for every candidate, or there is one per candidate (a candidate that lacks a signal is
     blended on the others: `without`). Diversity is re-evaluated against what is already placed, so a
     near-duplicate of the top item sinks. Ties go to the earlier candidate, which keeps the result deterministic.
-    `caps` make a candidate they hold back wait for a later slot (or stay out).
+    `caps` make a candidate they hold back wait for a later slot (or stay out). `stories`: each candidate's story;
+    a copy of a story already placed comes only after every other candidate (one slot per story).
     """
     n = len(signals)
     k = n if k is None else min(k, n)
@@ -142,17 +144,24 @@ def blend_rank(
     closest = np.full(n, -np.inf)
     remaining = np.ones(n, dtype=bool)
     placed: list[Placed] = []
+    placed_stories: set[str] = set()
     for _ in range(k):
         gain = np.where(np.isinf(closest), 1.0, np.clip(1.0 - closest, 0.0, 1.0))
-        total = np.where(remaining, base + diversity * gain, -np.inf)
+        eligible = remaining
+        if stories is not None:
+            fresh = remaining & np.array([s not in placed_stories for s in stories])
+            eligible = fresh if fresh.any() else remaining
+        total = np.where(eligible, base + diversity * gain, -np.inf)
         best, moved_by = int(np.argmax(total)), None
         if caps is not None:
             so_far = [p.index for p in placed]
-            allowed = [i for i in np.flatnonzero(remaining) if caps.holding(int(i), so_far, k) is None]
+            allowed = [i for i in np.flatnonzero(eligible) if caps.holding(int(i), so_far, k) is None]
             if allowed and best not in allowed:
                 moved_by = caps.holding(best, so_far, k)
                 best = int(max(allowed, key=lambda i: (total[i], -i)))
         placed.append(Placed(best, float(gain[best]), float(total[best]), moved_by))
         remaining[best] = False
+        if stories is not None:
+            placed_stories.add(stories[best])
         closest = np.maximum(closest, sim[best])
     return placed

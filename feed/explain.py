@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -36,6 +36,8 @@ class Grounding:
     interests: tuple[str, ...] = ()  # profile labels the candidate's category or subcategory matches
     history: HistoryItem | None = None  # the most similar history article, if similar enough
     judged: bool = False  # the LLM's relevance led the item's score; `history` is among the titles it read
+    followed: bool = False  # it is an article of a story the reader follows
+    query: str = ""  # the reader's search it was found for
 
     @property
     def facts(self) -> tuple[str, ...]:
@@ -44,6 +46,10 @@ class Grounding:
             facts.append(f'read: "{self.history.title}"')
         if self.judged:
             facts.append("judged: relevance")
+        if self.followed:
+            facts.append("follows: this story")
+        if self.query:
+            facts.append(f'search: "{self.query}"')
         return tuple(facts)
 
     @classmethod
@@ -52,7 +58,9 @@ class Grounding:
         interests = tuple(f.removeprefix("interest: ") for f in facts if f.startswith("interest: "))
         titles = [f.removeprefix("read: ")[1:-1] for f in facts if f.startswith('read: "') and f.endswith('"')]
         history = HistoryItem("", titles[0], "", np.zeros(0, dtype=np.float32)) if titles else None
-        return cls(interests, history, "judged: relevance" in facts)
+        searched = [f.removeprefix("search: ")[1:-1] for f in facts if f.startswith('search: "')]
+        return cls(interests, history, "judged: relevance" in facts, "follows: this story" in facts,
+                   searched[0] if searched else "")  # fmt: skip
 
 
 def model_leads(signals: Signals, weights: Mapping[str, float]) -> bool:
@@ -75,25 +83,32 @@ def ground(profile: Profile, article: Article, embedding: np.ndarray, model_read
         best = int(np.argmax(sims))
         if model_read or sims[best] >= HISTORY_MATCH_MIN:
             history = read[best]
-    return Grounding(interests, history, judged=bool(model_read and read))
+    followed = bool(profile.follows) and (article.story or article.id) in profile.follows
+    return Grounding(interests, history, judged=bool(model_read and read), followed=followed)
 
 
 def groundings(
-    profile: Profile, hits: Sequence[Hit], signals: Sequence[Signals], weights: Mapping[str, float], model_read: int
+    profile: Profile,
+    hits: Sequence[Hit],
+    signals: Sequence[Signals],
+    weights: Mapping[str, float],
+    model_read: int,
+    query: str | None = None,
 ) -> list[Grounding]:
     """The grounding of each of these items (the feed's top, in order): where the LLM's relevance led an item's
-    score, what the judgement rests on (`ground` with `model_read`, the titles the LLM read)."""
-    return [
-        ground(
-            profile, h.article, h.embedding, model_read if not profile.cold_start and model_leads(s, weights) else None
-        )
-        for h, s in zip(hits, signals, strict=True)
-    ]
+    score, what the judgement rests on (`ground` with `model_read`, the titles the LLM read); in a search, the
+    query it was found for."""
+    found = []
+    for h, s in zip(hits, signals, strict=True):
+        led = not profile.cold_start and model_leads(s, weights)
+        found.append(replace(ground(profile, h.article, h.embedding, model_read if led else None), query=query or ""))
+    return found
 
 
 def reason_text(grounding: Grounding, article: Article) -> str:
     """The signals in words: what the prompt hands the LLM and what the template fallback says."""
-    parts = []
+    parts = [f'it matches your search "{grounding.query}"'] if grounding.query else []
+    parts += ["you follow this story"] if grounding.followed else []
     if grounding.judged and grounding.history is not None:
         parts.append(f'our model judged it a match for what you read lately, closest to "{grounding.history.title}"')
         if grounding.interests:
@@ -119,6 +134,10 @@ def cites(text: str, grounding: Grounding) -> bool:
     for label in grounding.interests:
         if not re.search(rf"\b{re.escape(label.lower())}\b", lowered):
             return False
+    if grounding.followed and "follow" not in lowered:
+        return False
+    if grounding.query and grounding.query.lower() not in lowered:
+        return False
     if grounding.history is not None:
         title_words = guard.content_words(grounding.history.title)
         if title_words and len(title_words & guard.content_words(text)) < max(2, (len(title_words) + 1) // 2):

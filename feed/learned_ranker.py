@@ -369,7 +369,12 @@ def from_feedback(
     for user_id in feedback.user_ids(since):
         events = feedback.events(user_id)
         for record in feedback.rankings_for(user_id):
-            if record.created_at < since or record.cold_start or not record.items:
+            if (
+                record.created_at < since
+                or record.cold_start
+                or not record.items
+                or record.strategy.startswith("search")
+            ):
                 continue
             end = record.created_at + CLICK_WINDOW_SECONDS
             clicked = {e.article_id for e in events if e.type in ENGAGEMENT and record.created_at <= e.ts <= end}

@@ -15,6 +15,7 @@ import numpy as np
 
 from core.records import Article, Event, Hit, Preferences
 from feed.blend import cosine_similarity, decay, weighted_mean
+from feed.stance import stance
 from llm import prompts
 
 PROFILE_TEMPLATE = "profile.v1"
@@ -27,7 +28,7 @@ EVENT_WEIGHTS: Mapping[str, float] = {
     "skip": -0.5,
     "dwell": 0.0,  # dwell adds by duration, see event_weight
     "share": 2.0,
-    "comment": 2.0,  # strong engagement; the comment's words are kept with the event, never read into a profile
+    "comment": 0.5,  # by what it says, see event_weight: a warm one counts as a like, an angry one as a dislike
     "rating": 0.0,  # by its value, see event_weight: 5 counts as a like, 1 as a dislike
 }
 TOP_CATEGORIES = 2  # a reader's "top categories": their two most engaged
@@ -56,6 +57,7 @@ class Profile:
     history: tuple[HistoryItem, ...] = ()  # positively engaged articles, most recent first
     explicit: tuple[str, ...] = ()
     mutes: tuple[str, ...] = ()
+    follows: tuple[str, ...] = ()  # stories the reader follows
     seen: frozenset[str] = frozenset()
     query: np.ndarray | None = None  # retrieval vector; None for a cold-start reader
     category_shares: Mapping[str, float] = field(default_factory=dict)
@@ -113,6 +115,9 @@ def event_weight(event: Event) -> float:
         weight += min(event.dwell_seconds / DWELL_FULL_SECONDS, 1.0)
     if event.type == "rating" and event.value is not None:
         weight += event.value - 3.0
+    if event.type == "comment" and event.text:  # its stance, never its words: a comment is never read into a prompt
+        said = stance(event.text)
+        weight = 2.0 * said if said else weight
     return weight
 
 
@@ -179,6 +184,7 @@ def build_profile(
         history=history,
         explicit=tuple(preferences.interests),
         mutes=mutes,
+        follows=tuple(preferences.follows),
         seen=frozenset(engagement),
         query=query,
         category_shares=category_shares,

@@ -29,7 +29,7 @@ from core.records import DIVERSITY, Article, BlendWeights, Hit, RankedItem, Rank
 from core.stores import AdapterResolver, ArticleStore, FeedbackStore
 from core.tally import Tally
 from feed import explain, position, signals
-from feed.blend import Placed, blend_rank, caps_over, without
+from feed.blend import Placed, blend_rank, caps_over, cosine_similarity, without
 from feed.exposure import ExposureTally
 from feed.learned_ranker import Ranker, RankerRegistry
 from feed.profile import Profile, build_profile
@@ -40,6 +40,8 @@ from llm.relevance import LISTWISE, SYSTEM, listed, prompt_version, relevance_re
 log = logging.getLogger("newsrank.ranking")
 
 MAX_K = 100
+MAX_QUERY = 200
+SEARCH_WEIGHT = 1.0  # the query's match in a search's blend, beside the reader's own weights (about 1 together)
 LISTWISE_TOKENS = 60
 
 
@@ -55,6 +57,7 @@ class FeedRequest:
     # when empty)
     fresh: bool = False  # run the LLM now (relevance and explanations) instead of reading what it computed ahead
     owner: str = ""  # the client (API key id) it is made for: recorded, and the owner of the work it asks for
+    query: str | None = None  # a search (news on request): candidates found for it, its match in the blend
 
     def __post_init__(self) -> None:
         if not self.user_id or not self.user_id.strip():
@@ -63,6 +66,8 @@ class FeedRequest:
             raise InvalidInput(f"k must be between 1 and {MAX_K}")
         if self.max_age_hours is not None and self.max_age_hours <= 0:
             raise InvalidInput("max_age_hours must be positive")
+        if self.query is not None and not 1 <= len(self.query.strip()) <= MAX_QUERY:
+            raise InvalidInput(f"a search query has 1-{MAX_QUERY} characters")
 
 
 @dataclass(frozen=True)
@@ -183,15 +188,18 @@ class Recommender:
 
     def learned_ranker(self, reference: str | None = None) -> tuple[str, Ranker] | None:
         """The learned ranker a reference names (default NEWSRANK_RANKER: a registered NAME[@VERSION] or a JSON file;
-        "none": the hand-set weights), read again when its file changes: a ranker activated on any instance is used
-        on the next feed."""
+        "none", or a name not fitted yet: the hand-set weights), read again when its file changes: a ranker
+        activated on any instance is used on the next feed."""
         reference = reference or self.settings.ranker
         if not reference or reference == "none":
             return None
         if reference.endswith(".json"):
             key, path = Path(reference).stem, Path(reference)
         else:
-            key, path = RankerRegistry(self.settings.adapters_path / "rankers").path(reference)
+            registry = RankerRegistry(self.settings.adapters_path / "rankers")
+            if "@" not in reference and not registry.versions(reference):
+                return None  # a name not fitted yet: the hand-set weights until it is (as with adapters)
+            key, path = registry.path(reference)
         stamp = (key, path.stat().st_mtime_ns if path.is_file() else None)
         cached = self._rankers.get(reference)
         if cached is None or cached[0] != stamp:
@@ -250,7 +258,34 @@ class Recommender:
             if hits:
                 break
         muted = set(profile.mutes)
-        return [h for h in hits if h.article.subcategory not in muted]
+        hits += self.followed(profile, windows[0], hits)  # a followed story's new articles are candidates too
+        return [h for h in hits if h.article.subcategory not in muted and h.article.category not in muted]
+
+    def search_candidates(self, profile: Profile, query: str) -> tuple[list[Hit], list[float]]:
+        """News on request: the articles nearest to a query's embedding and those whose words best match it (BM25:
+        names and numbers), unmuted, from any time; and each one's match, half its cosine to the query and half
+        its keyword score over the best one's."""
+        s = self.settings
+        vector = self.articles.embedder.encode([query])[0]
+        nearest = self.articles.search(vector=vector, k=2 * s.candidates,
+                                       exclude_categories=list(profile.mutes) or None)  # fmt: skip
+        keywords = dict(self.articles.keyword_search(query, 2 * s.candidates))
+        found = {h.article.id: h for h in nearest}
+        found.update((i, h) for i, h in self.articles.get([i for i in keywords if i not in found]).items())
+        muted = set(profile.mutes)
+        hits = [h for h in found.values() if h.article.category not in muted and h.article.subcategory not in muted]
+        top = max(keywords.values(), default=0.0)
+        cosines = cosine_similarity(np.stack([h.embedding for h in hits]), vector[None, :])[:, 0] if hits else []
+        match = [0.5 * max(float(c), 0.0) + 0.5 * (keywords.get(h.article.id, 0.0) / top if top else 0.0)
+                 for h, c in zip(hits, cosines, strict=True)]  # fmt: skip
+        return hits, match
+
+    def followed(self, profile: Profile, since: float | None, hits: Sequence[Hit]) -> list[Hit]:
+        """The unseen articles of the stories the reader follows, from the window, that are not candidates yet."""
+        taken = set(profile.seen) | {h.article.id for h in hits}
+        found = [h for story in profile.follows for h in self.articles.story(story)
+                 if h.article.id not in taken and (since is None or h.article.published_at >= since)]  # fmt: skip
+        return list({h.article.id: h for h in found}.values())
 
     def _gather(self, profile: Profile, since: float | None, filters: dict) -> list[Hit]:
         s = self.settings
@@ -425,7 +460,10 @@ class Recommender:
         profile = self.profile(request.user_id)
         profile_text = profile.render(s.history_titles)
         lap("profile")
-        hits = self.candidates(profile, request.categories, request.exclude_categories, request.max_age_hours)
+        if request.query:
+            hits, match = self.search_candidates(profile, request.query)
+        else:
+            hits = self.candidates(profile, request.categories, request.exclude_categories, request.max_age_hours)
         lap("candidates")
         popular, ctr, coclick = self.behaviour(profile, hits)
         weights, degraded, strategy = s.weights.frozen(), [], s.strategy
@@ -453,13 +491,18 @@ class Recommender:
             relevance, sources = self.cached_relevance(request.user_id, profile_text, hits, adapter)
         lap("relevance")
 
-        found = signals.candidate_signals(profile, hits, relevance, popular, now, s.half_life_hours, ctr, coclick)
+        found = signals.candidate_signals(profile, hits, relevance, popular, now, s.half_life_hours, ctr, coclick,
+                                          profile.follows, match if request.query else None)  # fmt: skip
+        if request.query:  # the reader's own blend, the query's match in it
+            weights, strategy = BlendWeights(**{**weights, "query": SEARCH_WEIGHT}), f"search+{strategy}"
         embeddings = np.stack([h.embedding for h in hits]) if hits else np.zeros((0, 1))
         lacking = without(weights, "relevance")  # a candidate not scored yet is blended on its other signals
         usual = profile.top_categories()
         caps = caps_over([h.article for h in hits], usual, s.exposure_caps)
         each = [lacking if y is None else weights for y in relevance]
-        placed = blend_rank(found, embeddings, each, request.k, caps)
+        stories = [h.article.story or h.article.id for h in hits]
+        placed = blend_rank(found, embeddings, each, request.k, caps, stories)
+        placed = [p for n, p in enumerate(placed) if stories[p.index] not in {stories[q.index] for q in placed[:n]}]
         lap("blend")
         return Standings(request, profile, profile_text, hits, found, sources, weights, placed, adapter,
                          arm[0] if arm else None, strategy, tuple(degraded), fresh, now, timings)  # fmt: skip
@@ -487,7 +530,7 @@ class Recommender:
 
         top = [hits[p.index] for p in placed]
         groundings = explain.groundings(st.profile, top, [st.signals[p.index] for p in placed], st.weights,
-                                        s.history_titles)  # fmt: skip
+                                        s.history_titles, request.query)  # fmt: skip
         explanations, rewrite = {}, False
         if request.explain:
             articles = [h.article for h in top]
@@ -505,6 +548,8 @@ class Recommender:
         tick = _lap(timings, "explain", tick)
 
         now, cold = st.now, st.profile.cold_start
+        sizes = self.articles.story_sizes([h.article.story or h.article.id for h in top])
+        chosen = [copies_passed(st, p.index) for p in placed]
         items = tuple(
             FeedItem(
                 article=hit.article,
@@ -522,9 +567,15 @@ class Recommender:
                     category=hit.article.category,
                     source=hit.article.source,
                     moved_by=p.moved_by,
+                    story=hit.article.story or hit.article.id,
+                    copies=sizes.get(hit.article.story or hit.article.id, 1),
+                    chosen_over=over,
+                    chosen_for=why,
                 ),
             )
-            for position, (p, hit, grounding) in enumerate(zip(placed, top, groundings, strict=True), start=1)
+            for position, (p, hit, grounding, (over, why)) in enumerate(
+                zip(placed, top, groundings, chosen, strict=True), start=1
+            )
         )
         record = RankingRecord(
             ranking_id=uuid.uuid4().hex,
@@ -558,6 +609,22 @@ class Recommender:
     def recommend(self, request: FeedRequest) -> Feed:
         """The feed for a request, explained and recorded."""
         return self.publish(self.rank(request))
+
+
+def copies_passed(standings: Standings, index: int) -> tuple[tuple[str, ...], str]:
+    """The other copies of a placed candidate's story among the candidates (one slot per story: it beat them),
+    and why: the term of the blend that put it furthest ahead of the best of them."""
+    hits, story = standings.hits, standings.hits[index].article.story or standings.hits[index].article.id
+    others = [i for i, h in enumerate(hits) if i != index and (h.article.story or h.article.id) == story]
+    if not others:
+        return (), ""
+    w, mine = standings.weights, standings.signals[index]
+    rival = max(others, key=lambda i: sum(w[n] * getattr(standings.signals[i], n) for n in asdict(mine)))
+    ahead = {n: w[n] * (getattr(mine, n) - getattr(standings.signals[rival], n)) for n in asdict(mine)}
+    name = max(ahead, key=lambda n: ahead[n])
+    return tuple(hits[i].article.id for i in others), f"{name}: {getattr(mine, name):.2f} against " + (
+        f"{getattr(standings.signals[rival], name):.2f}"
+    )
 
 
 def _lap(timings: dict[str, float], name: str, since: float) -> float:

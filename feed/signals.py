@@ -4,11 +4,11 @@ replay both call `candidate_signals`, so what `newsrank eval` measures is what `
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from core.records import Hit, Signals
+from core.records import Article, Hit, Signals
 from feed.blend import cosine_similarity, freshness
 from feed.profile import Profile
 
@@ -66,6 +66,16 @@ class CoClicks:
         return out
 
 
+FOLLOWED_HALF_LIFE_HOURS = 12.0
+
+
+def followed(article: Article, follows: Collection[str], now: float | None) -> float:
+    """The boost of an article of a story the reader follows: 1 when brand new, half after 12 hours; else 0."""
+    if not follows or (article.story or article.id) not in follows:
+        return 0.0
+    return 1.0 if now is None else freshness((now - article.published_at) / 3600, FOLLOWED_HALF_LIFE_HOURS)
+
+
 def similarity(profile: Profile, hit: Hit) -> float:
     """The cosine of a candidate to the reader's profile vector: the retrieval's own where it found the
     candidate by similarity, computed here for the others (fresh and popular picks), in [0, 1]."""
@@ -87,14 +97,19 @@ def candidate_signals(
     half_life_hours: float,
     ctr: Sequence[float] | None = None,
     coclick: Sequence[float] | None = None,
+    follows: Collection[str] = (),
+    query: Sequence[float] | None = None,
 ) -> list[Signals]:
     """Every fitted and hand-set signal of each candidate. `relevance`: the LLM's P(Yes), None where it has
     not scored the candidate (0 here; the blend then weighs the candidate without it). `now`: None where the
-    articles carry no publication time (MIND), and every candidate counts as new."""
+    articles carry no publication time (MIND), and every candidate counts as new. `follows`: the stories the reader
+    follows, whose articles get the `followed` boost, decaying with their age. `query`: each candidate's match to
+    the reader's search, in a search."""
     embeddings = np.stack([h.embedding for h in hits]) if hits else np.zeros((0, 1))
     closest = profile.closest(embeddings)
     ctr = ctr if ctr is not None else [0.0] * len(hits)
     coclick = coclick if coclick is not None else [0.0] * len(hits)
+    query = query if query is not None else [0.0] * len(hits)
     return [
         Signals(
             relevance=0.0 if y is None else float(y),
@@ -106,6 +121,8 @@ def candidate_signals(
             popularity=p,
             ctr=rate,
             coclick=co,
+            followed=followed(h.article, follows, now),
+            query=float(np.clip(q, 0.0, 1.0)),
         )
-        for h, y, c, p, rate, co in zip(hits, relevance, closest, popularity, ctr, coclick, strict=True)
+        for h, y, c, p, rate, co, q in zip(hits, relevance, closest, popularity, ctr, coclick, query, strict=True)
     ]

@@ -14,6 +14,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -22,7 +23,9 @@ import numpy as np
 
 from core.errors import InvalidInput, StoreUnavailable
 from core.records import Article, Hit
+from retrieval import stories
 from retrieval.embed import Embedder
+from retrieval.keywords import KeywordIndex
 
 UPSERT_BATCH = 256
 CACHE_SECONDS = 2.0
@@ -39,6 +42,7 @@ def chroma_metadata(article: Article) -> dict[str, Any]:
         "url": article.url,
         "source": article.source,
         "published_at": float(article.published_at),
+        "story": article.story or article.id,
     }
 
 
@@ -52,6 +56,7 @@ def article_from_chroma(article_id: str, meta: dict[str, Any]) -> Article:
         url=str(meta.get("url", "")),
         source=str(meta.get("source", "")),
         published_at=float(meta.get("published_at", 0.0)),
+        story=str(meta.get("story") or article_id),
     )
 
 
@@ -110,9 +115,16 @@ class ChromaArticleStore:
     """core.stores.ArticleStore on a Chroma collection."""
 
     def __init__(
-        self, client: Any, embedder: Embedder, collection: str = "articles", cache_seconds: float = CACHE_SECONDS
+        self,
+        client: Any,
+        embedder: Embedder,
+        collection: str = "articles",
+        cache_seconds: float = CACHE_SECONDS,
+        find_stories: bool = True,
     ) -> None:
         self.embedder = embedder
+        self.find_stories = find_stories  # each new article joins the story of a copy already stored
+        self._keywords: KeywordIndex | None = None  # built at the first keyword search
         self.collection = client.get_or_create_collection(
             name=collection, embedding_function=embedder, configuration={"hnsw": {"space": "cosine"}}
         )
@@ -151,10 +163,13 @@ class ChromaArticleStore:
         for batch in _batches(articles, UPSERT_BATCH):
             # the last version of an id within one batch wins, as it would across batches
             unique = list({a.id: a for a in batch}.values())
+            vectors = self.embedder.encode([a.text for a in unique])
+            if self.find_stories:
+                unique = self._with_stories(unique, vectors)
             self.collection.upsert(
                 ids=[a.id for a in unique],
                 documents=[a.text for a in unique],
-                embeddings=self.embedder.encode([a.text for a in unique]),
+                embeddings=vectors,
                 metadatas=[chroma_metadata(a) for a in unique],
             )
             written += len(unique)
@@ -162,6 +177,65 @@ class ChromaArticleStore:
             if progress is not None:
                 progress.update(len(batch))
         return written
+
+    def _with_stories(self, articles: list[Article], vectors: np.ndarray) -> list[Article]:
+        """The articles with their stories (retrieval/stories.py): an article stored before keeps its own; a new
+        one joins that of its best-matching copy among its nearest stored neighbours of the time window."""
+        kept = self.collection.get(ids=[a.id for a in articles], include=["metadatas"])
+        known = {i: (m or {}).get("story") for i, m in zip(kept["ids"], kept["metadatas"], strict=True)}
+        total = self.collection.count()
+        neighbours: list[list[tuple[Article, float]]] = [[] for _ in articles]
+        if total:
+            times = [a.published_at for a in articles]
+            window = stories.WINDOW_DAYS * 86400
+            got = self.collection.query(
+                query_embeddings=np.asarray(vectors, dtype=np.float32),
+                n_results=min(total, stories.NEIGHBOURS),
+                where={
+                    "$and": [
+                        {"published_at": {"$gte": min(times) - window}},
+                        {"published_at": {"$lte": max(times) + window}},
+                    ]
+                },
+                include=["metadatas", "distances"],
+            )
+            neighbours = [
+                [(article_from_chroma(i, m or {}), 1.0 - d) for i, m, d in zip(ids, metas, dists, strict=True)]
+                for ids, metas, dists in zip(got["ids"], got["metadatas"], got["distances"], strict=True)
+            ]
+        found = stories.assign([replace(a, story=known.get(a.id) or a.story) for a in articles], vectors, neighbours)
+        return [replace(a, story=known.get(a.id) or s) for a, s in zip(articles, found, strict=True)]
+
+    @_answering
+    def texts(self) -> tuple[list[str], list[str]]:
+        """Every article's id and text (what the keyword index is built from)."""
+        got = self.collection.get(include=["documents"])
+        return list(got["ids"]), [d or "" for d in got["documents"]]
+
+    def keyword_search(self, query: str, k: int) -> list[tuple[str, float]]:
+        """The articles whose words best match a query (BM25), ids and scores, best first."""
+        if self._keywords is None:
+            self._keywords = KeywordIndex(self.texts, self.count)
+        return self._keywords.search(query, k)
+
+    @_answering
+    def story(self, story_id: str) -> list[Hit]:
+        """The articles of one story, oldest first."""
+        got = self.collection.get(where={"story": story_id}, include=["metadatas", "embeddings"])
+        hits = _hits(got["ids"], got["metadatas"], got["embeddings"])
+        return sorted(hits.values(), key=lambda h: (h.article.published_at, h.article.id))
+
+    @_answering
+    def story_sizes(self, story_ids: Sequence[str]) -> dict[str, int]:
+        """How many articles (copies, sources) each of these stories holds."""
+        if not story_ids:
+            return {}
+        got = self.collection.get(where={"story": {"$in": list(dict.fromkeys(story_ids))}}, include=["metadatas"])
+        sizes: dict[str, int] = {}
+        for meta in got["metadatas"]:
+            story = (meta or {}).get("story", "")
+            sizes[story] = sizes.get(story, 0) + 1
+        return sizes
 
     @_answering
     def get(self, ids: Sequence[str]) -> dict[str, Hit]:

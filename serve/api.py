@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from urllib.parse import quote
 
 from anyio import to_thread
-from litestar import Controller, Request, delete, get, patch, post
+from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.params import Parameter
 from litestar.response import Response, ServerSentEvent
 
@@ -35,7 +35,9 @@ from serve.schemas import (
     JobOut,
     PreferencesOut,
     PreferencesPatch,
+    SearchIn,
     StoredOut,
+    StoryOut,
     TrainIn,
     UserOut,
     WhyOut,
@@ -146,6 +148,44 @@ async def feed(data: FeedRequestIn, newsrank: Newsrank, request: Req) -> FeedOut
         return FeedOut.of(await newsrank.model_slots.run(newsrank.recommend, wanted))
 
 
+@post("/v1/search", status_code=200, tags=["feed"])
+async def search(data: SearchIn, newsrank: Newsrank, request: Req) -> FeedOut:
+    """News on request: articles found for the reader's query (by meaning, and by its words: names and numbers
+    match), ranked by the reader's own blend with the query's match in it, explained. A ranking like a feed's:
+    events and chat can name it."""
+    key = request.user
+    key.check_user(data.user_id)
+    newsrank.feed_rate.take({data.user_id: 1}, "feeds and searches")
+    await to_thread.run_sync(newsrank.count_new_readers, key.id, [data.user_id])
+    return FeedOut.of(await to_thread.run_sync(newsrank.recommend, data.request(owner=key.id)))
+
+
+@get("/v1/stories/{story_id:str}", sync_to_thread=True, tags=["feed"])
+def story(story_id: PathArticle, newsrank: Newsrank) -> StoryOut:
+    """One story: the copies of one event (wire copies, rewrites, updates) found as articles arrived, oldest
+    first. A feed shows one copy of a story and says how many sources carry it."""
+    hits = newsrank.articles.story(story_id)
+    if not hits:
+        raise NotFound(f"no story {story_id!r}")
+    return StoryOut(story=story_id, label=hits[0].article.title, sources=len(hits),
+                    articles=[ArticleOut.of(h.article) for h in hits])  # fmt: skip
+
+
+@put("/v1/users/{user_id:str}/follows/{story_id:str}", status_code=200, sync_to_thread=True, tags=["feed"])
+def follow(user_id: PathUser, story_id: PathArticle, newsrank: Newsrank, request: Req) -> PreferencesOut:
+    """Follow a story: its new articles enter the reader's feed, boosted while they are new, explained as a story
+    the reader follows."""
+    request.user.check_user(user_id)
+    return PreferencesOut.of(newsrank.follow(user_id, story_id))
+
+
+@delete("/v1/users/{user_id:str}/follows/{story_id:str}", status_code=200, sync_to_thread=True, tags=["feed"])
+def unfollow(user_id: PathUser, story_id: PathArticle, newsrank: Newsrank, request: Req) -> PreferencesOut:
+    """Stop following a story."""
+    request.user.check_user(user_id)
+    return PreferencesOut.of(newsrank.follow(user_id, story_id, follow=False))
+
+
 @post("/v1/events", status_code=201, sync_to_thread=True, tags=["feed"])
 def events(data: EventsIn, newsrank: Newsrank, request: Req, idempotency_key: IdempotencyKey = None) -> EventsStoredOut:
     """Store a batch of reader events, all or none; the answer comes only after they are durably stored.
@@ -248,8 +288,7 @@ class Users(Controller):
     @patch("/{user_id:str}", sync_to_thread=True)
     def patch_user(self, user_id: PathUser, data: PreferencesPatch, newsrank: Newsrank) -> PreferencesOut:
         """Replace explicit interests and/or mutes; fields left out stay as they are."""
-        prefs = newsrank.set_preferences(user_id, data.interests, data.mutes)
-        return PreferencesOut(interests=list(prefs.interests), mutes=list(prefs.mutes))
+        return PreferencesOut.of(newsrank.set_preferences(user_id, data.interests, data.mutes))
 
     @delete("/{user_id:str}", status_code=200, sync_to_thread=True)
     def delete_user(self, user_id: PathUser, newsrank: Newsrank) -> dict[str, int]:
@@ -311,5 +350,21 @@ def attachment(user_id: str) -> str:
     return f"attachment; filename=\"newsrank-user-{plain}.json\"; filename*=UTF-8''{exact}"
 
 
-ROUTES = [healthz, readyz, metrics_text, stats, serving, loop, feed, events, chat, chat_stream, why]
+ROUTES = [
+    healthz,
+    readyz,
+    metrics_text,
+    stats,
+    serving,
+    loop,
+    feed,
+    search,
+    story,
+    follow,
+    unfollow,
+    events,
+    chat,
+    chat_stream,
+    why,
+]
 ROUTES += [Articles, Users, Adapters, Jobs]

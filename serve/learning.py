@@ -135,6 +135,7 @@ class LearningLoop:
             control = None
         if control is None:  # nothing to compare with: the first version of a name is simply served
             self.service.adapters.activate(candidate)
+            self.refit_ranker()
             self.record(PROMOTED, candidate, reason="the first version of its name")
             return PROMOTED
         self.refit_ranker()

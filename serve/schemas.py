@@ -8,7 +8,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from chat.conversation import MAX_MESSAGE_CHARS, MAX_MESSAGES, Message, Reply
-from core.records import BLEND, EVENT_TYPES, MAX_COMMENT, MAX_INTERESTS, MAX_MUTES, AdapterVersion, Article, Job
+from core.records import (
+    BLEND,
+    EVENT_TYPES,
+    MAX_COMMENT,
+    MAX_INTERESTS,
+    MAX_MUTES,
+    AdapterVersion,
+    Article,
+    Job,
+    Preferences,
+)
 from feed.profile import Profile
 from feed.recommender import MAX_K, Feed, FeedItem, FeedRequest
 
@@ -90,6 +100,8 @@ class FeedItemOut(BaseModel):
         "source (at most N per source), category (at most a share per category) or exploration (a minimum "
         "share from outside the reader's top categories)",
     )
+    story: str = Field("", description="the story it is a copy of: GET /v1/stories/{story}; a feed shows one copy")
+    copies: int = Field(1, description="how many articles (sources) carry that story")
 
     @classmethod
     def of(cls, item: FeedItem) -> FeedItemOut:
@@ -112,6 +124,8 @@ class FeedItemOut(BaseModel):
             grounded_in=list(r.grounded_in),
             relevance_source=r.relevance_source,
             moved_by=r.moved_by,
+            story=r.story,
+            copies=r.copies,
         )
 
 
@@ -229,6 +243,29 @@ class ChatIn(BaseModel):
 class PreferencesOut(BaseModel):
     interests: list[str]
     mutes: list[str]
+    follows: list[str] = Field(default_factory=list, description="the stories the reader follows")
+
+    @classmethod
+    def of(cls, prefs: Preferences) -> PreferencesOut:
+        return cls(interests=list(prefs.interests), mutes=list(prefs.mutes), follows=list(prefs.follows))
+
+
+class SearchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: UserId
+    query: str = Field(min_length=1, max_length=200, pattern=PRINTABLE)
+    k: int = Field(10, ge=1, le=MAX_K)
+    explain: bool = True
+
+    def request(self, owner: str = "") -> FeedRequest:
+        return FeedRequest(self.user_id, self.k, self.explain, owner=owner, query=self.query.strip())
+
+
+class StoryOut(BaseModel):
+    story: str
+    label: str = Field(description="the first article's title")
+    sources: int = Field(description="how many articles carry the story")
+    articles: list[ArticleOut] = Field(description="oldest first")
 
 
 class ChatOut(BaseModel):
@@ -252,7 +289,7 @@ class ChatOut(BaseModel):
         return cls(
             answer=reply.text, source=reply.source, intent=reply.intent, ranking_id=reply.ranking_id,
             article_id=reply.article_id, title=reply.title, facts=reply.facts,
-            preferences=PreferencesOut(interests=list(prefs.interests), mutes=list(prefs.mutes)) if prefs else None,
+            preferences=PreferencesOut.of(prefs) if prefs else None,
             degraded=reply.degraded,
         )  # fmt: skip
 

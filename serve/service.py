@@ -127,7 +127,7 @@ class Newsrank:
         )
         self.chat = Chat(
             feedback, articles, backend, clock, self.recommender.profile, settings.recency_hours, self.standings,
-            settings.chat_chars_max,
+            settings.chat_chars_max, lambda user_id, query: self.recommend(FeedRequest(user_id, query=query)),
         )  # fmt: skip
         self.jobs = TrainingJobs(feedback, settings, clock)
         self.event_rate = RateLimiter(settings.events_per_reader_per_minute, time.monotonic)
@@ -290,7 +290,16 @@ class Newsrank:
         mutes = clean_labels(mutes) if mutes is not None else current.mutes
         if len(set(interests)) > MAX_INTERESTS or len(set(mutes)) > MAX_MUTES:
             raise InvalidInput(f"at most {MAX_INTERESTS} interests and {MAX_MUTES} mutes")
-        updated = Preferences.newest(interests, mutes)
+        updated = Preferences.newest(interests, mutes, current.follows)
+        self.feedback.set_preferences(user_id, updated, self.clock())
+        self.recommender.ask_scoring([ScoringTask("reader", user_id, self.clock())])
+        return updated
+
+    def follow(self, user_id: str, story: str, follow: bool = True) -> Preferences:
+        """Follow a story (its new articles enter the reader's feed, boosted) or stop following it."""
+        if follow and not self.articles.story(story):
+            raise NotFound(f"no story {story!r}")
+        updated = self.feedback.preferences(user_id).following(story, follow)
         self.feedback.set_preferences(user_id, updated, self.clock())
         self.recommender.ask_scoring([ScoringTask("reader", user_id, self.clock())])
         return updated

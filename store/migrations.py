@@ -207,6 +207,15 @@ MIGRATIONS = (
     );
     CREATE INDEX loop_events_at ON loop_events(at);
     """,
+    # 12: stories: the story a shown item is a copy of, how many copies it has, the copies it was chosen over and
+    # why; a reader's followed stories
+    """
+    ALTER TABLE ranking_items ADD COLUMN story TEXT NOT NULL DEFAULT '';
+    ALTER TABLE ranking_items ADD COLUMN copies INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE ranking_items ADD COLUMN chosen_over {json} NOT NULL DEFAULT '[]';
+    ALTER TABLE ranking_items ADD COLUMN chosen_for TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users ADD COLUMN follows {json} NOT NULL DEFAULT '[]';
+    """,
 )
 
 

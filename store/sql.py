@@ -41,7 +41,7 @@ TIME_COLUMNS = frozenset(
 )  # fmt: skip
 JSON_COLUMNS = frozenset(
     {"interests", "mutes", "weights", "grounded_in", "args", "history", "signals", "degraded", "last_change",
-     "details"}
+     "details", "chosen_over", "follows"}
 )  # fmt: skip
 BOOL_COLUMNS = frozenset({"cold_start"})
 # every table, parents before children: the order to copy a store in (`newsrank db migrate-to`). Not the
@@ -355,8 +355,8 @@ class SqlFeedbackStore(ABC):
     # -- explicit preferences -----------------------------------------------------------------------------
     def preferences(self, user_id: str) -> Preferences:
         with self.transaction() as tx:
-            row = tx.row("SELECT interests, mutes FROM users WHERE user_id = ?", [user_id])
-        return Preferences() if row is None else Preferences.newest(row["interests"], row["mutes"])
+            row = tx.row("SELECT interests, mutes, follows FROM users WHERE user_id = ?", [user_id])
+        return Preferences() if row is None else Preferences.newest(row["interests"], row["mutes"], row["follows"])
 
     def set_preferences(
         self, user_id: str, prefs: Preferences, now: float, change: dict[str, Any] | None = None
@@ -367,13 +367,15 @@ class SqlFeedbackStore(ABC):
             if tx.row("SELECT 1 AS gone FROM erased WHERE user_key = ?", [erased_key(user_id)]):
                 raise Conflict(f"reader {user_id!r} was erased; their preferences are refused for a while")
             tx.execute(
-                "INSERT INTO users(user_id, interests, mutes, updated_at, last_change) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT(user_id) DO UPDATE SET interests = excluded.interests, mutes = excluded.mutes,"
-                " updated_at = excluded.updated_at, last_change = excluded.last_change",
+                "INSERT INTO users(user_id, interests, mutes, follows, updated_at, last_change)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(user_id) DO UPDATE SET interests = excluded.interests,"
+                " mutes = excluded.mutes, follows = excluded.follows, updated_at = excluded.updated_at,"
+                " last_change = excluded.last_change",
                 [
                     user_id,
                     self.encode_json(list(prefs.interests)),
                     self.encode_json(list(prefs.mutes)),
+                    self.encode_json(list(prefs.follows)),
                     self.encode_time(now),
                     self.encode_json(change) if change is not None else None,
                 ],
@@ -408,7 +410,7 @@ class SqlFeedbackStore(ABC):
             )
         return RankingRecord(
             **{**head, "degraded": tuple(head["degraded"])},
-            items=tuple(RankedItem(**{**i, "grounded_in": tuple(i["grounded_in"])}) for i in items),
+            items=tuple(RankedItem(**{**i, **{k: tuple(i[k]) for k in ("grounded_in", "chosen_over")}}) for i in items),
         )
 
     def set_explanations(self, ranking_id: str, explanations: dict[int, tuple[str, str]]) -> None:
@@ -464,14 +466,17 @@ class SqlFeedbackStore(ABC):
         """Every feed made in [since, until) with what its reader did with it: clicks, likes, comments and shares
         on its items and ratings of it or of its items, counted from the events that name the ranking."""
         window = [self.encode_time(since), self.encode_time(until)]
-        made = "SELECT ranking_id FROM rankings WHERE created_at >= ? AND created_at < ?"
+        # searches are the reader's own asks, not feeds: they count in no feed's outcome
+        made = (
+            "SELECT ranking_id FROM rankings WHERE created_at >= ? AND created_at < ? AND strategy NOT LIKE 'search%'"
+        )
         with self.transaction() as tx:
             heads = tx.rows(
                 "SELECT r.ranking_id, r.created_at, r.arm, r.intra_list_distance, r.explored_pair, r.user_id,"
                 " r.experiment, COUNT(i.position) AS shown,"
                 " COUNT(DISTINCT i.category) AS categories, COALESCE(SUM(i.age_hours), 0) AS shown_age_hours"
                 " FROM rankings r LEFT JOIN ranking_items i ON i.ranking_id = r.ranking_id"
-                " WHERE r.created_at >= ? AND r.created_at < ?"
+                " WHERE r.created_at >= ? AND r.created_at < ? AND r.strategy NOT LIKE 'search%'"
                 " GROUP BY r.ranking_id, r.created_at, r.arm, r.intra_list_distance, r.explored_pair, r.user_id,"
                 " r.experiment"
                 " ORDER BY r.created_at",

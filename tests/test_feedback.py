@@ -57,7 +57,7 @@ def job(job_id: str, status: str = "running", at: float = NOW, instance: str = "
 
 def test_a_store_implements_the_protocol_and_its_schema_is_current(store):
     assert isinstance(store, FeedbackStore)
-    assert store.schema_current() and store.schema_version == len(store.MIGRATIONS) == 11
+    assert store.schema_current() and store.schema_version == len(store.MIGRATIONS) == 12
     store.migrate()  # idempotent
     assert store.schema_current()
 

@@ -57,7 +57,7 @@ def test_a_new_install_serves_the_shipped_adapter_and_ranker(tmp_path, corpus_st
     service = Newsrank.from_settings(settings)
     service.articles = corpus_store  # the small test corpus instead of an empty embedded store
     service.recommender.articles = corpus_store
-    service.check_configuration()  # the configured adapter and ranker exist
+    service.check_configuration()
     service.feedback.add_events([Event("fan", a, "click", NOW - 3600) for a in ("s1", "s2")])
     feed = service.recommend(FeedRequest("fan", k=5, fresh=True))
     record = service.feedback.ranking(feed.ranking_id)
