@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     scoring_active_hours: float = Field(24.0, gt=0)  # readers idle for longer are not rescored until they return
     scoring_lease_seconds: float = Field(120.0, gt=0)  # a claimed task goes to another worker after this
     scoring_sweep_seconds: float = Field(30.0, gt=0)  # how often a worker looks for active readers' old scores
+    # a reader's candidates are scored in parts of this many, the most promising (by their other signals) first,
+    # each part kept as soon as it is scored: a feed after a click sees the items that can reach its top sooner
+    rescore_first: int = Field(12, ge=1)
 
     # background jobs: a running job's instance reports every `job_heartbeat_seconds`; any instance marks a job
     # interrupted after `job_silence_seconds` without a report (its runner is gone)

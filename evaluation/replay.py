@@ -33,8 +33,9 @@ from retrieval import stories
 from retrieval.embed import Embedder
 from retrieval.ingest import RowError, read_mind_news
 
-METHODS = ("random", "popularity", "category", "embedding", "llm", "llm+adapter", "blend", "ranker")
-LLM_METHODS = ("llm", "llm+adapter")
+STALE = {"llm-stale1": 1, "llm-stale2": 2, "llm-stale5": 5}  # the LLM's scores under the profile of k clicks ago
+METHODS = ("random", "popularity", "category", "embedding", "llm", "llm+adapter", *STALE, "blend", "ranker")
+LLM_METHODS = ("llm", "llm+adapter", *STALE)
 PARTS = ("all", "tune", "heldout")
 TOP = 10
 EXPLAINED = 3  # the top items a feed explains (Settings.explain_top's default)
@@ -150,6 +151,14 @@ class Context:
     ctr: list[float] | None = None  # each candidate's click-through rate (None: not known, 0)
     coclick: list[float] | None = None  # each candidate's co-clicks with the reader's history (None: 0)
     now: float | None = None  # when the articles' ages are known (MIND's are not: every candidate counts as new)
+    history: list[Hit] = field(default_factory=list)  # the history's known articles, oldest first
+
+    def before_last(self, k: int) -> Profile:
+        """The profile as it was before the reader's last k clicks (their history without its last k items)."""
+        kept = self.history[: max(len(self.history) - k, 0)]
+        user, now = self.profile.user_id, self.impression.time or 0.0
+        events = [Event(user, h.article.id, "click", now - len(kept) + i) for i, h in enumerate(kept)]
+        return build_profile(user, events, Preferences(), {h.article.id: h for h in kept}, now)
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -191,6 +200,7 @@ def contexts(impressions: Sequence[Impression], corpus: Corpus) -> Iterable[Cont
             imp, profile, hits, [imp.labels[i] for i in keep], signals.popularity(clicks, hits),
             ctr=signals.click_through(clicks, shown, hits),
             coclick=coclicks.scores([h.article_id for h in profile.history], hits, imp.user_id or imp.id),
+            history=[corpus.hit(a) for a in known],
         )  # fmt: skip
 
 
@@ -239,8 +249,11 @@ class Evaluator:
         elif method == "embedding":
             scores = [signals.similarity(ctx.profile, h) for h in ctx.hits]
         elif method in LLM_METHODS:
-            adapter = self.adapter if method == "llm+adapter" else None
-            profile_text = ctx.profile.render(self.history_titles)
+            adapter = self.adapter if method != "llm" else None
+            # stale: as the background scorer left them before the reader's last k clicks (their scores are kept,
+            # marked llm-stale, until the rescoring lands): what waiting for the scorer costs
+            profile = ctx.profile if method not in STALE else ctx.before_last(STALE[method])
+            profile_text = profile.render(self.history_titles)
             articles = [h.article for h in ctx.hits]
             requests = relevance_requests(self.backend, profile_text, articles, adapter, self.candidate_text)
             scores = self.backend.score(requests)
@@ -332,7 +345,7 @@ def method_key(method: str, evaluator: Evaluator, model: str) -> str:
     parts: list[object] = [method, evaluator.seed]
     if method in (*LLM_METHODS, "blend", "ranker"):
         parts += [model, prompt_version(evaluator.candidate_text), evaluator.history_titles]
-    if method == "llm+adapter" or (method in ("blend", "ranker") and evaluator.adapter):
+    if method == "llm+adapter" or (method in (*STALE, "blend", "ranker") and evaluator.adapter):
         parts.append(evaluator.adapter)
     if method in ("blend", "ranker"):
         parts += [sorted(evaluator.weights.items()), evaluator.explain_top]

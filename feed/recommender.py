@@ -355,9 +355,26 @@ class Recommender:
             hits = [h for h in hits if h.article.id not in current]
         if not hits:
             return 0
-        scores = self.relevance(profile_text, hits, adapter)
-        self.keep_relevance(user_id, profile_text, hits, scores, adapter)
+        if s.strategy == "listwise":  # a permutation of all of them at once
+            self.keep_relevance(user_id, profile_text, hits, self.relevance(profile_text, hits, adapter), adapter)
+            return len(hits)
+        # what matters first: the candidates that can reach the top of the feed on their other signals are scored
+        # (and kept, for the next feed) before the rest
+        for part in self.by_promise(profile, hits):
+            self.keep_relevance(user_id, profile_text, part, self.relevance(profile_text, part, adapter), adapter)
         return len(hits)
+
+    def by_promise(self, profile: Profile, hits: Sequence[Hit]) -> list[list[Hit]]:
+        """The candidates in parts of `rescore_first`, best first by their blend without the LLM's relevance."""
+        s = self.settings
+        popular, ctr, coclick = self.behaviour(profile, hits)
+        found = signals.candidate_signals(profile, hits, [None] * len(hits), popular, self.clock(), s.half_life_hours,
+                                          ctr, coclick, profile.follows)  # fmt: skip
+        weights = without(s.weights.frozen(), "relevance")
+        score = [sum(weights[n] * getattr(f, n) for n in weights if n != DIVERSITY.name) for f in found]
+        ordered = [hits[i] for i in sorted(range(len(hits)), key=lambda i: (-score[i], i))]
+        size = s.rescore_first
+        return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
     def keep_relevance(
         self, user_id: str, profile_text: str, hits: Sequence[Hit], scores: Sequence[float], adapter: str | None

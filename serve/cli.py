@@ -525,7 +525,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--behaviors", help="MIND behaviors.tsv (instead of --data)")
     p.add_argument(
         "--method",
-        help="comma-separated: random, popularity, category, embedding, llm, llm+adapter, blend, ranker "
+        help="comma-separated: random, popularity, category, embedding, llm, llm+adapter, llm-stale1, llm-stale2, "
+        "llm-stale5 (the adapter's scores before the reader's last 1, 2, 5 clicks), blend, ranker "
         "(default: what the service serves, with its adapter and ranker)",
     )
     p.add_argument("--part", choices=["all", "tune", "heldout"],

@@ -264,3 +264,17 @@ def test_ranking_a_reader_stores_nothing_and_asks_for_nothing(corpus_store, feed
     feed = recommender.publish(standings)  # what recommend does: now it is recorded, and the scores are kept
     assert feedback.ranking(feed.ranking_id).items and feedback.count_rows("rankings") == before[0] + 1
     assert len(feedback.cached_relevance("fan", recommender.scorer(None), [h.article.id for h in standings.hits])) > 0
+
+
+def test_stale_scores_are_the_llms_under_the_profile_before_the_last_clicks(corpus, impressions, tmp_path):
+    """llm-stale{k}: what the background scorer left before the reader's last k clicks, scored as such."""
+    backend = CountingBackend()
+    evaluator = replay.Evaluator(backend, BlendWeights(), model="fake")
+    rows, prepared = replay.run(impressions[:4], corpus, evaluator, ["llm", "llm-stale1", "llm-stale5"], tmp_path,
+                                "fake", show_progress=False)  # fmt: skip
+    ctx = next(c for c in prepared if len(c.history) >= 2)
+    stale = ctx.before_last(1)
+    assert [h.article_id for h in stale.history] == [h.article_id for h in ctx.profile.history][1:]
+    assert ctx.before_last(99).cold_start
+    fresh, older = rows["llm"][ctx.impression.id]["scores"], rows["llm-stale1"][ctx.impression.id]["scores"]
+    assert len(fresh) == len(older) and fresh != older  # another profile, another prompt: other scores

@@ -4,6 +4,7 @@ Litestar's TestClient on real Chroma and real SQLite. The model is the fake wher
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -352,10 +353,31 @@ def test_a_flood_of_fresh_feeds_is_bounded_not_queued_forever(make_client):
     assert max(seconds for _, seconds, _ in answers) < 10
 
 
-def test_a_wait_for_the_model_has_a_deadline():
-    gate = ModelSlots(concurrent=1, waiting=1, wait_seconds=0.2)
-    with gate.slot("feed"), pytest.raises(RateLimited, match="busy"), gate.slot("feed"):
-        pass
+def test_a_wait_for_the_model_has_a_deadline_and_a_share_per_key():
+    async def check() -> None:
+        gate = ModelSlots(concurrent=1, waiting=1, wait_seconds=0.2)
+        async with gate.slot("feed", "a"):
+            with pytest.raises(RateLimited, match="busy"):
+                async with gate.slot("feed", "b"):
+                    pass
+        shared = ModelSlots(concurrent=2, waiting=2, wait_seconds=5, key_share=0.5)
+        release = asyncio.Event()
+
+        async def hold(key: str) -> None:
+            async with shared.slot("feed", key):
+                await release.wait()
+
+        held = [asyncio.create_task(hold("a")) for _ in range(2)]  # key a: one at the model, one waiting
+        await asyncio.sleep(0.05)
+        with pytest.raises(RateLimited, match="share"):  # its share of the line (2 of 4) is taken
+            async with shared.slot("feed", "a"):
+                pass
+        async with shared.slot("feed", "b"):  # another key gets the other slot at once
+            assert await shared.run(lambda: 42) == 42
+        release.set()
+        await asyncio.gather(*held)
+
+    asyncio.run(check())
 
 
 def test_a_job_that_cannot_start_fails_at_once(client):

@@ -4,6 +4,7 @@ real packaged LLM."""
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from litestar.testing import TestClient
@@ -162,8 +163,12 @@ def test_a_slow_llm_holds_up_no_feed_and_no_event(corpus_store, feedback, settin
 
 
 def test_fresh_feeds_wait_for_the_model_within_bounds_and_others_never(service):
+    stuck = Stuck()
+    service.backend = service.recommender.backend = stuck
     service.model_slots = ModelSlots(concurrent=1, waiting=0, wait_seconds=5)
-    with TestClient(app=create_app(newsrank=service)) as client, service.model_slots.slot("test"):  # the model is busy
+    with TestClient(app=create_app(newsrank=service)) as client, ThreadPoolExecutor(1) as pool:
+        holding = pool.submit(client.post, "/v1/feed", json={"user_id": "fan", "fresh": True}, headers=AUTH)
+        assert stuck.entered.wait(30)  # the model is busy with that one
         busy = client.post("/v1/feed", json={"user_id": "fan", "fresh": True}, headers=AUTH)
         assert busy.status_code == 429 and int(busy.headers["Retry-After"]) >= 1
         tuned = client.post("/v1/feed", json={"user_id": "fan", "adapter": "x@1"}, headers=AUTH)
@@ -171,6 +176,8 @@ def test_fresh_feeds_wait_for_the_model_within_bounds_and_others_never(service):
         cached = client.post("/v1/feed", json={"user_id": "fan", "k": 3}, headers=AUTH)
         assert cached.status_code == 200 and {i["relevance_source"] for i in cached.json()["items"]} == {"none"}
         assert client.post("/v1/feed", json={"user_id": "new", "k": 3}, headers=AUTH).status_code == 200
+        stuck.release.set()
+        assert holding.result().status_code == 200
 
 
 # -- the queue in the service ------------------------------------------------------------------------------------
