@@ -12,12 +12,13 @@ cache is copied for every candidate of a padded batch) and the packed one (relev
 candidate is its text and the answer cue; all candidates of an impression in one sequence after the prefix, with
 a block mask). It prints examples per second of each, their ratio, and each adapter's AUC on held-out
 impressions. `texts` trains one packed adapter per candidate text on the same tune impressions and scores each on
-later tune impressions (the held-out part stays unseen). `curve` trains once on the adapter's share of the tune
-part, saving the adapter after 1k, 2k and 4k examples, and writes the LLM scores of each snapshot for the held-out
-impressions and the ranker's share of the tune part to `--out`, for `newsrank ranker` and
-`benchmarks/ranker.py`. `privacy` trains an adapter per ε (`--epsilons`; inf: the non-private trainer, finite:
-DP-SGD with each reader one example) on the curve's examples and scores each, and the model without an adapter,
-on the held-out impressions. Scores are cached there: a rerun goes on where it stopped.
+later tune impressions (the held-out part stays unseen). `curve` trains once on the week and the adapter's share
+of the tune part, saving the adapter after 4k, 8k and 16k examples, and writes the LLM scores of each snapshot for
+the held-out impressions and the ranker's shares (the tune part's rest, the week's last impressions) to `--out`, for
+`newsrank ranker` and `benchmarks/ranker.py`; `curve --saved` scores the snapshots that a run still going (or
+stopped) has saved. `privacy` trains an adapter per ε (`--epsilons`; inf: the non-private trainer, finite: DP-SGD
+with each reader one example) on the curve's examples and scores each, and the model without an adapter, on the
+held-out impressions. Scores are cached there: a rerun goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ def main() -> None:
                         help="objectives: OBJECTIVE:NEGATIVES per arm")  # fmt: skip
     parser.add_argument("--objective", default="listwise", help="curve: the training objective")
     parser.add_argument("--tune-only", action="store_true", help="curve: the tune part alone, as before mind-train")
+    parser.add_argument("--saved", action="store_true",
+                        help="curve: score the snapshots saved so far, without training further")  # fmt: skip
     parser.add_argument("--out", default="data/llm-training", help="runs, examples and score caches")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--epsilons", default="inf,8,2", help="privacy: ε of each adapter (inf: not private)")
@@ -263,12 +266,17 @@ def main() -> None:
         # the ranker is fitted on what no adapter saw: the week's last impressions and the rest of the tune part
         arm = Arm("curve", packed=True, objective=args.objective)
         adapters_week, ranker_week = ([], []) if args.tune_only else week()
-        rows = examples(arm, backend, [*adapters_week, *tune[:ADAPTER_PART]], args.negatives)
-        sizes = [n for n in map(int, args.snapshots.split(",")) if n < len(rows)]
         name = "curve" if args.tune_only else f"curve-{args.objective}-{args.negatives}"
-        adapter, speed = train_arm(arm, rows, out / name, snapshots=sizes, objective=args.objective, **config)
-        print(f"trained on {len(rows)} examples at {speed:.2f} examples/s")
-        snapshots = {f"{n}": adapter.parent / "snapshots" / f"{n}-examples" for n in sizes} | {f"{len(rows)}": adapter}
+        if args.saved:  # a run still going (or stopped): what it has saved so far
+            saved = (out / name / arm.name / "run" / "snapshots").glob("*-examples")
+            snapshots = {p.name.split("-")[0]: p for p in sorted(saved, key=lambda p: int(p.name.split("-")[0]))}
+        else:
+            rows = examples(arm, backend, [*adapters_week, *tune[:ADAPTER_PART]], args.negatives)
+            sizes = [n for n in map(int, args.snapshots.split(",")) if n < len(rows)]
+            adapter, speed = train_arm(arm, rows, out / name, snapshots=sizes, objective=args.objective, **config)
+            print(f"trained on {len(rows)} examples at {speed:.2f} examples/s")
+            snapshots = {f"{n}": adapter.parent / "snapshots" / f"{n}-examples" for n in sizes}
+            snapshots |= {f"{len(rows)}": adapter}
         print("| examples | AUC (LLM alone), held-out |")
         print("|---:|---:|")
         for size, folder in reversed(snapshots.items()):  # the largest first: the default adapter's scores

@@ -163,6 +163,7 @@ class SignalSpec:
     fitted: bool = True  # its weight can be fitted on logged clicks (`newsrank eval --fit-weights`)
     named: tuple[str, ...] = ()  # words a reader may name it by in chat ("what if it were less popular?")
     says: frozenset[str] = frozenset()  # words that state its reason: a phrased answer must use one (chat)
+    boost: bool = False  # 0 for most items (a followed story, a search): weighed on top of the unit budget
 
 
 # Each a candidate's own number in [0, 1]. The weights of relevance, similarity, affinity and popularity were
@@ -204,11 +205,12 @@ SIGNALS = (
                fitted=False, named=("freshness", "fresh", "new"),
                says=frozenset({"fresh", "new", "newest", "recent", "latest", "just"})),
     SignalSpec("followed", 0.5, "0.5 ^ (age / 12 h) for an article of a story the reader follows, else 0",
-               "you follow this story", "fol", fitted=False, named=("followed", "follow", "following"),
+               "you follow this story", "fol", fitted=False, boost=True, named=("followed", "follow", "following"),
                says=frozenset({"follow", "following", "story", "followed"})),
     SignalSpec("query", 0.0, "how well it matches the reader's search: half its cosine to the query, half its "
                "keyword (BM25) score over the best candidate's; 0 outside a search", "it matches your search",
-               "qry", fitted=False, named=("search", "query"), says=frozenset({"search", "searched", "matches"})),
+               "qry", fitted=False, boost=True, named=("search", "query"),
+               says=frozenset({"search", "searched", "matches"})),
 )  # fmt: skip
 # not a candidate's own number: its gain at the place the blend gives it (greedy MMR), set by hand
 DIVERSITY = SignalSpec("diversity", 0.1, "1 - the highest cosine similarity to the items placed above it",

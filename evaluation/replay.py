@@ -485,15 +485,17 @@ def fit_weights(
 ) -> BlendWeights:
     """Fit the weights of the fitted signals (core.records.SIGNALS) by logistic regression on clicks; the
     others (freshness and diversity: no times on MIND, and a reranking term) keep their values from `keep`.
-    The fitted weights are scaled to fill the rest of a unit budget; a negative one is clipped to 0."""
+    The fitted weights are scaled to fill the rest of a unit budget (boosts weigh outside it); a negative one is
+    clipped to 0."""
     fitted = [spec.name for spec in SIGNALS if spec.fitted]
+    outside = {*fitted, *(spec.name for spec in SIGNALS if spec.boost)}
     features, labels = [], []
     for ctx in prepared:
         for s, label in zip(evaluator.signals(ctx, rows[ctx.impression.id]["scores"]), ctx.labels, strict=True):
             features.append([getattr(s, name) for name in fitted])
             labels.append(label)
     w = np.clip(metrics.fit_logistic(np.array(features), np.array(labels))[: len(fitted)], 0.0, None)
-    budget = max(1.0 - sum(value for name, value in keep.items() if name not in fitted), 0.0)
+    budget = max(1.0 - sum(value for name, value in keep.items() if name not in outside), 0.0)
     w = w / w.sum() * budget if w.sum() > 0 else w
     return BlendWeights(**{**keep, **{name: round(float(v), 3) for name, v in zip(fitted, w, strict=True)}})
 

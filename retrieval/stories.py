@@ -12,7 +12,9 @@ copy; an article with none starts a story, named by its own id.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from difflib import SequenceMatcher
 
 import numpy as np
 
@@ -22,8 +24,15 @@ WINDOW_DAYS = 3.0
 TITLE_JACCARD = 0.6
 TEXT_JACCARD = 0.5
 SAME_COSINE = 0.93
+GENERIC_WORDS = 4  # a title with fewer words of substance links only to the same title
 NEIGHBOURS = 8  # nearest articles compared with each new one
 WORD = re.compile(r"[a-z0-9]+")
+NUMBER = re.compile(r"\d+(?:[.,]\d+)*")  # "8", "28th", "10/26/19" (three), "$1,800" (one)
+STOPWORDS = frozenset(
+    "a an the of in on at to by as is it be or and for with from into that this over after before about are was "
+    "were will has have had its his her their our your you what who how why when where here there says said report "
+    "update live new".split()
+)
 
 
 def shingles(text: str, n: int = 2) -> frozenset[str]:
@@ -38,14 +47,61 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b) if a and b else 0.0
 
 
+def substituted(a: str, b: str) -> bool:
+    """Whether two titles are one template filled in twice, a series rather than copies of one story: each has a
+    number the other lacks ("Week 8" and "Week 9", "10/12/2019" and "10/30/2019"), or they are the same words in
+    the same order but for a few of substance replaced ("Weather in Seattle" and "Weather in Nashville"; not
+    "says" for "said"). Another source's rewrite moves or adds words; a title that only adds words ("Report: ...",
+    a first name) is not a series."""
+    words_a, words_b = WORD.findall(a.lower()), WORD.findall(b.lower())
+    numbers_a, numbers_b = Counter(NUMBER.findall(a)), Counter(NUMBER.findall(b))
+    if numbers_a - numbers_b and numbers_b - numbers_a:
+        return True
+    changes = [op for op in SequenceMatcher(None, words_a, words_b, autojunk=False).get_opcodes() if op[0] != "equal"]
+    if not changes or any(op[0] != "replace" for op in changes):
+        return False
+    changed = sum(max(i2 - i1, j2 - j1) for _, i1, i2, j1, j2 in changes)
+    return (
+        changed <= 3
+        and len(words_a) - changed >= changed
+        and any(_substance(words_a[i1:i2]) != _substance(words_b[j1:j2]) for _, i1, i2, j1, j2 in changes)
+    )
+
+
+def _substance(words: list[str]) -> set[str]:
+    """Words that say something, by stem ("says" and "said" are one); numbers ("8", "28th") are not among them."""
+    return {w[:4] for w in words if w not in STOPWORDS and len(w) > 2 and not NUMBER.search(w)}
+
+
 def copies(a: Article, b: Article, cosine: float) -> float:
     """How surely two articles are copies of one story (0: they are not), from their texts and embeddings."""
-    if abs(a.published_at - b.published_at) > WINDOW_DAYS * 86400:
+    if abs(a.published_at - b.published_at) > WINDOW_DAYS * 86400 or substituted(a.title, b.title):
         return 0.0
     title = jaccard(shingles(a.title), shingles(b.title))
     text = jaccard(shingles(a.text), shingles(b.text)) if a.abstract and b.abstract else 0.0
+    if min(len(_substance(WORD.findall(t.lower()))) for t in (a.title, b.title)) < GENERIC_WORDS:
+        # "Today's weather in Nashville", "Photos of the Day": too few words to tell a story from a column, and
+        # embeddings of so little text are near-equal for any two: only the same title or the same text links them
+        title, cosine = (1.0 if title == 1.0 else 0.0), 0.0
     sure = max(title if title >= TITLE_JACCARD else 0.0, text if text >= TEXT_JACCARD else 0.0)
     return max(sure, cosine if cosine >= SAME_COSINE else 0.0)
+
+
+def choose(article: Article, candidates: Iterable[tuple[Article, float, str]]) -> str:
+    """The story an article joins: that of its best-matching copy among `candidates` (articles with their cosine to
+    it and their story), unless another candidate of that story is of a series with it (a story must not chain
+    "Weather in Seattle" to "Weather in Nashville" through a rewrite of either); else its own id."""
+    best: dict[str, float] = {}
+    vetoed: set[str] = set()
+    for other, cosine, story in candidates:
+        if other.id == article.id:
+            continue
+        if substituted(article.title, other.title):
+            vetoed.add(story)
+        elif (sure := copies(article, other, cosine)) > best.get(story, 0.0):
+            best[story] = sure
+    allowed = {story: sure for story, sure in best.items() if story not in vetoed}
+    return max(allowed, key=allowed.__getitem__) if allowed else article.story or article.id
 
 
 def assign(
@@ -53,19 +109,14 @@ def assign(
     vectors: np.ndarray,
     neighbours: Sequence[Sequence[tuple[Article, float]]],
 ) -> list[str]:
-    """The story of each new article: that of its best-matching copy among its `neighbours` (stored articles with
-    their cosines, each carrying its story) and the new articles before it in the batch, else its own id."""
+    """The story of each new article, `choose`n among its `neighbours` (stored articles with their cosines, each
+    carrying its story) and the new articles before it in the batch."""
     stories: list[str] = []
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     for i, article in enumerate(new):
-        best, story = 0.0, article.story or article.id
-        for other, cosine in neighbours[i]:
-            if other.id != article.id and (sure := copies(article, other, cosine)) > best:
-                best, story = sure, other.story or other.id
-        for j in range(i):  # an earlier copy in the same batch
-            if (sure := copies(article, new[j], float(unit[i] @ unit[j]))) > best:
-                best, story = sure, stories[j]
-        stories.append(story)
+        stored = ((other, cosine, other.story or other.id) for other, cosine in neighbours[i])
+        batch = ((new[j], float(unit[i] @ unit[j]), stories[j]) for j in range(i))  # an earlier copy in the batch
+        stories.append(choose(article, [*stored, *batch]))
     return stories
 
 
@@ -78,10 +129,6 @@ def group(articles: Sequence[Article], vectors: np.ndarray, chunk: int = 1024) -
         sims = unit[start : start + chunk] @ unit.T
         for row, i in enumerate(range(start, min(start + chunk, len(articles)))):
             sims[row, i:] = -np.inf  # only the articles before it, as at ingest
-            nearest = np.argsort(-sims[row])[:NEIGHBOURS]
-            best, story = 0.0, articles[i].id
-            for j in nearest:
-                if np.isfinite(sims[row, j]) and (sure := copies(articles[i], articles[j], float(sims[row, j]))) > best:
-                    best, story = sure, stories[j]
-            stories.append(story)
+            nearest = [j for j in np.argsort(-sims[row])[:NEIGHBOURS] if np.isfinite(sims[row, j])]
+            stories.append(choose(articles[i], [(articles[j], float(sims[row, j]), stories[j]) for j in nearest]))
     return stories

@@ -465,18 +465,17 @@ class SqlFeedbackStore(ABC):
     def feed_outcomes(self, since: float, until: float) -> list[FeedOutcome]:
         """Every feed made in [since, until) with what its reader did with it: clicks, likes, comments and shares
         on its items and ratings of it or of its items, counted from the events that name the ranking."""
-        window = [self.encode_time(since), self.encode_time(until)]
-        # searches are the reader's own asks, not feeds: they count in no feed's outcome
-        made = (
-            "SELECT ranking_id FROM rankings WHERE created_at >= ? AND created_at < ? AND strategy NOT LIKE 'search%'"
-        )
+        # searches are the reader's own asks, not feeds: they count in no feed's outcome (the pattern is a parameter:
+        # a literal % is a placeholder to PostgreSQL's driver)
+        window = [self.encode_time(since), self.encode_time(until), "search%"]
+        made = "SELECT ranking_id FROM rankings WHERE created_at >= ? AND created_at < ? AND strategy NOT LIKE ?"
         with self.transaction() as tx:
             heads = tx.rows(
                 "SELECT r.ranking_id, r.created_at, r.arm, r.intra_list_distance, r.explored_pair, r.user_id,"
                 " r.experiment, COUNT(i.position) AS shown,"
                 " COUNT(DISTINCT i.category) AS categories, COALESCE(SUM(i.age_hours), 0) AS shown_age_hours"
                 " FROM rankings r LEFT JOIN ranking_items i ON i.ranking_id = r.ranking_id"
-                " WHERE r.created_at >= ? AND r.created_at < ? AND r.strategy NOT LIKE 'search%'"
+                " WHERE r.created_at >= ? AND r.created_at < ? AND r.strategy NOT LIKE ?"
                 " GROUP BY r.ranking_id, r.created_at, r.arm, r.intra_list_distance, r.explored_pair, r.user_id,"
                 " r.experiment"
                 " ORDER BY r.created_at",

@@ -211,7 +211,7 @@ def test_users_profile_patch_export_delete(client, service, tmp_path):
     profile = client.get("/v1/users/fan", headers=auth(ADMIN)).json()
     assert profile["interests"][0]["label"] in ("sports", "football") and len(profile["history"]) == 2
     patched = client.patch("/v1/users/fan", json={"interests": ["Space "], "mutes": ["tennis"]}, headers=auth(ADMIN))
-    assert patched.json() == {"interests": ["space"], "mutes": ["tennis"]}
+    assert patched.json() == {"interests": ["space"], "mutes": ["tennis"], "follows": []}
     assert client.patch("/v1/users/fan", json={"mutes": []}, headers=auth(ADMIN)).json()["interests"] == ["space"]
 
     exported = client.get("/v1/users/fan/export", headers=auth(ADMIN))

@@ -1,5 +1,6 @@
 """The whole loop on the real packaged LLM, real Chroma and real SQLite."""
 
+import contextlib
 import re
 
 import pytest
@@ -62,10 +63,12 @@ def test_the_llm_relevance_is_read_from_first_token_logits(corpus_store, feedbac
     feed = recommender.recommend(FeedRequest("fan", k=5, explain=False, fresh=True))
     requests = relevance_requests(llm, feed.profile_text, [i.article for i in feed.items], text=settings.candidate_text)
     yes, no = (llm.tokenizer(w, add_special_tokens=False).input_ids[0] for w in (ANSWER_YES, ANSWER_NO))
+    model = llm.network  # the base model: another test may have loaded adapters into this session's model
     for item, request in zip(feed.items, requests, strict=True):
         ids = llm.tokenizer(request.prompt, add_special_tokens=False, return_tensors="pt").input_ids
-        with torch.no_grad():
-            logits = llm.network(input_ids=ids).logits[0, -1]
+        base = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+        with torch.no_grad(), base:
+            logits = model(input_ids=ids).logits[0, -1]
         expected = torch.sigmoid(logits[yes] - logits[no]).item()
         assert item.record.signals["relevance"] == pytest.approx(expected, abs=1e-4)
     assert len({round(i.record.signals["relevance"], 4) for i in feed.items}) > 1

@@ -81,6 +81,10 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
         "body": {"user_id": "fan", "article_id": "s1", "messages": [{"role": "user", "content": "why this?"}]}
     },
     ("GET", "/v1/why"): {"query": {"user_id": "fan", "article_id": "s1"}},
+    ("POST", "/v1/search"): {"body": {"user_id": "fan", "query": "football", "k": 3}},
+    ("GET", "/v1/stories/{story_id}"): {"path": {"story_id": "s1"}},
+    ("PUT", "/v1/users/{user_id}/follows/{story_id}"): {"path": {"user_id": "fan", "story_id": "s1"}},
+    ("DELETE", "/v1/users/{user_id}/follows/{story_id}"): {"path": {"user_id": "fan", "story_id": "s2"}},
     ("POST", "/v1/articles"): {
         "body": {"articles": [{"id": "n1", "title": "Comet seen over the harbour", "published_at": NOW - 60}]}
     },

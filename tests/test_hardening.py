@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from litestar.testing import TestClient
 
+from config.settings import Weights
 from core.errors import BackendError, RateLimited
-from core.records import MAX_INTERESTS, Event
+from core.records import MAX_INTERESTS, SIGNALS, Event
 from llm.backends.fake import FakeBackend
 from serve.app import create_app
 from serve.limits import ModelSlots
@@ -108,12 +109,15 @@ def test_a_reader_has_an_event_rate(client):
 
 def test_events_name_real_articles_and_their_readers_own_rankings(client):
     feed = client.post("/v1/feed", json={"user_id": "fan", "k": 3, "explain": False}, headers=auth(FANS)).json()
-    mine = {"user_id": "fan", "article_id": "s3", "type": "click", "ranking_id": feed["ranking_id"]}
+    shown = [item["article_id"] for item in feed["items"]]
+    unshown = next(a for a in ("s1", "s2", "s3", "s4", "s5") if a not in shown)
+    mine = {"user_id": "fan", "article_id": shown[0], "type": "click", "ranking_id": feed["ranking_id"]}
     assert post_events(client, [mine], FANS).status_code == 201
     for bad in (
-        {"user_id": "fan-2", "article_id": "s3", "type": "click", "ranking_id": feed["ranking_id"]},  # not theirs
-        {"user_id": "fan", "article_id": "s3", "type": "click", "ranking_id": "0" * 32},  # made up
-        {"user_id": "fan", "article_id": "s3", "type": "click", "ranking_id": "x" * 100_000},  # 100 kB of id
+        {**mine, "user_id": "fan-2"},  # not theirs
+        {**mine, "article_id": unshown},  # not in that ranking
+        {**mine, "ranking_id": "0" * 32},  # made up
+        {**mine, "ranking_id": "x" * 100_000},  # 100 kB of id
         {"user_id": "fan", "article_id": "no-such-article", "type": "click"},
     ):
         response = post_events(client, [bad], FANS)
@@ -208,8 +212,8 @@ def test_a_fresh_feed_without_the_model_is_blended_from_the_other_signals(make_c
     assert feed["items"][0]["category"] == "sports"  # similarity and affinity still know the reader
     record = client.service.feedback.ranking(feed["ranking_id"])
     assert record.degraded == ("relevance", "explanations") and record.weights["relevance"] == 0.0
-    total = sum(record.weights[n] for n in ("similarity", "affinity", "popularity", "freshness"))
-    assert total == pytest.approx(1 - 0.1)  # the relevance weight went to the other signals
+    total = sum(record.weights[spec.name] for spec in SIGNALS)  # relevance's weight went to the other signals
+    assert total == pytest.approx(sum(getattr(Weights(), spec.name) for spec in SIGNALS))
 
 
 def test_explanations_fall_back_to_the_template_when_only_generation_fails(make_client):

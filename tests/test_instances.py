@@ -52,6 +52,8 @@ def fleet(postgres, tmp_path_factory):
             "NEWSRANK_CHROMA_URL": chroma,
             "NEWSRANK_ADAPTERS_DIR": str(root / "adapters"),
             "NEWSRANK_API_KEYS": json.dumps([{"name": "ops", "key": KEY, "scope": "admin"}]),
+            "NEWSRANK_PSEUDONYM_SECRET": "the fleet's own pseudonym secret",  # instances sharing a store share it
+            "NEWSRANK_READERS_PER_KEY_PER_HOUR": "1000000",  # the burst below brings thousands of readers at once
             "NEWSRANK_MODEL_CACHE": str(MODEL_CACHE),
             "NEWSRANK_CANDIDATES": "12",
             "NEWSRANK_EXPLAIN_TOP": "0",

@@ -83,7 +83,7 @@ def test_a_story_through_the_api_and_following_it(client, corpus_store):
     followed = client.put("/v1/users/fan/follows/w1", headers=client.headers)
     assert followed.status_code == 200 and followed.json()["follows"] == ["w1"]
     # a new article of the followed story arrives: the next feed has it in its top 3, saying why
-    update = article("w9", "Riverton flood: dam fails after record rain, thousands evacuated, rescue continues",
+    update = article("w9", "Riverton flood: dam fails after record rain, thousands evacuated; rescue goes on overnight",
                      "news", 0.1)  # fmt: skip
     corpus_store.upsert([update])
     assert corpus_store.get(["w9"])["w9"].article.story == "w1"
