@@ -147,10 +147,12 @@ class Newsrank:
         feedback = open_store(
             settings.store_url, pool_size=settings.database_pool_size, timeout=settings.database_timeout
         )
-        service = cls(settings, articles, feedback, backend or make_backend(settings))
-        for installed in shipped.install(settings, service.adapters):  # first start: what a new install serves
+        adapters = AdapterRegistry(settings.adapters_path, feedback)
+        for installed in shipped.install(settings, adapters):  # first start: what a new install serves
             log.info("installed the shipped %s", installed)
-        return service
+        if (served := shipped.served(settings, adapters)) != settings:
+            log.info("nothing ships as %r yet: serving the zero-shot model and the hand-set weights", shipped.NAME)
+        return cls(served, articles, feedback, backend or make_backend(served), adapters=adapters)
 
     # -- articles -----------------------------------------------------------------------------------------
     def ingest(self, path: Path, fmt: str | None = None, show_progress: bool = True) -> IngestReport:

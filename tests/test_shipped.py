@@ -46,6 +46,29 @@ def test_packing_keeps_the_adapter_in_fp16_and_installing_publishes_both_once(tm
     assert shipped.install(off, AdapterRegistry(off.adapters_path, feedback), folder) == []
 
 
+def test_before_anything_ships_a_start_serves_the_zero_shot_model(tmp_path, feedback, monkeypatch):
+    """NEWSRANK_ADAPTER and NEWSRANK_RANKER default to the shipped name; where nothing ships under it and nothing is
+    registered under it, a start serves the zero-shot model and the hand-set weights instead of refusing."""
+    settings = Settings(data_dir=tmp_path / "data", adapter="mind", ranker="mind")
+    adapters = AdapterRegistry(settings.adapters_path, feedback)
+    bare = shipped.served(settings, adapters)
+    assert (bare.adapter, bare.ranker) == (None, None)
+    a_ranker("smollm2-135m|curve@1|relevance.v2+candidate.v3:title+abstract+profile.v1|pointwise").save(
+        tmp_path / "ranker.json"
+    )
+    (tmp_path / "ship").mkdir()
+    folder = shipped.pack(random_lora(tmp_path / "trained", seed=3), tmp_path / "ranker.json", into=tmp_path / "ship")
+    shipped.install(settings, adapters, folder)
+    assert shipped.served(settings, adapters) == settings  # installed: served by its name
+
+    monkeypatch.delenv("NEWSRANK_ADAPTER", raising=False)  # a new user's `make serve`: the defaults
+    monkeypatch.delenv("NEWSRANK_RANKER", raising=False)
+    service = Newsrank.from_settings(Settings(data_dir=tmp_path / "new", model_cache=MODEL_CACHE, scorer_threads=0))
+    service.check_configuration()  # starts, whatever serve/shipped holds
+    expected = shipped.NAME if shipped.available() else None
+    assert (service.settings.adapter, service.settings.ranker) == (expected, expected)
+
+
 @pytest.mark.skipif(not shipped.available(), reason="serve/shipped holds no adapter and ranker")
 def test_a_new_install_serves_the_shipped_adapter_and_ranker(tmp_path, corpus_store, monkeypatch):
     """The defaults (no NEWSRANK_ADAPTER or NEWSRANK_RANKER): the first start installs what ships, and every feed's

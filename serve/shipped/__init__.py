@@ -57,6 +57,15 @@ def install(settings: Settings, adapters: AdapterRegistry, folder: Any = FOLDER)
     return installed
 
 
+def served(settings: Settings, adapters: AdapterRegistry) -> Settings:
+    """The settings a start serves with: the shipped name where nothing ships under it and no version of it is
+    registered (a checkout before `make default-model`) serves the zero-shot model and the hand-set weights."""
+    unset = {"adapter": None} if settings.adapter == NAME and not adapters.versions(NAME) else {}
+    if settings.ranker == NAME and not RankerRegistry(settings.adapters_path / "rankers").versions(NAME):
+        unset["ranker"] = None
+    return settings.model_copy(update=unset) if unset else settings
+
+
 def pack(adapter: Path, ranker: Path, into: Path | None = None) -> Path:
     """Copy a trained adapter (its tensors as fp16 safetensors) and a ranker file in as what ships."""
     import torch
