@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import shutil
 import time
@@ -36,7 +37,13 @@ from config.settings import PACKAGED_LLM
 from core.errors import InvalidInput, require
 from llm.models import offline, resolve_llm
 
+log = logging.getLogger("newsrank.train")
+
 LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+# settings that change how a run goes, not what it learns: a rerun with other values resumes the same run
+HOW_IT_RUNS = frozenset({"output", "model_cache", "threads", "device", "checkpoint_every", "eval_every"})
 
 
 @dataclass(config=ConfigDict(extra="forbid"))
@@ -183,7 +190,8 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
         trained, optimizer = private.make_private(model, optimizer, budget)
 
     step, losses, seen = 0, [], 0  # optimizer steps are counted in groups; `seen`: training examples
-    run_id = data_hash(Path(config.data)) + json.dumps(asdict(config), sort_keys=True)
+    learned = {k: v for k, v in asdict(config).items() if k not in HOW_IT_RUNS}
+    run_id = data_hash(Path(config.data)) + json.dumps(learned, sort_keys=True)
     if (checkpoint / "state.pt").is_file():
         # tensors and plain values only: a checkpoint is never a way to run code
         state = torch.load(checkpoint / "state.pt", weights_only=True, map_location=config.device)
@@ -191,6 +199,8 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
             peft.set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
             optimizer.load_state_dict(state["optimizer"])
             step, losses, seen = state["step"], state["losses"], state.get("seen", 0)
+        else:
+            log.warning("the checkpoint in %s is of other data or settings: training from the start", checkpoint)
 
     base_before = fingerprint(model)
     total = budget.steps if budget else config.epochs * len(plan)

@@ -200,14 +200,17 @@ def test_training_changes_the_adapter_not_the_base_and_resumes(llm, tmp_path):
     again = train.main(config, show_progress=False)  # a finished run resumes at its last step: no more work
     assert again["steps"] == 4 and again["train_seconds_this_run"] < card["train_seconds_this_run"] + 5
 
-    # an interruption after step 2: the checkpoint says so, and the rerun does steps 3 and 4 only
+    # an interruption after step 2: the checkpoint says so, and the rerun does steps 3 and 4 only, also with
+    # settings that change how it runs (threads), not what it learns
     state_path = tmp_path / "run" / "checkpoint" / "state.pt"
     state = torch.load(state_path, weights_only=False)
     first_losses = list(state["losses"])
-    torch.save({**state, "step": 2, "losses": first_losses[:2]}, state_path)
-    resumed = train.main(config, show_progress=False)
+    torch.save({**state, "step": 2, "losses": [9.0, 9.0]}, state_path)  # marked: a fresh start would lose them
+    other_threads = train.load_config(None, ["rank=4", "batch_size=8", "validation_share=0.0", "checkpoint_every=2",
+                                             "threads=1", "eval_every=0"], data=str(data), output=str(tmp_path / "run"))  # fmt: skip
+    resumed = train.main(other_threads, show_progress=False)
     losses = torch.load(state_path, weights_only=False)["losses"]
-    assert resumed["steps"] == 4 and len(losses) == 4 and losses[:2] == first_losses[:2]
+    assert resumed["steps"] == 4 and losses[:2] == [9.0, 9.0] and len(losses) == 4
     assert losses[2:] != first_losses[2:]  # steps 3 and 4 ran again, from the checkpoint's weights
 
 
