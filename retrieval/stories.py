@@ -15,6 +15,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from difflib import SequenceMatcher
+from functools import lru_cache
 
 import numpy as np
 
@@ -35,12 +36,18 @@ STOPWORDS = frozenset(
 )
 
 
+@lru_cache(maxsize=8192)  # an article is compared with many: its words are read once
+def words(text: str) -> tuple[str, ...]:
+    return tuple(WORD.findall(text.lower()))
+
+
+@lru_cache(maxsize=8192)
 def shingles(text: str, n: int = 2) -> frozenset[str]:
     """The word n-grams of a text, lower case (a text shorter than n words: its words)."""
-    words = WORD.findall(text.lower())
-    if len(words) < n:
-        return frozenset(words)
-    return frozenset(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
+    found = words(text)
+    if len(found) < n:
+        return frozenset(found)
+    return frozenset(" ".join(found[i : i + n]) for i in range(len(found) - n + 1))
 
 
 def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
@@ -53,10 +60,14 @@ def substituted(a: str, b: str) -> bool:
     the same order but for a few of substance replaced ("Weather in Seattle" and "Weather in Nashville"; not
     "says" for "said"). Another source's rewrite moves or adds words; a title that only adds words ("Report: ...",
     a first name) is not a series."""
-    words_a, words_b = WORD.findall(a.lower()), WORD.findall(b.lower())
-    numbers_a, numbers_b = Counter(NUMBER.findall(a)), Counter(NUMBER.findall(b))
+    words_a, words_b = words(a), words(b)
+    numbers_a, numbers_b = _numbers(a), _numbers(b)
     if numbers_a - numbers_b and numbers_b - numbers_a:
         return True
+    # a few words replaced leave all but three of each side's words shared: most pairs end here, before the diff
+    shared = sum((_counts(a) & _counts(b)).values())
+    if shared < max(len(words_a), len(words_b)) - 3:
+        return False
     changes = [op for op in SequenceMatcher(None, words_a, words_b, autojunk=False).get_opcodes() if op[0] != "equal"]
     if not changes or any(op[0] != "replace" for op in changes):
         return False
@@ -68,18 +79,38 @@ def substituted(a: str, b: str) -> bool:
     )
 
 
-def _substance(words: list[str]) -> set[str]:
+@lru_cache(maxsize=8192)
+def _numbers(title: str) -> Counter[str]:
+    return Counter(NUMBER.findall(title))
+
+
+@lru_cache(maxsize=8192)
+def _counts(title: str) -> Counter[str]:
+    return Counter(words(title))
+
+
+def _substance(found: Iterable[str]) -> set[str]:
     """Words that say something, by stem ("says" and "said" are one); numbers ("8", "28th") are not among them."""
-    return {w[:4] for w in words if w not in STOPWORDS and len(w) > 2 and not NUMBER.search(w)}
+    return {w[:4] for w in found if w not in STOPWORDS and len(w) > 2 and not NUMBER.search(w)}
+
+
+@lru_cache(maxsize=8192)
+def _generic(title: str) -> bool:
+    return len(_substance(words(title))) < GENERIC_WORDS
 
 
 def copies(a: Article, b: Article, cosine: float) -> float:
     """How surely two articles are copies of one story (0: they are not), from their texts and embeddings."""
-    if abs(a.published_at - b.published_at) > WINDOW_DAYS * 86400 or substituted(a.title, b.title):
+    return 0.0 if substituted(a.title, b.title) else _likeness(a, b, cosine)
+
+
+def _likeness(a: Article, b: Article, cosine: float) -> float:
+    """`copies` for two articles that are not of a series."""
+    if abs(a.published_at - b.published_at) > WINDOW_DAYS * 86400:
         return 0.0
     title = jaccard(shingles(a.title), shingles(b.title))
     text = jaccard(shingles(a.text), shingles(b.text)) if a.abstract and b.abstract else 0.0
-    if min(len(_substance(WORD.findall(t.lower()))) for t in (a.title, b.title)) < GENERIC_WORDS:
+    if _generic(a.title) or _generic(b.title):
         # "Today's weather in Nashville", "Photos of the Day": too few words to tell a story from a column, and
         # embeddings of so little text are near-equal for any two: only the same title or the same text links them
         title, cosine = (1.0 if title == 1.0 else 0.0), 0.0
@@ -91,15 +122,15 @@ def choose(article: Article, candidates: Iterable[tuple[Article, float, str]]) -
     """The story an article joins: that of its best-matching copy among `candidates` (articles with their cosine to
     it and their story), unless another candidate of that story is of a series with it (a story must not chain
     "Weather in Seattle" to "Weather in Nashville" through a rewrite of either); else its own id."""
+    others = [(other, cosine, story) for other, cosine, story in candidates if other.id != article.id]
     best: dict[str, float] = {}
-    vetoed: set[str] = set()
-    for other, cosine, story in candidates:
-        if other.id == article.id:
-            continue
-        if substituted(article.title, other.title):
-            vetoed.add(story)
-        elif (sure := copies(article, other, cosine)) > best.get(story, 0.0):
+    for other, cosine, story in others:
+        if (sure := _likeness(article, other, cosine)) > best.get(story, 0.0) and not substituted(
+            article.title, other.title
+        ):
             best[story] = sure
+    # the series test (a diff of titles) only where a story would be joined: most articles have no copy
+    vetoed = {story for other, _, story in others if story in best and substituted(article.title, other.title)}
     allowed = {story: sure for story, sure in best.items() if story not in vetoed}
     return max(allowed, key=allowed.__getitem__) if allowed else article.story or article.id
 
@@ -113,9 +144,11 @@ def assign(
     carrying its story) and the new articles before it in the batch."""
     stories: list[str] = []
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    sims = unit @ unit.T
     for i, article in enumerate(new):
         stored = ((other, cosine, other.story or other.id) for other, cosine in neighbours[i])
-        batch = ((new[j], float(unit[i] @ unit[j]), stories[j]) for j in range(i))  # an earlier copy in the batch
+        earlier = np.argsort(-sims[i, :i])[:NEIGHBOURS]  # the nearest copies earlier in the batch, as in the store
+        batch = ((new[j], float(sims[i, j]), stories[j]) for j in earlier)
         stories.append(choose(article, [*stored, *batch]))
     return stories
 
