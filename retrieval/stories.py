@@ -125,9 +125,8 @@ def choose(article: Article, candidates: Iterable[tuple[Article, float, str]]) -
     others = [(other, cosine, story) for other, cosine, story in candidates if other.id != article.id]
     best: dict[str, float] = {}
     for other, cosine, story in others:
-        if (sure := _likeness(article, other, cosine)) > best.get(story, 0.0) and not substituted(
-            article.title, other.title
-        ):
+        sure = _likeness(article, other, cosine)
+        if sure > best.get(story, 0.0) and not substituted(article.title, other.title):
             best[story] = sure
     # the series test (a diff of titles) only where a story would be joined: most articles have no copy
     vetoed = {story for other, _, story in others if story in best and substituted(article.title, other.title)}
