@@ -9,9 +9,10 @@ finding them costs at ingest.
 
 `recall`: every group of two or more articles of ../shared/data/mind-titles with exactly the same title (497 in
 the MIND-small dev news, more in the 42,416 titles) should land in one story; a group counts as found when all
-its members did. `pairs`: the pairs the detector linked whose titles differ, a seeded sample of
-benchmarks/stories_labels.tsv's size, judged against the labels written there by reading each pair (1: the same
-event, 0: not). `ingest`: the same articles into two embedded Chroma stores, one finding stories, one not.
+its members did. `pairs`: the pairs the detector linked whose titles differ, a seeded sample (`--sample`, 60) of the
+pairs, judged against the labels written in benchmarks/stories_labels.tsv by reading each pair (1: the same
+event, 0: not; the file keeps the two ids and the label, the titles stay in the data). `ingest`: the same
+articles into two embedded Chroma stores, one finding stories, one not.
 `feeds` and `search` (either runs both, searches first: the ingest is most of the time) run the service on the
 demo corpus and the MIND-small dev news (9,061 articles, their copies found at ingest). The searches: each query
 of benchmarks/search_queries.tsv sent to POST /v1/search over HTTP (a demo reader each, in turn), counting the
@@ -108,7 +109,7 @@ def main() -> None:
     judged = [(articles[i], articles[j]) for i, j in sample]
     unlabelled = [(a, b) for a, b in judged if (a.id, b.id) not in labels]
     for a, b in unlabelled:  # to be judged and added to the labels
-        print(f"{a.id}\t{b.id}\t?\t{a.title}\t{b.title}")
+        print(f"{a.id}\t{b.id}\t?\t# {a.title} | {b.title}")
     scored = [labels[(a.id, b.id)] for a, b in judged if (a.id, b.id) in labels]
     if scored:
         share = wilson(sum(scored) / len(scored), math.inf, len(scored), len(scored))
