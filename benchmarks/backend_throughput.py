@@ -1,6 +1,8 @@
 """Candidates scored per second by each LLM backend on this machine, on the same prompts.
 
     .venv/bin/python benchmarks/backend_throughput.py [--backends transformers vllm openai] [--candidates 30]
+    .venv/bin/python benchmarks/backend_throughput.py --backends transformers:float32 transformers:bfloat16 \
+        transformers:int8 --rounds 3                                        # the weights' number formats
 
 The prompts are the product's own: the demo corpus is seeded into a temporary data dir and, for each demo reader
 with a history, the ranking code gathers the candidates and builds the relevance requests (one shared profile
@@ -8,13 +10,20 @@ prefix per reader). Each backend is started in turn (one engine at a time: the m
 short request, then scores every reader's candidates once, one call per reader, as a feed request does. Each
 reader's prompts are new to the backend when timed, so vLLM's prefix cache helps only within a reader, as the
 transformers backend's KV cache does. `openai` starts a local `vllm serve` with `newsrank llm-serve`.
-Ratios are against transformers, measured in the same run, first and again last: the two baseline numbers
-show how much the machine's load drifted meanwhile, and the ratios use their mean.
+Ratios are against the first backend named, measured in the same run, first and again last (and each round
+in turn with `--rounds`): the baseline's numbers show how much the machine's load drifted meanwhile, and the
+ratios use their mean. Each backend's scores are compared with the first's: the largest difference in P(Yes)
+and the rank correlation over all candidates.
+
+`transformers:DTYPE` is the transformers backend with its weights in float32 or bfloat16 (`NEWSRANK_LLM_DTYPE`);
+`transformers:int8` quantizes a float32 copy's linear layers to int8 with torch's dynamic quantization (measured
+here only: it is not offered, see docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import signal
 import subprocess
@@ -73,50 +82,87 @@ def llm_server(settings: Settings, port: int) -> Iterator[None]:
         log.close()
 
 
-def measure(backend: Backend, batches: Sequence[Sequence[ScoreRequest]]) -> float:
-    """Candidates per second over all batches, one score call per batch, after a short warm-up call."""
+def measure(backend: Backend, batches: Sequence[Sequence[ScoreRequest]]) -> tuple[float, list[float]]:
+    """Candidates per second over all batches, one score call per batch, after a short warm-up call; and the
+    scores."""
     backend.score([ScoreRequest("Warm-up: ", "Answer Yes or No.")])
     start = time.perf_counter()
-    for batch in batches:
-        backend.score(batch)
-    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+    scores = [p for batch in batches for p in backend.score(batch)]
+    return len(scores) / (time.perf_counter() - start), scores
+
+
+def open_variant(name: str, settings: Settings) -> Backend:
+    """A backend by its name on the command line: vllm, openai, transformers or transformers:DTYPE."""
+    backend, _, dtype = name.partition(":")
+    if backend != "transformers" or dtype != "int8":
+        return make_backend(settings.model_copy(update={"backend": backend, "llm_dtype": dtype or "auto"}))
+    import torch
+
+    from llm.backends.transformers import TransformersBackend
+
+    quantized = TransformersBackend(settings.llm, settings.model_cache, settings.batch_size, settings.threads)
+    tokenizer, model = quantized._load()
+    model = copy.deepcopy(model)  # the decoder's linear layers; the vocabulary projection stays float32
+    layers = model.model.layers
+    model.model.layers = torch.ao.quantization.quantize_dynamic(layers, {torch.nn.Linear}, dtype=torch.qint8)
+    quantized._loaded = (tokenizer, model)
+    return quantized
+
+
+def agreement(scores: Sequence[float], reference: Sequence[float]) -> str:
+    from scipy.stats import spearmanr
+
+    gap = max(abs(a - b) for a, b in zip(scores, reference, strict=True))
+    return f"{gap:.3f} | {spearmanr(scores, reference).statistic:.3f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--backends", nargs="+", default=["transformers", "vllm", "openai"])
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["transformers", "vllm", "openai"],
+        help="the first is the baseline; transformers:float32, :bfloat16 or :int8 pick its weights",
+    )
     parser.add_argument("--candidates", type=int, default=30, help="candidates per reader")
+    parser.add_argument("--rounds", type=int, default=1, help="every backend this many times in turn")
     parser.add_argument("--port", type=int, default=8011, help="for the local vllm serve")
     args = parser.parse_args()
     offline()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         base = Settings(data_dir=Path(tmp), candidates=args.candidates)
-        reference = make_backend(base)  # transformers: builds the prompts, and is the baseline
+        first = args.backends[0]
+        reference = open_variant(first, base)  # builds the prompts, and is the baseline
         batches = demo_requests(base, reference)
         n = sum(len(b) for b in batches)
-        print(f"model {base.llm}, {len(batches)} readers, {n} candidates, prefix + ~{n // len(batches)} suffixes each")
-        results: dict[str, float] = {}
-        order = [*args.backends, "transformers"] if "transformers" in args.backends[:-1] else args.backends
+        print(f"model {base.llm}, {len(batches)} readers, {n} candidates, prefix + ~{n // len(batches)} suffixes each, "
+              f"torch threads {base.threads or 'default'}")  # fmt: skip
+        rates: dict[str, list[float]] = {name: [] for name in args.backends}
+        scores: dict[str, list[float]] = {}
+        order = [*args.backends * args.rounds, first]
+        opened: dict[str, Backend] = {first: reference}
         for name in order:
-            settings = base.model_copy(update={"backend": name, "openai_urls": [f"http://127.0.0.1:{args.port}"]})
+            settings = base.model_copy(update={"openai_urls": [f"http://127.0.0.1:{args.port}"]})
             with llm_server(settings, args.port) if name == "openai" else nullcontext():
-                backend = reference if name == "transformers" else make_backend(settings)
+                # an in-process engine is started once and kept; a vllm serve is started for each round
+                backend = opened.get(name) or open_variant(name, settings)
+                if name.startswith("transformers"):
+                    opened[name] = backend
                 backend.warm()
-                rate = measure(backend, batches)
-                if backend is not reference and hasattr(backend, "close"):
+                rate, scores[name] = measure(backend, batches)
+                if name not in opened and hasattr(backend, "close"):
                     backend.close()
             del backend
             print(f"{name}: {rate:.1f} candidates/s", flush=True)
-            if name in results:  # the baseline again
-                name = "transformers (again)"
-            results[name] = rate
-        runs = [rate for name, rate in results.items() if name.startswith("transformers")]
-        baseline = sum(runs) / len(runs) if runs else None
-        print("\n| backend | candidates/s | vs transformers |\n|---|---:|---:|")
-        for name, rate in results.items():
-            ratio = f"{rate / baseline:.2f}x" if baseline else "n/a"
-            print(f"| {name} | {rate:.1f} | {ratio} |")
+            rates[name].append(rate)
+        baseline = sum(rates[first]) / len(rates[first])
+        print(f"\n| backend | candidates/s (each run) | vs {first} | largest ΔP(Yes) | rank correlation |")
+        print("|---|---:|---:|---:|---:|")
+        for name, runs in rates.items():
+            mean = sum(runs) / len(runs)
+            listed = " / ".join(f"{r:.1f}" for r in runs)
+            print(f"| {name} | {listed} | {mean / baseline:.2f}x | {agreement(scores[name], scores[first])} |")
 
 
 if __name__ == "__main__":

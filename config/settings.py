@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     adapter: str | None = "mind"
     batch_size: int = Field(16, ge=1)
     threads: int | None = None  # torch CPU threads; None = torch's default
+    # the transformers backend's weights: auto = bfloat16 on CPUs with AMX (about 2.5x the scores a second of
+    # float32 there, at the same held-out AUC: docs/BENCHMARKS.md), float32 elsewhere
+    llm_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     micro_batching: bool = True  # concurrent requests share LLM calls (llm/backends/batching.py)
     batch_window_ms: float = Field(5.0, ge=0)  # how long a call waits for others to join it
 
@@ -93,6 +96,9 @@ class Settings(BaseSettings):
     # a reader's candidates are scored in parts of this many, the most promising (by their other signals) first,
     # each part kept as soon as it is scored: a feed after a click sees the items that can reach its top sooner
     rescore_first: int = Field(12, ge=1)
+    # how long an instance reuses what every feed reads of readers' behaviour (clicks and showings per article,
+    # which readers are known, a reader's rescoring asked for) before reading it again; 0 = for every feed
+    behaviour_cache_seconds: float = Field(5.0, ge=0)
 
     # background jobs: a running job's instance reports every `job_heartbeat_seconds`; any instance marks a job
     # interrupted after `job_silence_seconds` without a report (its runner is gone)

@@ -690,7 +690,13 @@ def evaluate(
     base = "llm+adapter" if adapter else "llm"
     if fits and base not in methods:
         methods = [base, *methods]
-    rows, prepared = run(chosen, corpus, evaluator, methods, options.cache, f"{settings.backend}:{settings.llm}")
+    model_id = f"{settings.backend}:{settings.llm}"
+    if settings.backend == "transformers" and needs_llm:
+        from llm.backends.transformers import weights_dtype
+
+        if (dtype := weights_dtype(settings.llm_dtype)) != "float32":  # float32's caches keep their names
+            model_id += f":{dtype}"
+    rows, prepared = run(chosen, corpus, evaluator, methods, options.cache, model_id)
     say(f"{len(prepared)} impressions evaluated ({options.part} part, seed {options.seed}), "
         f"{len(chosen) - len(prepared)} skipped (no known clicked candidate)")  # fmt: skip
     reports = [summarize(m, rows[m], prepared, rows[base] if m in ("blend", "ranker") else None) for m in methods]

@@ -20,6 +20,7 @@ from config.experiment import Arm
 from config.settings import Settings
 from core.errors import InvalidInput, NotFound
 from core.llm import Backend
+from core.memo import Memo
 from core.pseudonyms import Pseudonyms, from_key_file
 from core.records import BLEND, MAX_INTERESTS, MAX_MUTES, Article, Preferences, ScoringTask
 from core.stores import ArticleStore, FeedbackStore
@@ -55,7 +56,9 @@ def make_backend(settings: Settings) -> Backend:
     if settings.backend == "transformers":
         from llm.backends.transformers import TransformersBackend
 
-        inner: Backend = TransformersBackend(settings.llm, settings.model_cache, settings.batch_size, settings.threads)
+        inner: Backend = TransformersBackend(
+            settings.llm, settings.model_cache, settings.batch_size, settings.threads, settings.llm_dtype
+        )
     elif settings.backend == "vllm":
         from llm.backends.vllm import VllmBackend
 
@@ -133,6 +136,7 @@ class Newsrank:
         self.event_rate = RateLimiter(settings.events_per_reader_per_minute, time.monotonic)
         self.feed_rate = RateLimiter(settings.feeds_per_reader_per_minute, time.monotonic)
         self.new_readers = RateLimiter(settings.readers_per_key_per_hour / 60, time.monotonic)
+        self._known: Memo[str, bool] = Memo(settings.behaviour_cache_seconds)  # readers seen: not new again
         self.check_events = EventChecks(articles, feedback, self.event_rate.take, settings.events_future_seconds)
         self._recent_stats: tuple[float, dict[str, Any]] | None = None
         self.model_slots = ModelSlots(settings.llm_concurrency, settings.llm_queue, settings.llm_wait_seconds,
@@ -195,9 +199,11 @@ class Newsrank:
 
     def count_new_readers(self, owner: str, user_ids: Sequence[str]) -> None:
         """Charge a client for the readers it brings in (RateLimited past readers_per_key_per_hour)."""
-        new = set(user_ids) - self.feedback.known_among(user_ids)
+        known = self._known.many(user_ids, lambda ids: dict.fromkeys(self.feedback.known_among(ids), True), False)
+        new = [u for u in dict.fromkeys(user_ids) if not known[u]]
         if new:
             self.new_readers.take({owner: len(new)}, "new readers")
+            self._known.keep(dict.fromkeys(new, True))  # charged once: known from this request on
 
     def add_events_file(self, path: Path) -> EventReport:
         """Store every valid event of a JSONL file in one transaction; report the malformed rows."""

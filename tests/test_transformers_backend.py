@@ -5,7 +5,7 @@ import torch
 
 from core.errors import NotFound
 from core.llm import GenerateRequest, ScoreRequest
-from tests.conftest import random_lora, sports_requests
+from tests.conftest import SPORTS_TITLES, random_lora, sports_requests
 
 
 def full_prompt_scores(llm, reqs):
@@ -103,3 +103,59 @@ def test_training_margins_equal_served_scores(llm):
             model, llm.tokenizer, [r.suffix for r in reqs], cache, prefix_ids.shape[1], llm._answer_ids
         )
     assert torch.sigmoid(margins).tolist() == pytest.approx(llm.score(reqs), abs=1e-5)
+
+
+MORE_TITLES = [
+    "Striker signs a four-year deal with the champions (sports, football)",
+    "Storm closes schools across the coast (weather)",
+    "Museum reopens its dinosaur hall (culture)",
+    "Coach fired after a fifth straight defeat (sports, football)",
+    "Central bank holds rates steady (finance)",
+    "Ten tips for a better night's sleep (health)",
+    "Rookie kicker breaks the league record (sports, football)",
+    "City council approves new bike lanes (local)",
+]
+
+
+@pytest.fixture(scope="module")
+def bf16(llm):
+    from llm.backends.transformers import TransformersBackend
+
+    backend = TransformersBackend("smollm2-135m", llm.cache_dir, batch_size=8, dtype="bfloat16")
+    backend.warm()
+    return backend
+
+
+def test_bfloat16_scores_rank_as_float32_with_no_ties(llm, bf16):
+    """bfloat16 weights with the float32 answer head: each score within a few hundredths of float32's, the same
+    order, and as many distinct scores as candidates (bfloat16 logits alone tied a third of them)."""
+    from scipy.stats import spearmanr
+
+    assert bf16.network.dtype == torch.bfloat16 and bf16.network.get_output_embeddings().weight.dtype == torch.float32
+    assert bf16.network.get_input_embeddings().weight.dtype == torch.bfloat16  # untied: embeddings stay small
+    reqs = sports_requests(llm, titles=[*SPORTS_TITLES, *MORE_TITLES])
+    half, full = bf16.score(reqs), llm.score(reqs)
+    assert half == pytest.approx(full, abs=0.03)
+    assert spearmanr(half, full).statistic > 0.95
+    assert len(set(half)) == len(half)
+
+
+def test_bfloat16_serves_adapters_and_both_scoring_paths_agree(llm, bf16, tmp_path):
+    random_lora(tmp_path / "random-lora", seed=0)
+    bf16.load_adapter("random", str(tmp_path / "random-lora"))
+    llm.load_adapter("random", str(tmp_path / "random-lora"))
+    reqs = sports_requests(llm, adapter="random")
+    assert bf16.score(reqs) == pytest.approx(llm.score(reqs), abs=0.03)
+    other = [ScoreRequest("Reader profile:\nInterests: cooking.\n", r.suffix, "random") for r in reqs[:2]]
+    mixed = bf16.score([*reqs, *other])  # two prefixes: the prefix caches copied per row, not the packed sequence
+    assert mixed[: len(reqs)] == pytest.approx(bf16.score(reqs), abs=0.02)
+
+
+def test_auto_dtype_is_bfloat16_only_with_amx(monkeypatch):
+    from llm.backends.transformers import weights_dtype
+
+    assert weights_dtype("float32") == "float32" and weights_dtype("bfloat16") == "bfloat16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert weights_dtype("auto") == "float32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert weights_dtype("auto") == ("bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32")

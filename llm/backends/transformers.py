@@ -1,4 +1,5 @@
-"""The embedded default backend: a Hugging Face causal LM on the CPU in fp32, PEFT adapters per request.
+"""The embedded default backend: a Hugging Face causal LM on the CPU, PEFT adapters per request; bfloat16 where
+the CPU multiplies it in hardware (AMX), float32 elsewhere.
 
 Scoring computes each distinct prefix once and reuses its KV cache for every candidate suffix, in batches that
 may mix prefixes: the candidates of several readers (calls merged by the MicroBatcher) share forward passes.
@@ -42,14 +43,17 @@ def answer_margins(
         prefix_mask = torch.ones(rows, n_prefix, dtype=batch.attention_mask.dtype, device=model.device)
     mask = torch.cat([prefix_mask, batch.attention_mask], 1)
     positions = prefix_mask.sum(1, keepdim=True) + torch.arange(width, device=model.device).unsqueeze(0)
+    last = batch.attention_mask.sum(1) - 1
+    keep = torch.unique(last)  # the vocabulary projection only at the positions where some row's answer is read
     logits = model(
         input_ids=batch.input_ids,
         attention_mask=mask,
         position_ids=positions,
         past_key_values=cache,
         use_cache=cache is not None,
+        logits_to_keep=keep,
     ).logits
-    answer = logits[torch.arange(rows, device=model.device), batch.attention_mask.sum(1) - 1]
+    answer = logits[torch.arange(rows, device=model.device), torch.searchsorted(keep, last)]
     yes, no = answer_ids
     return answer[:, yes] - answer[:, no]
 
@@ -108,6 +112,33 @@ def packed_margins(
     return logits[:, yes] - logits[:, no]
 
 
+def weights_dtype(name: str = "auto") -> str:
+    """`auto`: bfloat16 on CPUs with AMX tiles, where the packaged model scores about 2.5x the candidates a
+    second of float32 (docs/BENCHMARKS.md); float32 elsewhere (without AMX, bfloat16 is emulated and slower)."""
+    if name != "auto":
+        return name
+    torch = require("torch", "pip install torch==2.13.0")
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    return "bfloat16" if amx() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+
+
+def float32_head(model: Any) -> None:
+    """Give a bfloat16 model a float32 vocabulary projection of its own. A margin read from bfloat16 logits
+    has 8 significant bits: a third of a reader's candidates came out tied. The head is untied from the input
+    embeddings (which stay bfloat16) and costs one float32 product per answer read."""
+    torch = require("torch", "pip install torch==2.13.0")
+
+    class Float32Head(torch.nn.Linear):
+        def forward(self, hidden: Any) -> Any:
+            return torch.nn.functional.linear(hidden.to(self.weight.dtype), self.weight)
+
+    weight = model.get_output_embeddings().weight.detach()
+    head = Float32Head(weight.shape[1], weight.shape[0], bias=False)
+    head.weight = torch.nn.Parameter(weight.float(), requires_grad=False)
+    model.set_output_embeddings(head)
+    model.config.tie_word_embeddings = False  # so that nothing ties it back to the bfloat16 embeddings
+
+
 def answer_token_ids(tokenizer: Any) -> tuple[int, int]:
     """The first tokens of "Yes" and "No": the answer is read from these two logits."""
     return tuple(tokenizer(word, add_special_tokens=False).input_ids[0] for word in (ANSWER_YES, ANSWER_NO))
@@ -117,11 +148,14 @@ class TransformersBackend:
     name = "transformers"
     supports_adapters = True
 
-    def __init__(self, model: str, cache_dir: Path, batch_size: int = 16, threads: int | None = None) -> None:
+    def __init__(
+        self, model: str, cache_dir: Path, batch_size: int = 16, threads: int | None = None, dtype: str = "float32"
+    ) -> None:
         self.model = model
         self.cache_dir = cache_dir
         self.batch_size = batch_size
         self.threads = threads
+        self.dtype = weights_dtype(dtype)  # the resolved name: float32 or bfloat16
         self.adapters: dict[str, str] = {}
         # one forward pass at a time: adapter switching and torch's thread pool are process-wide
         self._lock = threading.RLock()
@@ -140,8 +174,9 @@ class TransformersBackend:
                 tokenizer = transformers.AutoTokenizer.from_pretrained(path)
                 if tokenizer.pad_token_id is None:
                     tokenizer.pad_token = tokenizer.eos_token
-                # fp32: on CPUs without AVX-512 bf16 is several times slower
-                model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+                model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype))
+                if self.dtype != "float32":
+                    float32_head(model)
                 model.eval()
                 self._loaded = (tokenizer, model)
                 self._answer_ids = answer_token_ids(tokenizer)
