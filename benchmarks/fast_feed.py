@@ -71,7 +71,12 @@ def start_server(data: Path, key: str, torch_threads: int | None) -> tuple[subpr
         **os.environ,
         "NEWSRANK_DATA_DIR": str(data),
         "NEWSRANK_API_KEYS": json.dumps([{"name": "bench", "key": key, "scope": "admin"}]),
+        # one key and three demo readers carry the whole load: the per-reader and per-key bounds (which keep one
+        # client from starving the others) are lifted, as for a platform's own load test
         "NEWSRANK_EVENTS_PER_READER_PER_MINUTE": "100000",
+        "NEWSRANK_FEEDS_PER_READER_PER_MINUTE": "100000",
+        "NEWSRANK_READERS_PER_KEY_PER_HOUR": "1000000",
+        "NEWSRANK_LLM_KEY_SHARE": "1",
     }
     if torch_threads:
         env["NEWSRANK_THREADS"] = str(torch_threads)

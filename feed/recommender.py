@@ -25,6 +25,7 @@ from config.settings import Settings
 from core import metrics
 from core.errors import EmptyStore, InvalidInput, NotFound, model_failure
 from core.llm import Backend, GenerateRequest
+from core.memo import Memo
 from core.records import DIVERSITY, Article, BlendWeights, Hit, RankedItem, RankingRecord, ScoringTask, Signals
 from core.stores import AdapterResolver, ArticleStore, FeedbackStore
 from core.tally import Tally
@@ -143,6 +144,10 @@ class Recommender:
         self.scoring_asked = threading.Event()  # set when work is queued: a worker in this process wakes at once
         self._interest_vectors: dict[str, np.ndarray] = {}
         self._rankers: dict[str, tuple[tuple[str, int | None], Ranker]] = {}
+        reuse = settings.behaviour_cache_seconds
+        self._clicks: Memo[str, dict[str, int]] = Memo(reuse)
+        self._shows: Memo[str, int] = Memo(reuse)
+        self._rescoring_asked: Memo[str, bool] = Memo(reuse)
         self._coclick_index: tuple[float, signals.CoClicks | None] = (0.0, None)
         self._coclick_lock = threading.Lock()
         self._coclick_refreshing = False
@@ -408,13 +413,14 @@ class Recommender:
 
     def recent_clicks(self) -> dict[str, int]:
         """Clicks and likes per article over the last two freshness half-lives (feed.signals.popularity)."""
-        return self.feedback.click_counts(self.clock() - 2 * self.settings.half_life_hours * 3600)
+        since = self.clock() - 2 * self.settings.half_life_hours * 3600
+        return self._clicks.one("all", lambda: self.feedback.click_counts(since))
 
     def behaviour(self, profile: Profile, hits: Sequence[Hit]) -> tuple[list[float], list[float], list[float]]:
         """What readers' behaviour says of each candidate: popularity, click-through rate and co-clicks."""
         clicks = self.recent_clicks()
         since = self.clock() - 2 * self.settings.half_life_hours * 3600
-        shows = self.feedback.shown_counts([h.article.id for h in hits], since)
+        shows = self._shows.many([h.article.id for h in hits], lambda ids: self.feedback.shown_counts(ids, since), 0)
         history = [h.article_id for h in profile.history]
         coclick = self.coclicks().scores(history, hits, profile.user_id)
         return signals.popularity(clicks, hits), signals.click_through(clicks, shows, hits), coclick
@@ -533,7 +539,7 @@ class Recommender:
         if st.fresh:
             self.keep_relevance(user_id, st.profile_text, hits, [x.relevance for x in st.signals], st.adapter)
         rescore = not request.fresh and any(source in ("none", "llm-stale") for source in st.sources)
-        if rescore:
+        if rescore and not self._rescoring_asked.lately(user_id):  # asked already: the queue holds it
             self.ask_scoring([ScoringTask("reader", user_id, st.now, owner=request.owner)])
         for source in st.sources:
             self.tally.add("feed_relevance", source=source)
