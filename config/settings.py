@@ -94,8 +94,9 @@ class Settings(BaseSettings):
     scoring_lease_seconds: float = Field(120.0, gt=0)  # a claimed task goes to another worker after this
     scoring_sweep_seconds: float = Field(30.0, gt=0)  # how often a worker looks for active readers' old scores
     # a reader's candidates are scored in parts of this many, the most promising (by their other signals) first,
-    # each part kept as soon as it is scored: a feed after a click sees the items that can reach its top sooner
-    rescore_first: int = Field(12, ge=1)
+    # each part kept as soon as it is scored. Each part recomputes the reader's prefix: parts of 12 (of 30) wrote
+    # 44 % fewer scores a second under load than one part (docs/BENCHMARKS.md), so by default one part holds all
+    rescore_first: int = Field(30, ge=1)
     # how long an instance reuses what every feed reads of readers' behaviour (clicks and showings per article,
     # which readers are known, a reader's rescoring asked for) before reading it again; 0 = for every feed
     behaviour_cache_seconds: float = Field(5.0, ge=0)

@@ -375,6 +375,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     offline()
     settings = Settings()
+    if settings.threads is None and settings.scorer_threads:
+        # the API needs a core of its own beside the scorer: with torch on every core, its threads wait on each
+        # other whenever a request holds one (docs/BENCHMARKS.md: p99 445 ms against 105 ms on two cores)
+        settings = settings.model_copy(update={"threads": max(1, (os.cpu_count() or 2) - 1)})
     app = create_app(settings=settings, seed_demo=not args.no_demo)  # creates the admin key on first start
     base = f"http://{args.host}:{args.port}"
     from store import redact

@@ -360,3 +360,20 @@ def test_why_not_names_what_ranks_just_below_the_cut_and_stores_nothing(service)
     assert below and reply.facts["below_the_cut"] == below
     assert f"Just below the cut, ranked now: #{below[0]} " in reply.text
     assert service.feedback.count_rows("rankings") == rankings  # a look, not a feed: no record
+
+
+def test_a_readers_most_promising_candidates_are_scored_first(service):
+    """In parts of RESCORE_FIRST: the first part holds what tops the feed on the other signals, and each part is
+    kept at once (a feed made between two parts reads the first part's scores)."""
+    recommender = service.recommender
+    recommender.settings = recommender.settings.model_copy(update={"rescore_first": 5})
+    found = recommender.candidates  # the store's order turned around: the order of the parts must be the scorer's
+    recommender.candidates = lambda *args, **kwargs: found(*args, **kwargs)[::-1]
+    unscored = service.recommend(FeedRequest("fan", k=3, explain=False))
+    parts, score = [], service.backend.score
+    service.backend.score = lambda requests: parts.append([r.suffix for r in requests]) or score(requests)
+    assert recommender.precompute("fan") == 12
+    assert [len(p) for p in parts] == [5, 5, 2]
+    top = [" ".join(i.article.title.split()[:4]) for i in unscored.items]  # a candidate's text may be shortened
+    assert all(any(suffix.startswith(t) for suffix in parts[0]) for t in top)
+    assert not any(suffix.startswith(t) for suffix in parts[1] + parts[2] for t in top)
