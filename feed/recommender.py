@@ -301,7 +301,7 @@ class Recommender:
                 vector=profile.query, k=s.candidates - n_explore, since=since, exclude_ids=seen, **filters
             )
         else:
-            popular = self.feedback.click_counts(self.clock() - 2 * s.half_life_hours * 3600)
+            popular = self.recent_clicks()
             top = [a for a in sorted(popular, key=lambda a: (-popular[a], a)) if a not in seen][: s.candidates * 2]
             got = self.articles.get(top)
             hits = [
@@ -413,13 +413,16 @@ class Recommender:
 
     def recent_clicks(self) -> dict[str, int]:
         """Clicks and likes per article over the last two freshness half-lives (feed.signals.popularity)."""
-        since = self.clock() - 2 * self.settings.half_life_hours * 3600
+        since = self.behaviour_since()
         return self._clicks.one("all", lambda: self.feedback.click_counts(since))
+
+    def behaviour_since(self) -> float:
+        """The start of the window readers' behaviour is counted over: two freshness half-lives."""
+        return self.clock() - 2 * self.settings.half_life_hours * 3600
 
     def behaviour(self, profile: Profile, hits: Sequence[Hit]) -> tuple[list[float], list[float], list[float]]:
         """What readers' behaviour says of each candidate: popularity, click-through rate and co-clicks."""
-        clicks = self.recent_clicks()
-        since = self.clock() - 2 * self.settings.half_life_hours * 3600
+        clicks, since = self.recent_clicks(), self.behaviour_since()
         shows = self._shows.many([h.article.id for h in hits], lambda ids: self.feedback.shown_counts(ids, since), 0)
         history = [h.article_id for h in profile.history]
         coclick = self.coclicks().scores(history, hits, profile.user_id)
