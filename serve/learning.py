@@ -131,13 +131,8 @@ class LearningLoop:
         name = candidate.partition("@")[0]
         try:
             control = self.service.adapters.resolve(name).key
-        except NotFound:
+        except NotFound:  # the first version of a name is tested against the base model its control arm serves
             control = None
-        if control is None:  # nothing to compare with: the first version of a name is simply served
-            self.service.adapters.activate(candidate)
-            self.refit_ranker()
-            self.record(PROMOTED, candidate, reason="the first version of its name")
-            return PROMOTED
         self.refit_ranker()
         experiment = f"{LOOP_PREFIX}{candidate}"
         self.record(STARTED, candidate, experiment=experiment, control=control, share=s.loop_treatment_share)

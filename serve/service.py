@@ -266,7 +266,8 @@ class Newsrank:
             raise InvalidInput("another instance shares this store under another pseudonym secret: give every instance"
                                " the same NEWSRANK_PSEUDONYM_SECRET (or the same pseudonym.key)")  # fmt: skip
         try:
-            self.recommender.use_adapter(self.settings.adapter)
+            if not (self.settings.learning_loop and self._untrained(self.settings.adapter)):
+                self.recommender.use_adapter(self.settings.adapter)
             self.recommender.learned_ranker()
         except (NotFound, InvalidInput, OSError) as exc:
             s = self.settings
@@ -279,6 +280,10 @@ class Newsrank:
                 self.recommender.learned_ranker(arm.ranker)
             except (NotFound, InvalidInput, OSError) as exc:
                 raise InvalidInput(f"experiment {experiment.name!r}, arm {name!r}: {exc}") from None
+
+    def _untrained(self, reference: str | None) -> bool:
+        """A name with no version yet: the base model serves it until the learning loop promotes its first."""
+        return bool(reference) and not self.adapters.versions(reference.partition("@")[0])
 
     def waits_on_llm(self, request: FeedRequest) -> bool:
         return request.fresh or bool(request.adapter and request.adapter != self.settings.adapter)

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from adapters import gate
 from adapters.export import Example
 from adapters.registry import AdapterRegistry
+from core.errors import InvalidInput, NotFound
 from core.records import Event, Job, RankedItem, RankingRecord
 from llm.backends.fake import FakeBackend
 from serve.learning import PROMOTED, ROLLED_BACK, STARTED, TRAINING, LearningLoop
@@ -173,3 +174,31 @@ def test_a_continual_adapter_starts_from_the_active_one(tmp_path):
     after = load_file(tmp_path / "run2" / "adapter" / "adapter_model.safetensors")
     assert before.keys() == after.keys() and all((before[k] == after[k]).all() for k in before)
     assert any(v.abs().sum() > 0 for k, v in before.items() if "lora_B" in k)  # a trained adapter, not zeros
+
+
+def test_the_loop_starts_from_nothing_and_tests_its_first_version_against_the_base_model(
+    settings, corpus_store, feedback, tmp_path
+):
+    """A name not trained yet starts the service when a schedule is set (a typo does not: no schedule), and its
+    first version is an A/B test against the base model, not served to everyone untested."""
+    fresh = settings.model_copy(update={"adapter": "news", "retrain_every_events": 20, "loop_treatment_share": 0.5})
+    registry = AdapterRegistry(fresh.adapters_path, feedback, lambda: NOW)
+    service = Newsrank(fresh, corpus_store, feedback, FakeBackend(), clock=lambda: NOW, adapters=registry)
+    service.check_configuration()
+    unscheduled = fresh.model_copy(update={"retrain_every_events": None})
+    with pytest.raises(InvalidInput, match="no adapter named 'news'"):
+        Newsrank(unscheduled, corpus_store, feedback, FakeBackend(), clock=lambda: NOW, adapters=registry
+                 ).check_configuration()  # fmt: skip
+    assert service.recommender.adapter_for("anyone", None) is None  # the base model serves the name meanwhile
+    first = registry.publish("news", random_lora(tmp_path / "one", seed=1), activate=False)
+    (first.path / "card.json").write_text('{"candidate": true}')
+    loop = LearningLoop(service)
+    assert loop.tick() == STARTED
+    event = feedback.loop_events()[0]
+    assert (event["adapter"], event["details"]["control"]) == (first.key, None)
+    experiment = loop.experiment()
+    served = {experiment.arm_of(service.pseudonyms(f"u{n}")): service.recommender.adapter_for(f"u{n}", None)
+              for n in range(40)}  # fmt: skip
+    assert served == {"control": None, "treatment": first.key}
+    with pytest.raises(NotFound):
+        registry.resolve("news")  # nothing active until the test promotes it
