@@ -149,6 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Export examples, train a LoRA adapter, gate it against the served one, publish it if it is better."""
     from adapters import export, gate, train
     from adapters.registry import parse_reference
+    from serve import learning
 
     parse_reference(args.name)
     service = _service()
@@ -189,8 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     service.backend.load_adapter("candidate", str(adapter))
     decision = gate.gate(service.backend, validation, "candidate", served)
     print(decision.summary())
-    references = {v.key: export.read_examples(v.path / gate.REFERENCE)
-                  for v in registry.versions(args.name)[-3:] if (v.path / gate.REFERENCE).is_file()}  # fmt: skip
+    references = learning.reference_sets(registry, service.feedback, args.name)
     kept = gate.forgetting(service.backend, references, "candidate", served, settings.forgetting_margin)
     print(kept.summary())
     passed = decision.passed and kept.passed

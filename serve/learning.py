@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from adapters import export, gate
 from config.experiment import Experiment
 from core.errors import Conflict, InvalidInput, NotFound
 from core.records import FeedOutcome
@@ -29,6 +30,8 @@ from evaluation import sequential
 from feed import learned_ranker
 
 if TYPE_CHECKING:
+    from adapters.registry import AdapterRegistry
+    from core.stores import FeedbackStore
     from serve.service import Newsrank
 
 log = logging.getLogger("newsrank.learning")
@@ -172,6 +175,16 @@ class LearningLoop:
         self.record(PROMOTED if decision.verdict == "promote" else ROLLED_BACK, candidate,
                     experiment=experiment.name, **decision.as_dict())  # fmt: skip
         return decision.verdict
+
+
+def reference_sets(registry: AdapterRegistry, feedback: FeedbackStore, name: str, last: int = 3) -> dict:
+    """The reference examples (adapters/gate.py) of the last versions of a name that served everyone: published
+    active, or promoted by the loop. A candidate that was rolled back or is still on trial never served everyone,
+    so there is nothing a new version could forget of it."""
+    promoted = {e["adapter"] for e in feedback.loop_events(1000) if e["kind"] == PROMOTED}
+    served = [v for v in registry.versions(name) if v.active or not v.card().get("candidate") or v.key in promoted]
+    return {v.key: export.read_examples(v.path / gate.REFERENCE)
+            for v in served[-last:] if (v.path / gate.REFERENCE).is_file()}  # fmt: skip
 
 
 def metric(outcomes: list[FeedOutcome], arm: str) -> list[tuple[float, float]]:

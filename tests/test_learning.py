@@ -19,6 +19,7 @@ from adapters.registry import AdapterRegistry
 from core.errors import InvalidInput, NotFound
 from core.records import Event, Job, RankedItem, RankingRecord
 from llm.backends.fake import FakeBackend
+from serve import learning
 from serve.learning import PROMOTED, ROLLED_BACK, STARTED, TRAINING, LearningLoop
 from serve.service import Newsrank
 from tests.conftest import MODEL_CACHE, NOW, random_lora
@@ -202,3 +203,21 @@ def test_the_loop_starts_from_nothing_and_tests_its_first_version_against_the_ba
     assert served == {"control": None, "treatment": first.key}
     with pytest.raises(NotFound):
         registry.resolve("news")  # nothing active until the test promotes it
+
+
+def test_only_versions_that_served_everyone_are_references_against_forgetting(looping, feedback, tmp_path):
+    """A candidate rolled back (or still on trial) never served everyone: a later version is not held to its
+    reference set; the active version and a promoted one are."""
+    service = looping()
+    registry = service.adapters
+    examples = [Example("p", f"{n}", n % 2, f"g{n}") for n in range(12)]
+    gate.keep_reference(registry.resolve("clicks").path, examples, 10)
+    versions = {}
+    for seed in (2, 3, 4):
+        version = registry.publish("clicks", random_lora(tmp_path / f"v{seed}", seed=seed), activate=False)
+        (version.path / "card.json").write_text('{"candidate": true}')
+        gate.keep_reference(version.path, examples, 10)
+        versions[seed] = version.key
+    feedback.add_loop_event(ROLLED_BACK, versions[2], {}, NOW)
+    feedback.add_loop_event(PROMOTED, versions[3], {}, NOW)
+    assert set(learning.reference_sets(registry, feedback, "clicks")) == {"clicks@1", versions[3]}
