@@ -1,17 +1,22 @@
 """Simulated readers over simulated days: the learning loop against a frozen zero-shot product, side by side.
 
-    .venv/bin/python benchmarks/simulate.py [--days 7] [--readers 60] [--articles-per-day 120] [--seed 0]
+    .venv/bin/python benchmarks/simulate.py [--days 7] [--readers 60] [--visits 2] [--seed 0]
+    .venv/bin/python benchmarks/simulate.py --bad-candidate --days 2      # a shuffled-label candidate
 
 Readers are MIND users of ../shared/data/mind-train: each reader's latent preference is their real history (the
 mean embedding of the titles they read, and their share of reading per category), and an article's true
 relevance to them is σ(6 (cos(article, their history) − 0.35) + 2 share(its category)) × 0.6. The simulator
-knows nothing of the models: every day, new articles of that week's news are published through the API; every
-reader asks for a feed of 10 through the API and clicks through a position-biased model (the k-th place is
-looked at with probability k^-0.8, then clicked with the article's true relevance), sends the clicks (naming the
-feed) and now and then a rating. Two services run on the same readers and articles: "frozen" (the zero-shot
-model, the hand-set weights, no loop) and "loop" (NEWSRANK_RETRAIN_EVERY_EVENTS: it retrains, gates, A/B-tests
-and promotes by itself, no human step). A day's end runs each service's background scorer and loop until idle.
-Prints each day's click-through rate (clicks per item shown) of both, and the loop's history.
+knows nothing of the models: every morning, new articles of that week's news are published through the API;
+`--visits` times a day every reader asks for a feed of 10 through the API and clicks through a position-biased
+model (the k-th place is looked at with probability k^-0.8, then clicked with the article's true relevance),
+sends the clicks (naming the feed) and now and then a rating. Two services run on the same readers, articles and
+random draws: "frozen" (the zero-shot model, the hand-set weights, no loop) and "loop" (NEWSRANK_ADAPTER names an
+adapter not trained yet and NEWSRANK_RETRAIN_EVERY_EVENTS is set: it retrains, gates, A/B-tests and promotes by
+itself, no human step). Between visits each service's workers run until idle: the background scorer, then the
+loop (a training it starts is waited for). Prints each day's click-through rate (clicks per item shown) of both,
+and the loop's history. `--bad-candidate`: no retraining; after the first visit a candidate trained on the loop's
+own examples with shuffled labels is forced past its gate, and the run reports when the loop rolled it back and
+how many readers were ever served by it.
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -30,16 +39,19 @@ import numpy as np
 from harness import quiet_logs, serving  # benchmarks/harness.py
 
 from config.settings import Settings
+from core.records import Article
 from evaluation import replay
 from llm.models import offline
 from retrieval.embed import Embedder
-from serve.learning import LearningLoop
+from retrieval.ingest import read_mind_news
+from serve.learning import PROMOTED, ROLLED_BACK, LearningLoop
 from serve.service import Newsrank
 from serve.worker import ScoringWorkers
 
 WEEK = Path(__file__).resolve().parents[2] / "shared" / "data" / "mind-train"
 KEY = "simulation-key-0123456789abcdef"
 EXAMINED = 0.8  # the k-th place is looked at with probability k^-EXAMINED
+SERVICES = ("frozen", "loop")
 
 
 class Reader:
@@ -52,97 +64,186 @@ class Reader:
 
 
 def world(readers: int, per_day: int, days: int, seed: int) -> tuple[list[Reader], list[list[dict]], dict]:
-    """The readers (with their real histories), each day's new articles, and every article's embedding."""
+    """The readers (with their real histories), each day's new articles, and the published articles' embeddings
+    (only what the run needs is embedded)."""
     impressions, _ = replay.read_behaviors(WEEK / "behaviors.tsv")
-    corpus = replay.Corpus(WEEK / "news.tsv", Embedder(), Path("data/eval-cache"), show_progress=False)
+    news = {r.id: r for r in read_mind_news(WEEK / "news.tsv", 0.0) if isinstance(r, Article)}
     rng = random.Random(seed)
     users = {}
     for imp in impressions:
-        known = [a for a in imp.history if a in corpus]
+        known = [a for a in imp.history if a in news]
         if imp.user_id and len(known) >= 5 and imp.user_id not in users:
             users[imp.user_id] = known
     chosen = rng.sample(sorted(users), readers)
+    candidates = sorted({c for imp in impressions for c in imp.candidates if c in news})
+    rng.shuffle(candidates)
+    published = candidates[: days * per_day]
+    needed = sorted({a for user in chosen for a in users[user]} | set(published))
+    vectors = dict(zip(needed, Embedder().encode([news[a].text for a in needed]), strict=True))
     people = []
     for user in chosen:
         history = users[user]
-        vectors = np.stack([corpus.hit(a).embedding for a in history])
-        counts = Counter(corpus.articles[a].category for a in history)
-        people.append(Reader(f"sim-{user}", vectors.mean(axis=0), {c: n / len(history) for c, n in counts.items()}))
-    candidates = sorted({c for imp in impressions for c in imp.candidates if c in corpus})
-    rng.shuffle(candidates)
-    daily = []
-    for day in range(days):
-        batch = candidates[day * per_day : (day + 1) * per_day]
-        daily.append([{"id": a, "title": corpus.articles[a].title, "abstract": corpus.articles[a].abstract,
-                       "category": corpus.articles[a].category, "subcategory": corpus.articles[a].subcategory}
-                      for a in batch])  # fmt: skip
-    return people, daily, {a: corpus.hit(a).embedding for day in daily for a in (r["id"] for r in day)}
+        counts = Counter(news[a].category for a in history)
+        people.append(Reader(f"sim-{user}", np.mean([vectors[a] for a in history], axis=0),
+                             {c: n / len(history) for c, n in counts.items()}))  # fmt: skip
+    fields = ("title", "abstract", "category", "subcategory")
+    daily = [[{"id": a, **{f: getattr(news[a], f) for f in fields}} for a in published[d * per_day : (d + 1) * per_day]]
+             for d in range(days)]  # fmt: skip
+    return people, daily, {a: vectors[a] for a in published}
 
 
-def service(folder: Path, learning: bool, retrain_every: int) -> tuple[Newsrank, LearningLoop | None]:
+def service(folder: Path, learning: bool, args: argparse.Namespace) -> tuple[Newsrank, LearningLoop | None]:
     keys = [{"name": "sim", "key": KEY, "scope": "admin"}]
     settings = Settings(
         data_dir=folder, api_keys=json.dumps(keys), scorer_threads=0, adapter="sim" if learning else None,
-        ranker="sim" if learning else None, retrain_every_events=retrain_every if learning else None,
-        loop_treatment_share=0.5, loop_min_feeds=40, loop_max_feeds=400, recency_hours=24 * 3,
-        feeds_per_reader_per_minute=1000, position_explore_share=0.05, candidates=30,
+        ranker="sim" if learning else None, retrain_every_events=args.retrain_every if learning else None,
+        loop_treatment_share=args.treatment_share, loop_min_feeds=args.min_feeds, loop_max_feeds=args.max_feeds,
+        recency_hours=24 * 3, feeds_per_reader_per_minute=1000, position_explore_share=0.05, candidates=30,
     )  # fmt: skip
     built = Newsrank.from_settings(settings)
     return built, LearningLoop(built) if learning else None
+
+
+def visit(http: httpx.Client, reader: Reader, vectors: dict, rng: random.Random) -> tuple[Counter, str | None]:
+    """A reader asks for a feed, looks down it, clicks, sometimes rates. Returns the feed's items shown, clicks
+    and expected clicks (the chance each place is looked at times the item's true relevance: the click-through
+    rate without the draws' noise), and the adapter that scored it."""
+    feed = http.post("/v1/feed", json={"user_id": reader.user_id, "explain": False})
+    feed.raise_for_status()
+    body, events, tally = feed.json(), [], Counter()
+    for item in body["items"]:  # what the reader looked at: an impression, perhaps a click
+        looked, true = item["position"] ** -EXAMINED, reader.relevance(vectors[item["article_id"]], item["category"])
+        tally["shown"] += 1
+        tally["expected"] += looked * true
+        if rng.random() >= looked:
+            continue
+        kind = "click" if rng.random() < true else "impression"
+        tally["clicked"] += kind == "click"
+        events.append({"user_id": reader.user_id, "article_id": item["article_id"], "type": kind,
+                       "ranking_id": body["ranking_id"]})  # fmt: skip
+    if rng.random() < 0.2:
+        liked = any(e["type"] == "click" for e in events)
+        events.append({"user_id": reader.user_id, "type": "rating",
+                       "ranking_id": body["ranking_id"], "value": 5 if liked else 2})  # fmt: skip
+    if events:
+        http.post("/v1/events", json={"events": events}).raise_for_status()
+    return tally, body["adapter"]
+
+
+def best_possible(reader: Reader, pool: list[dict], vectors: dict, k: int = 10) -> float:
+    """Expected clicks per item of the feed a reader's true relevance would rank from the articles on offer."""
+    ranked = sorted((reader.relevance(vectors[a["id"]], a["category"]) for a in pool), reverse=True)[:k]
+    return sum(p**-EXAMINED * r for p, r in enumerate(ranked, start=1)) / k
+
+
+def settle(built: Newsrank, loop: LearningLoop | None) -> None:
+    """What the service's workers do between visits: score what waits, then let the loop decide, train, test."""
+    ScoringWorkers(built.recommender, 1).run_until_idle()
+    while loop is not None and loop.tick() is not None:
+        wait_for_training(built)
+
+
+def bad_candidate(built: Newsrank, folder: Path) -> str:
+    """An adapter trained on the loop's own examples with their labels shuffled, forced past its gate and put to
+    the loop's test as a candidate: what the loop must roll back."""
+    from adapters import export
+
+    s = built.settings
+    examples = list(export.from_feedback(built.feedback, built.articles, built.backend, s, -math.inf,
+                                         built.pseudonyms))  # fmt: skip
+    labels = [e.label for e in examples]
+    random.Random(1).shuffle(labels)
+    data = folder / "shuffled.jsonl"
+    export.write_examples(data, [replace(e, label=label) for e, label in zip(examples, labels, strict=True)])
+    command = [sys.executable, "-m", "serve.cli", "train", "--name", "sim", "--data", str(data), "--candidate",
+               "--force", "--output", str(folder / "shuffled")]  # fmt: skip
+    subprocess.run(command, env={**os.environ, **s.as_env()}, check=True, capture_output=True, text=True)
+    return built.adapters.versions("sim")[-1].key
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--readers", type=int, default=60)
+    parser.add_argument("--visits", type=int, default=2, help="feeds each reader asks for a day")
     parser.add_argument("--articles-per-day", type=int, default=120)
     parser.add_argument("--retrain-every", type=int, default=100, help="engagement events between trainings")
+    parser.add_argument("--treatment-share", type=float, default=0.1, help="readers in a candidate's arm")
+    parser.add_argument("--min-feeds", type=int, default=40, help="feeds an arm before the test may decide")
+    parser.add_argument("--max-feeds", type=int, default=400, help="feeds an arm without a difference: roll back")
+    parser.add_argument(
+        "--bad-candidate",
+        action="store_true",
+        help="no retraining: after the first visit, a candidate trained on shuffled labels is tested",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.bad_candidate:
+        args.retrain_every = 10**9
     offline()
     quiet_logs()
     people, daily, vectors = world(args.readers, args.articles_per_day, args.days, args.seed)
-    rng = random.Random(args.seed)
-    print("| day | frozen CTR | loop CTR | lift | loop: served adapter, what it did |\n|---:|---:|---:|---:|---|")
+    print("| day | frozen CTR | loop CTR | lift | expected: frozen | loop | lift | best possible "
+          "| loop: served adapter, what it did | minutes |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    total = {name: Counter() for name in SERVICES}
+    bad, bad_readers, started, best = None, set(), time.monotonic(), []
+    put_at, decided = None, None
     with tempfile.TemporaryDirectory() as tmp:
-        services = {name: service(Path(tmp) / name, name == "loop", args.retrain_every) for name in ("frozen", "loop")}
+        services = {name: service(Path(tmp) / name, name == "loop", args) for name in SERVICES}
         with serving(services["frozen"][0]) as frozen_url, serving(services["loop"][0]) as loop_url:
-            urls = {"frozen": frozen_url, "loop": loop_url}
+            clients = {name: httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=600)
+                       for name, url in zip(SERVICES, (frozen_url, loop_url), strict=True)}  # fmt: skip
             for day, articles in enumerate(daily, start=1):
-                clicked: Counter = Counter()
-                shown: Counter = Counter()
-                for name, base in urls.items():
-                    http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=600)
+                today = {name: Counter() for name in SERVICES}
+                pool = [a for d in daily[:day] for a in d]  # all published so far: the days pass in minutes
+                best.append(sum(best_possible(r, pool, vectors) for r in people) / len(people))
+                for name, http in clients.items():  # the morning's news, scored for the readers it knows
                     http.post("/v1/articles", json={"articles": articles}).raise_for_status()
-                    for reader in people:
-                        feed = http.post("/v1/feed", json={"user_id": reader.user_id, "explain": False})
-                        feed.raise_for_status()
-                        body, events = feed.json(), []
-                        for item in body["items"]:  # what the reader looked at: an impression, perhaps a click
-                            if rng.random() >= item["position"] ** -EXAMINED:
-                                continue
-                            true = reader.relevance(vectors[item["article_id"]], item["category"])
-                            kind = "click" if rng.random() < true else "impression"
-                            events.append({"user_id": reader.user_id, "article_id": item["article_id"],
-                                           "type": kind, "ranking_id": body["ranking_id"]})  # fmt: skip
-                        if rng.random() < 0.2:
-                            liked = any(e["type"] == "click" for e in events)
-                            events.append({"user_id": reader.user_id, "type": "rating", "article_id": "",
-                                           "ranking_id": body["ranking_id"], "value": 5 if liked else 2})  # fmt: skip
-                        shown[name] += len(body["items"])
-                        clicked[name] += sum(e["type"] == "click" for e in events)
-                        if events:
-                            http.post("/v1/events", json={"events": events}).raise_for_status()
-                    built, loop = services[name]
-                    ScoringWorkers(built.recommender, 1).run_until_idle()  # the day's scoring
-                    while loop is not None and loop.tick() is not None:  # train, gate, test, decide
-                        wait_for_training(built)
-                ctr = {n: clicked[n] / max(shown[n], 1) for n in urls}
+                    settle(*services[name])
+                for time_of_day in range(args.visits):
+                    for name, http in clients.items():  # the same draws for both services: a paired comparison
+                        rng = random.Random(args.seed * 1_000_003 + day * 101 + time_of_day)
+                        for reader in people:
+                            tally, adapter = visit(http, reader, vectors, rng)
+                            today[name].update(tally)
+                            if bad is not None and adapter == bad:
+                                bad_readers.add(reader.user_id)
+                        if name == "loop" and args.bad_candidate and bad is None:
+                            bad, put_at = bad_candidate(services["loop"][0], Path(tmp)), (day, time_of_day + 1)
+                        settle(*services[name])
+                        if name == "loop" and bad is not None and decided is None:
+                            decided = decision(services["loop"][0], bad, (day, time_of_day + 1))
+                for name in SERVICES:
+                    total[name].update(today[name])
                 active = services["loop"][0].recommender.default_adapter()
-                history = [e["kind"] for e in services["loop"][0].feedback.loop_events(20)][::-1]
-                lift = ctr["loop"] / max(ctr["frozen"], 1e-9) - 1
-                print(f"| {day} | {ctr['frozen']:.4f} | {ctr['loop']:.4f} | {lift:+.1%} | {active or 'zero-shot'}; "
-                      f"{', '.join(history[-4:])} |", flush=True)  # fmt: skip
+                history = [f"{e['kind']} {e['adapter'] or ''}".strip()
+                           for e in services["loop"][0].feedback.loop_events(50)][::-1]  # fmt: skip
+                print(f"| {day} | {rates(today)} | {best[-1]:.4f} | {active or 'base model'}; "
+                      f"{', '.join(history[-4:])} | {(time.monotonic() - started) / 60:.0f} |", flush=True)  # fmt: skip
+    print(f"| all | {rates(total)} | {sum(best) / len(best):.4f} | | |")
+    if bad is not None:
+        print(f"\nshuffled-label candidate {bad}, put to the test after day {put_at[0]}'s visit {put_at[1]}: "
+              f"served to {len(bad_readers)} of {len(people)} readers ({len(bad_readers) / len(people):.0%}); "
+              f"{decided or 'undecided'}; the loop's history: {', '.join(history)}")  # fmt: skip
+
+
+def decision(built: Newsrank, candidate: str, when: tuple[int, int]) -> str | None:
+    """The loop's verdict on a candidate, if it has one, with its reason and when the simulation saw it."""
+    for event in built.feedback.loop_events(50):
+        if event["adapter"] == candidate and event["kind"] in (PROMOTED, ROLLED_BACK):
+            d = event["details"]
+            return f"{event['kind']} after day {when[0]}'s visit {when[1]} ({d['reason']}, feeds an arm {d['feeds']})"
+    return None
+
+
+def rates(tallies: dict[str, Counter]) -> str:
+    """The table's cells: clicks per item shown of both services and the lift, then the same for expected clicks."""
+    cells = []
+    for measure in ("clicked", "expected"):
+        frozen, loop = (tallies[n][measure] / max(tallies[n]["shown"], 1) for n in SERVICES)
+        cells += [f"{frozen:.4f}", f"{loop:.4f}", f"{loop / max(frozen, 1e-9) - 1:+.1%}"]
+    return " | ".join(cells)
 
 
 def wait_for_training(built: Newsrank, timeout: float = 3600) -> None:
