@@ -282,8 +282,9 @@ class Newsrank:
                 raise InvalidInput(f"experiment {experiment.name!r}, arm {name!r}: {exc}") from None
 
     def _untrained(self, reference: str | None) -> bool:
-        """A name with no version yet: the base model serves it until the learning loop promotes its first."""
-        return bool(reference) and not self.adapters.versions(reference.partition("@")[0])
+        """A name none of whose versions serves yet (none trained, or only candidates on trial or rolled back): the
+        base model serves it until the learning loop promotes its first."""
+        return bool(reference) and "@" not in reference and not any(v.active for v in self.adapters.versions(reference))
 
     def waits_on_llm(self, request: FeedRequest) -> bool:
         return request.fresh or bool(request.adapter and request.adapter != self.settings.adapter)

@@ -193,6 +193,7 @@ def test_the_loop_starts_from_nothing_and_tests_its_first_version_against_the_ba
     assert service.recommender.adapter_for("anyone", None) is None  # the base model serves the name meanwhile
     first = registry.publish("news", random_lora(tmp_path / "one", seed=1), activate=False)
     (first.path / "card.json").write_text('{"candidate": true}')
+    service.check_configuration()  # a restart while the first version is on trial (or after its rollback)
     loop = LearningLoop(service)
     assert loop.tick() == STARTED
     event = feedback.loop_events()[0]
