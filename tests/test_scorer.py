@@ -363,8 +363,8 @@ def test_why_not_names_what_ranks_just_below_the_cut_and_stores_nothing(service)
 
 
 def test_a_readers_most_promising_candidates_are_scored_first(service):
-    """In parts of RESCORE_FIRST: the first part holds what tops the feed on the other signals, and each part is
-    kept at once (a feed made between two parts reads the first part's scores)."""
+    """In parts of RESCORE_FIRST: the first part holds what tops the feed on the other signals, the later parts
+    none of it, whatever order the store gives the candidates in."""
     recommender = service.recommender
     recommender.settings = recommender.settings.model_copy(update={"rescore_first": 5})
     found = recommender.candidates  # the store's order turned around: the order of the parts must be the scorer's
