@@ -3,8 +3,9 @@ always-valid test promote it or roll it back. No engineer on call, and no worse 
 
     engagements since the last training ≥ RETRAIN_EVERY_EVENTS, or RETRAIN_AT (HH:MM UTC) passed today
         → a training job (one across every instance: the job lock), continual from the active adapter, on the
-          events since it was trained; the gate judges it on the new window and, against forgetting, on the
-          reference sets of the versions before (adapters/gate.py); what passes is published inactive
+          events since the last training (the first: since the active version was trained); the gate judges it
+          on the new window and, against forgetting, on the reference sets of the versions before
+          (adapters/gate.py); what passes is published inactive
     → a candidate: the learned ranker is refitted, and an A/B test starts, LOOP_TREATMENT_SHARE of readers
     → evaluation/sequential.py decides, as often as it is asked: promote (the candidate becomes active for
       everyone), or roll back (a worse arm, a guardrail's rise, or no difference by the horizon)
@@ -101,6 +102,7 @@ class LearningLoop:
         if any(j.status == "running" for j in jobs):
             return None
         last = max((j.created_at for j in jobs if j.kind == "train"), default=None)
+        learned = max((j.created_at for j in jobs if j.kind == "train" and j.status == "succeeded"), default=None)
         now = self.clock()
         due_events = (
             s.retrain_every_events is not None
@@ -111,11 +113,14 @@ class LearningLoop:
         if not (due_events or due_time):
             return None
         name = s.adapter.partition("@")[0]
+        # the window: the events since the last training that ran to its end (its candidate, tested or not, saw
+        # those before); the first, since the active version. Bounded however many candidates were rolled back
+        since = "last" if learned is None else str(learned)
         try:
-            job = self.service.jobs.start(name, "last", (), continual=True, candidate=True)
+            job = self.service.jobs.start(name, since, (), continual=True, candidate=True)
         except Conflict:  # another instance started it first
             return None
-        self.record(TRAINING, name, job=job.job_id, reason="events" if due_events else "time")
+        self.record(TRAINING, name, job=job.job_id, reason="events" if due_events else "time", since=since)
         return TRAINING
 
     def _new_candidate(self) -> str | None:

@@ -3,6 +3,7 @@ the active adapter; the gate against forgetting; an A/B test decided by the alwa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import subprocess
@@ -35,8 +36,8 @@ class ClaimingJobs:
         self.service = service
 
     def start(self, name: str, since: str, overrides=(), force=False, continual=False, candidate=False) -> Job:
-        job = Job(uuid.uuid4().hex[:12], "train", ["train", "--name", name, "--from-active", "--candidate"],
-                  "running", self.service.clock())  # fmt: skip
+        job = Job(uuid.uuid4().hex[:12], "train", ["train", "--name", name, "--since", since, "--from-active",
+                  "--candidate"], "running", self.service.clock())  # fmt: skip
         self.service.feedback.claim_job(job)
         return job
 
@@ -70,6 +71,36 @@ def test_retraining_is_due_by_events_and_starts_once_across_instances(looping, f
         t.join()
     assert sorted(done, key=str) == [None, TRAINING]  # one instance started it, the other found it running
     assert len(feedback.jobs()) == 1 and [e["kind"] for e in feedback.loop_events()] == [TRAINING]
+
+
+def test_each_training_reads_the_events_since_the_last_one_that_ran_to_its_end(looping, feedback):
+    """The window stays bounded: not since the active version, which a run of rolled-back candidates leaves ever
+    further behind; a failed training's window is read again by the next."""
+    service = looping()
+    loop = LearningLoop(service)
+
+    def train_after_clicks(status: str) -> Job:
+        feedback.add_events([Event(f"r{n}", "s1", "click", service.clock()) for n in range(25)])
+        service.later(60)
+        assert loop.tick() == TRAINING
+        job = next(j for j in feedback.jobs() if j.status == "running")
+        feedback.update_job(dataclasses.replace(job, status=status, finished_at=service.clock()))
+        service.later(60)
+        return job
+
+    def window(job: Job) -> str:
+        return job.args[job.args.index("--since") + 1]
+
+    first = train_after_clicks("succeeded")
+    assert window(first) == "last"  # the first: since the active version was trained
+    second = train_after_clicks("failed")
+    assert float(window(second)) == first.created_at
+    third = train_after_clicks("succeeded")
+    assert float(window(third)) == first.created_at  # the failed one taught nothing: its events are read again
+    fourth = train_after_clicks("succeeded")
+    assert float(window(fourth)) == third.created_at
+    said = [e["details"]["since"] for e in feedback.loop_events()][::-1]  # the loop's history names each window
+    assert said == [window(job) for job in (first, second, third, fourth)]
 
 
 def test_a_candidate_is_ab_tested_and_a_worse_one_rolled_back(looping, feedback, tmp_path):
