@@ -18,7 +18,8 @@ an item of the last feed the client got for that reader. Each phase's new reader
 
 A prober measures the lag from a click to that reader's rescored LLM relevance: every `--probe-every` seconds it
 sends a click for a reader of its own (with a history, scored before the phase) and asks for their feed every
-0.25 s until every item's relevance is `llm` under the new profile.
+0.25 s until every item's relevance is `llm` under the new profile (and notes when every item first had an LLM
+relevance, `llm` or `llm-stale`: the click covered).
 
 Prints per phase: feeds, statuses, p50/p95/p99 latency, feeds/s, the shares of relevance sources over the items
 of returning readers' feeds after the first quarter of the phase (once warm), the click lag, and the scorer's
@@ -58,7 +59,8 @@ class Phase:
     feeds: list[tuple[float, float, int]] = field(default_factory=list)  # (start, seconds, status)
     clicks: list[int] = field(default_factory=list)  # statuses
     sources: Counter[str] = field(default_factory=Counter)  # returning readers' items, once warm
-    lags: list[float] = field(default_factory=list)
+    lags: list[float] = field(default_factory=list)  # click → every item `llm` under the new profile
+    covered: list[float] = field(default_factory=list)  # click → every item with an LLM relevance (llm or stale)
     probes_unfinished: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
@@ -204,11 +206,16 @@ def run_phase(
                 n += 1
                 seen = {e["article_id"] for e in http.get(f"/v1/users/{user}/export").json()["events"]}
                 article = rng.choice([a for a in articles if a not in seen])
-                clicked = time.monotonic()
+                clicked, covered = time.monotonic(), False
                 click(http, user, article)
                 while time.monotonic() < clicked + 60:
                     feed = http.post("/v1/feed", json={"user_id": user, "k": 10, "explain": False}).json()
-                    if all(i["relevance_source"] == "llm" for i in feed["items"]):
+                    found = {i["relevance_source"] for i in feed["items"]}
+                    if not covered and found <= {"llm", "llm-stale"}:
+                        covered = True
+                        with phase.lock:
+                            phase.covered.append(time.monotonic() - clicked)
+                    if found == {"llm"}:
                         with phase.lock:
                             phase.lags.append(time.monotonic() - clicked)
                         break
@@ -242,6 +249,9 @@ def report(phase: Phase) -> dict[str, float]:
     if phase.sources:
         print(f"- returning readers' items once warm: llm {shares['llm']:.0%}, llm-stale {shares['llm-stale']:.0%}, "
               f"none {shares['none']:.0%} (any LLM relevance: {shares['llm'] + shares['llm-stale']:.0%})")  # fmt: skip
+    if phase.covered:
+        print(f"- click → every item with LLM relevance (llm or llm-stale): p50 {percentile(phase.covered, 50):.1f} s, "
+              f"p95 {percentile(phase.covered, 95):.1f} s")  # fmt: skip
     if phase.lags or phase.probes_unfinished:
         print(f"- click → rescored relevance: {len(phase.lags)} probes, p50 {percentile(phase.lags, 50):.1f} s, "
               f"p95 {percentile(phase.lags, 95):.1f} s, max {max(phase.lags, default=float('nan')):.1f} s; "
@@ -253,9 +263,11 @@ def report(phase: Phase) -> dict[str, float]:
     written = n("newsrank_scores_written_total")
     print(f"- scorer: {written:.0f} scores written ({written / phase.seconds:.1f}/s), tasks done: "
           f"{n('newsrank_scoring_tasks_total', kind='reader', outcome='done'):.0f} readers, "
+          f"{n('newsrank_scoring_tasks_total', kind='refresh', outcome='done'):.0f} refreshes, "
           f"{n('newsrank_scoring_tasks_total', kind='explain', outcome='done'):.0f} explanations; dropped "
           f"{n('newsrank_scoring_dropped_total'):.0f}; queue at the end "
           f"{n('newsrank_scoring_queue_depth', kind='reader'):.0f} readers + "
+          f"{n('newsrank_scoring_queue_depth', kind='refresh'):.0f} refreshes + "
           f"{n('newsrank_scoring_queue_depth', kind='explain'):.0f} explanations; rewrites kept "
           f"{n('newsrank_explanation_rewrites_total', outcome='kept'):.0f}, rejected "
           f"{n('newsrank_explanation_rewrites_total', outcome='rejected'):.0f}")  # fmt: skip

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     # each part kept as soon as it is scored. Each part recomputes the reader's prefix: parts of 12 (of 30) wrote
     # 44 % fewer scores a second under load than one part (docs/BENCHMARKS.md), so by default one part holds all
     rescore_first: int = Field(30, ge=1)
+    # cover first: a reader's task scores the candidates that have no score (new articles, new candidates) and
+    # leaves those scored under an earlier profile to a `refresh` task that waits behind every reader's missing
+    # ones: a score up to five clicks old ranks as well as a fresh one (docs/BENCHMARKS.md, "What staleness
+    # costs"). False: every task rescores all of a reader's candidates under the current profile
+    cover_first: bool = True
     # how long an instance reuses what every feed reads of readers' behaviour (clicks and showings per article,
     # which readers are known, a reader's rescoring asked for) before reading it again; 0 = for every feed
     behaviour_cache_seconds: float = Field(5.0, ge=0)

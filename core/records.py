@@ -353,7 +353,9 @@ class Job:
     log_tail: str = ""
 
 
-SCORING_KINDS = ("reader", "explain")  # rescore a reader's candidates; rewrite their latest ranking's explanations
+# score a reader's candidates that have no score; rescore those scored under an earlier profile; rewrite the
+# explanations of their latest ranking. Claimed in this order (feed/background_scorer.py)
+SCORING_KINDS = ("reader", "refresh", "explain")
 
 
 @dataclass(frozen=True)

@@ -6,21 +6,25 @@ from one queue in the feedback store, shared by every instance and worker:
 - `reader` tasks: score a reader's candidates under their current profile. Asked for by a feed that found a
   score missing or stale, by events and preference changes, for every active reader when new articles arrive
   (`Recommender.articles_arrived`), and by the sweep: active readers whose scores are older than the TTL.
+  With `cover_first` (the default) a reader task scores only the candidates without a score, and asks for a
+  `refresh` task to rescore those scored under an earlier profile: every reader's missing scores come before
+  anyone's stale ones, since a stale score ranks about as well as a fresh one and a missing one not at all.
 - `explain` tasks: rewrite the template explanations of a reader's latest ranking with the LLM; a rewrite that
   keeps every fact the template names replaces it on the ranking record, where `why` and chat read it.
 
 A task asked for again while it waits is coalesced (ten clicks in a row, one rescoring); the queue is bounded
-(explanations are dropped first, then the least recently active readers' tasks, which the sweep asks for
-again); readers go before explanations, the most recently active first; readers idle for longer than
-`scoring_active_hours` are not swept. A claimed task belongs to one worker until its lease runs out, so two
-workers never score the same reader at once; a task that failed (the LLM down) is retried when its lease runs
-out.
+(explanations are dropped first, then refreshes, then the least recently active readers' tasks, which the sweep
+asks for again); missing scores go before stale ones, and both before explanations, the most recently active
+first; readers idle for longer than `scoring_active_hours` are not swept. A claimed task belongs to one worker
+until its lease runs out, so two workers never score the same reader at once; a task that failed (the LLM down)
+is retried when its lease runs out.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import replace
 
 from core.errors import NotFound
 from core.records import ScoringTask
@@ -45,8 +49,11 @@ class Scorer:
             return None
         tally = self.recommender.tally
         try:
-            if task.kind == "reader":
-                self.recommender.precompute(task.subject, self.recommender.adapter_for(task.subject))
+            if task.kind in ("reader", "refresh"):
+                # covering first: what is stale waits behind every reader's missing scores
+                cover = task.kind == "reader" and self.settings.cover_first
+                later = replace(task, kind="refresh", requests=1) if cover else None
+                self.recommender.precompute(task.subject, self.recommender.adapter_for(task.subject), later)
             else:
                 self.rewrite(task.subject)
         except Exception:

@@ -342,11 +342,12 @@ class Recommender:
         sources = ["none" if c is None else "llm" if c.profile_key == key else "llm-stale" for c in found]
         return [None if c is None else c.score for c in found], sources
 
-    def precompute(self, user_id: str, adapter: str | None = None) -> int:
+    def precompute(self, user_id: str, adapter: str | None = None, stale_later: ScoringTask | None = None) -> int:
         """Score a reader's candidates with the LLM under their current profile and keep the scores for the
         requests to come (what the background scorer runs). Candidates scored under this very profile within
         the TTL are not scored again (pointwise scores do not depend on the other candidates; listwise ones do).
-        Returns how many were scored."""
+        With `stale_later`, those scored under an earlier profile within the TTL keep their score for now, and
+        that task is asked for to rescore them. Returns how many were scored."""
         s = self.settings
         profile = self.profile(user_id)
         if profile.cold_start:
@@ -356,7 +357,11 @@ class Recommender:
         if s.strategy == "pointwise":
             cached = self.feedback.cached_relevance(user_id, self.scorer(adapter), [h.article.id for h in hits])
             key, since = profile_key(profile_text), self.clock() - s.score_ttl_seconds
-            current = {a for a, c in cached.items() if c.profile_key == key and c.scored_at >= since}
+            recent = {a for a, c in cached.items() if c.scored_at >= since}
+            current = {a for a in recent if cached[a].profile_key == key}
+            if stale_later is not None and recent - current:
+                self.ask_scoring([stale_later])
+                current = recent
             hits = [h for h in hits if h.article.id not in current]
         if not hits:
             return 0

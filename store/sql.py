@@ -648,9 +648,10 @@ class SqlFeedbackStore(ABC):
     def request_scoring(self, tasks: Sequence[ScoringTask], now: float, limit: int, again: bool = True) -> int:
         """Ask for work: a task already waiting is coalesced (its priority raised, its ask counted), never
         duplicated; with `again`, one running now runs once more after. Past `limit` waiting tasks, unclaimed ones
-        are dropped from the client (`owner`) with the most waiting, and theirs only: explanations first, then the
-        lowest priority (a reader's next request or the sweep asks again). A client's flood never pushes out
-        another's task. Tasks for erased readers are not queued. Returns how many were dropped."""
+        are dropped from the client (`owner`) with the most waiting, and theirs only: explanations first, then
+        rescorings of stale scores, then the lowest priority (a reader's next request or the sweep asks again). A
+        client's flood never pushes out another's task. Tasks for erased readers are not queued. Returns how many
+        were dropped."""
         counted = "scoring_queue.requests + 1" if again else "scoring_queue.requests"
         with self.transaction() as tx:
             gone = {r["user_key"] for r in tx.rows_in("SELECT user_key FROM erased WHERE user_key IN ({ids})", [],
@@ -674,23 +675,23 @@ class SqlFeedbackStore(ABC):
             for owner, n in largest_first(waiting, over).items():
                 dropped += tx.execute(
                     "DELETE FROM scoring_queue WHERE (kind, subject) IN (SELECT kind, subject FROM scoring_queue"
-                    " WHERE claimed_by IS NULL AND owner = ? ORDER BY CASE kind WHEN 'explain' THEN 0 ELSE 1 END,"
-                    " priority, subject LIMIT ?)",
+                    " WHERE claimed_by IS NULL AND owner = ? ORDER BY"
+                    " CASE kind WHEN 'explain' THEN 0 WHEN 'refresh' THEN 1 ELSE 2 END, priority, subject LIMIT ?)",
                     [owner, n],
                 ).rowcount
             return dropped
 
     def claim_scoring(self, worker: str, now: float, lease_seconds: float) -> ScoringTask | None:
         """Take the next task for `worker`: from the client (`owner`) served least recently, so that clients take
-        turns whatever each has waiting; within a client, readers before explanations, then the most recently
-        active first. A task claimed by another worker is not handed out again until its lease ran out (its
-        worker died), so two workers never run the same task at once."""
+        turns whatever each has waiting; within a client, readers' missing scores, then their stale scores, then
+        explanations, each the most recently active first. A task claimed by another worker is not handed out
+        again until its lease ran out (its worker died), so two workers never run the same task at once."""
         with self.transaction(lock="scoring") as tx:
             row = tx.row(
                 "SELECT q.kind, q.subject, q.priority, q.requests, q.requested_at, q.owner FROM scoring_queue q"
                 " LEFT JOIN scoring_owners o ON o.owner = q.owner WHERE q.claimed_by IS NULL OR q.claimed_at < ?"
-                " ORDER BY o.served_at IS NOT NULL, o.served_at, CASE q.kind WHEN 'reader' THEN 0 ELSE 1 END,"
-                " q.priority DESC, q.subject LIMIT 1",
+                " ORDER BY o.served_at IS NOT NULL, o.served_at, CASE q.kind WHEN 'reader' THEN 0"
+                " WHEN 'refresh' THEN 1 ELSE 2 END, q.priority DESC, q.subject LIMIT 1",
                 [self.encode_time(now - lease_seconds)],
             )
             if row is None:

@@ -420,20 +420,24 @@ def test_an_ask_while_the_task_runs_makes_it_run_again(store):
     assert store.scoring_queue() == {}
 
 
-def test_readers_go_first_then_the_most_recently_active(store):
-    store.request_scoring([ScoringTask("explain", "r1", NOW + 50), reader("old", NOW), reader("new", NOW + 9)],
+def test_missing_scores_go_first_then_stale_ones_then_explanations_each_most_recently_active_first(store):
+    store.request_scoring([ScoringTask("explain", "r1", NOW + 50), ScoringTask("refresh", "r2", NOW + 40),
+                           ScoringTask("refresh", "r3", NOW + 45), reader("old", NOW), reader("new", NOW + 9)],
                           NOW, limit=100)  # fmt: skip
     order = []
     while (task := store.claim_scoring("w", NOW, lease_seconds=60)) is not None:
-        order.append(task.subject)
+        order.append((task.kind, task.subject))
         store.finish_scoring(task, "w")
-    assert order == ["new", "old", "r1"]
+    assert order == [("reader", "new"), ("reader", "old"), ("refresh", "r3"), ("refresh", "r2"), ("explain", "r1")]
 
 
-def test_past_the_bound_explanations_go_first(store):
-    store.request_scoring([ScoringTask("explain", "u", NOW + 9), reader("v", NOW)], NOW, limit=100)
-    assert store.request_scoring([reader("w", NOW + 1)], NOW, limit=2) == 1
-    assert set(store.scoring_queue()) == {"reader"}
+def test_past_the_bound_explanations_go_first_then_stale_scores(store):
+    store.request_scoring([ScoringTask("explain", "u", NOW + 9), ScoringTask("refresh", "u", NOW + 9), reader("v", NOW)],
+                          NOW, limit=100)  # fmt: skip
+    assert store.request_scoring([reader("w", NOW + 1)], NOW, limit=3) == 1
+    assert set(store.scoring_queue()) == {"reader", "refresh"}
+    assert store.request_scoring([reader("x", NOW + 2)], NOW, limit=3) == 1
+    assert set(store.scoring_queue()) == {"reader"} and store.scoring_queue()["reader"][0] == 3
 
 
 def test_the_queue_is_bounded_dropping_the_least_recently_active(store):

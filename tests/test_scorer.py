@@ -75,8 +75,36 @@ def test_a_click_makes_the_scores_stale_and_asks_again_once(service):
     assert service.feedback.scoring_queue()["reader"][0] == 1
     after = service.recommend(FeedRequest("fan", k=6, explain=False))
     assert set(sources(after)) <= {"llm-stale", "none"} and "llm-stale" in sources(after)
-    assert work(service) == 1 and len(service.backend.calls) == 2
+    assert work(service) == 2  # the reader's task, then the refresh of their stale scores it asked for
     assert set(sources(service.recommend(FeedRequest("fan", k=6, explain=False)))) == {"llm"}
+
+
+COVER_FIRST = [("reader", "fan", 1), ("reader", "other", 12), ("refresh", "fan", 11)]  # (task, reader, scored)
+ALL_AT_ONCE = [("reader", "fan", 12), ("reader", "other", 12)]
+
+
+@pytest.mark.parametrize(("cover_first", "expected"), [(True, COVER_FIRST), (False, ALL_AT_ONCE)])
+def test_missing_scores_are_covered_before_stale_ones_are_refreshed(corpus_store, feedback, settings, cover_first,
+                                                                    expected):  # fmt: skip
+    """Cover first: a reader's task scores only what has no score (here the fan's new article); the stale rest
+    waits for a refresh task behind every other reader's missing scores. Off, one task rescores all at once."""
+    read_sports(feedback)
+    read_sports(feedback, "other")
+    service = Newsrank(settings.model_copy(update={"cover_first": cover_first}), corpus_store, feedback,
+                       FakeBackend(), clock=lambda: NOW)  # fmt: skip
+    service.recommender.precompute("fan")
+    service.add_events([{"user_id": "fan", "article_id": "s4", "type": "click"}])  # a new profile
+    service.upsert_articles([{"id": "s99", "title": "Hawks sign a new striker", "category": "sports"}])
+    scorer = Scorer(service.recommender, "w")
+    done, calls = [], service.backend.calls
+    calls.clear()
+    while (task := scorer.run_once()) is not None:
+        scored = sum(int(c.split(":")[1]) for c in calls)
+        calls.clear()
+        done.append((task.kind, task.subject, scored))
+    assert done == expected
+    feed = service.recommend(FeedRequest("fan", k=6, explain=False))
+    assert set(sources(feed)) == {"llm"}
 
 
 def test_a_profile_change_is_what_stales_a_score(service):
