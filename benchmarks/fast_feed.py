@@ -4,7 +4,9 @@
                                              [--baseline-seconds 60] [--torch-threads N] [--probe-every 5]
 
 Starts `newsrank serve` as its own process on loopback (a temporary data dir, the demo corpus and readers, the
-packaged LLM, one background scorer thread: the defaults), so the clients below do not share its interpreter.
+packaged LLM, one background scorer thread: the defaults), so the clients below do not share its interpreter;
+with `--worker` the scorer is a `newsrank worker` process beside it (`NEWSRANK_SCORER_THREADS=0` on the server), so
+the API and the LLM do not share one interpreter either.
 Then three phases of `--clients` concurrent clients, together asking for `--rate` feeds a second (each client
 its share, on a fixed schedule; 0: back to back, as fast as answers come):
 
@@ -67,7 +69,8 @@ class Phase:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def start_server(data: Path, key: str, torch_threads: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(data: Path, key: str, torch_threads: int | None, worker: bool = False) -> tuple[list, str]:
+    """`newsrank serve`, and with `worker` a `newsrank worker` process scoring beside it instead of its thread."""
     port = free_port()
     env = {
         **os.environ,
@@ -82,6 +85,8 @@ def start_server(data: Path, key: str, torch_threads: int | None) -> tuple[subpr
     }
     if torch_threads:
         env["NEWSRANK_THREADS"] = str(torch_threads)
+    if worker:
+        env["NEWSRANK_SCORER_THREADS"] = "0"
     root = Path(__file__).resolve().parents[1]
     log = (data / "server.log").open("w")  # not a pipe: a pipe nobody reads would stall the server
     process = subprocess.Popen(
@@ -98,7 +103,16 @@ def start_server(data: Path, key: str, torch_threads: int | None) -> tuple[subpr
             raise SystemExit(f"the server exited: {(data / 'server.log').read_text()[-2000:]}")
         try:
             if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return process, base
+                if not worker:
+                    return [process], base
+                scorer = subprocess.Popen(
+                    [sys.executable, "-m", "serve.cli", "worker", "--threads", "1"],
+                    cwd=root,
+                    env=env,
+                    stdout=(data / "worker.log").open("w"),
+                    stderr=subprocess.STDOUT,
+                )
+                return [process, scorer], base
         except httpx.TransportError:
             pass
         time.sleep(0.5)
@@ -261,7 +275,8 @@ def report(phase: Phase) -> dict[str, float]:
         return m.get(name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""), 0.0)
 
     written = n("newsrank_scores_written_total")
-    print(f"- scorer: {written:.0f} scores written ({written / phase.seconds:.1f}/s), tasks done: "
+    print(f"- scores stored by every scorer over the phase's last minute: {n('newsrank_scores_per_second'):.1f}/s")
+    print(f"- the server's own scorer: {written:.0f} scores written ({written / phase.seconds:.1f}/s), tasks done: "
           f"{n('newsrank_scoring_tasks_total', kind='reader', outcome='done'):.0f} readers, "
           f"{n('newsrank_scoring_tasks_total', kind='refresh', outcome='done'):.0f} refreshes, "
           f"{n('newsrank_scoring_tasks_total', kind='explain', outcome='done'):.0f} explanations; dropped "
@@ -283,6 +298,7 @@ def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=60.0)
     parser.add_argument("--torch-threads", type=int, default=None, help="the server's torch threads")
     parser.add_argument("--probe-every", type=float, default=5.0)
+    parser.add_argument("--worker", action="store_true", help="score in a `newsrank worker` process, not a thread")
     args = parser.parse_args()
     if not (1 <= args.clients <= 64 and 0 < args.seconds <= 1800 and 0 < args.baseline_seconds <= 1800) or (
         args.click_every < 2
@@ -293,7 +309,7 @@ def main() -> None:
     key = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.monotonic()
-        process, base = start_server(Path(tmp), key, args.torch_threads)
+        processes, base = start_server(Path(tmp), key, args.torch_threads, args.worker)
         try:
             threads = args.torch_threads or "default"
             print(f"`newsrank serve` ready in {time.monotonic() - started:.0f} s; {args.clients} clients asking "
@@ -309,9 +325,11 @@ def main() -> None:
                 run_phase(base, key, phase, args.clients, args.rate, args.click_every, args.probe_every, articles)
                 results[phase.name] = report(phase)
         finally:
-            process.terminate()
-            process.wait(60)
-            problems = [line for line in (Path(tmp) / "server.log").read_text().splitlines() if "ERROR" in line]
+            for process in processes:
+                process.terminate()
+                process.wait(60)
+            logs = [Path(tmp) / name for name in ("server.log", "worker.log") if (Path(tmp) / name).is_file()]
+            problems = [line for log in logs for line in log.read_text().splitlines() if "ERROR" in line]
             print(f"\nserver log: {len(problems)} error lines" + "".join(f"\n  {p}" for p in problems[:5]))
     base_row = results["baseline (fresh)"]
     print("\n## against the baseline (same server, same run)")
