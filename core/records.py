@@ -354,7 +354,7 @@ class Job:
 
 
 # score a reader's candidates that have no score; rescore those scored under an earlier profile; rewrite the
-# explanations of their latest ranking. Claimed in this order (feed/background_scorer.py)
+# explanations of their latest ranking (feed/background_scorer.py). The queue hands them out in this order
 SCORING_KINDS = ("reader", "refresh", "explain")
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from core.errors import Conflict, InvalidInput, NotFound
 from core.records import (
     ENGAGEMENT,
+    SCORING_KINDS,
     AdapterVersion,
     CachedScore,
     Event,
@@ -46,6 +47,9 @@ JSON_COLUMNS = frozenset(
 BOOL_COLUMNS = frozenset({"cold_start"})
 # every table, parents before children: the order to copy a store in (`newsrank db migrate-to`). Not the
 # relevance cache and the scoring queue: the background scorer fills them again.
+# a scoring task's kind as its rank in SCORING_KINDS: the queue hands tasks out in that order and, past its bound,
+# drops them in the reverse
+KIND_RANK = f"CASE kind {' '.join(f'WHEN {k!r} THEN {i}' for i, k in enumerate(SCORING_KINDS))} END"
 TABLES = ("users", "events", "rankings", "ranking_items", "jobs", "adapters", "adapter_versions", "event_batches",
           "erased", "service_checks", "loop_events")  # fmt: skip
 ITEM_COLUMNS = ("ranking_id", *(f.name for f in fields(RankedItem)))
@@ -675,8 +679,7 @@ class SqlFeedbackStore(ABC):
             for owner, n in largest_first(waiting, over).items():
                 dropped += tx.execute(
                     "DELETE FROM scoring_queue WHERE (kind, subject) IN (SELECT kind, subject FROM scoring_queue"
-                    " WHERE claimed_by IS NULL AND owner = ? ORDER BY"
-                    " CASE kind WHEN 'explain' THEN 0 WHEN 'refresh' THEN 1 ELSE 2 END, priority, subject LIMIT ?)",
+                    f" WHERE claimed_by IS NULL AND owner = ? ORDER BY {KIND_RANK} DESC, priority, subject LIMIT ?)",
                     [owner, n],
                 ).rowcount
             return dropped
@@ -690,8 +693,7 @@ class SqlFeedbackStore(ABC):
             row = tx.row(
                 "SELECT q.kind, q.subject, q.priority, q.requests, q.requested_at, q.owner FROM scoring_queue q"
                 " LEFT JOIN scoring_owners o ON o.owner = q.owner WHERE q.claimed_by IS NULL OR q.claimed_at < ?"
-                " ORDER BY o.served_at IS NOT NULL, o.served_at, CASE q.kind WHEN 'reader' THEN 0"
-                " WHEN 'refresh' THEN 1 ELSE 2 END, q.priority DESC, q.subject LIMIT 1",
+                f" ORDER BY o.served_at IS NOT NULL, o.served_at, {KIND_RANK}, q.priority DESC, q.subject LIMIT 1",
                 [self.encode_time(now - lease_seconds)],
             )
             if row is None:
