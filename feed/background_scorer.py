@@ -52,7 +52,7 @@ class Scorer:
             if task.kind in ("reader", "refresh"):
                 # covering first: what is stale waits behind every reader's missing scores
                 cover = task.kind == "reader" and self.settings.cover_first
-                later = replace(task, kind="refresh", requests=1) if cover else None
+                later = replace(task, kind="refresh") if cover else None
                 self.recommender.precompute(task.subject, self.recommender.adapter_for(task.subject), later)
             else:
                 self.rewrite(task.subject)
