@@ -18,6 +18,12 @@ and the rank correlation over all candidates.
 `transformers:DTYPE` is the transformers backend with its weights in float32 or bfloat16 (`NEWSRANK_LLM_DTYPE`);
 `transformers:int8` quantizes a float32 copy's linear layers to int8 with torch's dynamic quantization (measured
 here only: it is not offered, see docs/BENCHMARKS.md).
+
+`--adapter PATH` scores every candidate with a PEFT adapter: `transformers:DTYPE` serves it merged into a copy of the
+weights (the default), `transformers:DTYPE:lora` with PEFT's per-token low-rank products (`MERGED_ADAPTERS=0`):
+
+    .venv/bin/python benchmarks/backend_throughput.py --adapter serve/shipped/adapter --rounds 3 \
+        --backends transformers:float32:lora transformers:bfloat16:lora transformers:bfloat16
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 from config.settings import Settings
@@ -92,10 +99,12 @@ def measure(backend: Backend, batches: Sequence[Sequence[ScoreRequest]]) -> tupl
 
 
 def open_variant(name: str, settings: Settings) -> Backend:
-    """A backend by its name on the command line: vllm, openai, transformers or transformers:DTYPE."""
-    backend, _, dtype = name.partition(":")
+    """A backend by its name on the command line: vllm, openai, transformers or transformers:DTYPE[:lora]."""
+    backend, _, variant = name.partition(":")
+    dtype, _, lora = variant.partition(":")
     if backend != "transformers" or dtype != "int8":
-        return make_backend(settings.model_copy(update={"backend": backend, "llm_dtype": dtype or "auto"}))
+        update = {"backend": backend, "llm_dtype": dtype or "auto", "merged_adapters": 0 if lora else 2}
+        return make_backend(settings.model_copy(update=update))
     import torch
 
     from llm.backends.transformers import TransformersBackend
@@ -127,6 +136,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=30, help="candidates per reader")
     parser.add_argument("--rounds", type=int, default=1, help="every backend this many times in turn")
     parser.add_argument("--port", type=int, default=8011, help="for the local vllm serve")
+    parser.add_argument("--adapter", type=Path, help="a PEFT adapter folder every candidate is scored with")
     args = parser.parse_args()
     offline()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -135,6 +145,8 @@ def main() -> None:
         first = args.backends[0]
         reference = open_variant(first, base)  # builds the prompts, and is the baseline
         batches = demo_requests(base, reference)
+        if args.adapter:
+            batches = [[replace(r, adapter="adapter") for r in batch] for batch in batches]
         n = sum(len(b) for b in batches)
         print(f"model {base.llm}, {len(batches)} readers, {n} candidates, prefix + ~{n // len(batches)} suffixes each, "
               f"torch threads {base.threads or 'default'}")  # fmt: skip
@@ -150,6 +162,8 @@ def main() -> None:
                 if name.startswith("transformers"):
                     opened[name] = backend
                 backend.warm()
+                if args.adapter and "adapter" not in backend.adapters:
+                    backend.load_adapter("adapter", str(args.adapter))
                 rate, scores[name] = measure(backend, batches)
                 if name not in opened and hasattr(backend, "close"):
                     backend.close()

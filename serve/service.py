@@ -57,7 +57,12 @@ def make_backend(settings: Settings) -> Backend:
         from llm.backends.transformers import TransformersBackend
 
         inner: Backend = TransformersBackend(
-            settings.llm, settings.model_cache, settings.batch_size, settings.threads, settings.llm_dtype
+            settings.llm,
+            settings.model_cache,
+            settings.batch_size,
+            settings.threads,
+            settings.llm_dtype,
+            settings.merged_adapters,
         )
     elif settings.backend == "vllm":
         from llm.backends.vllm import VllmBackend

@@ -1,5 +1,6 @@
 """The embedded default backend: a Hugging Face causal LM on the CPU, PEFT adapters per request; bfloat16 where
-the CPU multiplies it in hardware (AMX), float32 elsewhere.
+the CPU multiplies it in hardware (AMX), float32 elsewhere. The adapters served most recently are merged into copies
+of the decoder's weights, so that serving one costs what the base model costs.
 
 Scoring computes each distinct prefix once and reuses its KV cache for every candidate suffix, in batches that
 may mix prefixes: the candidates of several readers (calls merged by the MicroBatcher) share forward passes.
@@ -8,8 +9,9 @@ may mix prefixes: the candidates of several readers (calls merged by the MicroBa
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -149,7 +151,13 @@ class TransformersBackend:
     supports_adapters = True
 
     def __init__(
-        self, model: str, cache_dir: Path, batch_size: int = 16, threads: int | None = None, dtype: str = "float32"
+        self,
+        model: str,
+        cache_dir: Path,
+        batch_size: int = 16,
+        threads: int | None = None,
+        dtype: str = "float32",
+        merged_adapters: int = 2,
     ) -> None:
         self.model = model
         self.cache_dir = cache_dir
@@ -157,6 +165,8 @@ class TransformersBackend:
         self.threads = threads
         self.dtype = weights_dtype(dtype)  # the resolved name: float32 or bfloat16
         self.adapters: dict[str, str] = {}
+        self.merged_adapters = merged_adapters  # how many merged copies to keep (0: PEFT's LoRA products only)
+        self._merged: OrderedDict[str, Any] = OrderedDict()  # adapter name -> merged model, least recent first
         # one forward pass at a time: adapter switching and torch's thread pool are process-wide
         self._lock = threading.RLock()
         self._loaded: tuple[Any, Any] | None = None
@@ -213,6 +223,31 @@ class TransformersBackend:
                 model.load_adapter(path, adapter_name=name)
             self._loaded = (tokenizer, model)
             self.adapters[name] = path
+            self._merged.pop(name, None)  # a replaced adapter is merged again when next used
+
+    def merged(self) -> list[str]:
+        """The adapters served from merged copies of the weights, least recently used first."""
+        return list(self._merged)
+
+    def _merged_model(self, name: str) -> Any:
+        """The model with adapter `name` added into a copy of the decoder's weights. PEFT adds each adapted
+        layer's low-rank products at every token: with the packaged model's seven adapted projections a layer,
+        bfloat16 scoring ran at two thirds of the base model's rate; merged, at the base model's (the scores
+        within 0.005 of PEFT's, docs/BENCHMARKS.md). The copies share the embeddings and the vocabulary
+        projection; past `merged_adapters` copies the least recently used is dropped."""
+        if name in self._merged:
+            self._merged.move_to_end(name)
+            return self._merged[name]
+        peft_model = self.network
+        shared = (peft_model.get_input_embeddings(), peft_model.get_output_embeddings())
+        unadapted = [m for m in shared if not type(m).__module__.startswith("peft")]  # merging leaves these alone
+        twin = copy.deepcopy(peft_model, memo={id(m): m for m in unadapted})
+        merged = twin.merge_and_unload(adapter_names=[name])
+        merged.eval()
+        self._merged[name] = merged
+        while len(self._merged) > self.merged_adapters:
+            self._merged.popitem(last=False)
+        return merged
 
     @contextlib.contextmanager
     def _adapter(self, name: str | None) -> Iterator[Any]:
@@ -226,6 +261,9 @@ class TransformersBackend:
             return
         if name not in self.adapters:
             raise NotFound(f"adapter {name!r} is not loaded; loaded: {sorted(self.adapters) or 'none'}")
+        if self.merged_adapters:
+            yield self._merged_model(name)
+            return
         model.set_adapter(name)
         yield model
 

@@ -11,9 +11,7 @@ RANKER` packs a trained adapter folder and a ranker file in here.
 
 from __future__ import annotations
 
-import json
 import shutil
-import sys
 import tempfile
 from dataclasses import replace
 from importlib.resources import as_file, files
@@ -88,9 +86,3 @@ def pack(adapter: Path, ranker: Path, into: Path | None = None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m serve.shipped ADAPTER_FOLDER RANKER_JSON")
-    print(json.dumps({"packed into": str(pack(Path(sys.argv[1]), Path(sys.argv[2])))}))
