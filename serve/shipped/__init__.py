@@ -11,6 +11,7 @@ RANKER` packs a trained adapter folder and a ranker file in here.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from dataclasses import replace
@@ -73,9 +74,12 @@ def pack(adapter: Path, ranker: Path, into: Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(dir=target, prefix=".pack-"))
     try:
         (staging / "adapter").mkdir()
-        for name in ("adapter_config.json", "card.json"):
-            if (adapter / name).is_file():
-                shutil.copy(adapter / name, staging / "adapter" / name)
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        if (adapter / "card.json").is_file():
+            shutil.copy(adapter / "card.json", staging / "adapter" / "card.json")
+            # the base model's name, not the trainer's local path to it
+            config["base_model_name_or_path"] = json.loads((adapter / "card.json").read_text())["base_model"]
+        (staging / "adapter" / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
         tensors = load_file(adapter / "adapter_model.safetensors")
         save_file({k: v.to(torch.float16).contiguous() for k, v in tensors.items()},
                   staging / "adapter" / "adapter_model.safetensors")  # fmt: skip
