@@ -37,7 +37,7 @@ def test_packing_keeps_the_adapter_in_fp16_and_installing_publishes_both_once(tm
 
     settings = Settings(data_dir=tmp_path / "data", adapter="mind", ranker="mind")
     adapters = AdapterRegistry(settings.adapters_path, feedback)
-    assert shipped.install(settings, adapters, folder) == ["mind@1", "mind@1"]
+    assert shipped.install(settings, adapters, folder) == ["adapter mind@1", "ranker mind@1"]
     assert shipped.install(settings, adapters, folder) == []  # installed once: a platform's versions stay theirs
     rankers = learned_ranker.RankerRegistry(settings.adapters_path / "rankers")
     installed = learned_ranker.Ranker.load(rankers.path("mind")[1])

@@ -35,13 +35,13 @@ def available(folder: Any = FOLDER) -> bool:
 def install(settings: Settings, adapters: AdapterRegistry, folder: Any = FOLDER) -> list[str]:
     """Publish the shipped adapter and ranker into the registries when the settings serve them by their shipped
     name and the registries have no version of that name yet (a platform's own versions are never touched).
-    The ranker's LLM fit is keyed on the installed adapter's version. Returns what was installed."""
+    The ranker's LLM fit is keyed on the installed adapter's version. Returns what was installed ("adapter mind@1")."""
     installed: list[str] = []
     if not available(folder):
         return installed
     if settings.adapter == NAME and not adapters.versions(NAME):
         with as_file(folder / "adapter") as adapter:
-            installed.append(adapters.publish(NAME, Path(adapter)).key)
+            installed.append(f"adapter {adapters.publish(NAME, Path(adapter)).key}")
     rankers = RankerRegistry(settings.adapters_path / "rankers")
     if settings.ranker == NAME and not rankers.versions(NAME):
         with as_file(folder / "ranker.json") as path:
@@ -52,7 +52,7 @@ def install(settings: Settings, adapters: AdapterRegistry, folder: Any = FOLDER)
                 ranker = replace(ranker, scorer=f"{model}|{adapters.resolve(NAME).key}|{prompt}|{strategy}")
             except (ValueError, NotFound):
                 pass  # a scorer it cannot name: the ranker ranks with its fit without the LLM
-        installed.append(f"{NAME}@{rankers.publish(NAME, ranker)}")
+        installed.append(f"ranker {NAME}@{rankers.publish(NAME, ranker)}")
     return installed
 
 
