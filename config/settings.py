@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     # ones: a score up to five clicks old ranks as well as a fresh one (docs/BENCHMARKS.md, "What staleness
     # costs"). False: every task rescores all of a reader's candidates under the current profile
     cover_first: bool = True
+    # readers whose profiles read alike word for word (new readers whose first click was the same story) share the
+    # LLM's scores: a pointwise score depends on the profile's text and the article alone
+    shared_scores: bool = True
     # how long an instance reuses what every feed reads of readers' behaviour (clicks and showings per article,
     # which readers are known, a reader's rescoring asked for) before reading it again; 0 = for every feed
     behaviour_cache_seconds: float = Field(5.0, ge=0)

@@ -134,6 +134,9 @@ class FeedbackStore(Protocol):
 
     # LLM relevance computed ahead of requests, per reader, scorer (model, adapter, prompt) and article
     def cached_relevance(self, user_id: str, scorer: str, article_ids: Sequence[str]) -> dict[str, CachedScore]: ...
+    def shared_relevance(
+        self, scorer: str, profile_key: str, article_ids: Sequence[str], since: float
+    ) -> dict[str, float]: ...
     def store_relevance(
         self, user_id: str, scorer: str, profile_key: str, scores: dict[str, float], now: float
     ) -> None: ...

@@ -336,16 +336,29 @@ class Recommender:
     ) -> tuple[list[float | None], list[str]]:
         """The relevance the background scorer computed for each candidate, and where it came from: `llm`
         (under this profile), `llm-stale` (under an earlier one) or `none` (never scored: None)."""
-        cached = self.feedback.cached_relevance(user_id, self.scorer(adapter), [h.article.id for h in hits])
-        key = profile_key(profile_text)
+        scorer, key = self.scorer(adapter), profile_key(profile_text)
+        cached = self.feedback.cached_relevance(user_id, scorer, [h.article.id for h in hits])
         found = [cached.get(h.article.id) for h in hits]
         sources = ["none" if c is None else "llm" if c.profile_key == key else "llm-stale" for c in found]
-        return [None if c is None else c.score for c in found], sources
+        scores = [None if c is None else c.score for c in found]
+        lacking = {h.article.id: i for i, (h, source) in enumerate(zip(hits, sources, strict=True)) if source != "llm"}
+        for article_id, score in self.shared(scorer, key, list(lacking)).items():
+            scores[lacking[article_id]], sources[lacking[article_id]] = score, "llm"
+        return scores, sources
+
+    def shared(self, scorer: str, key: str, article_ids: Sequence[str]) -> dict[str, float]:
+        """Scores that readers with this very profile got (`shared_scores`; pointwise scores only: a listwise one
+        depends on the other candidates too)."""
+        s = self.settings
+        if not (s.shared_scores and s.strategy == "pointwise" and article_ids):
+            return {}
+        return self.feedback.shared_relevance(scorer, key, article_ids, self.clock() - s.score_ttl_seconds)
 
     def precompute(self, user_id: str, adapter: str | None = None, stale_later: ScoringTask | None = None) -> int:
         """Score a reader's candidates with the LLM under their current profile and keep the scores for the
         requests to come (what the background scorer runs). Candidates scored under this very profile within
         the TTL are not scored again (pointwise scores do not depend on the other candidates; listwise ones do).
+        Nor are those that readers with this very profile were scored on (their scores are kept as this reader's).
         With `stale_later`, those scored under an earlier profile within the TTL keep their score for now, and
         that task is asked for to rescore them. Returns how many were scored."""
         s = self.settings
@@ -359,9 +372,14 @@ class Recommender:
             key, since = profile_key(profile_text), self.clock() - s.score_ttl_seconds
             recent = {a for a, c in cached.items() if c.scored_at >= since}
             current = {a for a in recent if cached[a].profile_key == key}
+            shared = self.shared(self.scorer(adapter), key, [h.article.id for h in hits if h.article.id not in current])
+            if shared:  # readers with this very profile were scored on them: their scores, not the LLM again
+                self.feedback.store_relevance(user_id, self.scorer(adapter), key, shared, self.clock())
+                self.tally.add("scores_shared", len(shared))
+                current |= set(shared)
             if stale_later is not None and recent - current:
                 self.ask_scoring([stale_later])
-                current = recent
+                current |= recent
             hits = [h for h in hits if h.article.id not in current]
         if not hits:
             return 0

@@ -140,6 +140,7 @@ TALLY_COUNTERS = {
     "feed_relevance": "feed candidates by where their relevance came from (source=llm: read from the cache under "
     "the reader's current profile)",
     "scores_written": "LLM relevance scores this process computed and stored",
+    "scores_shared": "LLM relevance scores kept for a reader from readers with the very same profile, not computed",
     "scoring_tasks": "background scoring tasks this process ran, by kind and outcome",
     "scoring_dropped": "scoring tasks dropped because the queue was full (the sweep asks again)",
     "explanation_rewrites": "LLM rewrites of template explanations, kept (as specific as the template) or rejected",

@@ -216,6 +216,10 @@ MIGRATIONS = (
     ALTER TABLE ranking_items ADD COLUMN chosen_for TEXT NOT NULL DEFAULT '';
     ALTER TABLE users ADD COLUMN follows {json} NOT NULL DEFAULT '[]';
     """,
+    # 13: readers whose profiles read the same share the LLM's scores (a score depends on the text alone)
+    """
+    CREATE INDEX relevance_profile ON relevance(scorer, profile_key);
+    """,
 )
 
 

@@ -600,6 +600,20 @@ class SqlFeedbackStore(ABC):
             )
         return {r.pop("article_id"): CachedScore(**r) for r in rows}
 
+    def shared_relevance(
+        self, scorer: str, profile_key: str, article_ids: Sequence[str], since: float
+    ) -> dict[str, float]:
+        """Scores of these articles that any reader got under this scorer and this very profile (the digest of
+        its text) since `since`, the latest of each."""
+        with self.transaction() as tx:
+            rows = tx.rows_in(
+                "SELECT article_id, score FROM relevance WHERE scorer = ? AND profile_key = ? AND scored_at >= ?"
+                " AND article_id IN ({ids}) ORDER BY scored_at",
+                [scorer, profile_key, self.encode_time(since)],
+                list(dict.fromkeys(article_ids)),
+            )
+        return {r["article_id"]: r["score"] for r in rows}
+
     def store_relevance(
         self, user_id: str, scorer: str, profile_key: str, scores: dict[str, float], now: float
     ) -> None:

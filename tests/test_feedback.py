@@ -57,7 +57,7 @@ def job(job_id: str, status: str = "running", at: float = NOW, instance: str = "
 
 def test_a_store_implements_the_protocol_and_its_schema_is_current(store):
     assert isinstance(store, FeedbackStore)
-    assert store.schema_current() and store.schema_version == len(store.MIGRATIONS) == 12
+    assert store.schema_current() and store.schema_version == len(store.MIGRATIONS) == 13
     store.migrate()  # idempotent
     assert store.schema_current()
 
@@ -395,6 +395,15 @@ def test_relevance_is_kept_per_reader_scorer_and_profile(store):
     assert store.scores_written(NOW + 5) == 1 and store.scores_written(NOW - 1) == 3
     assert store.forget_relevance(NOW + 5) == 2
     assert set(store.cached_relevance("u", "m|-|v1", ["a", "b"])) == {"a"}
+
+
+def test_scores_under_the_same_profile_are_found_whichever_reader_got_them(store):
+    store.store_relevance("u", "m|-|v1", "p1", {"a": 0.25, "b": 0.75}, NOW)
+    store.store_relevance("v", "m|-|v1", "p1", {"a": 0.3}, NOW + 10)  # the latest of each wins
+    store.store_relevance("w", "m|-|v1", "p2", {"c": 0.9}, NOW)  # another profile
+    store.store_relevance("x", "m|lora|v1", "p1", {"c": 0.9}, NOW)  # another scorer
+    assert store.shared_relevance("m|-|v1", "p1", ["a", "b", "c"], NOW - 1) == {"a": 0.3, "b": 0.75}
+    assert store.shared_relevance("m|-|v1", "p1", ["a", "b", "c"], NOW + 5) == {"a": 0.3}  # older ones: too old
 
 
 def test_ten_asks_for_a_reader_make_one_task_that_keeps_the_highest_priority(store):

@@ -89,7 +89,7 @@ def test_missing_scores_are_covered_before_stale_ones_are_refreshed(corpus_store
     """Cover first: a reader's task scores only what has no score (here the fan's new article); the stale rest
     waits for a refresh task behind every other reader's missing scores. Off, one task rescores all at once."""
     read_sports(feedback)
-    read_sports(feedback, "other")
+    feedback.add_events([Event("other", a, "click", NOW - 3600) for a in ("s1", "s2")])  # a profile of their own
     service = Newsrank(settings.model_copy(update={"cover_first": cover_first}), corpus_store, feedback,
                        FakeBackend(), clock=lambda: NOW)  # fmt: skip
     service.recommender.precompute("fan")
@@ -105,6 +105,25 @@ def test_missing_scores_are_covered_before_stale_ones_are_refreshed(corpus_store
     assert done == expected
     feed = service.recommend(FeedRequest("fan", k=6, explain=False))
     assert set(sources(feed)) == {"llm"}
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_readers_whose_profiles_read_the_same_share_their_scores(corpus_store, feedback, settings, shared):
+    """A reader whose profile reads word for word as one already scored (the same clicks) gets those scores in
+    their feed at once, and scoring them calls the LLM on nothing; a reader with another profile shares nothing."""
+    read_sports(feedback, "first")
+    read_sports(feedback, "twin")
+    feedback.add_events([Event("other", "s1", "click", NOW - 3600)])
+    service = Newsrank(settings.model_copy(update={"shared_scores": shared}), corpus_store, feedback, FakeBackend(),
+                       clock=lambda: NOW)  # fmt: skip
+    scored = service.recommender.precompute("first")
+    assert scored == settings.candidates
+    assert set(sources(service.recommend(FeedRequest("twin", k=6, explain=False)))) == {"llm" if shared else "none"}
+    calls = service.backend.calls
+    calls.clear()
+    assert service.recommender.precompute("twin") == (0 if shared else scored)
+    assert bool(calls) is not shared
+    assert set(sources(service.recommend(FeedRequest("other", k=6, explain=False)))) == {"none"}
 
 
 def test_a_profile_change_is_what_stales_a_score(service):
@@ -249,8 +268,9 @@ def test_workers_in_two_services_on_one_store_score_each_reader_once(corpus_stor
     from store import open_store
 
     readers = [f"r{i}" for i in range(6)]
-    for user in readers:  # idle for days: only the asks below bring them to the scorer, not its sweep
-        feedback.add_events([Event(user, a, "click", NOW - 3 * 86400) for a in ("s1", "s2")])
+    for i, user in enumerate(readers):  # idle for days: only the asks below bring them to the scorer, not its sweep
+        read = ("s1", f"s{i + 2}")  # each a profile of their own: readers alike would share their scores
+        feedback.add_events([Event(user, a, "click", NOW - 3 * 86400) for a in read])
     backends = [FakeBackend(), FakeBackend()]
     services = [
         Newsrank(settings, corpus_store, store, backend, clock=lambda: NOW)
