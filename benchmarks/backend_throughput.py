@@ -103,7 +103,7 @@ def open_variant(name: str, settings: Settings) -> Backend:
     backend, _, variant = name.partition(":")
     dtype, _, lora = variant.partition(":")
     if backend != "transformers" or dtype != "int8":
-        update = {"backend": backend, "llm_dtype": dtype or "auto", "merged_adapters": 0 if lora else 2}
+        update = {"backend": backend, "llm_dtype": dtype or "auto", **({"merged_adapters": 0} if lora else {})}
         return make_backend(settings.model_copy(update=update))
     import torch
 

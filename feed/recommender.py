@@ -368,13 +368,14 @@ class Recommender:
         hits = self.candidates(profile)
         profile_text = profile.render(s.history_titles)
         if s.strategy == "pointwise":
-            cached = self.feedback.cached_relevance(user_id, self.scorer(adapter), [h.article.id for h in hits])
+            scorer = self.scorer(adapter)
+            cached = self.feedback.cached_relevance(user_id, scorer, [h.article.id for h in hits])
             key, since = profile_key(profile_text), self.clock() - s.score_ttl_seconds
             recent = {a for a, c in cached.items() if c.scored_at >= since}
             current = {a for a in recent if cached[a].profile_key == key}
-            shared = self.shared(self.scorer(adapter), key, [h.article.id for h in hits if h.article.id not in current])
+            shared = self.shared(scorer, key, [h.article.id for h in hits if h.article.id not in current])
             if shared:  # readers with this very profile were scored on them: their scores, not the LLM again
-                self.feedback.store_relevance(user_id, self.scorer(adapter), key, shared, self.clock())
+                self.feedback.store_relevance(user_id, scorer, key, shared, self.clock())
                 self.tally.add("scores_shared", len(shared))
                 current |= set(shared)
             if stale_later is not None and recent - current:
