@@ -2,6 +2,7 @@
 
     python benchmarks/llm_training.py curve     # first: adapters at 4k, 8k, 16k and all examples, their scores
     python benchmarks/ranker.py [--scores data/llm-training/curve-listwise-8] [--plot docs/eval/learning-curve.png]
+                                [--save RANKER_JSON] [--without SIGNAL ...]
 
 Rankers are fitted on the ranker's share of the data, which no adapter was trained on: the tune impressions after
 the adapters' first 500 and mind-train's last 300 impressions (when the curve has their scores), with each
@@ -23,6 +24,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -80,34 +82,35 @@ def relevance_of(scores, ctx) -> list[float]:
     return scores[ctx.impression.id] if scores is not None else [0.0] * len(ctx.hits)
 
 
-def rows(evaluator, contexts, scores, drop: str | None = None):
-    """Every candidate's signals (one signal zeroed: `drop`), its reader's history size and its label."""
+def removed(signals, drop: Sequence[str]):
+    """The signals with those named in `drop` zeroed: the ranker fits them no weight."""
+    zeroed = {name: 0.0 for name in drop if name in learned_ranker.FEATURES}
+    return [replace(s, **zeroed) for s in signals] if zeroed else signals
+
+
+def rows(evaluator, contexts, scores, drop: Sequence[str] = ()):
+    """Every candidate's signals (those in `drop` zeroed), its reader's history size and its label."""
     signals, history, labels = [], [], []
     for ctx in contexts:
-        found = evaluator.signals(ctx, relevance_of(scores, ctx))
-        if drop in learned_ranker.FEATURES:
-            found = [replace(s, **{drop: 0.0}) for s in found]
+        found = removed(evaluator.signals(ctx, relevance_of(scores, ctx)), drop)
         signals += found
-        history += [0 if drop == "history" else ctx.profile.engaged] * len(found)
+        history += [0 if "history" in drop else ctx.profile.engaged] * len(found)
         labels += ctx.labels
     return signals, history, labels
 
 
-def fit(evaluator, contexts, scores, drop: str | None = None) -> learned_ranker.Ranker:
+def fit(evaluator, contexts, scores, drop: Sequence[str] = ()) -> learned_ranker.Ranker:
     signals, history, labels = rows(evaluator, contexts, scores, drop)
     scorer = evaluator.scorer if scores is not None else None
     return learned_ranker.fit(signals, history, labels, [scores is not None] * len(labels), scorer)
 
 
-def product(evaluator, fitted, contexts, scores, drop: str | None = None):
+def product(evaluator, fitted, contexts, scores, drop: Sequence[str] = ()):
     """The product's ranking: the blend with the reader's learned weights and diversity on top."""
 
     def scores_of(ctx):
-        relevance = relevance_of(scores, ctx)
-        signals = evaluator.signals(ctx, relevance)
-        if drop in learned_ranker.FEATURES:
-            signals = [replace(s, **{drop: 0.0}) for s in signals]
-        history = 0 if drop == "history" else ctx.profile.engaged
+        signals = removed(evaluator.signals(ctx, relevance_of(scores, ctx)), drop)
+        history = 0 if "history" in drop else ctx.profile.engaged
         scorer = evaluator.scorer if scores is not None else None
         weights = BlendWeights(**fitted.weights(history, scorer, HAND_SET))
         return metrics.by_place(blend_rank(signals, ctx.embeddings, weights))
@@ -168,7 +171,16 @@ def main() -> None:
     parser.add_argument("--scores", default="data/llm-training/curve-listwise-8", help="llm_training.py curve's output")
     parser.add_argument("--plot", help="write the learning curve as a PNG here")
     parser.add_argument("--save", help="write the ranker fitted with the largest adapter here")
+    parser.add_argument(
+        "--without",
+        nargs="+",
+        default=[],
+        choices=learned_ranker.FEATURES,
+        metavar="SIGNAL",
+        help="signals every ranker here is fitted without (weight 0): those the ablation left out",
+    )
     args = parser.parse_args()
+    without = tuple(args.without)
     folder = Path(args.scores)
     impressions, _ = replay.read_behaviors(DATA / "behaviors.tsv")
     corpus = replay.Corpus(DATA / "news.tsv", Embedder(), Path("data/eval-cache"), show_progress=False)
@@ -184,8 +196,8 @@ def main() -> None:
     sizes = sorted(int(p.stem.split("-")[1]) for p in folder.glob("heldout-*.jsonl"))
     evaluator = replay.Evaluator(None, HAND_SET, model="smollm2-135m")
 
-    no_llm = fit(evaluator, fit_part, None)
-    no_llm_auc, no_llm_ndcg = product(evaluator, no_llm, heldout, None)
+    no_llm = fit(evaluator, fit_part, None, without)
+    no_llm_auc, no_llm_ndcg = product(evaluator, no_llm, heldout, None, without)
     hand_auc, hand_ndcg = hand_set(evaluator, heldout, None)
     print(f"fitted on {len(fit_part)} tune impressions; reported on the first {len(heldout)} held-out impressions\n")
     print(f"without an LLM: hand-set blend {mean_se(hand_auc)} (nDCG@10 {np.nanmean(hand_ndcg):.2f}), "
@@ -196,10 +208,10 @@ def main() -> None:
     curve = []
     for size in sizes:
         held = read_scores(folder / f"heldout-{size}.jsonl")
-        fitted = fit(evaluator, fit_part, ranker_scores(folder, size))
+        fitted = fit(evaluator, fit_part, ranker_scores(folder, size), without)
         llm_auc, _ = per_impression(heldout, lambda ctx, held=held: held[ctx.impression.id])
         blend_auc, _ = hand_set(evaluator, heldout, held)
-        auc, ndcg = product(evaluator, fitted, heldout, held)
+        auc, ndcg = product(evaluator, fitted, heldout, held, without)
         print(f"| {size:,} examples | {mean_se(llm_auc)} | {mean_se(blend_auc)} | **{mean_se(auc)}** | "
               f"{np.nanmean(ndcg):.2f} | {paired(auc, no_llm_auc)} |", flush=True)  # fmt: skip
         curve.append((size, llm_auc, auc))
@@ -208,11 +220,11 @@ def main() -> None:
     size = sizes[-1]
     held = read_scores(folder / f"heldout-{size}.jsonl")
     fit_scores = ranker_scores(folder, size)
-    fitted = fit(evaluator, fit_part, fit_scores)
+    fitted = fit(evaluator, fit_part, fit_scores, without)
     if args.save:
         fitted.save(Path(args.save))
         print(f"\nranker written to {args.save}")
-    full, _ = product(evaluator, fitted, heldout, held)
+    full, _ = product(evaluator, fitted, heldout, held, without)
 
     print(f"\nModel choice ({size:,}-example adapter; each model's P(click) alone, without the diversity term):\n")
     print("| model | held-out AUC | nDCG@10 |\n|---|---:|---:|")
@@ -220,9 +232,9 @@ def main() -> None:
 
     print(f"\nAblation ({size:,}-example adapter): each signal removed and the ranker refitted\n")
     print("| removed | AUC | ΔAUC (paired) |\n|---|---:|---:|")
-    for feature in (*learned_ranker.FEATURES, "history"):
-        refit = fit(evaluator, fit_part, fit_scores, drop=feature)
-        auc, _ = product(evaluator, refit, heldout, held, drop=feature)
+    for feature in (f for f in (*learned_ranker.FEATURES, "history") if f not in without):
+        refit = fit(evaluator, fit_part, fit_scores, (*without, feature))
+        auc, _ = product(evaluator, refit, heldout, held, (*without, feature))
         print(f"| {feature} | {mean_se(auc)} | {paired(auc, full)} |", flush=True)
 
     reader = learned_ranker.Ranker(fitted.with_llm, fitted.without_llm, evaluator.scorer)
@@ -232,8 +244,9 @@ def main() -> None:
               + ", ".join(f"{n} {weights[n]:+.3f}" for n in learned_ranker.FEATURES))  # fmt: skip
 
     scored = [c for c in heldout_all if c.impression.id in held]
+    all_auc, _ = product(evaluator, no_llm, heldout_all, None, without)
     print(f"\nthe LLM-free ranker on all {len(heldout_all)} held-out impressions (popularity from all of them): "
-          f"{mean_se(product(evaluator, no_llm, heldout_all, None)[0])}, on the first 300: {mean_se(no_llm_auc)}; "
+          f"{mean_se(all_auc)}, on the first 300: {mean_se(no_llm_auc)}; "
           f"{len(scored)} have LLM scores")  # fmt: skip
 
     if args.plot:
