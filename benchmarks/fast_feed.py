@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/fast_feed.py [--clients 8] [--rate 40] [--click-every 4] [--seconds 60]
                                              [--baseline-seconds 60] [--torch-threads N] [--probe-every 5]
+                                             [--probe-until fresh|covered] [--worker]
 
 Starts `newsrank serve` as its own process on loopback (a temporary data dir, the demo corpus and readers, the
 packaged LLM, one background scorer thread: the defaults), so the clients below do not share its interpreter;
@@ -21,7 +22,8 @@ an item of the last feed the client got for that reader. Each phase's new reader
 A prober measures the lag from a click to that reader's rescored LLM relevance: every `--probe-every` seconds it
 sends a click for a reader of its own (with a history, scored before the phase) and asks for their feed every
 0.25 s until every item's relevance is `llm` under the new profile (and notes when every item first had an LLM
-relevance, `llm` or `llm-stale`: the click covered).
+relevance, `llm` or `llm-stale`: the click covered). With `--probe-until covered` a probe ends once covered, so that
+a phase holds a probe every `--probe-every` seconds, not one a minute.
 
 Prints per phase: feeds, statuses, p50/p95/p99 latency, feeds/s, the shares of relevance sources over the items
 of returning readers' feeds after the first quarter of the phase (once warm), the click lag, and the scorer's
@@ -148,6 +150,7 @@ def run_phase(
     rate: float,
     click_every: int,
     probe_every: float,
+    probe_until: str,
     articles: Sequence[str],
 ) -> None:
     tag = secrets.token_hex(3)
@@ -229,6 +232,8 @@ def run_phase(
                         covered = True
                         with phase.lock:
                             phase.covered.append(time.monotonic() - clicked)
+                        if probe_until == "covered":
+                            break
                     if found == {"llm"}:
                         with phase.lock:
                             phase.lags.append(time.monotonic() - clicked)
@@ -264,8 +269,8 @@ def report(phase: Phase) -> dict[str, float]:
         print(f"- returning readers' items once warm: llm {shares['llm']:.0%}, llm-stale {shares['llm-stale']:.0%}, "
               f"none {shares['none']:.0%} (any LLM relevance: {shares['llm'] + shares['llm-stale']:.0%})")  # fmt: skip
     if phase.covered:
-        print(f"- click → every item with LLM relevance (llm or llm-stale): p50 {percentile(phase.covered, 50):.1f} s, "
-              f"p95 {percentile(phase.covered, 95):.1f} s")  # fmt: skip
+        print(f"- click → every item with LLM relevance (llm or llm-stale): {len(phase.covered)} probes, "
+              f"p50 {percentile(phase.covered, 50):.1f} s, p95 {percentile(phase.covered, 95):.1f} s")  # fmt: skip
     if phase.lags or phase.probes_unfinished:
         print(f"- click → rescored relevance: {len(phase.lags)} probes, p50 {percentile(phase.lags, 50):.1f} s, "
               f"p95 {percentile(phase.lags, 95):.1f} s, max {max(phase.lags, default=float('nan')):.1f} s; "
@@ -298,6 +303,8 @@ def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=60.0)
     parser.add_argument("--torch-threads", type=int, default=None, help="the server's torch threads")
     parser.add_argument("--probe-every", type=float, default=5.0)
+    parser.add_argument("--probe-until", choices=("fresh", "covered"), default="fresh",
+                        help="a probe ends when every item is `llm` or has any LLM relevance")  # fmt: skip
     parser.add_argument("--worker", action="store_true", help="score in a `newsrank worker` process, not a thread")
     args = parser.parse_args()
     if not (1 <= args.clients <= 64 and 0 < args.seconds <= 1800 and 0 < args.baseline_seconds <= 1800) or (
@@ -322,7 +329,8 @@ def main() -> None:
             ]
             results = {}
             for phase in phases:
-                run_phase(base, key, phase, args.clients, args.rate, args.click_every, args.probe_every, articles)
+                run_phase(base, key, phase, args.clients, args.rate, args.click_every, args.probe_every,
+                          args.probe_until, articles)  # fmt: skip
                 results[phase.name] = report(phase)
         finally:
             for process in processes:
