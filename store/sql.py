@@ -47,11 +47,11 @@ JSON_COLUMNS = frozenset(
 BOOL_COLUMNS = frozenset({"cold_start"})
 # every table, parents before children: the order to copy a store in (`newsrank db migrate-to`). Not the
 # relevance cache and the scoring queue: the background scorer fills them again.
+TABLES = ("users", "events", "rankings", "ranking_items", "jobs", "adapters", "adapter_versions", "event_batches",
+          "erased", "service_checks", "loop_events")  # fmt: skip
 # a scoring task's kind as its rank in SCORING_KINDS: the queue hands tasks out in that order and, past its bound,
 # drops them in the reverse
 KIND_RANK = f"CASE kind {' '.join(f'WHEN {k!r} THEN {i}' for i, k in enumerate(SCORING_KINDS))} END"
-TABLES = ("users", "events", "rankings", "ranking_items", "jobs", "adapters", "adapter_versions", "event_batches",
-          "erased", "service_checks", "loop_events")  # fmt: skip
 ITEM_COLUMNS = ("ranking_id", *(f.name for f in fields(RankedItem)))
 EVENT_COLUMNS = tuple(f.name for f in fields(Event))
 BATCH_KEY_DAYS = 1
