@@ -19,6 +19,15 @@ and the rank correlation over all candidates.
 `transformers:int8` quantizes a float32 copy's linear layers to int8 with torch's dynamic quantization (measured
 here only: it is not offered, see docs/BENCHMARKS.md).
 
+`transformers:DTYPE:masked` computes a packed sequence's attention with one mask over all of it, as the backend did
+before it went span by span (`NEWSRANK_LLM_ATTENTION=masked`). `--paired` loads every (transformers) variant at
+once and times each reader's call on each in turn, `--rounds` times: each backend's speed is the median of its
+calls' ratios to the first backend's call on the same reader just before, which a drifting machine moves far less
+than it moves whole runs one after another:
+
+    NEWSRANK_THREADS=1 .venv/bin/python benchmarks/backend_throughput.py --paired --rounds 10 \
+        --backends transformers:float32:masked transformers:bfloat16:masked transformers:bfloat16
+
 `--adapter PATH` scores every candidate with a PEFT adapter: `transformers:DTYPE` serves it merged into a copy of the
 weights (the default), `transformers:DTYPE:lora` with PEFT's per-token low-rank products (`MERGED_ADAPTERS=0`):
 
@@ -99,11 +108,16 @@ def measure(backend: Backend, batches: Sequence[Sequence[ScoreRequest]]) -> tupl
 
 
 def open_variant(name: str, settings: Settings) -> Backend:
-    """A backend by its name on the command line: vllm, openai, transformers or transformers:DTYPE[:lora]."""
+    """A backend by its name on the command line: vllm, openai, transformers or transformers:DTYPE[:lora][:masked]
+    (`lora`: PEFT's low-rank products, not merged; `masked`: one attention mask over a packed sequence)."""
     backend, _, variant = name.partition(":")
-    dtype, _, lora = variant.partition(":")
+    dtype, *flags = variant.split(":")
+    if not set(flags) <= {"lora", "masked"}:
+        raise SystemExit(f"unknown variant {name!r}: transformers:DTYPE[:lora][:masked]")
     if backend != "transformers" or dtype != "int8":
-        update = {"backend": backend, "llm_dtype": dtype or "auto", **({"merged_adapters": 0} if lora else {})}
+        update = {"backend": backend, "llm_dtype": dtype or "auto"}
+        update |= {"merged_adapters": 0} if "lora" in flags else {}
+        update |= {"llm_attention": "masked"} if "masked" in flags else {}
         return make_backend(settings.model_copy(update=update))
     import torch
 
@@ -116,6 +130,36 @@ def open_variant(name: str, settings: Settings) -> Backend:
     model.model.layers = torch.ao.quantization.quantize_dynamic(layers, {torch.nn.Linear}, dtype=torch.qint8)
     quantized._loaded = (tokenizer, model)
     return quantized
+
+
+def paired(backends: dict[str, Backend], batches: Sequence[Sequence[ScoreRequest]], rounds: int) -> None:
+    """Every reader's call on each backend in turn, `rounds` times over: each call's time against the first
+    backend's call on the same reader just before it. On a shared machine whose speed drifts by the second,
+    the median of these paired ratios holds still where whole runs one after another do not."""
+    import statistics
+
+    times: dict[str, list[float]] = {name: [] for name in backends}
+    scores: dict[str, list[float]] = {name: [] for name in backends}
+    for backend in backends.values():
+        backend.score(batches[0][:2])  # warm
+    for r in range(rounds):
+        for batch in batches:
+            for name, backend in backends.items():
+                start = time.perf_counter()
+                result = backend.score(batch)
+                times[name].append(time.perf_counter() - start)
+                if r == 0:
+                    scores[name] += result
+    first = next(iter(backends))
+    n = sum(len(b) for b in batches) * rounds
+    print(f"\n| backend | candidates/s | vs {first}: median of {len(times[first])} paired calls | "
+          f"all calls' time | largest ΔP(Yes) | rank correlation |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, spent in times.items():
+        ratio = statistics.median(a / b for a, b in zip(times[first], spent, strict=True))
+        overall = sum(times[first]) / sum(spent)
+        same = agreement(scores[name], scores[first])
+        print(f"| {name} | {n / sum(spent):.1f} | {ratio:.2f}x | {overall:.2f}x | {same} |")
 
 
 def agreement(scores: Sequence[float], reference: Sequence[float]) -> str:
@@ -137,6 +181,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="every backend this many times in turn")
     parser.add_argument("--port", type=int, default=8011, help="for the local vllm serve")
     parser.add_argument("--adapter", type=Path, help="a PEFT adapter folder every candidate is scored with")
+    parser.add_argument(
+        "--paired", action="store_true", help="transformers variants, all loaded: each reader's call on each in turn"
+    )
     args = parser.parse_args()
     offline()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -150,6 +197,15 @@ def main() -> None:
         n = sum(len(b) for b in batches)
         print(f"model {base.llm}, {len(batches)} readers, {n} candidates, prefix + ~{n // len(batches)} suffixes each, "
               f"torch threads {base.threads or 'default'}")  # fmt: skip
+        if args.paired:
+            if not all(name.startswith("transformers") for name in args.backends):
+                raise SystemExit("--paired compares transformers variants, which fit in memory together")
+            backends = {name: open_variant(name, base) for name in args.backends[1:]}
+            for backend in [reference, *backends.values()]:
+                if args.adapter:
+                    backend.load_adapter("adapter", str(args.adapter))
+            paired({first: reference, **backends}, batches, args.rounds)
+            return
         rates: dict[str, list[float]] = {name: [] for name in args.backends}
         scores: dict[str, list[float]] = {}
         order = [*args.backends * args.rounds, first]

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # adapters merged into copies of the decoder's weights (the most recently served; about 215 MB each in
     # bfloat16): scored as fast as the zero-shot model instead of at two thirds of its rate; 0 = never merge
     merged_adapters: int = Field(2, ge=0)
+    # a reader's packed candidates attend to their prefix and themselves, computed span by span (blocks: 1.1x the
+    # scores a second), or with one mask over the whole sequence (masked)
+    llm_attention: Literal["blocks", "masked"] = "blocks"
     micro_batching: bool = True  # concurrent requests share LLM calls (llm/backends/batching.py)
     batch_window_ms: float = Field(5.0, ge=0)  # how long a call waits for others to join it
 

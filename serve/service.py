@@ -63,6 +63,7 @@ def make_backend(settings: Settings) -> Backend:
             settings.threads,
             settings.llm_dtype,
             settings.merged_adapters,
+            settings.llm_attention,
         )
     elif settings.backend == "vllm":
         from llm.backends.vllm import VllmBackend

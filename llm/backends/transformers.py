@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.errors import InvalidInput, NotFound, require
 from core.llm import ANSWER_NO, ANSWER_YES, GenerateRequest, Generation, ScoreRequest
 from llm.models import offline, resolve_llm
+
+# the attention implementation the backend's model runs (`block_attention`), and its suffixes' group size
+BLOCK_ATTENTION = "newsrank_blocks"
+GROUP_TOKENS = 64
 
 
 def answer_margins(
@@ -64,54 +70,137 @@ def packed_margins(
     model: Any, tokenizer: Any, blocks: Sequence[tuple[str, Sequence[str]]], answer_ids: tuple[int, int]
 ) -> Any:
     """logit(Yes) - logit(No) of every suffix after its block's prefix, from one packed sequence: each block's
-    prefix, then its suffixes one after another. A block mask lets each suffix see its own prefix and its own
-    tokens only, and its positions continue its prefix's, so each margin is the one it would get alone (tests
-    check this). No copy of the prefix's cache per candidate and no padding: a candidate costs only its own
-    tokens, which is what makes training on clicks cheap. Several blocks (one reader's profiles at different
-    times) make one sequence, one example in differentially private training. Differentiable, like
-    `answer_margins`."""
+    prefix, then its suffixes one after another. Each suffix sees its own prefix and its own tokens only, and its
+    positions continue its prefix's, so each margin is the one it would get alone (tests check this). No copy of
+    the prefix's cache per candidate and no padding: a candidate costs only its own tokens, which is what makes
+    training on clicks cheap. Several blocks (one reader's profiles at different times) make one sequence, one
+    example in differentially private training. Differentiable, like `answer_margins`.
+
+    A model with `BLOCK_ATTENTION` computes attention span by span (`attention_spans`); any other, with one mask
+    over the whole sequence."""
     torch = require("torch", "pip install torch==2.13.0")
     ids: list[int] = []
-    block: list[int] = []  # per token: its block
-    segment: list[int] = []  # per token: 0 for a prefix, else its suffix's number
     positions: list[int] = []
-    ends: list[int] = []  # each suffix's last token
-    for b, (prefix, suffixes) in enumerate(blocks):
+    layout: list[tuple[int, int, list[tuple[int, int]]]] = []  # per block: its prefix's span, its suffixes' spans
+    for prefix, suffixes in blocks:
         head = tokenizer(prefix, add_special_tokens=False).input_ids
         parts = [tokenizer(s, add_special_tokens=False).input_ids for s in suffixes]
         if not parts or not all(parts):
             raise InvalidInput("packed scoring needs at least one suffix per prefix, none of them empty")
+        start = len(ids)
         ids += head
-        block += [b] * len(head)
-        segment += [0] * len(head)
         positions += range(len(head))
+        spans = []
         for part in parts:
+            spans.append((len(ids), len(ids) + len(part)))
             ids += part
-            block += [b] * len(part)
-            segment += [len(ends) + 1] * len(part)
             positions += range(len(head), len(head) + len(part))
-            ends.append(len(ids) - 1)
-    if not ends:
+        layout.append((start, start + len(head), spans))
+    if not layout:
         raise InvalidInput("packed scoring needs at least one suffix")
-    seg, blk = torch.tensor(segment), torch.tensor(block)
+    ends = [end - 1 for _, _, spans in layout for _, end in spans]  # where each answer is read
     weight = next(model.parameters())  # a wrapped model (Opacus's) may not expose .dtype and .device
     dtype, device = weight.dtype, weight.device
-    size = len(ids)
-    visible = (
-        torch.ones(size, size, dtype=torch.bool).tril()
-        & (blk[None, :] == blk[:, None])
-        & ((seg[None, :] == 0) | (seg[None, :] == seg[:, None]))
-    )
-    mask = torch.zeros(size, size, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
+    attention: dict[str, Any] = {}
+    if getattr(getattr(model, "config", None), "_attn_implementation", None) == BLOCK_ATTENTION:
+        attention["attention_spans"] = attention_spans(layout, dtype, device)
+    else:
+        attention["attention_mask"] = packed_mask(layout, len(ids), dtype)[None, None].to(device)
     logits = model(
         input_ids=torch.tensor([ids], device=device),
-        attention_mask=mask[None, None].to(device),
         position_ids=torch.tensor([positions], device=device),
         logits_to_keep=torch.tensor(ends, device=device),  # the vocabulary projection only where answers are read
         use_cache=False,
+        **attention,
     ).logits[0]
     yes, no = answer_ids
     return logits[:, yes] - logits[:, no]
+
+
+Layout = Sequence[tuple[int, int, Sequence[tuple[int, int]]]]  # per block: (prefix start, end), suffix spans
+
+
+def packed_mask(layout: Layout, size: int, dtype: Any) -> Any:
+    """The additive mask of a packed sequence: a prefix token sees its prefix causally, a suffix token its
+    prefix and its own suffix causally, nothing of other blocks."""
+    torch = require("torch", "pip install torch==2.13.0")
+    visible = torch.zeros(size, size, dtype=torch.bool)
+    for start, end, spans in layout:
+        visible[start:end, start:end] = True
+        for first, last in spans:
+            visible[first:last, start:end] = True
+            visible[first:last, first:last] = True
+    visible &= torch.ones(size, size, dtype=torch.bool).tril()
+    return torch.zeros(size, size, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Queries [start, end) of a packed sequence, attending causally to themselves (`mask` None: a prefix), or
+    to their prefix [prefix_start, prefix_end) and to themselves under `mask` (a group of suffixes)."""
+
+    start: int
+    end: int
+    prefix_start: int = 0
+    prefix_end: int = 0
+    mask: Any = None
+
+
+def attention_spans(layout: Layout, dtype: Any, device: Any, group_tokens: int = GROUP_TOKENS) -> list[Span]:
+    """A packed sequence cut for `block_attention`, in the sequence's order: each prefix, then its suffixes in
+    groups of about `group_tokens` tokens (small enough that little of a group's own square is masked, large
+    enough that each SDPA call has work to do)."""
+    torch = require("torch", "pip install torch==2.13.0")
+    spans: list[Span] = []
+    for start, end, suffixes in layout:
+        spans.append(Span(start, end))
+        group: list[tuple[int, int]] = []
+        for i, suffix in enumerate(suffixes):
+            group.append(suffix)
+            if group[-1][1] - group[0][0] < group_tokens and i + 1 < len(suffixes):
+                continue
+            first, size = group[0][0], group[-1][1] - group[0][0]
+            own = torch.tensor([g for g, (a, b) in enumerate(group) for _ in range(a, b)])
+            visible = torch.ones(size, size, dtype=torch.bool).tril() & (own[None, :] == own[:, None])
+            mask = torch.zeros(size, end - start + size, dtype=dtype)
+            mask[:, end - start :].masked_fill_(~visible, torch.finfo(dtype).min)
+            spans.append(Span(first, first + size, start, end, mask[None, None].to(device)))
+            group = []
+    return spans
+
+
+def block_attention(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    attention_spans: Sequence[Span] | None = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
+    """transformers' attention, span by span over a packed sequence (`attention_spans`): a reader's candidates
+    attend to the prefix and to themselves, not to every token before them as one masked call over the whole
+    sequence computes; 1.1x the scores a second (docs/BENCHMARKS.md). Every other call (generation, cached
+    prefixes) is transformers' SDPA attention, unchanged."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if attention_spans is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    torch = require("torch", "pip install torch==2.13.0")
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    options = {"dropout_p": dropout, "scale": scaling, "enable_gqa": getattr(module, "num_key_value_groups", 1) > 1}
+    out = []
+    for s in attention_spans:
+        q, k, v = query[:, :, s.start : s.end], key[:, :, s.start : s.end], value[:, :, s.start : s.end]
+        if s.mask is None:
+            out.append(sdpa(q, k, v, is_causal=True, **options))
+        else:
+            k = torch.cat([key[:, :, s.prefix_start : s.prefix_end], k], 2)
+            v = torch.cat([value[:, :, s.prefix_start : s.prefix_end], v], 2)
+            out.append(sdpa(q, k, v, attn_mask=s.mask, **options))
+    return torch.cat(out, 2).transpose(1, 2).contiguous(), None
 
 
 def weights_dtype(name: str = "auto") -> str:
@@ -141,6 +230,48 @@ def float32_head(model: Any) -> None:
     model.config.tie_word_embeddings = False  # so that nothing ties it back to the bfloat16 embeddings
 
 
+def register_block_attention() -> str:
+    """Make `block_attention` a transformers attention implementation (its masks those of SDPA); its name."""
+    transformers = require("transformers", "pip install 'transformers>=5.16.1,<5.20'")
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    transformers.AttentionInterface.register(BLOCK_ATTENTION, block_attention)
+    transformers.AttentionMaskInterface.register(BLOCK_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    return BLOCK_ATTENTION
+
+
+def prepack_linears(model: Any) -> None:
+    """Give a bfloat16 model's decoder linear layers weights in oneDNN's blocked layout, made once: in eager
+    mode oneDNN reorders each weight at every call (5 % of bfloat16 scoring, docs/BENCHMARKS.md). The layers stay
+    `nn.Linear`s with their weights, so PEFT can wrap and merge them; call again after weights change (a merge).
+    float32 weights, and a torch without these oneDNN operators, are left as they are."""
+    torch = require("torch", "pip install torch==2.13.0")
+    mkldnn = torch.ops.mkldnn
+    if not (hasattr(mkldnn, "_reorder_linear_weight") and hasattr(mkldnn, "_linear_pointwise")):
+        return
+    prepacked = _prepacked_linear_class()
+    for module in model.get_decoder().modules():
+        if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.bfloat16:
+            module.__class__ = prepacked
+            module.pack()
+
+
+@functools.cache
+def _prepacked_linear_class() -> Any:
+    torch = require("torch", "pip install torch==2.13.0")
+
+    class PrepackedLinear(torch.nn.Linear):
+        """nn.Linear computed from a copy of its weight that oneDNN reordered once (`prepack_linears`)."""
+
+        def pack(self) -> None:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None)
+
+        def forward(self, x: Any) -> Any:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    return PrepackedLinear
+
+
 def answer_token_ids(tokenizer: Any) -> tuple[int, int]:
     """The first tokens of "Yes" and "No": the answer is read from these two logits."""
     return tuple(tokenizer(word, add_special_tokens=False).input_ids[0] for word in (ANSWER_YES, ANSWER_NO))
@@ -158,6 +289,7 @@ class TransformersBackend:
         threads: int | None = None,
         dtype: str = "float32",
         merged_adapters: int = 2,
+        attention: str = "blocks",
     ) -> None:
         self.model = model
         self.cache_dir = cache_dir
@@ -166,6 +298,9 @@ class TransformersBackend:
         self.dtype = weights_dtype(dtype)  # the resolved name: float32 or bfloat16
         self.adapters: dict[str, str] = {}
         self.merged_adapters = merged_adapters  # how many merged copies to keep (0: PEFT's LoRA products only)
+        if attention not in ("blocks", "masked"):
+            raise InvalidInput(f"unknown attention {attention!r}; expected blocks or masked")
+        self.attention = attention  # a packed sequence's attention: span by span, or one mask over all of it
         self._merged: OrderedDict[str, Any] = OrderedDict()  # adapter name -> merged model, least recent first
         # one forward pass at a time: adapter switching and torch's thread pool are process-wide
         self._lock = threading.RLock()
@@ -184,9 +319,13 @@ class TransformersBackend:
                 tokenizer = transformers.AutoTokenizer.from_pretrained(path)
                 if tokenizer.pad_token_id is None:
                     tokenizer.pad_token = tokenizer.eos_token
-                model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype))
+                implementation = register_block_attention() if self.attention == "blocks" else "sdpa"
+                model = transformers.AutoModelForCausalLM.from_pretrained(
+                    path, dtype=getattr(torch, self.dtype), attn_implementation=implementation
+                )
                 if self.dtype != "float32":
                     float32_head(model)
+                    prepack_linears(model)
                 model.eval()
                 self._loaded = (tokenizer, model)
                 self._answer_ids = answer_token_ids(tokenizer)
@@ -241,9 +380,11 @@ class TransformersBackend:
         peft_model = self.network
         shared = (peft_model.get_input_embeddings(), peft_model.get_output_embeddings())
         unadapted = [m for m in shared if not type(m).__module__.startswith("peft")]  # merging leaves these alone
-        twin = copy.deepcopy(peft_model, memo={id(m): m for m in unadapted})
+        packed = [m.packed for m in peft_model.modules() if hasattr(m, "packed")]  # opaque: packed anew below
+        twin = copy.deepcopy(peft_model, memo={id(m): m for m in [*unadapted, *packed]})
         merged = twin.merge_and_unload(adapter_names=[name])
         merged.eval()
+        prepack_linears(merged)  # the merge changed the weights the copy's packed ones were made from
         self._merged[name] = merged
         while len(self._merged) > self.merged_adapters:
             self._merged.popitem(last=False)
