@@ -63,6 +63,7 @@ class TrainConfig:
     batch_size: int = 32  # most candidates per forward pass; they share one prefix
     accumulate: int = 1  # impressions (prefix groups) per optimizer step
     packed: bool = True  # each group as one sequence with a block mask; False: the prefix cache copied per row
+    attention: Literal["blocks", "masked"] = "blocks"  # a packed sequence's attention span by span, or one mask
     # save the adapter as it is after this many training examples (a learning curve from one run), under
     # OUTPUT/snapshots/N-examples; only in the first epoch
     snapshots: list[int] = field(default_factory=list)
@@ -146,7 +147,7 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     from safetensors.torch import load_file
     from tqdm import tqdm
 
-    from llm.backends.transformers import answer_token_ids
+    from llm.backends.transformers import answer_token_ids, register_block_attention
 
     output = Path(config.output)
     checkpoint = output / "checkpoint"
@@ -174,7 +175,10 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     tokenizer = transformers.AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(config.device)
+    implementation = register_block_attention() if config.attention == "blocks" else "sdpa"  # as served
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        base, dtype=torch.float32, attn_implementation=implementation
+    ).to(config.device)
     if config.init_adapter:  # continual: go on from an adapter's weights (its shape), not from the base model's
         model = peft.PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
     else:

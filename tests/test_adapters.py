@@ -245,17 +245,18 @@ def test_packed_and_padded_training_learn_the_same_and_snapshots_are_saved(llm, 
     data = tmp_path / "examples.jsonl"
     export.write_examples(data, export.from_mind(replay.contexts(impressions, corpus), llm, Settings(), PSEUDONYMS))
     losses = {}
-    for packed in (True, False):
-        run = tmp_path / f"run-{packed}"
-        overrides = ["rank=4", "dropout=0", "validation_share=0.0", "snapshots=[10]", "accumulate=2"]
-        overrides.append(f"packed={json.dumps(packed)}")
+    ways = {"by spans": ["packed=true"], "one mask": ["packed=true", "attention=masked"], "padded": ["packed=false"]}
+    for way, chosen in ways.items():
+        run = tmp_path / way.replace(" ", "-")
+        overrides = ["rank=4", "dropout=0", "validation_share=0.0", "snapshots=[10]", "accumulate=2", *chosen]
         config = train.load_config(None, overrides, data=str(data), output=str(run))
         card = train.main(config, show_progress=False)
         assert card["examples_seen"] == 24 and card["steps"] == 4  # 4 impressions, 2 per optimizer step
         assert (run / "snapshots" / "10-examples" / "adapter_model.safetensors").is_file()
-        losses[packed] = torch.load(run / "checkpoint" / "state.pt", weights_only=False)["losses"]
-    # the same examples, the same start: the two ways to compute the margins give the same training
-    assert losses[True] == pytest.approx(losses[False], abs=1e-3)
+        losses[way] = torch.load(run / "checkpoint" / "state.pt", weights_only=False)["losses"]
+    # the same examples, the same start: the three ways to compute the margins give the same training
+    assert losses["by spans"] == pytest.approx(losses["padded"], abs=1e-3)
+    assert losses["one mask"] == pytest.approx(losses["padded"], abs=1e-3)
 
 
 def llm_embedder():

@@ -3,7 +3,8 @@ the CPU multiplies it in hardware (AMX), float32 elsewhere. The adapters served 
 of the decoder's weights, so that serving one costs what the base model costs.
 
 Scoring computes each distinct prefix once and reuses its KV cache for every candidate suffix, in batches that
-may mix prefixes: the candidates of several readers (calls merged by the MicroBatcher) share forward passes.
+may mix prefixes: the candidates of several readers (calls merged by the MicroBatcher) share forward passes. One
+reader's candidates go in one packed sequence after their prefix, its attention computed span by span.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def block_attention(
 
 
 def weights_dtype(name: str = "auto") -> str:
-    """`auto`: bfloat16 on CPUs with AMX tiles, where the packaged model scores about 2.5x the candidates a
+    """`auto`: bfloat16 on CPUs with AMX tiles, where the packaged model scores about 2.9x the candidates a
     second of float32 (docs/BENCHMARKS.md); float32 elsewhere (without AMX, bfloat16 is emulated and slower)."""
     if name != "auto":
         return name
