@@ -201,9 +201,8 @@ def main() -> None:
             if not all(name.startswith("transformers") for name in args.backends):
                 raise SystemExit("--paired compares transformers variants, which fit in memory together")
             backends = {name: open_variant(name, base) for name in args.backends[1:]}
-            for backend in [reference, *backends.values()]:
-                if args.adapter:
-                    backend.load_adapter("adapter", str(args.adapter))
+            for backend in [reference, *backends.values()] if args.adapter else []:
+                backend.load_adapter("adapter", str(args.adapter))
             paired({first: reference, **backends}, batches, args.rounds)
             return
         rates: dict[str, list[float]] = {name: [] for name in args.backends}
