@@ -60,8 +60,9 @@ class Settings(BaseSettings):
     # the transformers backend's weights: auto = bfloat16 on CPUs with AMX (about 2.5x the scores a second of
     # float32 there, at the same held-out AUC: docs/BENCHMARKS.md), float32 elsewhere
     llm_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    # adapters merged into copies of the decoder's weights (the most recently served; about 215 MB each in
-    # bfloat16): scored as fast as the zero-shot model instead of at two thirds of its rate; 0 = never merge
+    # adapters merged into copies of the decoder's weights (the most recently served; about 410 MB each in
+    # bfloat16, packed copy included): scored as fast as the zero-shot model instead of at two thirds of its rate;
+    # 0 = never merge
     merged_adapters: int = Field(2, ge=0)
     # a reader's packed candidates attend to their prefix and themselves, computed span by span (blocks: 1.1x the
     # scores a second), or with one mask over the whole sequence (masked)
