@@ -2,7 +2,7 @@
 
     python benchmarks/llm_training.py curve     # first: adapters at 4k, 8k, 16k and all examples, their scores
     python benchmarks/ranker.py [--scores data/llm-training/curve-listwise-8] [--plot docs/eval/learning-curve.png]
-                                [--save RANKER_JSON] [--without SIGNAL ...]
+                                [--save RANKER_JSON] [--without SIGNAL ...] [--tower TOWER_FILE]
 
 Rankers are fitted on the ranker's share of the data, which no adapter was trained on: the tune impressions after
 the adapters' first 500 and mind-train's last 300 impressions (when the curve has their scores), with each
@@ -12,10 +12,11 @@ the blend with the reader's weights from the learned ranker and the diversity te
 
 For each adapter: AUC (± standard error over impressions) of the LLM alone, of the hand-set blend with that LLM,
 of the product with the learned ranker, and of the same ranker refitted without the LLM; the LLM's worth is the
-paired difference of the last two (± its standard error). For the largest adapter: the choice of model (logistic
-regression with and without interactions, on P(Yes) or on its logit, and gradient-boosted trees), an ablation
-(each signal removed and the ranker refitted), and the fit carried to all held-out impressions, where popularity
-counts come from twice the traffic.
+paired difference of the last two (± its standard error). With `--tower` (benchmarks/tower.py), the LLM's match
+of readers and articles is a signal too, and "without the LLM" removes both. For the largest adapter: the choice
+of model (logistic regression with and without interactions, on P(Yes) or on its logit, and gradient-boosted
+trees), an ablation (each signal removed and the ranker refitted), and the fit carried to all held-out
+impressions, where popularity counts come from twice the traffic.
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from config.settings import PACKAGED_LLM, Settings
 from core import metrics
 from core.records import BlendWeights
 from evaluation import replay
 from feed import learned_ranker
 from feed.blend import blend_rank, without
+from llm.tower import ArticleReader, Tower
 from retrieval.embed import Embedder
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mind-dev"
@@ -179,25 +182,29 @@ def main() -> None:
         metavar="SIGNAL",
         help="signals every ranker here is fitted without (weight 0): those the ablation left out",
     )
+    parser.add_argument("--tower", help="a tower file (benchmarks/tower.py): the LLM's match as a signal")
     args = parser.parse_args()
     without = tuple(args.without)
+    match = Tower.load(Path(args.tower)) if args.tower else None
+    reader = ArticleReader(PACKAGED_LLM, Settings().model_cache) if match else None
+    no_llm_drop = (*without, "match")  # without the LLM: neither its relevance nor its match
     folder = Path(args.scores)
     impressions, _ = replay.read_behaviors(DATA / "behaviors.tsv")
-    corpus = replay.Corpus(DATA / "news.tsv", Embedder(), Path("data/eval-cache"), show_progress=False)
+    corpus = replay.Corpus(DATA / "news.tsv", Embedder(), Path("data/eval-cache"), show_progress=False, reader=reader)
     tune = replay.select(impressions, "tune", 0, None)
     fit_part = list(replay.contexts(tune[ADAPTER_PART:], corpus))
     if any(folder.glob("ranker-week-*.jsonl")):  # the curve scored the week's ranker share too
         week, _ = replay.read_behaviors(WEEK / "behaviors.tsv")
         ordered = sorted(week, key=lambda i: (i.time or 0.0, i.id))[-RANKER_WEEK:]
-        week_corpus = replay.Corpus(WEEK / "news.tsv", Embedder(), Path("data/eval-cache"), show_progress=False)
+        week_corpus = replay.Corpus(WEEK / "news.tsv", Embedder(), Path("data/eval-cache"), False, reader=reader)
         fit_part += list(replay.contexts(ordered, week_corpus))
     heldout = list(replay.contexts(replay.select(impressions, "heldout", 0, 300), corpus))
     heldout_all = list(replay.contexts(replay.select(impressions, "heldout", 0, None), corpus))
     sizes = sorted(int(p.stem.split("-")[1]) for p in folder.glob("heldout-*.jsonl"))
-    evaluator = replay.Evaluator(None, HAND_SET, model="smollm2-135m")
+    evaluator = replay.Evaluator(None, HAND_SET, model="smollm2-135m", tower=match)
 
-    no_llm = fit(evaluator, fit_part, None, without)
-    no_llm_auc, no_llm_ndcg = product(evaluator, no_llm, heldout, None, without)
+    no_llm = fit(evaluator, fit_part, None, no_llm_drop)
+    no_llm_auc, no_llm_ndcg = product(evaluator, no_llm, heldout, None, no_llm_drop)
     hand_auc, hand_ndcg = hand_set(evaluator, heldout, None)
     print(f"fitted on {len(fit_part)} tune impressions; reported on the first {len(heldout)} held-out impressions\n")
     print(f"without an LLM: hand-set blend {mean_se(hand_auc)} (nDCG@10 {np.nanmean(hand_ndcg):.2f}), "
@@ -244,7 +251,7 @@ def main() -> None:
               + ", ".join(f"{n} {weights[n]:+.3f}" for n in learned_ranker.FEATURES))  # fmt: skip
 
     scored = [c for c in heldout_all if c.impression.id in held]
-    all_auc, _ = product(evaluator, no_llm, heldout_all, None, without)
+    all_auc, _ = product(evaluator, no_llm, heldout_all, None, no_llm_drop)
     print(f"\nthe LLM-free ranker on all {len(heldout_all)} held-out impressions (popularity from all of them): "
           f"{mean_se(all_auc)}, on the first 300: {mean_se(no_llm_auc)}; "
           f"{len(scored)} have LLM scores")  # fmt: skip

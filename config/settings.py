@@ -168,6 +168,10 @@ class Settings(BaseSettings):
     # a learned ranker (`newsrank ranker`): a registered NAME[@VERSION] or a JSON file; "mind" ships (fitted with the
     # shipped adapter's scores); none = the hand-set weights
     ranker: str | None = "mind"
+    # the LLM's match of readers and articles (llm/tower.py): a head over its hidden states, trained on clicks, read
+    # by a learned ranker as the `match` signal; "mind" ships, or a tower file; none = no match (articles stored
+    # without their reading by the LLM, which costs about 10 ms an article at ingest)
+    tower: str | None = "mind"
     # exposure caps, applied while the blend places a feed's items (unset: none): at most N items from one source,
     # at most a share of the feed from one category, at least a share from outside the reader's top categories
     cap_per_source: int | None = Field(None, ge=1)

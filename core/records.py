@@ -61,6 +61,7 @@ class Hit:
     article: Article
     embedding: np.ndarray
     similarity: float | None = None  # cosine to the query, when there was one
+    reading: np.ndarray | None = field(default=None, compare=False, repr=False)  # the LLM's (llm/tower.py)
 
 
 # -- readers --------------------------------------------------------------------------------------------------
@@ -178,6 +179,10 @@ SIGNALS = (
                named=("relevance", "relevant", "model", "llm"),
                says=frozenset({"relevant", "profile", "interest", "interests", "judged", "model", "match",
                                "matches"})),
+    SignalSpec("match", 0.0, "the LLM's match of the article to the reader: (1 + cosine) / 2 of their "
+               "representations from its hidden states, trained on clicks (llm/tower.py); 0.5 when unknown",
+               "the model reads it as close to what you read", "mat", named=("match", "reading"),
+               says=frozenset({"close", "read", "reading", "model", "match", "matches", "like"})),
     SignalSpec("similarity", 0.336, "cosine similarity of the article to the reader's profile",
                "it is close to what you read", "sim", named=("similarity", "similar"),
                says=frozenset({"close", "closely", "similar", "read", "reading", "like"})),
@@ -236,6 +241,7 @@ class Signals:
     """A candidate's signals, one field per entry of SIGNALS."""
 
     relevance: float = 0.0
+    match: float = 0.0
     similarity: float = 0.0
     affinity: float = 0.0
     closest: float = 0.0

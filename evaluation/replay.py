@@ -29,6 +29,7 @@ from feed.exposure import Exposure, ExposureTally
 from feed.learned_ranker import Ranker
 from feed.profile import Profile, build_profile
 from llm.relevance import DEFAULT_CANDIDATE_TEXT, prompt_version, relevance_requests, scorer_key
+from llm.tower import READ_TOKENS, ArticleReader, Tower, pack_reading, unpack_reading
 from retrieval import stories
 from retrieval.embed import Embedder
 from retrieval.ingest import RowError, read_mind_news
@@ -104,7 +105,14 @@ def select(
 class Corpus:
     """The news of a MIND news.tsv with their embeddings (computed once, cached on disk)."""
 
-    def __init__(self, news: Path, embedder: Embedder, cache_dir: Path, show_progress: bool = True) -> None:
+    def __init__(
+        self,
+        news: Path,
+        embedder: Embedder,
+        cache_dir: Path,
+        show_progress: bool = True,
+        reader: ArticleReader | None = None,
+    ) -> None:
         rows = list(read_mind_news(news, 0.0))
         self.articles = {r.id: r for r in rows if isinstance(r, Article)}
         self.malformed = sum(isinstance(r, RowError) for r in rows)
@@ -128,12 +136,34 @@ class Corpus:
             np.save(path, vectors)
         self.index = {article_id: row for row, article_id in enumerate(ids)}
         self.vectors = vectors
+        self.readings = None if reader is None else self._readings(reader, ids, key, cache_dir, show_progress)
         # the copies of one story among these news (retrieval/stories.py), as ingesting them would find them
         found = stories.group([self.articles[i] for i in ids], vectors)
         self.articles = {i: replace(self.articles[i], story=story) for i, story in zip(ids, found, strict=True)}
 
     def hit(self, article_id: str) -> Hit:
-        return Hit(self.articles[article_id], self.vectors[self.index[article_id]])
+        row = self.index[article_id]
+        return Hit(self.articles[article_id], self.vectors[row], reading=None if self.readings is None else
+                   self.readings[row])  # fmt: skip
+
+    def _readings(
+        self, reader: ArticleReader, ids: list[str], key: str, cache_dir: Path, show_progress: bool
+    ) -> np.ndarray:
+        """Each article's reading by the LLM (llm/tower.py), as the article store keeps it: computed once, cached."""
+        path = cache_dir / f"readings-{_digest(key, reader.model, READ_TOKENS)}.npy"
+        if path.is_file():
+            return np.load(path)
+        from tqdm import tqdm
+
+        chunks = [ids[s : s + 256] for s in range(0, len(ids), 256)]
+        readings = np.concatenate([
+            reader([self.articles[i] for i in chunk])
+            for chunk in tqdm(chunks, desc="read news (LLM)", unit=" batches", disable=not show_progress)
+        ])  # fmt: skip
+        # float16, as the article store keeps them
+        readings = np.stack([unpack_reading(pack_reading(r)) for r in readings])
+        np.save(path, readings)
+        return readings
 
     def __contains__(self, article_id: str) -> bool:
         return article_id in self.articles
@@ -233,6 +263,7 @@ class Evaluator:
     # exposure caps on the blends' top 10 (feed.blend.Caps: per_source, category_share, exploration_share)
     caps: dict[str, float] = field(default_factory=dict)
     half_life_hours: float = 24.0  # freshness, where the articles' ages are known (Settings.half_life_hours)
+    tower: Tower | None = None  # the LLM's match of readers and articles (llm/tower.py), as the feed serves it
 
     def score(self, method: str, ctx: Context, llm: Callable[[str], list[float]]) -> MethodResult:
         start = time.perf_counter()
@@ -269,7 +300,8 @@ class Evaluator:
     def signals(self, ctx: Context, relevance: Sequence[float]) -> list[Signals]:
         """The feed's own signals (feed.signals.candidate_signals)."""
         return signals.candidate_signals(ctx.profile, ctx.hits, relevance, ctx.popularity, ctx.now,
-                                         self.half_life_hours, ctx.ctr, ctx.coclick)  # fmt: skip
+                                         self.half_life_hours, ctx.ctr, ctx.coclick,
+                                         match=signals.tower_match(self.tower, ctx.profile, ctx.hits))  # fmt: skip
 
     @property
     def scorer(self) -> str:
@@ -349,6 +381,8 @@ def method_key(method: str, evaluator: Evaluator, model: str) -> str:
         parts.append(evaluator.adapter)
     if method in ("blend", "ranker"):
         parts += [sorted(evaluator.weights.items()), evaluator.explain_top]
+        if evaluator.tower is not None:
+            parts.append(evaluator.tower.card)
         if evaluator.caps:
             parts.append(sorted(evaluator.caps.items()))
     if method == "ranker" and evaluator.ranker is not None:
@@ -653,10 +687,11 @@ def evaluate(
     open_backend: Callable[[], Backend],
     adapter_folder: Callable[[str], tuple[str, Path]],
     say: Callable[[str], None] = print,
+    tower: Tower | None = None,
 ) -> list[MethodReport]:
     """Replay the impressions with every method asked for, print (`say`) the report, and write what was asked
     for (fitted weights, a fitted ranker, predictions, a markdown report). The LLM is loaded only when a method
-    needs it."""
+    needs it. `tower`: the LLM's match of readers and articles the blends read, as the feed serves it."""
     methods = list(options.methods)
     if "ranker" in methods and not options.ranker:
         raise InvalidInput("method ranker needs a ranker file (--ranker FILE; --fit-ranker FILE makes one)")
@@ -671,7 +706,8 @@ def evaluate(
     chosen = select(impressions, options.part, options.seed, options.limit, options.skip)
     if not chosen:
         raise InvalidInput(f"no impressions in part {options.part!r}")
-    corpus = Corpus(options.news, Embedder(settings.embedder), options.cache)
+    reader = None if tower is None else ArticleReader(tower.card.get("base_model", settings.llm), settings.model_cache)
+    corpus = Corpus(options.news, Embedder(settings.embedder), options.cache, reader=reader)
     backend = open_backend() if needs_llm else None
     if backend is not None:
         backend.warm()  # so the model's loading time does not count as scoring time
@@ -682,7 +718,7 @@ def evaluate(
     evaluator = Evaluator(
         backend, settings.weights.frozen(), options.seed, adapter, options.explain, settings.history_titles,
         settings.candidate_text, ranker=Ranker.load(options.ranker) if options.ranker else None,
-        model=backend.model if backend else "", strategy=settings.strategy, caps=settings.exposure_caps,
+        model=backend.model if backend else "", strategy=settings.strategy, caps=settings.exposure_caps, tower=tower,
     )  # fmt: skip
     if evaluator.ranker is not None and evaluator.ranker.fit_for(evaluator.scorer) is evaluator.ranker.without_llm:
         say(f"note: the ranker was fitted for the scorer {evaluator.ranker.scorer}, not {evaluator.scorer}: "

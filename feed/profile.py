@@ -48,6 +48,7 @@ class HistoryItem:
     title: str
     category: str
     embedding: np.ndarray = field(compare=False, repr=False)
+    reading: np.ndarray | None = field(default=None, compare=False, repr=False)  # the LLM's (llm/tower.py)
 
 
 @dataclass(frozen=True, eq=False)
@@ -167,7 +168,9 @@ def build_profile(
     ]
 
     history = tuple(
-        HistoryItem(a, articles[a].article.title, articles[a].article.category, articles[a].embedding)
+        HistoryItem(
+            a, articles[a].article.title, articles[a].article.category, articles[a].embedding, articles[a].reading
+        )
         for a in positive[:history_size]
     )
     vectors = [articles[a].embedding for a in positive]

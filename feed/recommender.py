@@ -37,6 +37,7 @@ from feed.profile import Profile, build_profile
 from llm import prompts
 from llm.listwise import Permutation, listwise_rank, parse_permutation, rank_scores
 from llm.relevance import LISTWISE, SYSTEM, listed, prompt_version, relevance_requests, scorer_key
+from llm.tower import Tower
 
 log = logging.getLogger("newsrank.ranking")
 
@@ -129,8 +130,10 @@ class Recommender:
         adapters: AdapterResolver | None = None,
         tally: Tally | None = None,
         pseudonym: Callable[[str], str] | None = None,
+        tower: Tower | None = None,
     ) -> None:
         self.articles = articles
+        self.tower = tower  # the LLM's match of readers and articles (llm/tower.py), if one is served
         self.feedback = feedback
         self.backend = backend
         self.settings = settings
@@ -542,7 +545,8 @@ class Recommender:
         lap("relevance")
 
         found = signals.candidate_signals(profile, hits, relevance, popular, now, s.half_life_hours, ctr, coclick,
-                                          profile.follows, match if request.query else None)  # fmt: skip
+                                          profile.follows, match if request.query else None,
+                                          signals.tower_match(self.tower, profile, hits))  # fmt: skip
         if request.query:  # the reader's own blend, the query's match in it
             weights, strategy = BlendWeights(**{**weights, "query": SEARCH_WEIGHT}), f"search+{strategy}"
         embeddings = np.stack([h.embedding for h in hits]) if hits else np.zeros((0, 1))

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core.records import Article, Hit, Signals
 from feed.blend import cosine_similarity, freshness
 from feed.profile import Profile
+
+if TYPE_CHECKING:
+    from llm.tower import Tower
 
 
 def popularity(counts: Mapping[str, int], hits: Sequence[Hit]) -> list[float]:
@@ -76,6 +80,13 @@ def followed(article: Article, follows: Collection[str], now: float | None) -> f
     return 1.0 if now is None else freshness((now - article.published_at) / 3600, FOLLOWED_HALF_LIFE_HOURS)
 
 
+def tower_match(tower: Tower | None, profile: Profile, hits: Sequence[Hit]) -> list[float] | None:
+    """The LLM's match of each candidate to the reader (llm/tower.py); None without a tower."""
+    if tower is None:
+        return None
+    return tower.match([h.reading for h in profile.history], [h.reading for h in hits])
+
+
 def similarity(profile: Profile, hit: Hit) -> float:
     """The cosine of a candidate to the reader's profile vector: the retrieval's own where it found the
     candidate by similarity, computed here for the others (fresh and popular picks), in [0, 1]."""
@@ -99,20 +110,23 @@ def candidate_signals(
     coclick: Sequence[float] | None = None,
     follows: Collection[str] = (),
     query: Sequence[float] | None = None,
+    match: Sequence[float] | None = None,
 ) -> list[Signals]:
     """Every fitted and hand-set signal of each candidate. `relevance`: the LLM's P(Yes), None where it has
     not scored the candidate (0 here; the blend then weighs the candidate without it). `now`: None where the
     articles carry no publication time (MIND), and every candidate counts as new. `follows`: the stories the reader
     follows, whose articles get the `followed` boost, decaying with their age. `query`: each candidate's match to
-    the reader's search, in a search."""
+    the reader's search, in a search. `match`: the LLM's match of each (llm/tower.py; None: no tower, 0)."""
     embeddings = np.stack([h.embedding for h in hits]) if hits else np.zeros((0, 1))
     closest = profile.closest(embeddings)
     ctr = ctr if ctr is not None else [0.0] * len(hits)
     coclick = coclick if coclick is not None else [0.0] * len(hits)
     query = query if query is not None else [0.0] * len(hits)
+    match = match if match is not None else [0.0] * len(hits)
     return [
         Signals(
             relevance=0.0 if y is None else float(y),
+            match=m,
             freshness=1.0 if now is None else freshness((now - h.article.published_at) / 3600, half_life_hours),
             similarity=similarity(profile, h),
             affinity=profile.affinity(h.article),
@@ -124,5 +138,7 @@ def candidate_signals(
             followed=followed(h.article, follows, now),
             query=float(np.clip(q, 0.0, 1.0)),
         )
-        for h, y, c, p, rate, co, q in zip(hits, relevance, closest, popularity, ctr, coclick, query, strict=True)
+        for h, y, c, p, rate, co, q, m in zip(
+            hits, relevance, closest, popularity, ctr, coclick, query, match, strict=True
+        )
     ]

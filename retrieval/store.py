@@ -23,11 +23,13 @@ import numpy as np
 
 from core.errors import InvalidInput, StoreUnavailable
 from core.records import Article, Hit
+from llm.tower import pack_reading, unpack_reading
 from retrieval import stories
 from retrieval.embed import Embedder
 from retrieval.keywords import KeywordIndex
 
 UPSERT_BATCH = 256
+READING = "reading"  # the metadata key of an article's reading by the LLM (llm/tower.py), when a reader is set
 CACHE_SECONDS = 2.0
 CACHE_ENTRIES = 50_000
 T = TypeVar("T")
@@ -121,8 +123,10 @@ class ChromaArticleStore:
         collection: str = "articles",
         cache_seconds: float = CACHE_SECONDS,
         find_stories: bool = True,
+        reader: Callable[[Sequence[Article]], np.ndarray] | None = None,
     ) -> None:
         self.embedder = embedder
+        self.reader = reader  # each article's reading by the LLM, stored with it (llm/tower.ArticleReader)
         self.find_stories = find_stories  # each new article joins the story of a copy already stored
         self._keywords: KeywordIndex | None = None  # built at the first keyword search
         self.collection = client.get_or_create_collection(
@@ -166,11 +170,12 @@ class ChromaArticleStore:
             vectors = self.embedder.encode([a.text for a in unique])
             if self.find_stories:
                 unique = self._with_stories(unique, vectors)
+            metadatas = [chroma_metadata(a) for a in unique]
+            if self.reader is not None:
+                for meta, reading in zip(metadatas, self.reader(unique), strict=True):
+                    meta[READING] = pack_reading(reading)
             self.collection.upsert(
-                ids=[a.id for a in unique],
-                documents=[a.text for a in unique],
-                embeddings=vectors,
-                metadatas=[chroma_metadata(a) for a in unique],
+                ids=[a.id for a in unique], documents=[a.text for a in unique], embeddings=vectors, metadatas=metadatas
             )
             written += len(unique)
             self._forget()
@@ -342,6 +347,7 @@ def _hits(ids, metadatas, embeddings, distances=None) -> dict[str, Hit]:
             article=article_from_chroma(article_id, meta or {}),
             embedding=np.asarray(embeddings[i], dtype=np.float32),
             similarity=None if distances is None else float(1.0 - distances[i]),
+            reading=unpack_reading((meta or {}).get(READING)),
         )
         for i, (article_id, meta) in enumerate(zip(ids, metadatas, strict=True))
     }

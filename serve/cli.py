@@ -141,7 +141,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report=Path(args.report) if args.report else None,
         cache=Path(args.cache) if args.cache else settings.data_dir / "eval-cache",
     )  # fmt: skip
-    replay.evaluate(run, settings, lambda: make_backend(settings), adapter_folder)
+    replay.evaluate(run, settings, lambda: make_backend(settings), adapter_folder, tower=shipped.tower(settings))
     return 0
 
 

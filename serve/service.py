@@ -17,7 +17,7 @@ from adapters import export
 from adapters.registry import AdapterRegistry
 from chat.conversation import Chat, item_weights, pick_item
 from config.experiment import Arm
-from config.settings import Settings
+from config.settings import PACKAGED_LLM, Settings
 from core.errors import InvalidInput, NotFound
 from core.llm import Backend
 from core.memo import Memo
@@ -32,6 +32,7 @@ from feed.recommender import MAX_K, Feed, FeedRequest, Recommender
 from llm import prompts
 from llm.backends.batching import MicroBatcher
 from llm.backends.metered import MeteredBackend
+from llm.tower import ArticleReader, Tower
 from retrieval.embed import Embedder
 from retrieval.ingest import IngestReport, article_from_dict, ingest_file
 from retrieval.store import ChromaArticleStore, chroma_client
@@ -50,6 +51,13 @@ RELEVANCE_NOTES = {  # the audit's words for where an item's relevance came from
     "none": "not computed yet, so the item was blended on its other signals, their weights scaled up",
     "popularity": "popularity stood in for it (no reading history to judge by)",
 }
+
+
+def reader_for(tower: Tower | None, settings: Settings) -> ArticleReader | None:
+    """What reads each article for the tower as it is stored: the tower's base model. None without a tower."""
+    if tower is None:
+        return None
+    return ArticleReader(tower.card.get("base_model", PACKAGED_LLM), settings.model_cache, settings.threads)
 
 
 def make_backend(settings: Settings) -> Backend:
@@ -122,6 +130,7 @@ class Newsrank:
         clock: Callable[[], float] = time.time,
         adapters: AdapterRegistry | None = None,
         pseudonyms: Pseudonyms | None = None,
+        tower: Tower | None = None,
     ) -> None:
         self.settings = settings
         self.articles = articles
@@ -132,7 +141,7 @@ class Newsrank:
         self.pseudonyms = pseudonyms or reader_pseudonyms(settings)
         self.tally = Tally()
         self.recommender = Recommender(
-            articles, feedback, backend, settings, clock, self.adapters, self.tally, self.pseudonyms
+            articles, feedback, backend, settings, clock, self.adapters, self.tally, self.pseudonyms, tower
         )
         self.chat = Chat(
             feedback, articles, backend, clock, self.recommender.profile, settings.recency_hours, self.standings,
@@ -153,7 +162,8 @@ class Newsrank:
         settings = settings or Settings()
         embedder = Embedder(settings.embedder)
         chroma = chroma_client(settings.chroma_dir, settings.chroma_url)
-        articles = ChromaArticleStore(chroma, embedder, settings.collection)
+        tower = shipped.tower(settings)
+        articles = ChromaArticleStore(chroma, embedder, settings.collection, reader=reader_for(tower, settings))
         feedback = open_store(
             settings.store_url, pool_size=settings.database_pool_size, timeout=settings.database_timeout
         )
@@ -162,7 +172,7 @@ class Newsrank:
             log.info("installed the shipped %s", installed)
         if (served := shipped.served(settings, adapters)) != settings:
             log.info("nothing ships as %r yet: serving the zero-shot model and the hand-set weights", shipped.NAME)
-        return cls(served, articles, feedback, backend or make_backend(served), adapters=adapters)
+        return cls(served, articles, feedback, backend or make_backend(served), adapters=adapters, tower=tower)
 
     # -- articles -----------------------------------------------------------------------------------------
     def ingest(self, path: Path, fmt: str | None = None, show_progress: bool = True) -> IngestReport:

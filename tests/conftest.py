@@ -18,9 +18,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # the tests pin what they serve: the zero-shot model and the hand-set weights unless a test asks for the shipped
-# adapter and ranker (tests/test_shipped.py); subprocesses inherit this
+# adapter, ranker and tower (tests/test_shipped.py); subprocesses inherit this
 os.environ.setdefault("NEWSRANK_ADAPTER", "none")
 os.environ.setdefault("NEWSRANK_RANKER", "none")
+os.environ.setdefault("NEWSRANK_TOWER", "none")
 
 
 from config.settings import Settings

@@ -2,7 +2,8 @@
 folder with their card (README.md here), installed into the registries on first start.
 
     adapter/      the PEFT adapter (adapter_config.json, adapter_model.safetensors in fp16, card.json)
-    ranker.json   the learned ranker fitted with that adapter's scores
+    ranker.json   the learned ranker fitted with that adapter's scores (and the tower's match)
+    tower.safetensors   the LLM's match of readers and articles (llm/tower.py), its card in its metadata
 
 `NEWSRANK_ADAPTER=none` / `NEWSRANK_RANKER=none` serve the zero-shot model and the hand-set weights instead.
 `make default-model` rebuilds both (docs/BENCHMARKS.md has what it measured); `python -m serve.shipped ADAPTER
@@ -23,9 +24,11 @@ from adapters.registry import AdapterRegistry
 from config.settings import Settings
 from core.errors import NotFound
 from feed.learned_ranker import Ranker, RankerRegistry
+from llm.tower import Tower
 
 NAME = "mind"  # the registered name of both (NEWSRANK_ADAPTER and NEWSRANK_RANKER default to it)
 FOLDER = files("serve.shipped")
+TOWER = "tower.safetensors"
 
 
 def available(folder: Any = FOLDER) -> bool:
@@ -65,8 +68,22 @@ def served(settings: Settings, adapters: AdapterRegistry) -> Settings:
     return settings.model_copy(update=unset) if unset else settings
 
 
-def pack(adapter: Path, ranker: Path, into: Path | None = None) -> Path:
-    """Copy a trained adapter (its tensors as fp16 safetensors) and a ranker file in as what ships."""
+def tower(settings: Settings) -> Tower | None:
+    """The tower the settings serve: the shipped one by its name, or a tower file; None for none (or where
+    nothing ships under the name yet)."""
+    if not settings.tower:
+        return None
+    if settings.tower != NAME:
+        return Tower.load(Path(settings.tower))
+    if not (FOLDER / TOWER).is_file():
+        return None
+    with as_file(FOLDER / TOWER) as path:
+        return Tower.load(Path(path))
+
+
+def pack(adapter: Path, ranker: Path, into: Path | None = None, tower_file: Path | None = None) -> Path:
+    """Copy a trained adapter (its tensors as fp16 safetensors), a ranker file and a tower file (if given) in as
+    what ships."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -84,9 +101,13 @@ def pack(adapter: Path, ranker: Path, into: Path | None = None) -> Path:
         save_file({k: v.to(torch.float16).contiguous() for k, v in tensors.items()},
                   staging / "adapter" / "adapter_model.safetensors")  # fmt: skip
         Ranker.load(ranker).save(staging / "ranker.json")
+        if tower_file is not None:
+            Tower.load(tower_file).save(staging / TOWER)
         shutil.rmtree(target / "adapter", ignore_errors=True)
         (staging / "adapter").rename(target / "adapter")
         (staging / "ranker.json").rename(target / "ranker.json")
+        if tower_file is not None:
+            (staging / TOWER).rename(target / TOWER)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
