@@ -57,9 +57,10 @@ format: $(STAMP)
 CURVE := data/llm-training/curve-listwise-8
 default-model: $(STAMP)
 	$(BIN)/python benchmarks/llm_training.py curve --objective listwise --negatives 8
+	$(BIN)/python benchmarks/tower.py --save $(CURVE)/tower.safetensors
 	$(BIN)/python benchmarks/ranker.py --scores $(CURVE) --save $(CURVE)/ranker.json --plot docs/eval/learning-curve.png \
-		--without coclick
-	$(BIN)/python -m serve.shipped $(CURVE)/curve/run/adapter $(CURVE)/ranker.json
+		--tower $(CURVE)/tower.safetensors --without coclick
+	$(BIN)/python -m serve.shipped $(CURVE)/curve/run/adapter $(CURVE)/ranker.json $(CURVE)/tower.safetensors
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

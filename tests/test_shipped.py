@@ -73,11 +73,12 @@ def test_before_anything_ships_a_start_serves_the_zero_shot_model(tmp_path, feed
 def test_a_new_install_serves_the_shipped_adapter_and_ranker(tmp_path, corpus_store, monkeypatch):
     """The defaults (no NEWSRANK_ADAPTER or NEWSRANK_RANKER): the first start installs what ships, and every feed's
     record names the adapter version and the ranker it was made with."""
-    monkeypatch.delenv("NEWSRANK_ADAPTER", raising=False)
-    monkeypatch.delenv("NEWSRANK_RANKER", raising=False)
+    for name in ("NEWSRANK_ADAPTER", "NEWSRANK_RANKER", "NEWSRANK_TOWER"):
+        monkeypatch.delenv(name, raising=False)
     settings = Settings(data_dir=tmp_path / "data", model_cache=MODEL_CACHE, scorer_threads=0, candidates=12)
-    assert (settings.adapter, settings.ranker) == (shipped.NAME, shipped.NAME)
+    assert (settings.adapter, settings.ranker, settings.tower) == (shipped.NAME,) * 3
     service = Newsrank.from_settings(settings)
+    assert service.recommender.tower is not None and service.articles.reader is not None  # the shipped tower
     service.articles = corpus_store  # the small test corpus instead of an empty embedded store
     service.recommender.articles = corpus_store
     service.check_configuration()
@@ -88,3 +89,4 @@ def test_a_new_install_serves_the_shipped_adapter_and_ranker(tmp_path, corpus_st
     assert {i.relevance_source for i in record.items} == {"llm"}
     _, ranker = service.recommender.learned_ranker()
     assert ranker.fit_for(service.recommender.scorer("mind@1")) is ranker.with_llm  # the LLM's fit, not the fallback
+    assert "match" in ranker.with_llm.columns and record.weights["match"] > 0  # the tower's match, weighed
