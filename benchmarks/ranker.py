@@ -33,13 +33,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config.settings import PACKAGED_LLM, Settings
+from config.settings import Settings
 from core import metrics
 from core.records import BlendWeights
 from evaluation import replay
 from feed import learned_ranker
 from feed.blend import blend_rank, without
-from llm.tower import ArticleReader, Tower
+from llm.tower import Tower
 from retrieval.embed import Embedder
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mind-dev"
@@ -186,7 +186,7 @@ def main() -> None:
     args = parser.parse_args()
     without = tuple(args.without)
     match = Tower.load(Path(args.tower)) if args.tower else None
-    reader = ArticleReader(PACKAGED_LLM, Settings().model_cache) if match else None
+    reader = match.article_reader(Settings().model_cache) if match else None
     no_llm_drop = (*without, "match")  # without the LLM: neither its relevance nor its match
     folder = Path(args.scores)
     impressions, _ = replay.read_behaviors(DATA / "behaviors.tsv")

@@ -706,7 +706,7 @@ def evaluate(
     chosen = select(impressions, options.part, options.seed, options.limit, options.skip)
     if not chosen:
         raise InvalidInput(f"no impressions in part {options.part!r}")
-    reader = None if tower is None else ArticleReader(tower.card.get("base_model", settings.llm), settings.model_cache)
+    reader = tower.article_reader(settings.model_cache, settings.threads) if tower else None
     corpus = Corpus(options.news, Embedder(settings.embedder), options.cache, reader=reader)
     backend = open_backend() if needs_llm else None
     if backend is not None:

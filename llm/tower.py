@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from config.settings import PACKAGED_LLM
 from core.errors import InvalidInput
 from core.records import Article
 
@@ -116,6 +117,10 @@ class Tower:
     attend_bias: np.ndarray
     query: np.ndarray
     card: dict
+
+    def article_reader(self, cache_dir: Path, threads: int | None = None) -> ArticleReader:
+        """What reads articles for these heads: the base model they were trained on (the packaged LLM)."""
+        return ArticleReader(self.card.get("base_model", PACKAGED_LLM), cache_dir, threads)
 
     def embed(self, readings: np.ndarray) -> np.ndarray:
         """(heads, n, k): each reading in each head's space, unit length."""

@@ -17,7 +17,7 @@ from adapters import export
 from adapters.registry import AdapterRegistry
 from chat.conversation import Chat, item_weights, pick_item
 from config.experiment import Arm
-from config.settings import PACKAGED_LLM, Settings
+from config.settings import Settings
 from core.errors import InvalidInput, NotFound
 from core.llm import Backend
 from core.memo import Memo
@@ -32,7 +32,7 @@ from feed.recommender import MAX_K, Feed, FeedRequest, Recommender
 from llm import prompts
 from llm.backends.batching import MicroBatcher
 from llm.backends.metered import MeteredBackend
-from llm.tower import ArticleReader, Tower
+from llm.tower import Tower
 from retrieval.embed import Embedder
 from retrieval.ingest import IngestReport, article_from_dict, ingest_file
 from retrieval.store import ChromaArticleStore, chroma_client
@@ -51,13 +51,6 @@ RELEVANCE_NOTES = {  # the audit's words for where an item's relevance came from
     "none": "not computed yet, so the item was blended on its other signals, their weights scaled up",
     "popularity": "popularity stood in for it (no reading history to judge by)",
 }
-
-
-def reader_for(tower: Tower | None, settings: Settings) -> ArticleReader | None:
-    """What reads each article for the tower as it is stored: the tower's base model. None without a tower."""
-    if tower is None:
-        return None
-    return ArticleReader(tower.card.get("base_model", PACKAGED_LLM), settings.model_cache, settings.threads)
 
 
 def make_backend(settings: Settings) -> Backend:
@@ -163,7 +156,8 @@ class Newsrank:
         embedder = Embedder(settings.embedder)
         chroma = chroma_client(settings.chroma_dir, settings.chroma_url)
         tower = shipped.tower(settings)
-        articles = ChromaArticleStore(chroma, embedder, settings.collection, reader=reader_for(tower, settings))
+        reader = tower.article_reader(settings.model_cache, settings.threads) if tower else None
+        articles = ChromaArticleStore(chroma, embedder, settings.collection, reader=reader)
         feedback = open_store(
             settings.store_url, pool_size=settings.database_pool_size, timeout=settings.database_timeout
         )

@@ -5,7 +5,8 @@ folder with their card (README.md here), installed into the registries on first 
     ranker.json   the learned ranker fitted with that adapter's scores (and the tower's match)
     tower.safetensors   the LLM's match of readers and articles (llm/tower.py), its card in its metadata
 
-`NEWSRANK_ADAPTER=none` / `NEWSRANK_RANKER=none` serve the zero-shot model and the hand-set weights instead.
+`NEWSRANK_ADAPTER=none` / `NEWSRANK_TOWER=none` / `NEWSRANK_RANKER=none` serve the zero-shot model and the
+hand-set weights instead.
 `make default-model` rebuilds both (docs/BENCHMARKS.md has what it measured); `python -m serve.shipped ADAPTER
 RANKER` packs a trained adapter folder and a ranker file in here.
 """
@@ -26,7 +27,7 @@ from core.errors import NotFound
 from feed.learned_ranker import Ranker, RankerRegistry
 from llm.tower import Tower
 
-NAME = "mind"  # the registered name of both (NEWSRANK_ADAPTER and NEWSRANK_RANKER default to it)
+NAME = "mind"  # the name of what ships (NEWSRANK_ADAPTER, NEWSRANK_TOWER and NEWSRANK_RANKER default to it)
 FOLDER = files("serve.shipped")
 TOWER = "tower.safetensors"
 
