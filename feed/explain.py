@@ -63,10 +63,16 @@ class Grounding:
                    searched[0] if searched else "")  # fmt: skip
 
 
+LLM_SIGNALS = ("relevance", "match")  # what the LLM says of an item: its P(Yes), and its match (llm/tower.py)
+
+
 def model_leads(signals: Signals, weights: Mapping[str, float]) -> bool:
-    """Whether the LLM's relevance is the largest term of an item's blended score (weight × value)."""
-    terms = {spec.name: weights.get(spec.name, 0.0) * getattr(signals, spec.name) for spec in SIGNALS}
-    return terms["relevance"] > 0 and max(terms, key=lambda name: terms[name]) == "relevance"
+    """Whether the LLM's terms together (its relevance and its match) are the largest term of an item's blended
+    score (weight × value)."""
+    terms = {spec.name: weights.get(spec.name, 0.0) * getattr(signals, spec.name) for spec in SIGNALS
+             if spec.name not in LLM_SIGNALS}  # fmt: skip
+    llm = sum(weights.get(name, 0.0) * getattr(signals, name) for name in LLM_SIGNALS)
+    return llm > 0 and llm > max(terms.values(), default=0.0)
 
 
 def ground(profile: Profile, article: Article, embedding: np.ndarray, model_read: int | None = None) -> Grounding:

@@ -81,6 +81,10 @@ def test_when_the_model_leads_the_explanation_names_what_its_judgement_rests_on(
     weights = {"relevance": 0.5, "similarity": 0.3}
     assert model_leads(by_model, weights) and not model_leads(by_similarity, weights)
     assert not model_leads(Signals(), weights)  # nothing scored: nothing leads
+    # the LLM's P(Yes) and its match (llm/tower.py) lead together, though neither alone would
+    both = {"relevance": 0.3, "match": 0.3, "similarity": 0.5}
+    assert model_leads(Signals(relevance=0.5, match=0.5, similarity=0.5), both)
+    assert not model_leads(Signals(relevance=0.5, match=0.0, similarity=0.5), both)
     hit = type("Hit", (), {"article": pasta, "embedding": np.array([0.2, 0.98])})()
     [judged, plain] = groundings(profile, [hit, hit], [by_model, by_similarity], weights, model_read=1)
     # the LLM read one title (the latest): it is named, though far from pasta; similarity alone names nothing
