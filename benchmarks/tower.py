@@ -1,13 +1,15 @@
 """The LLM's match of readers and articles (llm/tower.py): train the heads, and measure them alone.
 
-    python benchmarks/tower.py [--save FILE] [--compare]
+    python benchmarks/tower.py [--save FILE] [--compare] [--model PATH]
 
 Trained on the adapters' share of the data (mind-train but its last 300 impressions by time, and the first 500
 impressions of MIND-dev's tune part), as the shipped adapter was; reported on the first 300 held-out impressions
 (AUC ± its standard error over impressions). Each reader is their profile's history as the feed builds it (the
 latest 20 clicks). `--compare` trains the same heads on the retrieval embedder's vectors instead of the LLM's
 readings, and reports both raw cosines: what the LLM adds over the embedder. `benchmarks/ranker.py --tower FILE`
-then fits the ranker with the match as a signal.
+then fits the ranker with the match as a signal. `--model`: another causal LM in a local folder reads the
+articles (the tower's card names it, and a service serving that tower reads stored articles with it): a larger
+model costs one forward pass per article as it is stored, not one per reader and candidate.
 """
 
 from __future__ import annotations
@@ -83,11 +85,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--save", help="write the tower trained on the LLM's readings here")
     parser.add_argument("--compare", action="store_true", help="the same heads on the retrieval embedder's vectors")
+    parser.add_argument("--model", default=PACKAGED_LLM, help="the LLM that reads the articles (a local folder)")
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
     settings = Settings()
-    reader = tower.ArticleReader(PACKAGED_LLM, settings.model_cache, settings.threads)
+    reader = tower.ArticleReader(args.model, settings.model_cache, settings.threads)
     train, _, heldout = parts(reader)
     print(f"{len(train)} training impressions; AUC alone on the first {len(heldout)} held-out impressions\n")
     print("| vectors | raw cosine to the history's mean | heads trained on clicks | seconds to train |")
@@ -97,7 +100,7 @@ def main() -> None:
     ]:
         start = time.perf_counter()
         trained = tower.train(impressions(train, vectors), heads=args.heads, epochs=args.epochs,
-                              base_model=PACKAGED_LLM, vectors=vectors)  # fmt: skip
+                              base_model=args.model, vectors=vectors)  # fmt: skip
         seconds = time.perf_counter() - start
         held, held_se = auc(heldout, lambda ctx, t=trained, v=vectors: t.match(
             [getattr(h, v) for h in ctx.profile.history], [getattr(h, v) for h in ctx.hits]))  # fmt: skip

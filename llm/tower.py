@@ -137,10 +137,12 @@ class Tower:
         return _normalise(np.einsum("hn,hnk->hk", weights, items))
 
     def match(self, history: Sequence[np.ndarray | None], candidates: Sequence[np.ndarray | None]) -> list[float]:
-        """Each candidate's match to the reader, (1 + mean cosine over heads) / 2; NEUTRAL without readings."""
-        known = [h for h in history if h is not None]
+        """Each candidate's match to the reader, (1 + mean cosine over heads) / 2; NEUTRAL without readings (or
+        with readings of another model's size: articles stored before the tower's base model changed)."""
+        size = self.mean.shape[0]
+        known = [h for h in history if h is not None and h.shape == (size,)]
         out = [NEUTRAL] * len(candidates)
-        rows = [i for i, c in enumerate(candidates) if c is not None]
+        rows = [i for i, c in enumerate(candidates) if c is not None and c.shape == (size,)]
         if not known or not rows:
             return out
         cosines = np.einsum("hnk,hk->n", self.embed(np.stack([candidates[i] for i in rows])),

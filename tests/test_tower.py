@@ -77,6 +77,9 @@ def test_match_is_neutral_where_a_reading_is_missing():
     assert trained.match([None, None], list(probe.candidates)) == [tower.NEUTRAL] * len(probe.candidates)
     scores = trained.match(list(probe.history), [None, *probe.candidates[:3]])
     assert scores[0] == tower.NEUTRAL and all(0.0 <= s <= 1.0 for s in scores) and len(set(scores[1:])) == 3
+    other_model = np.ones(32, dtype=np.float32)  # stored by a tower of another base model
+    assert trained.match([other_model], list(probe.candidates[:2])) == [tower.NEUTRAL] * 2
+    assert trained.match(list(probe.history), [other_model])[0] == tower.NEUTRAL
     assert np.array_equal(tower.unpack_reading(tower.pack_reading(probe.history[0])),
                           probe.history[0].astype(np.float16).astype(np.float32))  # fmt: skip
     assert tower.unpack_reading(None) is None and tower.unpack_reading("") is None
