@@ -3,12 +3,13 @@
 An article's *reading* is the LLM's last hidden layer, mean-pooled over "category: title. abstract" (at most
 READ_TOKENS tokens): computed once, when the article is stored. A small head, trained on impressions (each click
 against its impression's non-clicks, a softmax: the objective of NRMS-style recommenders), maps readings into a
-space where a reader is the attention-weighted mean of their history's and an article's `match` to them is the
-cosine, as (1 + cos) / 2 in [0, 1]. Several heads trained from different seeds are averaged: one head's held-out
-AUC swings by two points from one epoch to the next on a few thousand impressions, their mean does not.
+space where a reader is the attention-weighted mean of their history's readings, and an article's `match` to
+them is its cosine to that mean, as (1 + cos) / 2 in [0, 1]. Several heads trained from different seeds are
+averaged: one head's held-out AUC swings by two points from one epoch to the next on a few thousand impressions,
+their mean does not.
 
-The LLM's weights stay frozen: a head is a few hundred thousand numbers, trained in a minute on two cores, where an
-adapter of the same data takes hours (docs/BENCHMARKS.md has both). Serving reads it with numpy alone.
+The LLM's weights stay frozen: four heads are a few hundred thousand numbers, trained in a minute on two cores,
+where an adapter of the same data takes hours (docs/BENCHMARKS.md has both). Serving reads it with numpy alone.
 """
 
 from __future__ import annotations
