@@ -29,10 +29,11 @@ from feed.exposure import Exposure, ExposureTally
 from feed.learned_ranker import Ranker
 from feed.profile import Profile, build_profile
 from llm.relevance import DEFAULT_CANDIDATE_TEXT, prompt_version, relevance_requests, scorer_key
-from llm.tower import READ_TOKENS, ArticleReader, Tower, pack_reading, unpack_reading
+from llm.tower import READ_TOKENS, ArticleReader, Tower
 from retrieval import stories
 from retrieval.embed import Embedder
 from retrieval.ingest import RowError, read_mind_news
+from retrieval.store import pack_reading, unpack_reading
 
 STALE = {"llm-stale1": 1, "llm-stale2": 2, "llm-stale5": 5}  # the LLM's scores under the profile of k clicks ago
 METHODS = ("random", "popularity", "category", "embedding", "llm", "llm+adapter", *STALE, "blend", "ranker")

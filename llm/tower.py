@@ -14,7 +14,6 @@ where an adapter of the same data takes hours (docs/BENCHMARKS.md has both). Ser
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 from collections.abc import Sequence
@@ -35,17 +34,6 @@ NEUTRAL = 0.5  # the match where a reading is missing: the reader's history has 
 
 def reading_text(article: Article) -> str:
     return f"{article.category}: {article.text}" if article.category else article.text
-
-
-def pack_reading(vector: np.ndarray) -> str:
-    """A reading as Chroma metadata can hold it (a string): float16, base64."""
-    return base64.b64encode(np.asarray(vector, dtype=np.float16).tobytes()).decode("ascii")
-
-
-def unpack_reading(text: object) -> np.ndarray | None:
-    if not isinstance(text, str) or not text:
-        return None
-    return np.frombuffer(base64.b64decode(text), dtype=np.float16).astype(np.float32)
 
 
 class ArticleReader:

@@ -10,6 +10,7 @@ at once; what another instance writes shows within that time.
 
 from __future__ import annotations
 
+import base64
 import functools
 import threading
 import time
@@ -23,7 +24,6 @@ import numpy as np
 
 from core.errors import InvalidInput, StoreUnavailable
 from core.records import Article, Hit
-from llm.tower import pack_reading, unpack_reading
 from retrieval import stories
 from retrieval.embed import Embedder
 from retrieval.keywords import KeywordIndex
@@ -46,6 +46,17 @@ def chroma_metadata(article: Article) -> dict[str, Any]:
         "published_at": float(article.published_at),
         "story": article.story or article.id,
     }
+
+
+def pack_reading(vector: np.ndarray) -> str:
+    """An article's reading by the LLM (llm/tower.py) as Chroma metadata can hold it (a string): float16, base64."""
+    return base64.b64encode(np.asarray(vector, dtype=np.float16).tobytes()).decode("ascii")
+
+
+def unpack_reading(text: object) -> np.ndarray | None:
+    if not isinstance(text, str) or not text:
+        return None
+    return np.frombuffer(base64.b64decode(text), dtype=np.float16).astype(np.float32)
 
 
 def article_from_chroma(article_id: str, meta: dict[str, Any]) -> Article:

@@ -11,6 +11,7 @@ from core.errors import InvalidInput
 from core.records import Event
 from feed.recommender import FeedRequest
 from llm import tower
+from retrieval.store import pack_reading, unpack_reading
 from serve import shipped
 from serve.service import Newsrank
 from tests.conftest import CORPUS, MODEL_CACHE, NOW
@@ -80,9 +81,9 @@ def test_match_is_neutral_where_a_reading_is_missing():
     other_model = np.ones(32, dtype=np.float32)  # stored by a tower of another base model
     assert trained.match([other_model], list(probe.candidates[:2])) == [tower.NEUTRAL] * 2
     assert trained.match(list(probe.history), [other_model])[0] == tower.NEUTRAL
-    assert np.array_equal(tower.unpack_reading(tower.pack_reading(probe.history[0])),
+    assert np.array_equal(unpack_reading(pack_reading(probe.history[0])),
                           probe.history[0].astype(np.float16).astype(np.float32))  # fmt: skip
-    assert tower.unpack_reading(None) is None and tower.unpack_reading("") is None
+    assert unpack_reading(None) is None and unpack_reading("") is None
 
 
 @pytest.fixture(scope="module")
