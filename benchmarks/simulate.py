@@ -192,6 +192,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         services = {name: service(Path(tmp) / name, name == "loop", args) for name in SERVICES}
         with serving(services["frozen"][0]) as frozen_url, serving(services["loop"][0]) as loop_url:
+            # the app builds a learning loop of its own for its workers (none run here: scorer_threads=0) and
+            # hooks it to the feeds; the loop this simulation ticks must be the one feeds ask, or its decisions
+            # reach them only when the app's loop reads the store again, up to 10 s later (whole visits)
+            looped, loop = services["loop"]
+            looped.recommender.running_experiment = loop.experiment
             clients = {name: httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=600)
                        for name, url in zip(SERVICES, (frozen_url, loop_url), strict=True)}  # fmt: skip
             for day, articles in enumerate(daily, start=1):
