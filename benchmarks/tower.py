@@ -42,17 +42,16 @@ def corpora(reader: tower.ArticleReader) -> tuple[replay.Corpus, replay.Corpus]:
             replay.Corpus(WEEK / "news.tsv", Embedder(), CACHE, reader=reader))  # fmt: skip
 
 
-def parts(reader: tower.ArticleReader) -> tuple[list[replay.Context], list[replay.Context], list[replay.Context]]:
-    """(the adapters' share, the ranker's share, the first 300 held-out impressions) as contexts."""
+def parts(reader: tower.ArticleReader) -> tuple[list[replay.Context], list[replay.Context]]:
+    """(the adapters' share, the first 300 held-out impressions) as contexts; the ranker's share (the week's last
+    impressions, the tune part's rest) is left to benchmarks/ranker.py."""
     dev, week_corpus = corpora(reader)
     impressions, _ = replay.read_behaviors(DATA / "behaviors.tsv")
     tune = replay.select(impressions, "tune", 0, None)
     week, _ = replay.read_behaviors(WEEK / "behaviors.tsv")
     ordered = sorted(week, key=lambda i: (i.time or 0.0, i.id))
     train = [*replay.contexts(ordered[:-RANKER_WEEK], week_corpus), *replay.contexts(tune[:ADAPTER_PART], dev)]
-    ranker = [*replay.contexts(ordered[-RANKER_WEEK:], week_corpus), *replay.contexts(tune[ADAPTER_PART:], dev)]
-    heldout = list(replay.contexts(replay.select(impressions, "heldout", 0, 300), dev))
-    return train, ranker, heldout
+    return train, list(replay.contexts(replay.select(impressions, "heldout", 0, 300), dev))
 
 
 def impressions(contexts: list[replay.Context], vectors: str) -> list[tower.Impression]:
@@ -91,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     reader = tower.ArticleReader(args.model, settings.model_cache, settings.threads)
-    train, _, heldout = parts(reader)
+    train, heldout = parts(reader)
     print(f"{len(train)} training impressions; AUC alone on the first {len(heldout)} held-out impressions\n")
     print("| vectors | raw cosine to the history's mean | heads trained on clicks | seconds to train |")
     print("|---|---:|---:|---:|")
