@@ -147,7 +147,7 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     from safetensors.torch import load_file
     from tqdm import tqdm
 
-    from llm.backends.transformers import answer_token_ids, register_block_attention
+    from llm.backends.transformers import answer_token_ids, attention_implementation
 
     output = Path(config.output)
     checkpoint = output / "checkpoint"
@@ -175,9 +175,10 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     tokenizer = transformers.AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    implementation = register_block_attention() if config.attention == "blocks" else "sdpa"  # as served
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        base, dtype=torch.float32, attn_implementation=implementation
+        base,
+        dtype=torch.float32,
+        attn_implementation=attention_implementation(config.attention),  # as served
     ).to(config.device)
     if config.init_adapter:  # continual: go on from an adapter's weights (its shape), not from the base model's
         model = peft.PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)

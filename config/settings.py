@@ -170,7 +170,7 @@ class Settings(BaseSettings):
     ranker: str | None = "mind"
     # the LLM's match of readers and articles (llm/tower.py): a head over its hidden states, trained on clicks, read
     # by a learned ranker as the `match` signal; "mind" ships, or a tower file; none = no match (articles stored
-    # without their reading by the LLM, which costs about 10 ms an article at ingest)
+    # without their reading by the LLM, which costs about 20 ms an article on one core at ingest)
     tower: str | None = "mind"
     # exposure caps, applied while the blend places a feed's items (unset: none): at most N items from one source,
     # at most a share of the feed from one category, at least a share from outside the reader's top categories

@@ -33,7 +33,6 @@ from llm.tower import READ_TOKENS, ArticleReader, Tower
 from retrieval import stories
 from retrieval.embed import Embedder
 from retrieval.ingest import RowError, read_mind_news
-from retrieval.store import pack_reading, unpack_reading
 
 STALE = {"llm-stale1": 1, "llm-stale2": 2, "llm-stale5": 5}  # the LLM's scores under the profile of k clicks ago
 METHODS = ("random", "popularity", "category", "embedding", "llm", "llm+adapter", *STALE, "blend", "ranker")
@@ -161,8 +160,7 @@ class Corpus:
             reader([self.articles[i] for i in chunk])
             for chunk in tqdm(chunks, desc="read news (LLM)", unit=" batches", disable=not show_progress)
         ])  # fmt: skip
-        # float16, as the article store keeps them
-        readings = np.stack([unpack_reading(pack_reading(r)) for r in readings])
+        readings = readings.astype(np.float16).astype(np.float32)  # as the article store keeps them
         np.save(path, readings)
         return readings
 

@@ -231,8 +231,11 @@ def float32_head(model: Any) -> None:
     model.config.tie_word_embeddings = False  # so that nothing ties it back to the bfloat16 embeddings
 
 
-def register_block_attention() -> str:
-    """Make `block_attention` a transformers attention implementation (its masks those of SDPA); its name."""
+def attention_implementation(attention: str) -> str:
+    """transformers' attention implementation for a packed sequence's attention: `blocks` registers
+    `block_attention` (its masks those of SDPA) and names it; `masked` is SDPA with one mask."""
+    if attention != "blocks":
+        return "sdpa"
     transformers = require("transformers", "pip install 'transformers>=5.16.1,<5.20'")
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
@@ -320,9 +323,8 @@ class TransformersBackend:
                 tokenizer = transformers.AutoTokenizer.from_pretrained(path)
                 if tokenizer.pad_token_id is None:
                     tokenizer.pad_token = tokenizer.eos_token
-                implementation = register_block_attention() if self.attention == "blocks" else "sdpa"
                 model = transformers.AutoModelForCausalLM.from_pretrained(
-                    path, dtype=getattr(torch, self.dtype), attn_implementation=implementation
+                    path, dtype=getattr(torch, self.dtype), attn_implementation=attention_implementation(self.attention)
                 )
                 if self.dtype != "float32":
                     float32_head(model)
