@@ -24,16 +24,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from llm_training import ADAPTER_PART, DATA, RANKER_WEEK, WEEK  # the adapters' share of the data, as they train
+
 from config.settings import PACKAGED_LLM, Settings
 from core import metrics
 from evaluation import replay
 from llm import tower
 from retrieval.embed import Embedder
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mind-dev"
-WEEK = DATA.parent / "mind-train"
-ADAPTER_PART = 500  # the tune part's first impressions: the adapters' share (benchmarks/llm_training.py)
-RANKER_WEEK = 300  # the week's last impressions: the ranker's share
 CACHE = Path("data/eval-cache")
 
 
