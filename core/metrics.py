@@ -137,3 +137,17 @@ def capped_weights(groups: Sequence[str], share: float) -> list[float]:
                 cap = max(c, float(ordered[-1])) if k == 0 else c
                 break
     return [min(sizes[g], cap) / sizes[g] for g in groups]
+
+
+def mean_auc_by_group(rows: Sequence[tuple[str, Sequence[int], Sequence[float]]]) -> tuple[float, float, int]:
+    """Rows of (group, labels, scores): the mean AUC ×100 over the groups (each group's rows with a click and a
+    non-click averaged first, so a reader with a hundred feeds counts as one), its standard error, and the rows it
+    rests on."""
+    by_group: dict[str, list[float]] = {}
+    for group, labels, scores in rows:
+        if (a := auc(labels, scores)) is not None:
+            by_group.setdefault(group, []).append(a)
+    values = [float(np.mean(v)) for v in by_group.values()]
+    if not values:
+        return 0.0, 0.0, 0
+    return 100 * float(np.mean(values)), 100 * standard_error(values), sum(map(len, by_group.values()))

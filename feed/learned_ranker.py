@@ -31,6 +31,7 @@ from core import metrics
 from core.errors import InvalidInput
 from core.records import ENGAGEMENT, SIGNALS, RankingRecord, Signals
 from core.stores import FeedbackStore
+from core.versions import Versions
 from feed import position
 from feed.position import Propensities
 
@@ -186,66 +187,15 @@ def fit(
     return Ranker(with_llm, without_llm, scorer, {"candidates": len(labels), "clicks": int(sum(labels)), **fitted_on})
 
 
-class RankerRegistry:
+class RankerRegistry(Versions):
     """Versions of learned rankers in one folder, which every instance shares (beside the adapters):
     NAME/vN.json, and NAME/state.json with the active version and the ones active before it (for rollback)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def versions(self, name: str) -> list[int]:
-        return sorted(int(p.stem[1:]) for p in (self.root / name).glob("v*.json") if p.stem[1:].isdigit())
-
-    def state(self, name: str) -> dict:
-        path = self.root / name / "state.json"
-        return json.loads(path.read_text()) if path.is_file() else {"active": None, "before": []}
+    kind = "ranker"
 
     def publish(self, name: str, ranker: Ranker) -> int:
         """Store a new version and make it active; returns its number."""
-        if not name or not name.replace("-", "").replace("_", "").isalnum():
-            raise InvalidInput(f"bad ranker name {name!r}: letters, digits, - and _ only")
-        folder = self.root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        version = (self.versions(name) or [0])[-1] + 1
-        while True:  # another instance may publish at the same time: never overwrite its version
-            try:
-                with (folder / f"v{version}.json").open("x") as out:
-                    out.write(json.dumps(asdict(ranker), indent=1))
-                break
-            except FileExistsError:
-                version += 1
-        self.activate(name, version)
-        return version
-
-    def activate(self, name: str, version: int) -> None:
-        if version not in self.versions(name):
-            raise InvalidInput(f"no ranker {name}@{version}; versions: {self.versions(name)}")
-        state = self.state(name)
-        if state["active"] != version:
-            before = [*state["before"], state["active"]] if state["active"] is not None else state["before"]
-            self._write_state(name, {"active": version, "before": before})
-
-    def rollback(self, name: str) -> int:
-        state = self.state(name)
-        if not state["before"]:
-            raise InvalidInput(f"ranker {name} has no earlier active version to go back to")
-        version = state["before"][-1]
-        self._write_state(name, {"active": version, "before": state["before"][:-1]})
-        return version
-
-    def path(self, reference: str) -> tuple[str, Path]:
-        """ "NAME" (its active version) or "NAME@N": the version's key and file."""
-        name, _, number = reference.partition("@")
-        version = int(number) if number.isdigit() else self.state(name)["active"]
-        if version is None or version not in self.versions(name):
-            raise InvalidInput(f"no ranker {reference!r} under {self.root}: fit one with `newsrank ranker fit`")
-        return f"{name}@{version}", self.root / name / f"v{version}.json"
-
-    def _write_state(self, name: str, state: dict) -> None:
-        path = self.root / name / "state.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(path)
+        return self.publish_with(name, lambda path: path.write_text(json.dumps(asdict(ranker), indent=1)))
 
 
 # -- fitting from logged impressions, gated like adapters ----------------------------------------------------------
@@ -270,14 +220,7 @@ def ranked_by(impression: Impression, weights: Mapping[str, float]) -> list[floa
 def mean_auc(impressions: Sequence[Impression], weights_of) -> tuple[float, float, int]:
     """Mean AUC ×100 over the readers (each reader's impressions with a click and a non-click averaged first, so
     a reader with a hundred feeds counts as one), its standard error, and the impressions it rests on."""
-    by_reader: dict[str, list[float]] = {}
-    for i in impressions:
-        if (a := metrics.auc(i.labels, ranked_by(i, weights_of(i)))) is not None:
-            by_reader.setdefault(i.group, []).append(a)
-    values = [float(np.mean(v)) for v in by_reader.values()]
-    if not values:
-        return 0.0, 0.0, 0
-    return 100 * float(np.mean(values)), 100 * metrics.standard_error(values), sum(map(len, by_reader.values()))
+    return metrics.mean_auc_by_group([(i.group, i.labels, ranked_by(i, weights_of(i))) for i in impressions])
 
 
 @dataclass(frozen=True)
@@ -358,16 +301,23 @@ def fit_and_gate(
 CLICK_WINDOW_SECONDS = 24 * 3600.0  # a click this long after a feed was shown counts for it
 
 
-def from_feedback(
-    feedback: FeedbackStore, since: float, propensities: Propensities | None = None
-) -> tuple[list[Impression], str | None]:
-    """A platform's own impressions: every ranking shown to a reader since a time, each item labelled by whether
-    the reader engaged with it (click, like, share, comment) within a day of the ranking. The scorer fitted for is
-    the one that scored most of them; the others count as rankings without the LLM's relevance. With
-    `propensities`, each click weighs the inverse propensity of the place it was shown at (feed.position)."""
-    found: list[tuple[RankingRecord, tuple[int, ...], int]] = []
+@dataclass(frozen=True)
+class Shown:
+    """A ranking a reader was shown, which of its items they engaged with within a day, and the articles they had
+    engaged with before it (latest first)."""
+
+    record: RankingRecord
+    labels: tuple[int, ...]
+    before: tuple[str, ...]
+
+
+def shown_since(feedback: FeedbackStore, since: float) -> list[Shown]:
+    """Every feed ranking shown since a time (not a search's, not a cold start's), labelled by the clicks (likes,
+    shares, comments) that followed within CLICK_WINDOW_SECONDS."""
+    found = []
     for user_id in feedback.user_ids(since):
         events = feedback.events(user_id)
+        engaged = sorted((e for e in events if e.type in ENGAGEMENT), key=lambda e: -e.ts)
         for record in feedback.rankings_for(user_id):
             if (
                 record.created_at < since
@@ -377,10 +327,20 @@ def from_feedback(
             ):
                 continue
             end = record.created_at + CLICK_WINDOW_SECONDS
-            clicked = {e.article_id for e in events if e.type in ENGAGEMENT and record.created_at <= e.ts <= end}
-            history = len({e.article_id for e in events if e.type in ENGAGEMENT and e.ts < record.created_at})
-            found.append((record, tuple(int(i.article_id in clicked) for i in record.items), history))
-    scorers = Counter(record_scorer(r) for r, _, _ in found)
+            clicked = {e.article_id for e in engaged if record.created_at <= e.ts <= end}
+            before = tuple(dict.fromkeys(e.article_id for e in engaged if e.ts < record.created_at))
+            found.append(Shown(record, tuple(int(i.article_id in clicked) for i in record.items), before))
+    return found
+
+
+def from_feedback(
+    feedback: FeedbackStore, since: float, propensities: Propensities | None = None
+) -> tuple[list[Impression], str | None]:
+    """A platform's own impressions: every ranking shown to a reader since a time (`shown_since`). The scorer
+    fitted for is the one that scored most of them; the others count as rankings without the LLM's relevance.
+    With `propensities`, each click weighs the inverse propensity of the place it was shown at (feed.position)."""
+    found = shown_since(feedback, since)
+    scorers = Counter(record_scorer(s.record) for s in found)
     scorer = scorers.most_common(1)[0][0] if scorers else None
     known = {f.name for f in fields(Signals)}
     impressions = [
@@ -388,14 +348,14 @@ def from_feedback(
             r.user_id,  # the validation split is by reader: none of a held-out reader's rankings is fitted on
             tuple(Signals(**{k: v for k, v in i.signals.items() if k in known}) for i in r.items),
             labels,
-            history,
+            len(before),
             scored=record_scorer(r) == scorer and all(i.relevance_source in ("llm", "llm-stale") for i in r.items),
             weights=None
             if propensities is None
             else tuple(position.ips_weights([i.position for i in r.items], labels, propensities)),
             owner=r.owner or "",
         )
-        for r, labels, history in found
+        for r, labels, before in ((s.record, s.labels, s.before) for s in found)
     ]
     return impressions, scorer
 

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from core.memo import Memo
 from core.records import DIVERSITY, Article, BlendWeights, Hit, RankedItem, RankingRecord, ScoringTask, Signals
 from core.stores import AdapterResolver, ArticleStore, FeedbackStore
 from core.tally import Tally
-from feed import explain, position, signals
+from feed import explain, position, signals, tower_fit
 from feed.blend import Placed, blend_rank, caps_over, cosine_similarity, without
 from feed.exposure import ExposureTally
 from feed.learned_ranker import Ranker, RankerRegistry
@@ -146,7 +147,7 @@ class Recommender:
         self.running_experiment: Callable[[], Experiment | None] = lambda: None  # the learning loop's, if it runs
         self.scoring_asked = threading.Event()  # set when work is queued: a worker in this process wakes at once
         self._interest_vectors: dict[str, np.ndarray] = {}
-        self._rankers: dict[str, tuple[tuple[str, int | None], Ranker]] = {}
+        self._loaded: dict[str, tuple[tuple[str, int | None], Any]] = {}  # rankers and towers, by file stamp
         reuse = settings.behaviour_cache_seconds
         self._clicks: Memo[str, dict[str, int]] = Memo(reuse)
         self._shows: Memo[str, int] = Memo(reuse)
@@ -208,11 +209,25 @@ class Recommender:
             if "@" not in reference and not registry.versions(reference):
                 return None  # a name not fitted yet: the hand-set weights until it is (as with adapters)
             key, path = registry.path(reference)
+        return key, self._load(f"ranker:{reference}", key, path, Ranker.load)
+
+    def served_tower(self) -> Tower | None:
+        """The tower NEWSRANK_TOWER names. A registered name's active version is read again when it changes (a
+        tower activated on any instance is served on the next feed); before its first version, and for a file or
+        the shipped tower, the one the service started with."""
+        reference = self.settings.tower
+        if self.tower is None or not reference or tower_fit.is_file_reference(reference):
+            return self.tower
+        found = tower_fit.registered(self.settings.adapters_path, reference)
+        return self.tower if found is None else self._load(f"tower:{reference}", *found, Tower.load)
+
+    def _load(self, slot: str, key: str, path: Path, load: Callable[[Path], Any]) -> Any:
+        """A model file, loaded again only when its version or its file changes."""
         stamp = (key, path.stat().st_mtime_ns if path.is_file() else None)
-        cached = self._rankers.get(reference)
+        cached = self._loaded.get(slot)
         if cached is None or cached[0] != stamp:
-            self._rankers[reference] = cached = (stamp, Ranker.load(path))
-        return key, cached[1]
+            self._loaded[slot] = cached = (stamp, load(path))
+        return cached[1]
 
     def scorer(self, adapter: str | None) -> str:
         """What a relevance score is only comparable under: model, adapter, prompts and strategy."""
@@ -546,7 +561,7 @@ class Recommender:
 
         found = signals.candidate_signals(profile, hits, relevance, popular, now, s.half_life_hours, ctr, coclick,
                                           profile.follows, match if request.query else None,
-                                          signals.tower_match(self.tower, profile, hits))  # fmt: skip
+                                          signals.tower_match(self.served_tower(), profile, hits))  # fmt: skip
         if request.query:  # the reader's own blend, the query's match in it
             weights, strategy = BlendWeights(**{**weights, "query": SEARCH_WEIGHT}), f"search+{strategy}"
         embeddings = np.stack([h.embedding for h in hits]) if hits else np.zeros((0, 1))

@@ -188,14 +188,19 @@ def train(
     weight_decay: float = 1e-4,
     seed: int = 0,
     progress: bool = True,
+    weights: Sequence[float] | None = None,
     **card: Any,
 ) -> Tower:
     """Heads trained on each click against its impression's non-clicks (softmax cross-entropy), one impression a
-    step, AdamW. Readings are standardised by their mean and spread over every impression's items."""
+    step, AdamW. Readings are standardised by their mean and spread over every impression's items. `weights`: each
+    impression's weight in the loss (core.metrics.capped_weights: no reader or client steers the heads), 1 if
+    None."""
     import torch
     from tqdm import tqdm
 
-    usable = [i for i in impressions if len(i.history) and any(i.labels) and not all(i.labels)]
+    weighted = [(i, w) for i, w in zip(impressions, weights or [1.0] * len(impressions), strict=True)
+                if len(i.history) and any(i.labels) and not all(i.labels)]  # fmt: skip
+    usable = [i for i, _ in weighted]
     if not usable:
         raise InvalidInput("training a tower needs impressions with a history, a click and a non-click")
     pooled = np.concatenate([np.concatenate([i.history, i.candidates]) for i in usable])
@@ -203,6 +208,8 @@ def train(
     data = [(torch.tensor((i.history - mean) / scale, dtype=torch.float32),
              torch.tensor((i.candidates - mean) / scale, dtype=torch.float32),
              torch.tensor(list(i.labels), dtype=torch.bool)) for i in usable]  # fmt: skip
+    mean_weight = float(np.mean([w for _, w in weighted]))
+    loss_weight = [w / mean_weight for _, w in weighted]
     dim = pooled.shape[1]
     trained = []
     bar = tqdm(total=heads * epochs * len(data), desc="train tower", unit=" impressions", disable=not progress)
@@ -224,6 +231,7 @@ def train(
                 clicked, others = scores[labels], scores[~labels]
                 logits = torch.cat([clicked[:, None], others[None, :].expand(len(clicked), -1)], dim=1)
                 loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(clicked), dtype=torch.long))
+                loss = loss * loss_weight[j]
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -270,34 +270,48 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _versions(registry, args: argparse.Namespace, validation_auc) -> bool:
+    """`list`, `activate` and `rollback` of rankers and towers alike (core.versions); False for `fit`, which is
+    left to the caller. `validation_auc(name, version)`: the gate's AUC of a version, None if it has none."""
+    kind = registry.kind
+    if args.action == "list":
+        names = [args.reference] if args.reference else registry.names()
+        if not names:
+            print(f"no {kind}s yet: `newsrank {kind} fit NAME` fits one on the store's impressions")
+        for name in names:
+            active = registry.state(name)["active"]
+            for version in registry.versions(name):
+                auc = validation_auc(name, version)
+                print(f"{'*' if version == active else ' '} {name}@{version}"
+                      + (f"  validation AUC {auc:.2f}" if auc is not None else ""))  # fmt: skip
+        return True
+    if not args.reference:
+        raise InvalidInput(f"{kind} {args.action} needs a {kind} name")
+    if args.action == "activate":
+        name, _, number = args.reference.partition("@")
+        if not number.isdigit():
+            raise InvalidInput(f"{kind} activate needs NAME@VERSION")
+        registry.activate(name, int(number))
+        print(f"{args.reference} is now active")
+        return True
+    if args.action == "rollback":
+        print(f"{args.reference}@{registry.rollback(args.reference)} is now active")
+        return True
+    return False
+
+
 def cmd_ranker(args: argparse.Namespace) -> int:
     from config.settings import Settings
     from feed import learned_ranker
 
     settings = Settings()
     registry = learned_ranker.RankerRegistry(settings.adapters_path / "rankers")
-    if args.action == "list":
-        names = [args.reference] if args.reference else sorted(p.name for p in registry.root.glob("*") if p.is_dir())
-        if not names:
-            print("no rankers yet: `newsrank ranker fit NAME` fits one on the store's impressions")
-        for name in names:
-            active = registry.state(name)["active"]
-            for version in registry.versions(name):
-                gate = learned_ranker.Ranker.load(registry.root / name / f"v{version}.json").fitted_on.get("gate", {})
-                auc = f"  validation AUC {gate['new'][0]:.2f}" if gate else ""
-                print(f"{'*' if version == active else ' '} {name}@{version}{auc}")
-        return 0
-    if not args.reference:
-        raise InvalidInput(f"ranker {args.action} needs a ranker name")
-    if args.action == "activate":
-        name, _, number = args.reference.partition("@")
-        if not number.isdigit():
-            raise InvalidInput("ranker activate needs NAME@VERSION")
-        registry.activate(name, int(number))
-        print(f"{args.reference} is now active")
-        return 0
-    if args.action == "rollback":
-        print(f"{args.reference}@{registry.rollback(args.reference)} is now active")
+
+    def validation_auc(name: str, version: int) -> float | None:
+        gate = learned_ranker.Ranker.load(registry.root / name / f"v{version}.json").fitted_on.get("gate", {})
+        return gate["new"][0] if gate else None
+
+    if _versions(registry, args, validation_auc):
         return 0
     from core.times import parse_time
     from serve.service import reader_pseudonyms
@@ -324,6 +338,48 @@ def cmd_ranker(args: argparse.Namespace) -> int:
     print(f"published {args.reference}@{done.version} and made it active{forced}")
     if settings.ranker != args.reference:
         print(f"serve it with NEWSRANK_RANKER={args.reference}")
+    return 0
+
+
+def cmd_tower(args: argparse.Namespace) -> int:
+    from config.settings import Settings
+    from core.times import parse_time
+    from feed import tower_fit
+    from serve import shipped
+    from serve.service import reader_pseudonyms
+
+    settings = Settings()
+    registry = tower_fit.registry_of(settings.adapters_path)
+
+    def validation_auc(name: str, version: int) -> float | None:
+        gate = registry.load(f"{name}@{version}")[1].card.get("gate")
+        return gate["new"][0] if gate else None
+
+    if _versions(registry, args, validation_auc):
+        return 0
+    served = shipped.tower(settings)
+    if served is None:
+        raise InvalidInput("no tower is served (NEWSRANK_TOWER=none), so no article has a reading to train on: "
+                           "serve the shipped one (NEWSRANK_TOWER=mind) and ingest the articles again")  # fmt: skip
+    service = _service()
+    try:
+        done = tower_fit.refit(
+            service.feedback, service.articles, registry, args.reference, parse_time(args.since, float("-inf")),
+            served, args.force, split=reader_pseudonyms(settings).split, reader_share=settings.fit_reader_share,
+            key_share=settings.fit_key_share, heads=args.heads, epochs=args.epochs,
+        )  # fmt: skip
+    finally:
+        service.feedback.close()
+    print(f"{done.rankings} rankings shown since {args.since or 'the start'} with readings to learn from")
+    print(done.decision.summary())
+    if done.version is None:
+        print("not published (use --force to publish anyway)")
+        return 0
+    forced = " (forced)" if not done.decision.passed else ""
+    print(f"published {args.reference}@{done.version} and made it active{forced}")
+    if settings.tower != args.reference:
+        print(f"serve it with NEWSRANK_TOWER={args.reference}")
+    print("then refit the ranker on the rankings it serves: `newsrank ranker fit`")
     return 0
 
 
@@ -584,6 +640,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="publish even if the gate finds it no better")
     p.add_argument("--no-position-weights", action="store_true", help="fit on raw clicks, their positions ignored")
     p.set_defaults(run=cmd_ranker)
+
+    p = commands.add_parser("tower", help="train the LLM's match on the store's rankings, gate and version it")
+    p.add_argument("action", choices=["fit", "list", "activate", "rollback"])
+    p.add_argument("reference", nargs="?", help="NAME (fit, list, rollback) or NAME@VERSION (activate)")
+    p.add_argument("--since", help="fit: rankings since TIME (ISO-8601); default: all")
+    p.add_argument("--force", action="store_true", help="publish even if the gate finds it no better")
+    p.add_argument("--heads", type=int, default=4, help="heads averaged (different seeds)")
+    p.add_argument("--epochs", type=int, default=2, help="passes over the rankings")
+    p.set_defaults(run=cmd_tower)
 
     p = commands.add_parser("stats", help="relevance, diversity, freshness, interaction, satisfaction; per arm")
     p.add_argument("--since", help="ISO-8601 or epoch seconds; default: 7 days before --until")

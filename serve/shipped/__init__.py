@@ -24,6 +24,7 @@ from typing import Any
 from adapters.registry import AdapterRegistry
 from config.settings import Settings
 from core.errors import NotFound
+from feed import tower_fit
 from feed.learned_ranker import Ranker, RankerRegistry
 from llm.tower import Tower
 
@@ -70,12 +71,15 @@ def served(settings: Settings, adapters: AdapterRegistry) -> Settings:
 
 
 def tower(settings: Settings) -> Tower | None:
-    """The tower the settings serve: the shipped one by its name, or a tower file; None for none (or where
-    nothing ships under the name yet)."""
+    """The tower the settings serve: a tower file, a registered tower's active version (`newsrank tower fit`), or
+    the shipped one (also for a name with no version yet: its reader keeps storing the readings a first fit
+    needs); None for none (or where nothing ships)."""
     if not settings.tower:
         return None
-    if settings.tower != NAME:
+    if tower_fit.is_file_reference(settings.tower):
         return Tower.load(Path(settings.tower))
+    if found := tower_fit.registered(settings.adapters_path, settings.tower):
+        return Tower.load(found[1])
     if not (FOLDER / TOWER).is_file():
         return None
     with as_file(FOLDER / TOWER) as path:
