@@ -6,7 +6,8 @@ always-valid test promote it or roll it back. No engineer on call, and no worse 
           events since the last training (the first: since the active version was trained); the gate judges it
           on the new window and, against forgetting, on the reference sets of the versions before
           (adapters/gate.py); what passes is published inactive
-    → a candidate: the learned ranker is refitted, and an A/B test starts, LOOP_TREATMENT_SHARE of readers
+    → a candidate: the tower and the learned ranker are refitted (each published only where its gate passes),
+      and an A/B test starts, LOOP_TREATMENT_SHARE of readers
     → evaluation/sequential.py decides, as often as it is asked: promote (the candidate becomes active for
       everyone), or roll back (a worse arm, a guardrail's rise, or no difference by the horizon)
 
@@ -28,7 +29,7 @@ from config.experiment import Experiment
 from core.errors import Conflict, InvalidInput, NotFound
 from core.records import FeedOutcome
 from evaluation import sequential
-from feed import learned_ranker
+from feed import learned_ranker, tower_fit
 
 if TYPE_CHECKING:
     from adapters.registry import AdapterRegistry
@@ -141,6 +142,7 @@ class LearningLoop:
             control = self.service.adapters.resolve(name).key
         except NotFound:  # the first version of a name is tested against the base model its control arm serves
             control = None
+        self.refit_tower()
         self.refit_ranker()
         experiment = f"{LOOP_PREFIX}{candidate}"
         self.record(STARTED, candidate, experiment=experiment, control=control, share=s.loop_treatment_share)
@@ -162,6 +164,25 @@ class LearningLoop:
             log.info("learning loop: ranker not refitted (%s)", exc)
             return
         log.info("learning loop: %s", done.decision.summary())
+
+    def refit_tower(self) -> tower_fit.Refit | None:
+        """Train the served tower again on the logs (feed/tower_fit.py), published where it beats the one serving
+        on held-out readers' clicks. Not for a tower file, nor without one (no article has a reading)."""
+        s = self.service.settings
+        served = self.service.recommender.served_tower()
+        if served is None or not s.tower or tower_fit.is_file_reference(s.tower):
+            return None
+        try:
+            done = tower_fit.refit(
+                self.service.feedback, self.service.articles, tower_fit.registry_of(s.adapters_path),
+                s.tower.partition("@")[0], self.clock() - 30 * 86400, served, split=self.service.pseudonyms.split,
+                reader_share=s.fit_reader_share, key_share=s.fit_key_share, progress=False,
+            )  # fmt: skip
+        except InvalidInput as exc:  # too few rankings with readings and clicks yet: the tower stays as it is
+            log.info("learning loop: tower not refitted (%s)", exc)
+            return None
+        log.info("learning loop: tower %s", done.decision.summary())
+        return done
 
     def decide(self, experiment: Experiment, started: dict[str, Any]) -> str | None:
         s = self.service.settings

@@ -19,6 +19,7 @@ from feed.recommender import FeedRequest, Recommender
 from llm import tower
 from llm.backends.fake import FakeBackend
 from serve import shipped
+from serve.learning import LearningLoop
 from serve.service import Newsrank
 from tests.conftest import CORPUS, MODEL_CACHE
 from tests.test_tower import mean_auc, topical_impressions
@@ -73,6 +74,23 @@ def test_rankings_and_the_clicks_after_them_become_examples_over_stored_readings
         "validation_rankings"] == 24  # fmt: skip
 
 
+def test_the_learning_loop_trains_the_served_tower_again_and_publishes_it_only_past_its_gate(platform):
+    settings, service = platform
+    looped = Newsrank(settings.model_copy(update={"tower": "looped"}), service.articles, service.feedback,
+                      FakeBackend(), tower=service.recommender.tower)  # fmt: skip
+    done = LearningLoop(looped).refit_tower()
+    assert done is not None and done.rankings == 24
+    assert done.decision.against == "the served tower" and done.decision.new[2] > 0
+    registry = tower_fit.registry_of(settings.adapters_path)
+    assert registry.versions("looped") == ([1] if done.decision.passed else [])
+    assert (looped.recommender.served_tower() is service.recommender.tower) == (not done.decision.passed)
+    # a tower file, or none, is not the loop's to train
+    for fixed in ("none", str(shipped.FOLDER / shipped.TOWER)):
+        unlooped = Newsrank(settings.model_copy(update={"tower": None if fixed == "none" else fixed}),
+                            service.articles, service.feedback, FakeBackend(), tower=service.recommender.tower)  # fmt: skip
+        assert LearningLoop(unlooped).refit_tower() is None
+
+
 def test_a_few_readers_with_many_feeds_cannot_teach_the_match_what_they_fake():
     """Four hundred honest readers click their topic, a feed each; ten readers of one client, eighty feeds each,
     click anything but theirs. With no reader above 0.5 % of the training, the heads learn the honest topic;
@@ -123,7 +141,7 @@ def test_newsrank_tower_fits_publishes_lists_and_rolls_back(platform):
         return subprocess.run([sys.executable, "-m", "serve.cli", "tower", *args], env=env, capture_output=True,
                               text=True, timeout=600)  # fmt: skip
 
-    assert "no towers yet" in run("list").stdout
+    assert "ours@" not in run("list").stdout
     first = run("fit", "ours", "--force", "--heads", "1", "--epochs", "1")
     assert first.returncode == 0, first.stderr
     assert "24 rankings shown" in first.stdout and "(the served tower)" in first.stdout, first.stdout
