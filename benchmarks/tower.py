@@ -1,6 +1,6 @@
 """The LLM's match of readers and articles (llm/tower.py): train the heads, and measure them alone.
 
-    python benchmarks/tower.py [--save FILE] [--compare] [--model PATH]
+    python benchmarks/tower.py [--save FILE] [--compare] [--model PATH] [--fraction F] [--seed S]
 
 Trained on the adapters' share of the data (mind-train but its last 300 impressions by time, and the first 500
 impressions of MIND-dev's tune part), as the shipped adapter was; reported on the first 300 held-out impressions
@@ -85,10 +85,15 @@ def main() -> None:
     parser.add_argument("--model", default=PACKAGED_LLM, help="the LLM that reads the articles (a local folder)")
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--fraction", type=float, default=1.0, help="train on this share of the impressions")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the heads and the share")
     args = parser.parse_args()
     settings = Settings()
     reader = tower.ArticleReader(args.model, settings.model_cache, settings.threads)
     train, heldout = parts(reader)
+    if args.fraction < 1.0:
+        chosen = np.random.default_rng(args.seed).permutation(len(train))[: round(args.fraction * len(train))]
+        train = [train[i] for i in sorted(chosen)]
     print(f"{len(train)} training impressions; AUC alone on the first {len(heldout)} held-out impressions\n")
     print("| vectors | raw cosine to the history's mean | heads trained on clicks | seconds to train |")
     print("|---|---:|---:|---:|")
@@ -96,7 +101,7 @@ def main() -> None:
         : 2 if args.compare else 1
     ]:
         start = time.perf_counter()
-        trained = tower.train(impressions(train, vectors), heads=args.heads, epochs=args.epochs,
+        trained = tower.train(impressions(train, vectors), heads=args.heads, epochs=args.epochs, seed=args.seed,
                               base_model=args.model, vectors=vectors)  # fmt: skip
         seconds = time.perf_counter() - start
         held, held_se = auc(heldout, lambda ctx, t=trained, v=vectors: t.match(

@@ -330,15 +330,19 @@ def cmd_ranker(args: argparse.Namespace) -> int:
         store.close()
     print(f"{done.rankings} rankings shown since {args.since or 'the start'}; "
           f"{done.scored} scored by {done.scorer or 'no LLM'}")  # fmt: skip
-    print(done.decision.summary())
-    if done.version is None:
-        print("not published (use --force to publish anyway)")
-        return 0
-    forced = " (forced)" if not done.decision.passed else ""
-    print(f"published {args.reference}@{done.version} and made it active{forced}")
-    if settings.ranker != args.reference:
-        print(f"serve it with NEWSRANK_RANKER={args.reference}")
+    _published(done.decision, done.version, args.reference, "RANKER", settings.ranker)
     return 0
+
+
+def _published(decision, version: int | None, name: str, setting: str, served: str | None) -> None:
+    """What a fit's gate said, and what it published (a ranker's or a tower's)."""
+    print(decision.summary())
+    if version is None:
+        print("not published (use --force to publish anyway)")
+        return
+    print(f"published {name}@{version} and made it active{'' if decision.passed else ' (forced)'}")
+    if served != name:
+        print(f"serve it with NEWSRANK_{setting}={name}")
 
 
 def cmd_tower(args: argparse.Namespace) -> int:
@@ -371,15 +375,9 @@ def cmd_tower(args: argparse.Namespace) -> int:
     finally:
         service.feedback.close()
     print(f"{done.rankings} rankings shown since {args.since or 'the start'} with readings to learn from")
-    print(done.decision.summary())
-    if done.version is None:
-        print("not published (use --force to publish anyway)")
-        return 0
-    forced = " (forced)" if not done.decision.passed else ""
-    print(f"published {args.reference}@{done.version} and made it active{forced}")
-    if settings.tower != args.reference:
-        print(f"serve it with NEWSRANK_TOWER={args.reference}")
-    print("then refit the ranker on the rankings it serves: `newsrank ranker fit`")
+    _published(done.decision, done.version, args.reference, "TOWER", settings.tower)
+    if done.version is not None:
+        print("then refit the ranker on the rankings it serves: `newsrank ranker fit`")
     return 0
 
 
