@@ -212,14 +212,19 @@ class Recommender:
         return key, self._load(f"ranker:{reference}", key, path, Ranker.load)
 
     def served_tower(self) -> Tower | None:
-        """The tower NEWSRANK_TOWER names. A registered name's active version is read again when it changes (a
-        tower activated on any instance is served on the next feed); before its first version, and for a file or
-        the shipped tower, the one the service started with."""
+        return self._served_tower()[1]
+
+    def _served_tower(self) -> tuple[str | None, Tower | None]:
+        """The tower NEWSRANK_TOWER names, with its registered NAME@VERSION (None for the shipped one or a file). A
+        registered name's active version is read again when it changes (a tower activated on any instance is
+        served on the next feed); before its first version, the one the service started with."""
         reference = self.settings.tower
         if self.tower is None or not reference or tower_fit.is_file_reference(reference):
-            return self.tower
+            return None, self.tower
         found = tower_fit.registered(self.settings.adapters_path, reference)
-        return self.tower if found is None else self._load(f"tower:{reference}", *found, Tower.load)
+        if found is None:
+            return None, self.tower
+        return found[0], self._load(f"tower:{reference}", *found, Tower.load)
 
     def _load(self, slot: str, key: str, path: Path, load: Callable[[Path], Any]) -> Any:
         """A model file, loaded again only when its version or its file changes."""
@@ -559,9 +564,12 @@ class Recommender:
             relevance, sources = self.cached_relevance(request.user_id, profile_text, hits, adapter)
         lap("relevance")
 
+        tower_key, tower = self._served_tower()
+        if tower_key is not None:  # the record says which of the platform's own towers gave the match
+            strategy = f"{strategy}+tower:{tower_key}"
         found = signals.candidate_signals(profile, hits, relevance, popular, now, s.half_life_hours, ctr, coclick,
                                           profile.follows, match if request.query else None,
-                                          signals.tower_match(self.served_tower(), profile, hits))  # fmt: skip
+                                          signals.tower_match(tower, profile, hits))  # fmt: skip
         if request.query:  # the reader's own blend, the query's match in it
             weights, strategy = BlendWeights(**{**weights, "query": SEARCH_WEIGHT}), f"search+{strategy}"
         embeddings = np.stack([h.embedding for h in hits]) if hits else np.zeros((0, 1))

@@ -21,7 +21,7 @@ from llm.backends.fake import FakeBackend
 from serve import shipped
 from serve.learning import LearningLoop
 from serve.service import Newsrank
-from tests.conftest import CORPUS, MODEL_CACHE
+from tests.conftest import CORPUS, MODEL_CACHE, NOW
 from tests.test_tower import mean_auc, topical_impressions
 
 pytestmark = pytest.mark.skipif(shipped.tower(Settings(tower=shipped.NAME)) is None, reason="no shipped tower")
@@ -122,6 +122,9 @@ def test_a_registered_towers_active_version_is_served_and_read_again_when_it_cha
     second = tower.train(topical_impressions(1, 20), heads=1, epochs=1, progress=False, base_model="second")
     assert registry.publish("ours", first) == 1 and registry.publish("ours", second) == 2
     assert recommender.served_tower().card["base_model"] == "second"
+    feedback.add_events([Event("fan", "s1", "click", NOW - 3600)])
+    feed = recommender.recommend(FeedRequest("fan", k=4, explain=False))
+    assert feedback.ranking(feed.ranking_id).strategy.endswith("+tower:ours@2")  # the record names it
     assert shipped.tower(ours).card["base_model"] == "second"  # what a service starting now reads articles with
     registry.activate("ours", 1)
     assert recommender.served_tower().card["base_model"] == "first"
