@@ -15,6 +15,7 @@ tower that served them.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -59,11 +60,14 @@ def from_feedback(
     feedback: FeedbackStore, articles: ArticleStore, since: float, history_size: int = 20
 ) -> list[Example]:
     """Every ranking shown since a time with the readings of its items and of the reader's latest `history_size`
-    engaged articles before it. Items without a stored reading (stored before a tower was served) are left out,
-    and a ranking without a read history item, a click or a non-click with them."""
+    engaged articles before it. Items without a stored reading (stored before a tower was served), or with one of
+    another size, are left out, and a ranking without a read history item, a click or a non-click with them."""
     shown = shown_since(feedback, since)
     wanted = {a for s in shown for a in (*s.before[:history_size], *(i.article_id for i in s.record.items))}
     readings = {a: h.reading for a, h in articles.get(sorted(wanted)).items() if h.reading is not None}
+    if readings:  # articles read by an earlier base model have readings of another size: the most common wins
+        size = Counter(r.shape for r in readings.values()).most_common(1)[0][0]
+        readings = {a: r for a, r in readings.items() if r.shape == size}
     examples = []
     for s in shown:
         history = [readings[a] for a in s.before[:history_size] if a in readings]
