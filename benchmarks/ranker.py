@@ -3,6 +3,7 @@
     python benchmarks/llm_training.py curve     # first: adapters at 4k, 8k, 16k and all examples, their scores
     python benchmarks/ranker.py [--scores data/llm-training/curve-listwise-8] [--plot docs/eval/learning-curve.png]
                                 [--save RANKER_JSON] [--without SIGNAL ...] [--tower TOWER_FILE] [--brief]
+                                [--ceiling]
 
 Rankers are fitted on the ranker's share of the data, which no adapter was trained on: the tune impressions after
 the adapters' first 500 and mind-train's last 300 impressions (when the curve has their scores), with each
@@ -16,7 +17,8 @@ paired difference of the last two (± its standard error). With `--tower` (bench
 of readers and articles is a signal too, and "without the LLM" removes both. For the largest adapter: the choice
 of model (logistic regression with and without interactions, on P(Yes) or on its logit, and gradient-boosted
 trees), an ablation (each signal removed and the ranker refitted), and the fit carried to all held-out
-impressions, where popularity counts come from twice the traffic (`--brief`: the first table alone).
+impressions, where popularity counts come from twice the traffic (`--brief`: the first table alone). `--ceiling`:
+the ranker fitted on the held-out impressions themselves, the most any weights of these signals reach there.
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ def main() -> None:
     )
     parser.add_argument("--tower", help="a tower file (benchmarks/tower.py): the LLM's match as a signal")
     parser.add_argument("--brief", action="store_true", help="the first table alone")
+    parser.add_argument("--ceiling", action="store_true", help="also the ranker fitted on the held-out part itself")
     args = parser.parse_args()
     without = tuple(args.without)
     match = Tower.load(Path(args.tower)) if args.tower else None
@@ -223,6 +226,12 @@ def main() -> None:
         print(f"| {size:,} examples | {mean_se(llm_auc)} | {mean_se(blend_auc)} | **{mean_se(auc)}** | "
               f"{np.nanmean(ndcg):.2f} | {paired(auc, no_llm_auc)} |", flush=True)  # fmt: skip
         curve.append((size, llm_auc, auc))
+    if sizes and args.ceiling:  # the weights fitted on the held-out impressions themselves: no ranker does better
+        held = read_scores(folder / f"heldout-{sizes[-1]}.jsonl")
+        oracle = fit(evaluator, heldout, held, without)
+        auc, ndcg = product(evaluator, oracle, heldout, held, without)
+        print(f"\nthe ceiling of these signals in the blend (weights fitted on the held-out impressions themselves): "
+              f"{mean_se(auc)}, nDCG@10 {np.nanmean(ndcg):.2f}")  # fmt: skip
     if not sizes or args.brief:
         return
     size = sizes[-1]
