@@ -349,8 +349,6 @@ def cmd_tower(args: argparse.Namespace) -> int:
     from config.settings import Settings
     from core.times import parse_time
     from feed import tower_fit
-    from serve import shipped
-    from serve.service import reader_pseudonyms
 
     settings = Settings()
     registry = tower_fit.registry_of(settings.adapters_path)
@@ -361,16 +359,18 @@ def cmd_tower(args: argparse.Namespace) -> int:
 
     if _versions(registry, args, validation_auc):
         return 0
-    served = shipped.tower(settings)
-    if served is None:
+    if not settings.tower:
         raise InvalidInput("no tower is served (NEWSRANK_TOWER=none), so no article has a reading to train on: "
                            "serve the shipped one (NEWSRANK_TOWER=mind) and ingest the articles again")  # fmt: skip
+    if args.heads < 1 or args.epochs < 1:
+        raise InvalidInput("--heads and --epochs must be at least 1")
     service = _service()
     try:
         done = tower_fit.refit(
             service.feedback, service.articles, registry, args.reference, parse_time(args.since, float("-inf")),
-            served, args.force, split=reader_pseudonyms(settings).split, reader_share=settings.fit_reader_share,
-            key_share=settings.fit_key_share, heads=args.heads, epochs=args.epochs,
+            service.recommender.served_tower(), args.force, split=service.pseudonyms.split,
+            reader_share=settings.fit_reader_share, key_share=settings.fit_key_share, heads=args.heads,
+            epochs=args.epochs,
         )  # fmt: skip
     finally:
         service.feedback.close()
