@@ -222,7 +222,7 @@ def main() -> None:
                 for name in SERVICES:
                     total[name].update(today[name])
                 active = services["loop"][0].recommender.default_adapter()
-                history = [f"{e['kind']} {e['adapter'] or ''}".strip()
+                history = [f"{e['kind']} {e['adapter'] or e['details'].get('model', '')}".strip()
                            for e in services["loop"][0].feedback.loop_events(50)][::-1]  # fmt: skip
                 print(f"| {day} | {rates(today)} | {best[-1]:.4f} | {active or 'base model'}; "
                       f"{', '.join(history[-4:])} | {(time.monotonic() - started) / 60:.0f} |", flush=True)  # fmt: skip

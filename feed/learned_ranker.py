@@ -233,6 +233,12 @@ class Decision:
     def passed(self) -> bool:
         return self.new[2] > 0 and self.new[0] >= self.current[0]
 
+    def evidence(self) -> dict[str, object]:
+        """The decision as flat numbers, for the learning loop's history."""
+        return {"gate": "passed" if self.passed else "failed", "auc": round(self.new[0], 2),
+                "auc_se": round(self.new[1], 2), "against": self.against, "against_auc": round(self.current[0], 2),
+                "held_out_rankings": self.new[2]}  # fmt: skip
+
     def summary(self) -> str:
         (a, se, n), (b, se_b, _) = self.new, self.current
         if n == 0:

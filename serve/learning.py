@@ -11,7 +11,8 @@ always-valid test promote it or roll it back. No engineer on call, and no worse 
     → evaluation/sequential.py decides, as often as it is asked: promote (the candidate becomes active for
       everyone), or roll back (a worse arm, a guardrail's rise, or no difference by the horizon)
 
-Every step is a loop event in the shared store (`loop_events`), with its evidence: the dashboard shows the history,
+Every step is a loop event in the shared store (`loop_events`), with its evidence (a refit of the tower or the
+ranker too, whether its gate published it or not): the dashboard shows the history,
 /metrics counts the decisions. The workers (`newsrank worker`, the scorer threads of `newsrank serve`) call `tick`.
 """
 
@@ -42,6 +43,7 @@ log = logging.getLogger("newsrank.learning")
 TRAINING, CANDIDATE, REFUSED, STARTED, PROMOTED, ROLLED_BACK = (
     "training", "candidate", "refused", "experiment", "promoted", "rolled-back"
 )  # fmt: skip
+REFITTED = "refitted"  # the tower or the ranker fitted again on the logs, published only past its gate
 DECISIONS = (PROMOTED, ROLLED_BACK)
 LOOP_PREFIX = "loop-"  # the names of the loop's experiments
 
@@ -163,7 +165,11 @@ class LearningLoop:
         except InvalidInput as exc:  # too few rankings with clicks yet: the ranker stays as it is
             log.info("learning loop: ranker not refitted (%s)", exc)
             return
-        log.info("learning loop: %s", done.decision.summary())
+        self._refitted("ranker", s.ranker.partition("@")[0], done.version, done.decision)
+
+    def _refitted(self, model: str, name: str, version: int | None, decision: learned_ranker.Decision) -> None:
+        published = f"{name}@{version}" if version is not None else "no"
+        self.record(REFITTED, None, model=model, name=name, published=published, **decision.evidence())
 
     def refit_tower(self) -> tower_fit.Refit | None:
         """Train the served tower again on the logs (feed/tower_fit.py), published where it beats the one serving
@@ -181,7 +187,7 @@ class LearningLoop:
         except InvalidInput as exc:  # too few rankings with readings and clicks yet: the tower stays as it is
             log.info("learning loop: tower not refitted (%s)", exc)
             return None
-        log.info("learning loop: tower %s", done.decision.summary())
+        self._refitted("tower", s.tower.partition("@")[0], done.version, done.decision)
         return done
 
     def decide(self, experiment: Experiment, started: dict[str, Any]) -> str | None:

@@ -18,7 +18,7 @@ from feed import tower_fit
 from feed.recommender import FeedRequest, Recommender
 from llm import tower
 from llm.backends.fake import FakeBackend
-from serve import shipped
+from serve import learning, shipped
 from serve.learning import LearningLoop
 from serve.service import Newsrank
 from tests.conftest import CORPUS, MODEL_CACHE, NOW
@@ -84,6 +84,10 @@ def test_the_learning_loop_trains_the_served_tower_again_and_publishes_it_only_p
     registry = tower_fit.registry_of(settings.adapters_path)
     assert registry.versions("looped") == ([1] if done.decision.passed else [])
     assert (looped.recommender.served_tower() is service.recommender.tower) == (not done.decision.passed)
+    event = service.feedback.loop_events(1)[0]  # the loop's history shows it, with its evidence
+    assert event["kind"] == learning.REFITTED and event["details"]["model"] == "tower"
+    assert event["details"]["published"] == ("looped@1" if done.decision.passed else "no")
+    assert event["details"]["auc"] == round(done.decision.new[0], 2) and event["details"]["held_out_rankings"] > 0
     # a tower file, or none, is not the loop's to train
     for fixed in ("none", str(shipped.FOLDER / shipped.TOWER)):
         unlooped = Newsrank(settings.model_copy(update={"tower": None if fixed == "none" else fixed}),
