@@ -5,9 +5,10 @@ always-valid test promote it or roll it back. No engineer on call, and no worse 
         → a training job (one across every instance: the job lock), continual from the active adapter, on the
           events since the last training (the first: since the active version was trained); the gate judges it
           on the new window and, against forgetting, on the reference sets of the versions before
-          (adapters/gate.py); what passes is published inactive
-    → a candidate: the tower and the learned ranker are refitted (each published only where its gate passes),
-      and an A/B test starts, LOOP_TREATMENT_SHARE of readers
+          (adapters/gate.py); what passes is published inactive. Beside it the served tower is trained again
+          on the logs, published where its gate passes (feed/tower_fit.py)
+    → a candidate: the learned ranker is refitted (published where its gate passes), and an A/B test starts,
+      LOOP_TREATMENT_SHARE of readers
     → evaluation/sequential.py decides, as often as it is asked: promote (the candidate becomes active for
       everyone), or roll back (a worse arm, a guardrail's rise, or no difference by the horizon)
 
@@ -124,6 +125,7 @@ class LearningLoop:
         except Conflict:  # another instance started it first
             return None
         self.record(TRAINING, name, job=job.job_id, reason="events" if due_events else "time", since=since)
+        self.refit_tower()  # a minute here, while the adapter trains in its job
         return TRAINING
 
     def _new_candidate(self) -> str | None:
@@ -144,7 +146,6 @@ class LearningLoop:
             control = self.service.adapters.resolve(name).key
         except NotFound:  # the first version of a name is tested against the base model its control arm serves
             control = None
-        self.refit_tower()
         self.refit_ranker()
         experiment = f"{LOOP_PREFIX}{candidate}"
         self.record(STARTED, candidate, experiment=experiment, control=control, share=s.loop_treatment_share)

@@ -22,6 +22,7 @@ from serve import learning, shipped
 from serve.learning import LearningLoop
 from serve.service import Newsrank
 from tests.conftest import CORPUS, MODEL_CACHE, NOW
+from tests.test_learning import ClaimingJobs
 from tests.test_tower import mean_auc, topical_impressions
 
 pytestmark = pytest.mark.skipif(shipped.tower(Settings(tower=shipped.NAME)) is None, reason="no shipped tower")
@@ -74,24 +75,26 @@ def test_rankings_and_the_clicks_after_them_become_examples_over_stored_readings
         "validation_rankings"] == 24  # fmt: skip
 
 
-def test_the_learning_loop_trains_the_served_tower_again_and_publishes_it_only_past_its_gate(platform):
+def test_the_learning_loops_scheduled_retraining_trains_the_served_tower_again_past_its_gate(platform):
     settings, service = platform
-    looped = Newsrank(settings.model_copy(update={"tower": "looped"}), service.articles, service.feedback,
-                      FakeBackend(), tower=service.recommender.tower)  # fmt: skip
-    done = LearningLoop(looped).refit_tower()
-    assert done is not None and done.rankings == 24
-    assert done.decision.against == "the served tower" and done.decision.new[2] > 0
+    looped = Newsrank(settings.model_copy(update={"tower": "looped", "adapter": "clicks", "retrain_every_events": 1}),
+                      service.articles, service.feedback, FakeBackend(), tower=service.recommender.tower)  # fmt: skip
+    looped.jobs = ClaimingJobs(looped)  # the adapter's training job claimed, its trainer not started
+    assert LearningLoop(looped).tick() == learning.TRAINING
+    refit, training = service.feedback.loop_events(2)  # newest first: the tower beside the training job
+    assert training["kind"] == learning.TRAINING and refit["kind"] == learning.REFITTED
+    evidence = refit["details"]
+    assert evidence["model"] == "tower" and evidence["against"] == "the served tower"
+    assert evidence["held_out_rankings"] > 0 and evidence["gate"] in ("passed", "failed")
+    passed = evidence["gate"] == "passed"
+    assert evidence["published"] == ("looped@1" if passed else "no")
     registry = tower_fit.registry_of(settings.adapters_path)
-    assert registry.versions("looped") == ([1] if done.decision.passed else [])
-    assert (looped.recommender.served_tower() is service.recommender.tower) == (not done.decision.passed)
-    event = service.feedback.loop_events(1)[0]  # the loop's history shows it, with its evidence
-    assert event["kind"] == learning.REFITTED and event["details"]["model"] == "tower"
-    assert event["details"]["published"] == ("looped@1" if done.decision.passed else "no")
-    assert event["details"]["auc"] == round(done.decision.new[0], 2) and event["details"]["held_out_rankings"] > 0
+    assert registry.versions("looped") == ([1] if passed else [])
+    assert (looped.recommender.served_tower() is service.recommender.tower) == (not passed)
     # a tower file, or none, is not the loop's to train
-    for fixed in ("none", str(shipped.FOLDER / shipped.TOWER)):
-        unlooped = Newsrank(settings.model_copy(update={"tower": None if fixed == "none" else fixed}),
-                            service.articles, service.feedback, FakeBackend(), tower=service.recommender.tower)  # fmt: skip
+    for fixed in (None, str(shipped.FOLDER / shipped.TOWER)):
+        unlooped = Newsrank(settings.model_copy(update={"tower": fixed}), service.articles, service.feedback,
+                            FakeBackend(), tower=service.recommender.tower)  # fmt: skip
         assert LearningLoop(unlooped).refit_tower() is None
 
 
