@@ -6,7 +6,7 @@ always-valid test promote it or roll it back. No engineer on call, and no worse 
           events since the last training (the first: since the active version was trained); the gate judges it
           on the new window and, against forgetting, on the reference sets of the versions before
           (adapters/gate.py); what passes is published inactive. Beside it the served tower is trained again
-          on the logs, published where its gate passes (feed/tower_fit.py)
+          on the logs and the learned ranker refitted, each published where its gate passes
     → a candidate: the learned ranker is refitted (published where its gate passes), and an A/B test starts,
       LOOP_TREATMENT_SHARE of readers
     → evaluation/sequential.py decides, as often as it is asked: promote (the candidate becomes active for
@@ -126,6 +126,7 @@ class LearningLoop:
             return None
         self.record(TRAINING, name, job=job.job_id, reason="events" if due_events else "time", since=since)
         self.refit_tower()  # a minute here, while the adapter trains in its job
+        self.refit_ranker()  # learns from the feeds since, whether or not the adapter's candidate passes
         return TRAINING
 
     def _new_candidate(self) -> str | None:
@@ -152,7 +153,7 @@ class LearningLoop:
         return STARTED
 
     def refit_ranker(self) -> None:
-        """Refit the served ranker on the logs (its LLM fit carries to the candidate: the same adapter's name)."""
+        """Refit the served ranker on the logs (its LLM fit carries to a candidate: the same adapter's name)."""
         s = self.service.settings
         if not s.ranker or s.ranker == "none" or s.ranker.endswith(".json"):
             return

@@ -77,12 +77,14 @@ def test_rankings_and_the_clicks_after_them_become_examples_over_stored_readings
 
 def test_the_learning_loops_scheduled_retraining_trains_the_served_tower_again_past_its_gate(platform):
     settings, service = platform
-    looped = Newsrank(settings.model_copy(update={"tower": "looped", "adapter": "clicks", "retrain_every_events": 1}),
+    looped = Newsrank(settings.model_copy(update={"tower": "looped", "ranker": "looped", "adapter": "clicks",
+                                                  "retrain_every_events": 1}),
                       service.articles, service.feedback, FakeBackend(), tower=service.recommender.tower)  # fmt: skip
     looped.jobs = ClaimingJobs(looped)  # the adapter's training job claimed, its trainer not started
     assert LearningLoop(looped).tick() == learning.TRAINING
-    refit, training = service.feedback.loop_events(2)  # newest first: the tower beside the training job
-    assert training["kind"] == learning.TRAINING and refit["kind"] == learning.REFITTED
+    ranker, refit, training = service.feedback.loop_events(3)  # newest first: the tower and ranker beside the job
+    assert training["kind"] == learning.TRAINING and refit["kind"] == ranker["kind"] == learning.REFITTED
+    assert ranker["details"]["model"] == "ranker" and ranker["details"]["against"] == "the hand-set weights"
     evidence = refit["details"]
     assert evidence["model"] == "tower" and evidence["against"] == "the served tower"
     assert evidence["held_out_rankings"] > 0 and evidence["gate"] in ("passed", "failed")
