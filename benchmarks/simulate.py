@@ -44,7 +44,7 @@ from evaluation import replay
 from llm.models import offline
 from retrieval.embed import Embedder
 from retrieval.ingest import read_mind_news
-from serve.learning import PROMOTED, ROLLED_BACK, LearningLoop
+from serve.learning import PROMOTED, REFITTED, ROLLED_BACK, LearningLoop
 from serve.service import Newsrank
 from serve.worker import ScoringWorkers
 
@@ -222,8 +222,7 @@ def main() -> None:
                 for name in SERVICES:
                     total[name].update(today[name])
                 active = services["loop"][0].recommender.default_adapter()
-                history = [f"{e['kind']} {e['adapter'] or e['details'].get('model', '')}".strip()
-                           for e in services["loop"][0].feedback.loop_events(50)][::-1]  # fmt: skip
+                history = [step(e) for e in services["loop"][0].feedback.loop_events(50)][::-1]
                 print(f"| {day} | {rates(today)} | {best[-1]:.4f} | {active or 'base model'}; "
                       f"{', '.join(history[-4:])} | {(time.monotonic() - started) / 60:.0f} |", flush=True)  # fmt: skip
     print(f"| all | {rates(total)} | {sum(best) / len(best):.4f} | | |")
@@ -231,6 +230,14 @@ def main() -> None:
         print(f"\nshuffled-label candidate {bad}, put to the test after day {put_at[0]}'s visit {put_at[1]}: "
               f"served to {len(bad_readers)} of {len(people)} readers ({len(bad_readers) / len(people):.0%}); "
               f"{decided or 'undecided'}; the loop's history: {', '.join(history)}")  # fmt: skip
+
+
+def step(event: dict) -> str:
+    """A loop event in the table: its kind and adapter, or for a refit the model and what it published."""
+    if event["kind"] == REFITTED:
+        d = event["details"]
+        return f"{d['model']} refitted ({d['published'] if d['published'] != 'no' else 'not published'})"
+    return f"{event['kind']} {event['adapter'] or ''}".strip()
 
 
 def decision(built: Newsrank, candidate: str, when: tuple[int, int]) -> str | None:
