@@ -118,27 +118,17 @@ class Corpus:
         self.malformed = sum(isinstance(r, RowError) for r in rows)
         ids = sorted(self.articles)
         key = _digest(news.read_bytes(), embedder.spec)
-        path = cache_dir / f"embeddings-{key}.npy"
-        if path.is_file():
-            vectors = np.load(path)
-        else:
-            from tqdm import tqdm
-
-            texts = [self.articles[i].text for i in ids]
-            chunks = [texts[s : s + 256] for s in range(0, len(texts), 256)]
-            vectors = np.concatenate(
-                [
-                    embedder.encode(c)
-                    for c in tqdm(chunks, desc="embed news", unit=" batches", disable=not show_progress)
-                ]
-            )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, vectors)
+        articles = [self.articles[i] for i in ids]
+        self.vectors = _cached(cache_dir / f"embeddings-{key}.npy", articles, "embed news", show_progress,
+                               lambda chunk: embedder.encode([a.text for a in chunk]))  # fmt: skip
         self.index = {article_id: row for row, article_id in enumerate(ids)}
-        self.vectors = vectors
-        self.readings = None if reader is None else self._readings(reader, ids, key, cache_dir, show_progress)
+        # each article's reading by the LLM (llm/tower.py), rounded to float16 as the article store keeps it
+        self.readings = None if reader is None else _cached(
+            cache_dir / f"readings-{_digest(key, reader.model, READ_TOKENS)}.npy", articles, "read news (LLM)",
+            show_progress, lambda chunk: reader(chunk).astype(np.float16).astype(np.float32),
+        )  # fmt: skip
         # the copies of one story among these news (retrieval/stories.py), as ingesting them would find them
-        found = stories.group([self.articles[i] for i in ids], vectors)
+        found = stories.group(articles, self.vectors)
         self.articles = {i: replace(self.articles[i], story=story) for i, story in zip(ids, found, strict=True)}
 
     def hit(self, article_id: str) -> Hit:
@@ -146,26 +136,23 @@ class Corpus:
         return Hit(self.articles[article_id], self.vectors[row], reading=None if self.readings is None else
                    self.readings[row])  # fmt: skip
 
-    def _readings(
-        self, reader: ArticleReader, ids: list[str], key: str, cache_dir: Path, show_progress: bool
-    ) -> np.ndarray:
-        """Each article's reading by the LLM (llm/tower.py), as the article store keeps it: computed once, cached."""
-        path = cache_dir / f"readings-{_digest(key, reader.model, READ_TOKENS)}.npy"
-        if path.is_file():
-            return np.load(path)
-        from tqdm import tqdm
-
-        chunks = [ids[s : s + 256] for s in range(0, len(ids), 256)]
-        readings = np.concatenate([
-            reader([self.articles[i] for i in chunk])
-            for chunk in tqdm(chunks, desc="read news (LLM)", unit=" batches", disable=not show_progress)
-        ])  # fmt: skip
-        readings = readings.astype(np.float16).astype(np.float32)  # as the article store keeps them
-        np.save(path, readings)
-        return readings
-
     def __contains__(self, article_id: str) -> bool:
         return article_id in self.articles
+
+
+def _cached(
+    path: Path, articles: list[Article], desc: str, show_progress: bool, compute: Callable[[list[Article]], np.ndarray]
+) -> np.ndarray:
+    """One row per article, computed in chunks of 256 the first time and kept in `path` after."""
+    if path.is_file():
+        return np.load(path)
+    from tqdm import tqdm
+
+    chunks = [articles[s : s + 256] for s in range(0, len(articles), 256)]
+    rows = np.concatenate([compute(c) for c in tqdm(chunks, desc=desc, unit=" batches", disable=not show_progress)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, rows)
+    return rows
 
 
 @dataclass
