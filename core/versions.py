@@ -74,6 +74,13 @@ class Versions:
                                f"`newsrank {self.kind} fit`")  # fmt: skip
         return f"{name}@{version}", self.root / name / f"v{version}{self.suffix}"
 
+    def find(self, reference: str) -> tuple[str, Path] | None:
+        """`path`'s key and file, or None for a bare NAME with no version yet (what serves it until its first fit
+        is the caller's to say: the hand-set weights, the shipped tower)."""
+        if "@" not in reference and not self.versions(reference):
+            return None
+        return self.path(reference)
+
     def _write_state(self, name: str, state: dict) -> None:
         path = self.root / name / "state.json"
         tmp = path.with_suffix(".tmp")

@@ -204,11 +204,10 @@ class Recommender:
             return None
         if reference.endswith(".json"):
             key, path = Path(reference).stem, Path(reference)
+        elif found := RankerRegistry(self.settings.adapters_path / "rankers").find(reference):
+            key, path = found
         else:
-            registry = RankerRegistry(self.settings.adapters_path / "rankers")
-            if "@" not in reference and not registry.versions(reference):
-                return None  # a name not fitted yet: the hand-set weights until it is (as with adapters)
-            key, path = registry.path(reference)
+            return None  # a name not fitted yet: the hand-set weights until it is (as with adapters)
         return key, self._load(f"ranker:{reference}", key, path, Ranker.load)
 
     def served_tower(self) -> Tower | None:
@@ -221,7 +220,7 @@ class Recommender:
         reference = self.settings.tower
         if self.tower is None or not reference or tower_fit.is_file_reference(reference):
             return None, self.tower
-        found = tower_fit.registered(self.settings.adapters_path, reference)
+        found = tower_fit.registry_of(self.settings.adapters_path).find(reference)
         if found is None:
             return None, self.tower
         return found[0], self._load(f"tower:{reference}", *found, Tower.load)

@@ -162,11 +162,3 @@ def registry_of(adapters_path: Path) -> TowerRegistry:
 def is_file_reference(reference: str) -> bool:
     """NEWSRANK_TOWER names a tower file (else a registered tower, or the shipped one)."""
     return reference.endswith(".safetensors") or Path(reference).is_file()
-
-
-def registered(adapters_path: Path, reference: str) -> tuple[str, Path] | None:
-    """The key and file of the version a registered NAME[@N] serves; None for a name with no version yet."""
-    registry = registry_of(adapters_path)
-    if "@" not in reference and not registry.versions(reference):
-        return None
-    return registry.path(reference)

@@ -78,7 +78,7 @@ def tower(settings: Settings) -> Tower | None:
         return None
     if tower_fit.is_file_reference(settings.tower):
         return Tower.load(Path(settings.tower))
-    if found := tower_fit.registered(settings.adapters_path, settings.tower):
+    if found := tower_fit.registry_of(settings.adapters_path).find(settings.tower):
         return Tower.load(found[1])
     if not (FOLDER / TOWER).is_file():
         return None
