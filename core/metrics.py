@@ -143,11 +143,40 @@ def mean_auc_by_group(rows: Sequence[tuple[str, Sequence[int], Sequence[float]]]
     """Rows of (group, labels, scores): the mean AUC ×100 over the groups (each group's rows with a click and a
     non-click averaged first, so a reader with a hundred feeds counts as one), its standard error, and the rows it
     rests on."""
-    by_group: dict[str, list[float]] = {}
-    for group, labels, scores in rows:
-        if (a := auc(labels, scores)) is not None:
-            by_group.setdefault(group, []).append(a)
+    by_group = _aucs_by_group(rows)
     values = [float(np.mean(v)) for v in by_group.values()]
     if not values:
         return 0.0, 0.0, 0
     return 100 * float(np.mean(values)), 100 * standard_error(values), sum(map(len, by_group.values()))
+
+
+def _aucs_by_group(rows: Sequence[tuple[str, Sequence[int], Sequence[float]]]) -> dict[str, list[float]]:
+    by_group: dict[str, list[float]] = {}
+    for group, labels, scores in rows:
+        if (a := auc(labels, scores)) is not None:
+            by_group.setdefault(group, []).append(a)
+    return by_group
+
+
+def paired_auc_by_group(
+    new: Sequence[tuple[str, Sequence[int], Sequence[float]]],
+    current: Sequence[tuple[str, Sequence[int], Sequence[float]]],
+) -> tuple[float, float, int]:
+    """Two rankings of the same rows, compared group by group (reader by reader): the mean of each group's AUC
+    difference ×100 (new − current), its standard error, and the groups. Pairing removes what makes one reader
+    easier to rank than another, so the difference is known far better than either mean."""
+    a, b = _aucs_by_group(new), _aucs_by_group(current)
+    differences = [float(np.mean(a[g]) - np.mean(b[g])) for g in a if g in b]
+    if not differences:
+        return 0.0, 0.0, 0
+    return 100 * float(np.mean(differences)), 100 * standard_error(differences), len(differences)
+
+
+def not_worse(difference: float, se: float, groups: int, tolerance: float, confidence: float = 0.95) -> bool:
+    """Whether a paired difference (paired_auc_by_group) is at least 0 and, at this one-sided confidence (Student's
+    t over the groups), no worse than -tolerance. Two groups at least: one says nothing of the spread."""
+    if groups < 2 or difference < 0:
+        return False
+    from scipy.stats import t
+
+    return difference - float(t.ppf(confidence, groups - 1)) * se >= -tolerance

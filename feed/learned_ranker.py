@@ -220,32 +220,59 @@ def ranked_by(impression: Impression, weights: Mapping[str, float]) -> list[floa
 def mean_auc(impressions: Sequence[Impression], weights_of) -> tuple[float, float, int]:
     """Mean AUC ×100 over the readers (each reader's impressions with a click and a non-click averaged first, so
     a reader with a hundred feeds counts as one), its standard error, and the impressions it rests on."""
-    return metrics.mean_auc_by_group([(i.group, i.labels, ranked_by(i, weights_of(i))) for i in impressions])
+    return metrics.mean_auc_by_group(ranked_rows(impressions, weights_of))
+
+
+def ranked_rows(impressions: Sequence[Impression], weights_of) -> list[tuple[str, tuple[int, ...], list[float]]]:
+    return [(i.group, i.labels, ranked_by(i, weights_of(i))) for i in impressions]
+
+
+GATE_TOLERANCE = 1.0  # AUC points: a refit is published only where, at 95 % confidence, it is no worse than this
 
 
 @dataclass(frozen=True)
 class Decision:
+    """A refit against the model serving, on held-out readers: each one's mean AUC (×100, its standard error, the
+    rankings), and `paired` their difference reader by reader (metrics.paired_auc_by_group). It passes when the
+    difference is at least 0 and, at 95 % confidence, no worse than `tolerance`: a refit published to every reader
+    with no A/B test must show that it is not worse, which a handful of held-out readers cannot."""
+
     new: tuple[float, float, int]
     current: tuple[float, float, int]
     against: str
+    paired: tuple[float, float, int] = (0.0, 0.0, 0)
+    tolerance: float = GATE_TOLERANCE
 
     @property
     def passed(self) -> bool:
-        return self.new[2] > 0 and self.new[0] >= self.current[0]
+        return self.new[2] > 0 and metrics.not_worse(*self.paired, tolerance=self.tolerance)
 
     def evidence(self) -> dict[str, object]:
         """The decision as flat numbers, for the learning loop's history."""
         return {"gate": "passed" if self.passed else "failed", "auc": round(self.new[0], 2),
                 "auc_se": round(self.new[1], 2), "against": self.against, "against_auc": round(self.current[0], 2),
-                "held_out_rankings": self.new[2]}  # fmt: skip
+                "held_out_rankings": self.new[2], "difference": round(self.paired[0], 2),
+                "difference_se": round(self.paired[1], 2), "held_out_readers": self.paired[2]}  # fmt: skip
 
     def summary(self) -> str:
-        (a, se, n), (b, se_b, _) = self.new, self.current
+        (a, se, n), (b, se_b, _), (d, se_d, readers) = self.new, self.current, self.paired
         if n == 0:
             return "gate FAILED: no held-out ranking has both a click and a non-click to judge it on"
         verdict = "passed" if self.passed else "FAILED"
         return (f"gate {verdict}: held-out AUC {a:.2f} ± {se:.2f} against {b:.2f} ± {se_b:.2f} ({self.against}), "
-                f"on {n} impressions")  # fmt: skip
+                f"on {n} impressions; reader by reader {d:+.2f} ± {se_d:.2f} over {readers} readers (it passes at "
+                f"≥ 0 and, at 95 % confidence, no worse than -{self.tolerance:g})")  # fmt: skip
+
+
+def decide(
+    new: Sequence[tuple[str, Sequence[int], Sequence[float]]],
+    current: Sequence[tuple[str, Sequence[int], Sequence[float]]],
+    against: str,
+    tolerance: float = GATE_TOLERANCE,
+) -> Decision:
+    """The gate's decision on two rankings of the same held-out rows (group, labels, scores)."""
+    return Decision(metrics.mean_auc_by_group(new), metrics.mean_auc_by_group(current), against,
+                    metrics.paired_auc_by_group(new, current), tolerance)  # fmt: skip
 
 
 def fit_impressions(
@@ -283,6 +310,7 @@ def fit_and_gate(
     split: Callable[[str, float, int], bool] = metrics.in_validation,
     reader_share: float = 1.0,
     key_share: float = 1.0,
+    tolerance: float = GATE_TOLERANCE,
     **fitted_on: object,
 ) -> tuple[Ranker, Decision]:
     """Fit on the impressions outside a seeded validation share (by reader: `split`, keyed by a secret in the
@@ -297,10 +325,8 @@ def fit_and_gate(
     def weights_by(ranker: Ranker | None):
         return lambda i: ranker.weights(i.history, scorer if i.scored else None, hand_set) if ranker else hand_set
 
-    decision = Decision(
-        mean_auc(validation, weights_by(new)), mean_auc(validation, weights_by(current)),
-        "the active ranker" if current else "the hand-set weights",
-    )  # fmt: skip
+    decision = decide(ranked_rows(validation, weights_by(new)), ranked_rows(validation, weights_by(current)),
+                      "the active ranker" if current else "the hand-set weights", tolerance)  # fmt: skip
     return replace(new, fitted_on={**new.fitted_on, "gate": asdict(decision)}), decision
 
 

@@ -3,7 +3,7 @@
 The shipped tower (llm/tower.py) learned from MIND's readers. A platform's readers click what they click: each
 ranking a reader was shown and the clicks that followed (feed.learned_ranker.shown_since) is an impression to train
 heads on, over the readings the article store keeps. A new tower is judged like a ranker: on a held-out share of
-readers, by the match alone (each reader's mean AUC counted once), against the tower serving now; what passes is
+readers, by the match alone (reader by reader), against the tower serving now; what passes (learned_ranker.Decision) is
 published as the active version of a named tower (NAME/vN.safetensors beside the rankers), which `NEWSRANK_TOWER=NAME`
 serves. No reader weighs more than `reader_share` of the training and no client more than `key_share`, so that one
 key's readers cannot teach the match what they fake.
@@ -28,7 +28,7 @@ from core import metrics
 from core.errors import InvalidInput
 from core.stores import ArticleStore, FeedbackStore
 from core.versions import Versions
-from feed.learned_ranker import Decision, shown_since
+from feed.learned_ranker import GATE_TOLERANCE, Decision, decide, shown_since
 from llm.tower import Impression, Tower, train
 
 
@@ -80,14 +80,14 @@ def from_feedback(
     return examples
 
 
-def match_auc(examples: Sequence[Example], tower: Tower | None) -> tuple[float, float, int]:
-    """The match alone, as the gate judges it: mean AUC ×100 over readers ± its standard error, and the rankings
-    it rests on. Without a tower every item is neutral (50)."""
+def match_rows(examples: Sequence[Example], tower: Tower | None) -> list[tuple[str, tuple[int, ...], list[float]]]:
+    """The match alone, as the gate judges it: (reader, labels, match) per ranking. Without a tower every item is
+    neutral (50)."""
 
     def scores(i: Impression) -> list[float]:
         return tower.match(list(i.history), list(i.candidates)) if tower else [0.5] * len(i.labels)
 
-    return metrics.mean_auc_by_group([(e.reader, e.impression.labels, scores(e.impression)) for e in examples])
+    return [(e.reader, tuple(e.impression.labels), scores(e.impression)) for e in examples]
 
 
 def fit_and_gate(
@@ -99,6 +99,7 @@ def fit_and_gate(
     split: Callable[[str, float, int], bool] = metrics.in_validation,
     reader_share: float = 1.0,
     key_share: float = 1.0,
+    tolerance: float = GATE_TOLERANCE,
     **options: Any,
 ) -> tuple[Tower, Decision]:
     """Train heads on the examples outside a seeded validation share of readers (`split`, keyed by a secret in
@@ -112,8 +113,8 @@ def fit_and_gate(
     clients = metrics.capped_weights([e.owner for e in fitted_on], key_share)
     new = train([e.impression for e in fitted_on], weights=[r * c for r, c in zip(readers, clients, strict=True)],
                 seed=seed, **options)  # fmt: skip
-    decision = Decision(match_auc(validation, new), match_auc(validation, current), against)
-    gate = {"new": decision.new, "current": decision.current, "against": against}
+    decision = decide(match_rows(validation, new), match_rows(validation, current), against, tolerance)
+    gate = {"new": decision.new, "current": decision.current, "paired": decision.paired, "against": against}
     card = {**new.card, "validation_rankings": len(validation), "reader_share": reader_share, "key_share": key_share,
             "gate": gate}  # fmt: skip
     return replace(new, card=card), decision

@@ -68,3 +68,19 @@ def test_gini_and_exposure_shares_by_hand():
     assert list(found.source) == ["wire", "daily", "unknown"]  # largest share first, ties by label
     assert list(found.category) == ["news", "sports"]
     assert found.gini == pytest.approx(gini([2, 1, 1, 0]))
+
+
+def test_a_paired_difference_is_taken_group_by_group_and_judged_with_its_spread():
+    from core.metrics import not_worse, paired_auc_by_group
+
+    # reader a: both rank the click first (1 and 1); reader b: new 1, current 0; reader c only in `new`
+    new = [("a", [1, 0], [0.9, 0.1]), ("b", [1, 0], [0.9, 0.1]), ("b", [0, 1], [0.2, 0.8]), ("c", [1, 0], [1, 0])]
+    current = [("a", [1, 0], [0.8, 0.3]), ("b", [1, 0], [0.1, 0.9]), ("b", [0, 1], [0.9, 0.2])]
+    difference, se, groups = paired_auc_by_group(new, current)
+    assert groups == 2 and difference == pytest.approx(50.0) and se == pytest.approx(50.0)
+    assert paired_auc_by_group(new, []) == (0.0, 0.0, 0)
+    assert not not_worse(5.0, 0.0, 1, tolerance=1.0)  # one reader says nothing of the spread
+    assert not not_worse(-0.1, 0.01, 100, tolerance=1.0)  # worse on average
+    assert not_worse(0.5, 0.5, 100, tolerance=1.0)  # 0.5 - 1.66 * 0.5 > -1
+    assert not not_worse(0.5, 1.0, 100, tolerance=1.0)  # 0.5 - 1.66 > -1: it may be worse by more than 1
+    assert not not_worse(difference, se, groups, tolerance=1.0)  # +50 on two readers: t(1) is 6.3
