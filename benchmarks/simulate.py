@@ -16,7 +16,9 @@ itself, no human step). Between visits each service's workers run until idle: th
 loop (a training it starts is waited for). Prints each day's click-through rate (clicks per item shown) of both,
 and the loop's history. `--bad-candidate`: no retraining; after the first visit a candidate trained on the loop's
 own examples with shuffled labels is forced past its gate, and the run reports when the loop rolled it back and
-how many readers were ever served by it.
+how many readers were ever served by it. `--fixed-weights JSON`: the second service learns nothing and serves
+these blend weights from the start (the true relevance's own terms, say): the most that learning the blend's
+weights could lift.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import httpx
 import numpy as np
 from harness import quiet_logs, serving  # benchmarks/harness.py
 
-from config.settings import Settings
+from config.settings import Settings, Weights
 from core.records import Article
 from evaluation import replay
 from llm.models import offline
@@ -94,6 +96,12 @@ def world(readers: int, per_day: int, days: int, seed: int) -> tuple[list[Reader
 
 def service(folder: Path, learning: bool, args: argparse.Namespace) -> tuple[Newsrank, LearningLoop | None]:
     keys = [{"name": "sim", "key": KEY, "scope": "admin"}]
+    if learning and args.fixed_weights:  # no loop: the second service serves these weights from the start
+        weights = Weights(**json.loads(args.fixed_weights))
+        settings = Settings(data_dir=folder, api_keys=json.dumps(keys), scorer_threads=0, weights=weights,
+                            adapter=None, ranker=None, recency_hours=24 * 3, feeds_per_reader_per_minute=1000,
+                            candidates=30)  # fmt: skip
+        return Newsrank.from_settings(settings), None
     settings = Settings(
         data_dir=folder, api_keys=json.dumps(keys), scorer_threads=0, adapter="sim" if learning else None,
         ranker="sim" if learning else None, retrain_every_events=args.retrain_every if learning else None,
@@ -176,6 +184,11 @@ def main() -> None:
         action="store_true",
         help="no retraining: after the first visit, a candidate trained on shuffled labels is tested",
     )
+    parser.add_argument(
+        "--fixed-weights",
+        metavar="JSON",
+        help='no loop: the second service serves these blend weights from the start, e.g. {"similarity": 0.6}',
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.bad_candidate:
@@ -196,7 +209,8 @@ def main() -> None:
             # hooks it to the feeds; the loop this simulation ticks must be the one feeds ask, or its decisions
             # reach them only when the app's loop reads the store again, up to 10 s later (whole visits)
             looped, loop = services["loop"]
-            looped.recommender.running_experiment = loop.experiment
+            if loop is not None:
+                looped.recommender.running_experiment = loop.experiment
             clients = {name: httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=600)
                        for name, url in zip(SERVICES, (frozen_url, loop_url), strict=True)}  # fmt: skip
             for day, articles in enumerate(daily, start=1):

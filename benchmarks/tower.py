@@ -1,6 +1,7 @@
 """The LLM's match of readers and articles (llm/tower.py): train the heads, and measure them alone.
 
     python benchmarks/tower.py [--save FILE] [--compare] [--model PATH] [--fraction F] [--seed S]
+                               [--week N] [--in-domain N]
 
 Trained on the adapters' share of the data (mind-train but its last 300 impressions by time, and the first 500
 impressions of MIND-dev's tune part), as the shipped adapter was; reported on the first 300 held-out impressions
@@ -9,7 +10,9 @@ latest 20 clicks). `--compare` trains the same heads on the retrieval embedder's
 readings, and reports both raw cosines: what the LLM adds over the embedder. `benchmarks/ranker.py --tower FILE`
 then fits the ranker with the match as a signal. `--model`: another causal LM in a local folder reads the
 articles (the tower's card names it, and a service serving that tower reads stored articles with it): a larger
-model costs one forward pass per article as it is stored, not one per reader and candidate.
+model costs one forward pass per article as it is stored, not one per reader and candidate. `--week N` and
+`--in-domain N` train on the first N impressions of the week and of the tune part only (the tune part shares the
+held-out part's day): how much each kind of click is worth.
 """
 
 from __future__ import annotations
@@ -40,16 +43,18 @@ def corpora(reader: tower.ArticleReader) -> tuple[replay.Corpus, replay.Corpus]:
             replay.Corpus(WEEK / "news.tsv", Embedder(), CACHE, reader=reader))  # fmt: skip
 
 
-def parts(reader: tower.ArticleReader) -> tuple[list[replay.Context], list[replay.Context]]:
-    """(the adapters' share, the first 300 held-out impressions) as contexts; the ranker's share (the week's last
-    impressions, the tune part's rest) is left to benchmarks/ranker.py."""
+def parts(
+    reader: tower.ArticleReader,
+) -> tuple[list[replay.Context], list[replay.Context], list[replay.Context]]:
+    """(the adapters' share of the week, of the tune part, the first 300 held-out impressions) as contexts; the
+    ranker's share (the week's last impressions, the tune part's rest) is left to benchmarks/ranker.py."""
     dev, week_corpus = corpora(reader)
     impressions, _ = replay.read_behaviors(DATA / "behaviors.tsv")
     tune = replay.select(impressions, "tune", 0, None)
     week, _ = replay.read_behaviors(WEEK / "behaviors.tsv")
     ordered = sorted(week, key=lambda i: (i.time or 0.0, i.id))
-    train = [*replay.contexts(ordered[:-RANKER_WEEK], week_corpus), *replay.contexts(tune[:ADAPTER_PART], dev)]
-    return train, list(replay.contexts(replay.select(impressions, "heldout", 0, 300), dev))
+    return (list(replay.contexts(ordered[:-RANKER_WEEK], week_corpus)), list(replay.contexts(tune[:ADAPTER_PART], dev)),
+            list(replay.contexts(replay.select(impressions, "heldout", 0, 300), dev)))  # fmt: skip
 
 
 def impressions(contexts: list[replay.Context], vectors: str) -> list[tower.Impression]:
@@ -87,10 +92,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--fraction", type=float, default=1.0, help="train on this share of the impressions")
     parser.add_argument("--seed", type=int, default=0, help="seeds the heads and the share")
+    parser.add_argument("--week", type=int, help="only the week's first N impressions (in time order)")
+    parser.add_argument("--in-domain", type=int, help="only the tune part's first N impressions (MIND-dev's days)")
     args = parser.parse_args()
     settings = Settings()
     reader = tower.ArticleReader(args.model, settings.model_cache, settings.threads)
-    train, heldout = parts(reader)
+    week, in_domain, heldout = parts(reader)
+    train = week[: args.week] + in_domain[: args.in_domain]
     if args.fraction < 1.0:
         chosen = np.random.default_rng(args.seed).permutation(len(train))[: round(args.fraction * len(train))]
         train = [train[i] for i in sorted(chosen)]
@@ -111,6 +119,8 @@ def main() -> None:
         if vectors == "reading" and args.save:
             card = {**trained.card, "data": "mind-train (but its last 300 impressions) and the first 500 impressions "
                     "of MIND-dev's tune part", "command": "python benchmarks/tower.py --save FILE",
+                    "week_impressions": len(week[: args.week]),
+                    "in_domain_impressions": len(in_domain[: args.in_domain]),
                     "heldout_auc": round(held, 2), "heldout_auc_se": round(held_se, 2),
                     "heldout": "the first 300 impressions of MIND-dev's held-out part, the match alone"}  # fmt: skip
             replace(trained, card=card).save(Path(args.save))
