@@ -18,7 +18,8 @@ and the loop's history. `--bad-candidate`: no retraining; after the first visit 
 own examples with shuffled labels is forced past its gate, and the run reports when the loop rolled it back and
 how many readers were ever served by it. `--fixed-weights JSON`: the second service learns nothing and serves
 these blend weights from the start (the true relevance's own terms, say): the most that learning the blend's
-weights could lift.
+weights could lift. `--onboard`: readers arrive with their past (their MIND history's clicks, nine days before the
+first), as a platform sends newsrank its readers' events; without it every reader starts unknown.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ SERVICES = ("frozen", "loop")
 
 
 class Reader:
-    def __init__(self, user_id: str, centroid: np.ndarray, shares: dict[str, float]) -> None:
-        self.user_id, self.centroid, self.shares = user_id, centroid, shares
+    def __init__(self, user_id: str, centroid: np.ndarray, shares: dict[str, float], history: list[dict]) -> None:
+        self.user_id, self.centroid, self.shares, self.history = user_id, centroid, shares, history
 
     def relevance(self, vector: np.ndarray, category: str) -> float:
         cos = float(vector @ self.centroid / (np.linalg.norm(vector) * np.linalg.norm(self.centroid) + 1e-9))
@@ -82,16 +83,31 @@ def world(readers: int, per_day: int, days: int, seed: int) -> tuple[list[Reader
     published = candidates[: days * per_day]
     needed = sorted({a for user in chosen for a in users[user]} | set(published))
     vectors = dict(zip(needed, Embedder().encode([news[a].text for a in needed]), strict=True))
+
+    def payload(a: str) -> dict:
+        return {"id": a, **{f: getattr(news[a], f) for f in ("title", "abstract", "category", "subcategory")}}
+
     people = []
     for user in chosen:
         history = users[user]
         counts = Counter(news[a].category for a in history)
-        people.append(Reader(f"sim-{user}", np.mean([vectors[a] for a in history], axis=0),
-                             {c: n / len(history) for c, n in counts.items()}))  # fmt: skip
-    fields = ("title", "abstract", "category", "subcategory")
-    daily = [[{"id": a, **{f: getattr(news[a], f) for f in fields}} for a in published[d * per_day : (d + 1) * per_day]]
-             for d in range(days)]  # fmt: skip
+        shares = {c: n / len(history) for c, n in counts.items()}
+        centroid = np.mean([vectors[a] for a in history], axis=0)
+        people.append(Reader(f"sim-{user}", centroid, shares, [payload(a) for a in history]))
+    daily = [[payload(a) for a in published[d * per_day : (d + 1) * per_day]] for d in range(days)]
     return people, daily, {a: vectors[a] for a in published}
+
+
+def onboard(http: httpx.Client, people: list[Reader]) -> None:
+    """Readers who arrive with their past, as a platform would send it: the articles of their MIND history,
+    published ten days before (outside the feeds' window), and their clicks on them, nine days before."""
+    now = time.time()
+    articles = list({a["id"]: {**a, "published_at": now - 10 * 86400} for r in people for a in r.history}.values())
+    for start in range(0, len(articles), 500):
+        http.post("/v1/articles", json={"articles": articles[start : start + 500]}).raise_for_status()
+    events = [{"user_id": r.user_id, "article_id": a["id"], "type": "click", "ts": now - 9 * 86400 + i}
+              for r in people for i, a in enumerate(r.history)]  # fmt: skip
+    http.post("/v1/events", json={"events": events}).raise_for_status()
 
 
 def service(folder: Path, learning: bool, args: argparse.Namespace) -> tuple[Newsrank, LearningLoop | None]:
@@ -189,6 +205,7 @@ def main() -> None:
         metavar="JSON",
         help='no loop: the second service serves these blend weights from the start, e.g. {"similarity": 0.6}',
     )
+    parser.add_argument("--onboard", action="store_true", help="readers arrive with their history's clicks")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.bad_candidate:
@@ -213,6 +230,9 @@ def main() -> None:
                 looped.recommender.running_experiment = loop.experiment
             clients = {name: httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=600)
                        for name, url in zip(SERVICES, (frozen_url, loop_url), strict=True)}  # fmt: skip
+            if args.onboard:
+                for http in clients.values():
+                    onboard(http, people)
             for day, articles in enumerate(daily, start=1):
                 today = {name: Counter() for name in SERVICES}
                 pool = [a for d in daily[:day] for a in d]  # all published so far: the days pass in minutes

@@ -36,3 +36,22 @@ def test_a_candidate_trained_on_shuffled_labels_is_rolled_back_by_the_loop(tmp_p
     assert f"experiment {key}" in done.stdout and f"rolled-back {key}" in done.stdout
     assert re.search(r"rolled-back after day \d's visit \d", done.stdout), done.stdout
     assert f"promoted {key}" not in done.stdout
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mind-train" / "behaviors.tsv").is_file(), reason="MIND-train is absent")
+def test_readers_who_arrive_with_their_history_get_feeds_that_know_them(tmp_path):
+    """`--onboard` sends each reader's MIND history to both services before the first day, as a platform sends its
+    readers' past events: the same readers and draws then expect far more clicks from their first feeds than as
+    strangers. The second service serves fixed weights here (`--fixed-weights`), so no loop runs."""
+    common = [sys.executable, str(ROOT / "benchmarks" / "simulate.py"), "--days", "1", "--readers", "10",
+              "--visits", "1", "--articles-per-day", "60", "--fixed-weights", '{"similarity": 0.6, "affinity": 0.3}']  # fmt: skip
+    env = {**os.environ, "NEWSRANK_MODEL_CACHE": str(MODEL_CACHE)}
+
+    def first_day(*extra: str) -> tuple[float, float]:
+        done = subprocess.run([*common, *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        row = next(line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| 1 |"))
+        return float(row[4]), float(row[5])  # expected clicks per item: frozen, fixed weights
+
+    strangers, known = first_day(), first_day("--onboard")
+    assert known[0] > 1.3 * strangers[0] and known[1] > 1.3 * strangers[1], (strangers, known)
