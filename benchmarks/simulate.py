@@ -112,20 +112,17 @@ def onboard(http: httpx.Client, people: list[Reader]) -> None:
 
 def service(folder: Path, learning: bool, args: argparse.Namespace) -> tuple[Newsrank, LearningLoop | None]:
     keys = [{"name": "sim", "key": KEY, "scope": "admin"}]
-    if learning and args.fixed_weights:  # no loop: the second service serves these weights from the start
-        weights = Weights(**json.loads(args.fixed_weights))
-        settings = Settings(data_dir=folder, api_keys=json.dumps(keys), scorer_threads=0, weights=weights,
-                            adapter=None, ranker=None, recency_hours=24 * 3, feeds_per_reader_per_minute=1000,
-                            candidates=30)  # fmt: skip
-        return Newsrank.from_settings(settings), None
+    fixed = learning and bool(args.fixed_weights)  # no loop: the second service serves these weights from the start
+    looping = learning and not fixed
     settings = Settings(
-        data_dir=folder, api_keys=json.dumps(keys), scorer_threads=0, adapter="sim" if learning else None,
-        ranker="sim" if learning else None, retrain_every_events=args.retrain_every if learning else None,
+        data_dir=folder, api_keys=json.dumps(keys), scorer_threads=0, adapter="sim" if looping else None,
+        ranker="sim" if looping else None, retrain_every_events=args.retrain_every if looping else None,
         loop_treatment_share=args.treatment_share, loop_min_feeds=args.min_feeds, loop_max_feeds=args.max_feeds,
         recency_hours=24 * 3, feeds_per_reader_per_minute=1000, position_explore_share=0.05, candidates=30,
+        **({"weights": Weights(**json.loads(args.fixed_weights))} if fixed else {}),
     )  # fmt: skip
     built = Newsrank.from_settings(settings)
-    return built, LearningLoop(built) if learning else None
+    return built, LearningLoop(built) if looping else None
 
 
 def visit(http: httpx.Client, reader: Reader, vectors: dict, rng: random.Random) -> tuple[Counter, str | None]:
