@@ -126,6 +126,17 @@ def split(examples: list[Example], share: float, seed: int) -> tuple[list[Exampl
     return train, validation
 
 
+def orderable(examples: list[Example]) -> list[Example]:
+    """The examples of prompts (one reader at one time) with both a click and a non-click. The listwise objective
+    orders a click against its non-clicks; a prompt with clicks alone (say a reader's past clicks sent without
+    what else they were shown) has nothing to order, and its share of the pointwise anchor would only push every
+    P(Yes) up, at the cost of a training step each."""
+    labels: dict[str, set[bool]] = defaultdict(set)
+    for e in examples:
+        labels[e.prefix].add(bool(e.label))
+    return [e for e in examples if len(labels[e.prefix]) == 2]
+
+
 def batches(examples: list[Example], size: int) -> list[list[Example]]:
     """Candidates grouped by their shared prefix, at most `size` per batch, in first-seen order."""
     by_prefix: dict[str, list[Example]] = defaultdict(list)
@@ -160,6 +171,15 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     train, validation = split(examples, config.validation_share, config.seed)
     if not train or not any(e.label for e in train):
         raise InvalidInput("no positive training example: nothing to learn from")
+    if config.objective == "listwise":
+        kept = orderable(train)
+        if not kept:
+            raise InvalidInput(f"none of the {len(train)} training examples shares its reader's prompt with both a "
+                               "click and a non-click: nothing for the listwise objective to order")  # fmt: skip
+        if len(kept) < len(train):
+            log.info("listwise: %d of %d training examples left out (no click or no non-click beside them)",
+                     len(train) - len(kept), len(train))  # fmt: skip
+        train = kept
     if config.dp_epsilon is None:
         plan, budget = batches(train, config.batch_size), None
     else:

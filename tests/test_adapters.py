@@ -378,3 +378,20 @@ def test_the_listwise_loss_is_each_clicks_softmax_cross_entropy_against_the_non_
     config = train.TrainConfig(data="d", output="o", objective="listwise", listwise_anchor=0.5)
     both = train.loss_of(margins, batch, config).item()
     assert both == pytest.approx(expected + 0.5 * train.summed_loss(margins, batch).item(), rel=1e-6)
+
+
+def test_the_listwise_objective_leaves_out_prompts_with_nothing_to_order(tmp_path):
+    """A reader's past clicks sent without what else they were shown become examples with clicks alone: the
+    listwise loss has nothing to order in them, and its pointwise anchor would only push P(Yes) up. They are left
+    out; where nothing else is left, training says so before it loads a model."""
+    mixed = [export.Example("p1", s, label, "g1") for s, label in (("a", 1), ("b", 0), ("c", 0))]
+    alone = [export.Example(f"q{n}", f"x{n}", 1, "g2") for n in range(4)]
+    not_shown = [export.Example("p2", "d", 0, "g3")]
+    assert train.orderable([*alone, *mixed, *not_shown]) == mixed
+    data = tmp_path / "clicks.jsonl"
+    export.write_examples(data, alone * 5)
+    config = train.TrainConfig(data=str(data), output=str(tmp_path / "out"), objective="listwise",
+                               validation_share=0.0)  # fmt: skip
+    with pytest.raises(InvalidInput, match="nothing for the listwise objective to order"):
+        train.main(config, show_progress=False)
+    assert not (tmp_path / "out").exists()
