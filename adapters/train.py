@@ -171,6 +171,8 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     train, validation = split(examples, config.validation_share, config.seed)
     if not train or not any(e.label for e in train):
         raise InvalidInput("no positive training example: nothing to learn from")
+    if all(e.label for e in train):  # clicks alone (a reader's past sent without what they passed over)
+        raise InvalidInput("no negative training example: clicks alone would teach the model to answer Yes to all")
     if config.objective == "listwise":
         kept = orderable(train)
         if not kept:

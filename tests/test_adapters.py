@@ -389,9 +389,13 @@ def test_the_listwise_objective_leaves_out_prompts_with_nothing_to_order(tmp_pat
     not_shown = [export.Example("p2", "d", 0, "g3")]
     assert train.orderable([*alone, *mixed, *not_shown]) == mixed
     data = tmp_path / "clicks.jsonl"
-    export.write_examples(data, alone * 5)
     config = train.TrainConfig(data=str(data), output=str(tmp_path / "out"), objective="listwise",
                                validation_share=0.0)  # fmt: skip
+    export.write_examples(data, [*alone * 5, *not_shown])
     with pytest.raises(InvalidInput, match="nothing for the listwise objective to order"):
         train.main(config, show_progress=False)
+    export.write_examples(data, alone * 5)  # and under either objective, clicks alone teach Yes to all
+    for objective in ("pointwise", "listwise"):
+        with pytest.raises(InvalidInput, match="no negative training example"):
+            train.main(replace(config, objective=objective), show_progress=False)
     assert not (tmp_path / "out").exists()
