@@ -117,10 +117,10 @@ def main() -> None:
         raw, raw_se = auc(heldout, raw_cosine(vectors))
         print(f"| {name} | {raw:.2f} ± {raw_se:.2f} | **{held:.2f} ± {held_se:.2f}** | {seconds:.0f} |", flush=True)
         if vectors == "reading" and args.save:
-            card = {**trained.card, "data": "mind-train (but its last 300 impressions) and the first 500 impressions "
-                    "of MIND-dev's tune part", "command": "python benchmarks/tower.py --save FILE",
-                    "week_impressions": len(week[: args.week]),
-                    "in_domain_impressions": len(in_domain[: args.in_domain]),
+            drawn = f", a share of {args.fraction:g} of them drawn with seed {args.seed}" if args.fraction < 1 else ""
+            card = {**trained.card, "data": f"mind-train's first {len(week[: args.week])} impressions by time (of all "
+                    f"but its last 300) and the first {len(in_domain[: args.in_domain])} impressions of MIND-dev's "
+                    f"tune part{drawn}", "command": "python benchmarks/tower.py --save FILE",
                     "heldout_auc": round(held, 2), "heldout_auc_se": round(held_se, 2),
                     "heldout": "the first 300 impressions of MIND-dev's held-out part, the match alone"}  # fmt: skip
             replace(trained, card=card).save(Path(args.save))

@@ -240,7 +240,7 @@ class Decision:
     new: tuple[float, float, int]
     current: tuple[float, float, int]
     against: str
-    paired: tuple[float, float, int] = (0.0, 0.0, 0)
+    paired: tuple[float, float, int]
     tolerance: float = GATE_TOLERANCE
 
     @property
@@ -310,7 +310,6 @@ def fit_and_gate(
     split: Callable[[str, float, int], bool] = metrics.in_validation,
     reader_share: float = 1.0,
     key_share: float = 1.0,
-    tolerance: float = GATE_TOLERANCE,
     **fitted_on: object,
 ) -> tuple[Ranker, Decision]:
     """Fit on the impressions outside a seeded validation share (by reader: `split`, keyed by a secret in the
@@ -326,7 +325,7 @@ def fit_and_gate(
         return lambda i: ranker.weights(i.history, scorer if i.scored else None, hand_set) if ranker else hand_set
 
     decision = decide(ranked_rows(validation, weights_by(new)), ranked_rows(validation, weights_by(current)),
-                      "the active ranker" if current else "the hand-set weights", tolerance)  # fmt: skip
+                      "the active ranker" if current else "the hand-set weights")  # fmt: skip
     return replace(new, fitted_on={**new.fitted_on, "gate": asdict(decision)}), decision
 
 

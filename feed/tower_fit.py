@@ -28,7 +28,7 @@ from core import metrics
 from core.errors import InvalidInput
 from core.stores import ArticleStore, FeedbackStore
 from core.versions import Versions
-from feed.learned_ranker import GATE_TOLERANCE, Decision, decide, shown_since
+from feed.learned_ranker import Decision, decide, shown_since
 from llm.tower import Impression, Tower, train
 
 
@@ -99,7 +99,6 @@ def fit_and_gate(
     split: Callable[[str, float, int], bool] = metrics.in_validation,
     reader_share: float = 1.0,
     key_share: float = 1.0,
-    tolerance: float = GATE_TOLERANCE,
     **options: Any,
 ) -> tuple[Tower, Decision]:
     """Train heads on the examples outside a seeded validation share of readers (`split`, keyed by a secret in
@@ -113,7 +112,7 @@ def fit_and_gate(
     clients = metrics.capped_weights([e.owner for e in fitted_on], key_share)
     new = train([e.impression for e in fitted_on], weights=[r * c for r, c in zip(readers, clients, strict=True)],
                 seed=seed, **options)  # fmt: skip
-    decision = decide(match_rows(validation, new), match_rows(validation, current), against, tolerance)
+    decision = decide(match_rows(validation, new), match_rows(validation, current), against)
     gate = {"new": decision.new, "current": decision.current, "paired": decision.paired, "against": against}
     card = {**new.card, "validation_rankings": len(validation), "reader_share": reader_share, "key_share": key_share,
             "gate": gate}  # fmt: skip

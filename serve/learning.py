@@ -174,8 +174,9 @@ class LearningLoop:
         self.record(REFITTED, None, model=model, name=name, published=published, **decision.evidence())
 
     def refit_tower(self) -> tower_fit.Refit | None:
-        """Train the served tower again on the logs (feed/tower_fit.py), published where it beats the one serving
-        on held-out readers' clicks. Not for a tower file, nor without one (no article has a reading)."""
+        """Train the served tower again on the logs (feed/tower_fit.py), published where its gate passes: no worse
+        than the one serving, reader by reader, on held-out readers' clicks. Not for a tower file, nor without one
+        (no article has a reading)."""
         s = self.service.settings
         served = self.service.recommender.served_tower()
         if served is None or not s.tower or tower_fit.is_file_reference(s.tower):
