@@ -94,18 +94,26 @@ def from_feedback(
 ) -> Iterator[Example]:
     """Examples from reader events since a time. Each article a reader saw or touched is one example: Yes if
     they engaged with it (click, like, share, comment), No if it was only shown, skipped or disliked; the profile
-    is built from the events before it, as the ranker saw the reader then. A reader is named by their pseudonym,
+    is built from the events before it (before the feed it was shown in, where its events name one), as the
+    ranker saw the reader then. A reader is named by their pseudonym,
     and no example holds a time. With `propensities`, a Yes whose event names the feed it happened in weighs the
     inverse propensity of the place the feed showed it at (feed.position.ips_weights)."""
     places = Places(feedback)
     for user_id in feedback.user_ids(since):
         events = feedback.events(user_id)
         first_seen: dict[str, float] = {}
+        feed_of: dict[str, str] = {}  # the feed an article was first seen in, where its event names one
+        feed_start: dict[str, float] = {}  # each such feed's first event
         kinds: dict[str, set[str]] = defaultdict(set)
         shown_at: dict[str, int] = {}
         for e in events:
             if e.ts >= since and e.type in POSITIVE | NEGATIVE:
-                first_seen.setdefault(e.article_id, e.ts)
+                if e.article_id not in first_seen:
+                    first_seen[e.article_id] = e.ts
+                    if e.ranking_id:
+                        feed_of[e.article_id] = e.ranking_id
+                if e.ranking_id:
+                    feed_start[e.ranking_id] = min(feed_start.get(e.ranking_id, e.ts), e.ts)
                 # an angry comment is no engagement to learn from (feed/stance.py)
                 against = e.type == "comment" and e.text is not None and stance(e.text) < 0
                 kinds[e.article_id].add("dislike" if against else e.type)
@@ -117,7 +125,10 @@ def from_feedback(
             continue
         known = articles.get(list({e.article_id for e in events}))
         preferences = feedback.preferences(user_id)
-        for article_id, seen_at in sorted(first_seen.items(), key=lambda kv: kv[1]):
+        # the items of one feed share its moment, so they share one profile (one prompt, ordered together by the
+        # listwise objective) even when their events arrive one at a time
+        moments = {a: feed_start[feed_of[a]] if a in feed_of else ts for a, ts in first_seen.items()}
+        for article_id, seen_at in sorted(moments.items(), key=lambda kv: kv[1]):
             if article_id not in known:
                 continue
             before: list[Event] = [e for e in events if e.ts < seen_at]

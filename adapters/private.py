@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -125,11 +125,18 @@ def make_private(model: Any, optimizer: Any, budget: Budget) -> tuple[Any, Any]:
 
 
 def train_step(
-    model: Any, optimizer: Any, tokenizer: Any, chosen: Sequence[Reader], answer_ids: tuple[int, int], device: str
+    model: Any,
+    optimizer: Any,
+    tokenizer: Any,
+    chosen: Sequence[Reader],
+    answer_ids: tuple[int, int],
+    device: str,
+    objective: Callable[[Any, Any, Any], Any] | None = None,
 ) -> float:
-    """One DP-SGD step over the sampled readers; returns their mean loss. Every reader's gradient is clipped and
-    summed, then noised once. An empty sample still adds the noise (Poisson sampling: skipping it would leak
-    that nobody was sampled)."""
+    """One DP-SGD step over the sampled readers; returns their mean loss. A reader's loss is `objective(margins,
+    labels, weights)` summed over their prompts (blocks) and divided by their rows (None: binary cross-entropy).
+    Every reader's gradient is clipped and summed, then noised once. An empty sample still adds the noise
+    (Poisson sampling: skipping it would leak that nobody was sampled)."""
     torch = require("torch", "pip install torch==2.13.0")
     from llm.backends.transformers import packed_margins
 
@@ -138,7 +145,15 @@ def train_step(
     for i, reader in enumerate(chosen):
         labels = torch.tensor(reader.labels, device=device)
         margins = packed_margins(model, tokenizer, reader.blocks, answer_ids)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(margins, labels)
+        if objective is None:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(margins, labels)
+        else:  # each prompt's candidates are ordered among themselves, as outside DP
+            ends = torch.tensor([len(suffixes) for _, suffixes in reader.blocks]).cumsum(0).tolist()
+            ones = torch.ones_like(labels)
+            loss = sum(
+                objective(margins[start:end], labels[start:end], ones[start:end])
+                for start, end in zip([0, *ends[:-1]], ends, strict=True)
+            ) / len(labels)
         loss.backward()
         losses.append(loss.item())
         optimizer.signal_skip_step(i < len(chosen) - 1)  # accumulate until the last reader of the step

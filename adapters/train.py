@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, field, fields
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,7 +58,7 @@ class TrainConfig:
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LINEAR))
     learning_rate: float = 3e-4
-    objective: Literal["pointwise", "listwise"] = "pointwise"
+    objective: Literal["pointwise", "listwise"] = "listwise"  # measured better (docs/BENCHMARKS.md)
     listwise_anchor: float = 0.1  # listwise: this share of the pointwise loss added, to keep σ(s) calibrated
     epochs: int = 1
     batch_size: int = 32  # most candidates per forward pass; they share one prefix
@@ -240,7 +241,9 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
         while step < total:
             if budget is not None:  # one DP-SGD step over the readers Poisson sampling takes
                 chosen = [plan[i] for i in private.sample(len(plan), budget.sample_rate, config.seed, step)]
-                loss = private.train_step(trained, optimizer, tokenizer, chosen, answer_ids, config.device)
+                loss = private.train_step(trained, optimizer, tokenizer, chosen, answer_ids, config.device,
+                                          partial(objective_loss, objective=config.objective,
+                                                  anchor=config.listwise_anchor))  # fmt: skip
                 advance, rows = 1, sum(len(r.labels) for r in chosen)
             else:
                 epoch, index = divmod(step, len(plan))
@@ -301,32 +304,42 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
 
 def loss_of(margins: Any, batch: list[Example], config: TrainConfig) -> Any:
     """The objective the config names, summed over one batch of candidates that share a prefix."""
-    if config.objective == "listwise":
-        return listwise_loss(margins, batch) + config.listwise_anchor * summed_loss(margins, batch)
-    return summed_loss(margins, batch)
+    labels, weights = targets(batch, margins.device)
+    return objective_loss(margins, labels, weights, config.objective, config.listwise_anchor)
 
 
-def listwise_loss(margins: Any, batch: list[Example]) -> Any:
+def targets(batch: list[Example], device: Any = "cpu") -> tuple[Any, Any]:
+    """A batch's labels (1.0 / 0.0) and loss weights as tensors."""
+    import torch
+
+    labels = torch.tensor([float(e.label) for e in batch], device=device)
+    return labels, torch.tensor([e.weight for e in batch], device=device)
+
+
+def objective_loss(margins: Any, labels: Any, weights: Any, objective: str, anchor: float) -> Any:
+    """`pointwise`: the summed binary cross-entropy; `listwise`: the softmax loss plus `anchor` times it."""
+    pointwise = summed_loss(margins, labels, weights)
+    return pointwise if objective == "pointwise" else listwise_loss(margins, labels, weights) + anchor * pointwise
+
+
+def listwise_loss(margins: Any, labels: Any, weights: Any) -> Any:
     """Softmax cross-entropy of each click against every non-click of its batch (one impression's candidates),
     times the click's weight, summed. A batch without a click or without a non-click has nothing to order: 0."""
     import torch
 
-    labels = torch.tensor([bool(e.label) for e in batch], device=margins.device)
-    weights = torch.tensor([e.weight for e in batch], device=margins.device)
-    clicks, others = margins[labels], margins[~labels]
+    clicked = labels > 0
+    clicks, others = margins[clicked], margins[~clicked]
     if len(clicks) == 0 or len(others) == 0:
         return margins.sum() * 0.0  # keeps the graph: backward runs and changes nothing
     logits = torch.cat([clicks[:, None], others[None, :].expand(len(clicks), -1)], dim=1)
-    return ((torch.logsumexp(logits, dim=1) - clicks) * weights[labels]).sum()
+    return ((torch.logsumexp(logits, dim=1) - clicks) * weights[clicked]).sum()
 
 
-def summed_loss(margins: Any, batch: list[Example]) -> Any:
+def summed_loss(margins: Any, labels: Any, weights: Any) -> Any:
     """Binary cross-entropy of each example's margin against its label, times its weight (a click's inverse
     propensity of the place it was shown at, feed.position; 1 for the rest), summed."""
     import torch
 
-    labels = torch.tensor([float(e.label) for e in batch], device=margins.device)
-    weights = torch.tensor([e.weight for e in batch], device=margins.device)
     return torch.nn.functional.binary_cross_entropy_with_logits(margins, labels, weights, reduction="sum")
 
 

@@ -93,6 +93,40 @@ def test_a_readers_step_is_clipped_to_the_norm(llm, lora_model):
 
 
 @pytest.mark.slow
+def test_a_private_readers_loss_orders_each_prompts_candidates_among_themselves(llm, lora_model):
+    """Under the listwise objective a reader's loss is each of their prompts' softmax loss (its clicks against its
+    own non-clicks), summed and divided by their rows; with no objective, their rows' mean cross-entropy."""
+    from functools import partial
+
+    from core.records import Article
+    from llm.backends.transformers import packed_margins
+    from llm.relevance import relevance_requests
+
+    model, tokenizer = lora_model
+    articles = [Article(str(i), f"Story number {i} about football", 0.0, category="sports") for i in range(6)]
+    blocks = []
+    for interests, some in (("sports", articles[:3]), ("politics", articles[3:])):
+        requests = relevance_requests(llm, f"Interests: {interests}.", some)
+        blocks.append((requests[0].prefix, tuple(r.suffix for r in requests)))
+    reader = private.Reader(tuple(blocks), (1.0, 0, 0, 0, 1.0, 0))
+    with torch.no_grad():
+        margins = packed_margins(model, tokenizer, reader.blocks, llm._answer_ids)
+    labels, ones = torch.tensor(reader.labels), torch.ones(6)
+    mean_bce = torch.nn.functional.binary_cross_entropy_with_logits(margins, labels).item()
+    by_prompt = sum(train.listwise_loss(margins[i : i + 3], labels[i : i + 3], ones[:3]) for i in (0, 3)).item() / 6
+    as_one_list = train.listwise_loss(margins, labels, ones).item() / 6
+    assert by_prompt != pytest.approx(as_one_list, rel=1e-3)  # the two readings differ here
+    weights = [p for p in model.parameters() if p.requires_grad]
+    listwise = partial(train.objective_loss, objective="listwise", anchor=0.0)
+    for objective, expected in ((None, mean_bce), (listwise, by_prompt)):
+        budget = private.Budget(1.0, 1e-5, 1.0, 0.0, 1.0, 1, 1, 6)
+        module, optimizer = private.make_private(model, torch.optim.SGD(weights, lr=0.0), budget)
+        loss = private.train_step(module, optimizer, tokenizer, [reader], llm._answer_ids, "cpu", objective)
+        module._close()
+        assert loss == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.slow
 def test_private_training_on_the_real_model_states_its_guarantee(llm, tmp_path):
     impressions = replay.read_behaviors(MIND / "behaviors.tsv")[0][:6]
     from retrieval.embed import Embedder
