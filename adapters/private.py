@@ -131,10 +131,10 @@ def train_step(
     chosen: Sequence[Reader],
     answer_ids: tuple[int, int],
     device: str,
-    objective: Callable[[Any, Any, Any], Any] | None = None,
+    objective: Callable[[Any, Any, Any], Any],
 ) -> float:
     """One DP-SGD step over the sampled readers; returns their mean loss. A reader's loss is `objective(margins,
-    labels, weights)` summed over their prompts (blocks) and divided by their rows (None: binary cross-entropy).
+    labels, weights)` (train.objective_loss) of each of their prompts (blocks), summed and divided by their rows.
     Every reader's gradient is clipped and summed, then noised once. An empty sample still adds the noise
     (Poisson sampling: skipping it would leak that nobody was sampled)."""
     torch = require("torch", "pip install torch==2.13.0")
@@ -145,15 +145,17 @@ def train_step(
     for i, reader in enumerate(chosen):
         labels = torch.tensor(reader.labels, device=device)
         margins = packed_margins(model, tokenizer, reader.blocks, answer_ids)
-        if objective is None:
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(margins, labels)
-        else:  # each prompt's candidates are ordered among themselves, as outside DP
-            ends = torch.tensor([len(suffixes) for _, suffixes in reader.blocks]).cumsum(0).tolist()
-            ones = torch.ones_like(labels)
-            loss = sum(
-                objective(margins[start:end], labels[start:end], ones[start:end])
+        ends = torch.tensor([len(suffixes) for _, suffixes in reader.blocks]).cumsum(0).tolist()
+        ones = torch.ones_like(labels)  # a reader's rows weigh alike: the clipping bounds them together
+        loss = (
+            sum(
+                objective(
+                    margins[start:end], labels[start:end], ones[start:end]
+                )  # a prompt's candidates, as outside DP
                 for start, end in zip([0, *ends[:-1]], ends, strict=True)
-            ) / len(labels)
+            )
+            / len(labels)
+        )
         loss.backward()
         losses.append(loss.item())
         optimizer.signal_skip_step(i < len(chosen) - 1)  # accumulate until the last reader of the step

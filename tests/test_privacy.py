@@ -1,6 +1,7 @@
 """Privacy: differentially private adapters (Opacus on the real packaged model)."""
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,8 @@ def test_a_readers_step_is_clipped_to_the_norm(llm, lora_model):
         before = [p.detach().clone() for p in weights]
         budget = private.Budget(1.0, 1e-5, norm, 0.0, 1.0, 1, 1, 6)
         module, optimizer = private.make_private(model, torch.optim.SGD(weights, lr=1.0), budget)
-        private.train_step(module, optimizer, tokenizer, [reader], llm._answer_ids, "cpu")
+        pointwise = partial(train.objective_loss, objective="pointwise", anchor=0.0)
+        private.train_step(module, optimizer, tokenizer, [reader], llm._answer_ids, "cpu", pointwise)
         module._close()
         change = torch.cat([(p.detach() - b).flatten() for p, b in zip(weights, before, strict=True)]).norm()
         with torch.no_grad():
@@ -95,9 +97,7 @@ def test_a_readers_step_is_clipped_to_the_norm(llm, lora_model):
 @pytest.mark.slow
 def test_a_private_readers_loss_orders_each_prompts_candidates_among_themselves(llm, lora_model):
     """Under the listwise objective a reader's loss is each of their prompts' softmax loss (its clicks against its
-    own non-clicks), summed and divided by their rows; with no objective, their rows' mean cross-entropy."""
-    from functools import partial
-
+    own non-clicks), summed and divided by their rows; under the pointwise one, their rows' mean cross-entropy."""
     from core.records import Article
     from llm.backends.transformers import packed_margins
     from llm.relevance import relevance_requests
@@ -117,8 +117,8 @@ def test_a_private_readers_loss_orders_each_prompts_candidates_among_themselves(
     as_one_list = train.listwise_loss(margins, labels, ones).item() / 6
     assert by_prompt != pytest.approx(as_one_list, rel=1e-3)  # the two readings differ here
     weights = [p for p in model.parameters() if p.requires_grad]
-    listwise = partial(train.objective_loss, objective="listwise", anchor=0.0)
-    for objective, expected in ((None, mean_bce), (listwise, by_prompt)):
+    for name, expected in (("pointwise", mean_bce), ("listwise", by_prompt)):
+        objective = partial(train.objective_loss, objective=name, anchor=0.0)
         budget = private.Budget(1.0, 1e-5, 1.0, 0.0, 1.0, 1, 1, 6)
         module, optimizer = private.make_private(model, torch.optim.SGD(weights, lr=0.0), budget)
         loss = private.train_step(module, optimizer, tokenizer, [reader], llm._answer_ids, "cpu", objective)
