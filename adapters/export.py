@@ -95,9 +95,9 @@ def from_feedback(
     """Examples from reader events since a time. Each article a reader saw or touched is one example: Yes if
     they engaged with it (click, like, share, comment), No if it was only shown, skipped or disliked; the profile
     is built from the events before it (before the feed it was shown in, where its events name one), as the
-    ranker saw the reader then. A reader is named by their pseudonym,
-    and no example holds a time. With `propensities`, a Yes whose event names the feed it happened in weighs the
-    inverse propensity of the place the feed showed it at (feed.position.ips_weights)."""
+    ranker saw the reader then. A reader is named by their pseudonym, and no example holds a time. With
+    `propensities`, a Yes whose event names the feed it happened in weighs the inverse propensity of the place
+    the feed showed it at (feed.position.ips_weights)."""
     places = Places(feedback)
     for user_id in feedback.user_ids(since):
         events = feedback.events(user_id)

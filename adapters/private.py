@@ -147,15 +147,8 @@ def train_step(
         margins = packed_margins(model, tokenizer, reader.blocks, answer_ids)
         ends = torch.tensor([len(suffixes) for _, suffixes in reader.blocks]).cumsum(0).tolist()
         ones = torch.ones_like(labels)  # a reader's rows weigh alike: the clipping bounds them together
-        loss = (
-            sum(
-                objective(
-                    margins[start:end], labels[start:end], ones[start:end]
-                )  # a prompt's candidates, as outside DP
-                for start, end in zip([0, *ends[:-1]], ends, strict=True)
-            )
-            / len(labels)
-        )
+        prompts = zip([0, *ends[:-1]], ends, strict=True)  # each prompt's candidates, ordered as outside DP
+        loss = sum(objective(margins[a:b], labels[a:b], ones[a:b]) for a, b in prompts) / len(labels)
         loss.backward()
         losses.append(loss.item())
         optimizer.signal_skip_step(i < len(chosen) - 1)  # accumulate until the last reader of the step

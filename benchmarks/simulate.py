@@ -215,7 +215,7 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     total = {name: Counter() for name in SERVICES}
     bad, bad_readers, started, best = None, set(), time.monotonic(), []
-    put_at, decided = None, None
+    put_at, decided, day_started = None, None, time.time()
     with tempfile.TemporaryDirectory() as tmp:
         services = {name: service(Path(tmp) / name, name == "loop", args) for name in SERVICES}
         with serving(services["frozen"][0]) as frozen_url, serving(services["loop"][0]) as loop_url:
@@ -254,8 +254,10 @@ def main() -> None:
                     total[name].update(today[name])
                 active = services["loop"][0].recommender.default_adapter()
                 history = [step(e) for e in services["loop"][0].feedback.loop_events(50)][::-1]
-                print(f"| {day} | {rates(today)} | {best[-1]:.4f} | {active or 'base model'}; "
-                      f"{', '.join(history[-4:])} | {(time.monotonic() - started) / 60:.0f} |", flush=True)  # fmt: skip
+                did = ", ".join(history[-4:] + trainings(services["loop"][0], day_started))
+                day_started = time.time()
+                print(f"| {day} | {rates(today)} | {best[-1]:.4f} | {active or 'base model'}; {did} "
+                      f"| {(time.monotonic() - started) / 60:.0f} |", flush=True)  # fmt: skip
     print(f"| all | {rates(total)} | {sum(best) / len(best):.4f} | | |")
     if bad is not None:
         print(f"\nshuffled-label candidate {bad}, put to the test after day {put_at[0]}'s visit {put_at[1]}: "
@@ -269,6 +271,15 @@ def step(event: dict) -> str:
         d = event["details"]
         return f"{d['model']} refitted ({d['published'] if d['published'] != 'no' else 'not published'})"
     return f"{event['kind']} {event['adapter'] or ''}".strip()
+
+
+def trainings(built: Newsrank, since: float) -> list[str]:
+    """What became of the loop's trainings that ended since a time: each one's status and the last line it wrote
+    (what its gate said, or why it was refused)."""
+    ended = sorted((j for j in built.feedback.jobs() if j.kind == "train" and (j.finished_at or 0) >= since),
+                   key=lambda j: j.finished_at)  # fmt: skip
+    return [f"training {j.status} ({(j.log_tail or '').strip().splitlines()[-1][:120] if j.log_tail else ''})"
+            for j in ended]  # fmt: skip
 
 
 def decision(built: Newsrank, candidate: str, when: tuple[int, int]) -> str | None:
