@@ -93,75 +93,85 @@ def from_feedback(
     propensities: Propensities | None = None,
 ) -> Iterator[Example]:
     """Examples from reader events since a time. Each article a reader saw or touched is one example: Yes if
-    they engaged with it (click, like, share, comment), No if it was only shown, skipped or disliked; the profile
-    is built from the events before it (before the feed it was shown in, where its events name one), as the
-    ranker saw the reader then. A reader is named by their pseudonym, and no example holds a time. With
-    `propensities`, a Yes whose event names the feed it happened in weighs the inverse propensity of the place
-    the feed showed it at (feed.position.ips_weights)."""
-    places = Places(feedback)
+    they engaged with it (click, like, share, comment), No if it was only shown, skipped or disliked. Its profile
+    is the reader as the ranker saw them: built from the events before the feed it was shown in was made (the
+    feed its engagement names, else the first that names one), or before the article was first seen where no
+    event names a stored feed. So a feed's items share one prompt however their events arrive, and the listwise
+    objective orders its clicks against its other items. A reader is named by their pseudonym, and no example
+    holds a time. With `propensities`, a Yes whose event names its feed weighs the inverse propensity of the
+    place that feed showed it at (feed.position.ips_weights)."""
+    feeds = Feeds(feedback)
     for user_id in feedback.user_ids(since):
         events = feedback.events(user_id)
         first_seen: dict[str, float] = {}
-        feed_of: dict[str, str] = {}  # the feed an article was first seen in, where its event names one
-        feed_start: dict[str, float] = {}  # each such feed's first event
+        shown_in: dict[str, str] = {}  # the first feed an event names for the article
+        engaged_in: dict[str, str] = {}  # the first feed an engagement with it names
         kinds: dict[str, set[str]] = defaultdict(set)
-        shown_at: dict[str, int] = {}
         for e in events:
             if e.ts >= since and e.type in POSITIVE | NEGATIVE:
-                if e.article_id not in first_seen:
-                    first_seen[e.article_id] = e.ts
-                    if e.ranking_id:
-                        feed_of[e.article_id] = e.ranking_id
+                first_seen.setdefault(e.article_id, e.ts)
                 if e.ranking_id:
-                    feed_start[e.ranking_id] = min(feed_start.get(e.ranking_id, e.ts), e.ts)
+                    shown_in.setdefault(e.article_id, e.ranking_id)
+                    if e.type in POSITIVE:
+                        engaged_in.setdefault(e.article_id, e.ranking_id)
                 # an angry comment is no engagement to learn from (feed/stance.py)
                 against = e.type == "comment" and e.text is not None and stance(e.text) < 0
                 kinds[e.article_id].add("dislike" if against else e.type)
-                if e.type in POSITIVE and e.ranking_id and e.article_id not in shown_at:
-                    place = places(e.ranking_id, e.article_id)
-                    if place is not None:
-                        shown_at[e.article_id] = place
         if not first_seen:
             continue
         known = articles.get(list({e.article_id for e in events}))
         preferences = feedback.preferences(user_id)
-        # the items of one feed share its moment, so they share one profile (one prompt, ordered together by the
-        # listwise objective) even when their events arrive one at a time
-        moments = {a: feed_start[feed_of[a]] if a in feed_of else ts for a, ts in first_seen.items()}
+        feed_of = {**shown_in, **engaged_in}
+        moments: dict[str, float] = {}
+        for article_id, ts in first_seen.items():
+            made = feeds.made_at(feed_of[article_id]) if article_id in feed_of else None
+            moments[article_id] = ts if made is None else made
+        profiles: dict[float, str] = {}  # by moment: a feed's items share one
         for article_id, seen_at in sorted(moments.items(), key=lambda kv: kv[1]):
             if article_id not in known:
                 continue
-            before: list[Event] = [e for e in events if e.ts < seen_at]
-            profile = build_profile(
-                user_id, before, preferences, known, seen_at,
-                half_life_days=settings.interest_half_life_days, top_interests=settings.top_interests,
-            )  # fmt: skip
-            profile_text = profile.render(settings.history_titles)
+            if seen_at not in profiles:
+                before: list[Event] = [e for e in events if e.ts < seen_at]
+                profiles[seen_at] = build_profile(
+                    user_id, before, preferences, known, seen_at,
+                    half_life_days=settings.interest_half_life_days, top_interests=settings.top_interests,
+                ).render(settings.history_titles)  # fmt: skip
             [request] = relevance_requests(
-                backend, profile_text, [known[article_id].article], text=settings.candidate_text
+                backend, profiles[seen_at], [known[article_id].article], text=settings.candidate_text
             )
             label = int(bool(kinds[article_id] & POSITIVE))
             weight = 1.0
-            if propensities is not None and label and article_id in shown_at:
-                [weight] = ips_weights([shown_at[article_id]], [label], propensities)
+            place = feeds.place(engaged_in[article_id], article_id) if article_id in engaged_in else None
+            if propensities is not None and label and place is not None:
+                [weight] = ips_weights([place], [label], propensities)
             yield Example(request.prefix, request.suffix, label, pseudonym(user_id), weight)
 
 
-class Places:
-    """Where a ranking showed an article (its 1-based position), each ranking read once."""
+class Feeds:
+    """The stored feeds events name: when each was made, and where it showed an article (its 1-based position),
+    each read once. A feed gone past its retention has neither: its click counts unweighted, and its items are
+    judged under the profile of when each was first seen."""
 
     def __init__(self, feedback: FeedbackStore) -> None:
         self.feedback = feedback
-        self.known: dict[str, dict[str, int]] = {}
+        self.known: dict[str, tuple[float, dict[str, int]] | None] = {}
 
-    def __call__(self, ranking_id: str, article_id: str) -> int | None:
+    def _read(self, ranking_id: str) -> tuple[float, dict[str, int]] | None:
         if ranking_id not in self.known:
             try:
                 record = self.feedback.ranking(ranking_id)
-                self.known[ranking_id] = {i.article_id: i.position for i in record.items}
-            except NotFound:  # gone past its retention: the click counts unweighted
-                self.known[ranking_id] = {}
-        return self.known[ranking_id].get(article_id)
+                self.known[ranking_id] = record.created_at, {i.article_id: i.position for i in record.items}
+            except NotFound:
+                self.known[ranking_id] = None
+        return self.known[ranking_id]
+
+    def made_at(self, ranking_id: str) -> float | None:
+        found = self._read(ranking_id)
+        return found[0] if found else None
+
+    def place(self, ranking_id: str, article_id: str) -> int | None:
+        found = self._read(ranking_id)
+        return found[1].get(article_id) if found else None
 
 
 def write_examples(path: Path, examples: Iterable[Example]) -> int:

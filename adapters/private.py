@@ -1,11 +1,12 @@
 """Differentially private adapters: DP-SGD (Opacus) with the reader as the unit of privacy.
 
-Each reader is one example: at most `per_reader` of their training rows, packed into one sequence (their profiles
-and candidates under a block mask, `packed_margins`), so clipping that one gradient bounds all a reader can
-move the adapter. Each step takes every reader with probability q (Poisson sampling), clips each reader's
-gradient to `max_grad_norm`, adds Gaussian noise of σ·max_grad_norm to the sum and averages over the expected
-number. σ is set by Opacus's RDP accountant so that the whole run (epochs / q steps) spends at most ε at δ
-(1/readers unless set): (ε, δ)-differential privacy for each reader, whatever the number of rows they had.
+Each reader is one example: at most `per_reader` of their training rows (whole prompts first), packed into one
+sequence (their profiles and candidates under a block mask, `packed_margins`), so clipping that one gradient
+bounds all a reader can move the adapter. Each step takes every reader with probability q (Poisson sampling),
+clips each reader's gradient to `max_grad_norm`, adds Gaussian noise of σ·max_grad_norm to the sum and averages
+over the expected number. σ is set by Opacus's RDP accountant so that the whole run (epochs / q steps) spends at
+most ε at δ (1/readers unless set): (ε, δ)-differential privacy for each reader, whatever the number of rows they
+had.
 """
 
 from __future__ import annotations
@@ -32,17 +33,14 @@ class Reader:
 
 
 def readers(examples: Sequence[Example], per_reader: int, seed: int) -> list[Reader]:
-    """Group rows by reader (`group`), keeping at most `per_reader` of each reader's rows (a seeded sample)."""
+    """Group rows by reader (`group`), keeping at most `per_reader` of each reader's rows (`capped`)."""
     by_group: dict[str, list[Example]] = defaultdict(list)
     for e in examples:
         by_group[e.group].append(e)
     found = []
     for group, rows in by_group.items():
-        if len(rows) > per_reader:
-            keep = set(random.Random(f"{seed}:{group}").sample(range(len(rows)), per_reader))
-            rows = [e for i, e in enumerate(rows) if i in keep]
         by_prefix: dict[str, list[Example]] = defaultdict(list)
-        for e in rows:
+        for e in capped(rows, per_reader, random.Random(f"{seed}:{group}")):
             by_prefix[e.prefix].append(e)
         found.append(
             Reader(
@@ -51,6 +49,30 @@ def readers(examples: Sequence[Example], per_reader: int, seed: int) -> list[Rea
             )
         )
     return found
+
+
+def capped(rows: Sequence[Example], per_reader: int, rng: random.Random) -> list[Example]:
+    """At most `per_reader` of one reader's rows: whole prompts in a seeded order, so that each keeps its clicks
+    beside its non-clicks for the listwise objective; the prompt cut to fit keeps up to half its room in clicks
+    (one at least, if it has any) and fills the rest with its non-clicks."""
+    by_prefix: dict[str, list[Example]] = defaultdict(list)
+    for e in rows:
+        by_prefix[e.prefix].append(e)
+    prompts = list(by_prefix.values())
+    rng.shuffle(prompts)
+    kept: list[Example] = []
+    for items in prompts:
+        room = per_reader - len(kept)
+        if room <= 0:
+            break
+        if len(items) > room:
+            clicks, others = [e for e in items if e.label], [e for e in items if not e.label]
+            rng.shuffle(clicks)
+            rng.shuffle(others)
+            take = min(len(clicks), max(1, room // 2) if others else room)
+            items = clicks[:take] + others[: room - take]
+        kept += items
+    return kept
 
 
 @dataclass(frozen=True)

@@ -217,6 +217,7 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     if budget is not None:
         trained, optimizer = private.make_private(model, optimizer, budget)
 
+    objective = partial(objective_loss, objective=config.objective, anchor=config.listwise_anchor)
     step, losses, seen = 0, [], 0  # optimizer steps are counted in groups; `seen`: training examples
     learned = {k: v for k, v in asdict(config).items() if k not in HOW_IT_RUNS}
     run_id = data_hash(Path(config.data)) + json.dumps(learned, sort_keys=True)
@@ -241,9 +242,7 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
         while step < total:
             if budget is not None:  # one DP-SGD step over the readers Poisson sampling takes
                 chosen = [plan[i] for i in private.sample(len(plan), budget.sample_rate, config.seed, step)]
-                loss = private.train_step(trained, optimizer, tokenizer, chosen, answer_ids, config.device,
-                                          partial(objective_loss, objective=config.objective,
-                                                  anchor=config.listwise_anchor))  # fmt: skip
+                loss = private.train_step(trained, optimizer, tokenizer, chosen, answer_ids, config.device, objective)
                 advance, rows = 1, sum(len(r.labels) for r in chosen)
             else:
                 epoch, index = divmod(step, len(plan))
@@ -254,7 +253,7 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
                 loss = 0.0
                 for batch in group:  # gradients summed over the step's impressions, each graph freed after its pass
                     scored = margins(model, tokenizer, batch, answer_ids, config)
-                    part = loss_of(scored, batch, config) / sum(len(b) for b in group)
+                    part = objective(scored, *targets(batch, scored.device)) / sum(len(b) for b in group)
                     part.backward()
                     loss += part.item()
                 optimizer.step()
@@ -300,12 +299,6 @@ def main(config: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     }  # fmt: skip
     (adapter / "card.json").write_text(json.dumps(card, indent=2))
     return card
-
-
-def loss_of(margins: Any, batch: list[Example], config: TrainConfig) -> Any:
-    """The objective the config names, summed over one batch of candidates that share a prefix."""
-    labels, weights = targets(batch, margins.device)
-    return objective_loss(margins, labels, weights, config.objective, config.listwise_anchor)
 
 
 def targets(batch: list[Example], device: Any = "cpu") -> tuple[Any, Any]:

@@ -57,7 +57,7 @@ class Arm:
     packed: bool
     old_prompt: bool = False
     text: str = DEFAULT_CANDIDATE_TEXT
-    objective: str = "pointwise"
+    objective: str = "pointwise"  # the speed, texts and privacy experiments' tables were measured so
     negatives: int | None = None  # per click; None: the --negatives option
 
 
@@ -109,7 +109,7 @@ def train_arm(arm: Arm, rows: list[export.Example], out: Path, **config) -> tupl
     run = out / arm.name / "run"
     card = train.main(train.TrainConfig(
         data=str(data), output=str(run), packed=arm.packed, validation_share=0.0, checkpoint_every=50,
-        **config,
+        **{"objective": arm.objective, **config},
     ))  # fmt: skip
     return run / "adapter", card["examples_seen"] / card["train_seconds_this_run"]
 

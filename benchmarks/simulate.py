@@ -254,8 +254,9 @@ def main() -> None:
                     total[name].update(today[name])
                 active = services["loop"][0].recommender.default_adapter()
                 history = [step(e) for e in services["loop"][0].feedback.loop_events(50)][::-1]
-                did = ", ".join(history[-4:] + trainings(services["loop"][0], day_started))
-                day_started = time.time()
+                now = time.time()  # a training that ends after this is the next day's
+                did = ", ".join(history[-4:] + trainings(services["loop"][0], day_started, now))
+                day_started = now
                 print(f"| {day} | {rates(today)} | {best[-1]:.4f} | {active or 'base model'}; {did} "
                       f"| {(time.monotonic() - started) / 60:.0f} |", flush=True)  # fmt: skip
     print(f"| all | {rates(total)} | {sum(best) / len(best):.4f} | | |")
@@ -273,13 +274,13 @@ def step(event: dict) -> str:
     return f"{event['kind']} {event['adapter'] or ''}".strip()
 
 
-def trainings(built: Newsrank, since: float) -> list[str]:
-    """What became of the loop's trainings that ended since a time: each one's status and the last line it wrote
-    (what its gate said, or why it was refused)."""
-    ended = sorted((j for j in built.feedback.jobs() if j.kind == "train" and (j.finished_at or 0) >= since),
+def trainings(built: Newsrank, since: float, until: float) -> list[str]:
+    """What became of the loop's trainings that ended between two times: each one's status and the last line it
+    wrote (what its gate said, or why it was refused)."""
+    ended = sorted((j for j in built.feedback.jobs() if j.kind == "train" and since <= (j.finished_at or 0) < until),
                    key=lambda j: j.finished_at)  # fmt: skip
-    return [f"training {j.status} ({(j.log_tail or '').strip().splitlines()[-1][:120] if j.log_tail else ''})"
-            for j in ended]  # fmt: skip
+    last = {j.job_id: ((j.log_tail or "").strip().splitlines() or [""])[-1][:120] for j in ended}
+    return [f"training {j.status} ({last[j.job_id]})" for j in ended]
 
 
 def decision(built: Newsrank, candidate: str, when: tuple[int, int]) -> str | None:
