@@ -45,8 +45,9 @@ def test_a_reader_is_one_example_with_a_bounded_number_of_rows():
     assert private.readers(rows, 8, 0) == found  # seeded
     # whole prompts first, and a prompt cut to fit keeps clicks beside its non-clicks (for the listwise objective)
     one_prompt = [export.Example("p", f"c{i}", int(i in (7, 23)), "c") for i in range(30)]
-    [c] = private.readers(one_prompt, per_reader=8, seed=0)
-    assert sorted(c.labels) == [0.0] * 6 + [1.0] * 2
+    for seed in range(5):
+        [c] = private.readers(one_prompt, per_reader=8, seed=seed)
+        assert sorted(c.labels) == [0.0] * 6 + [1.0] * 2
     three = [export.Example(f"q{i // 3}", f"d{i}", int(i % 3 == 0), "d") for i in range(9)]
     for seed in range(5):
         [d] = private.readers(three, per_reader=7, seed=seed)
