@@ -42,15 +42,20 @@ class Example:
         return self.prefix + self.suffix
 
 
+def grouped(examples: Iterable[Example], key: Callable[[Example], str]) -> dict[str, list[Example]]:
+    """Examples by a key (`group`: a reader; `prefix`: a prompt, one reader at one time), in first-seen order."""
+    groups: dict[str, list[Example]] = defaultdict(list)
+    for e in examples:
+        groups[key(e)].append(e)
+    return groups
+
+
 def sample_negatives(examples: Sequence[Example], per_positive: int | None, seed: int) -> list[Example]:
     """Keep every positive and, per group, at most `per_positive` negatives for each positive (seeded)."""
     if per_positive is None:
         return list(examples)
-    by_group: dict[str, list[Example]] = defaultdict(list)
-    for e in examples:
-        by_group[e.group].append(e)
     kept: list[Example] = []
-    for group, items in by_group.items():
+    for group, items in grouped(examples, lambda e: e.group).items():
         positives = sum(e.label for e in items)
         negatives = [i for i, e in enumerate(items) if not e.label]
         rng = random.Random(f"{seed}:{group}")

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from adapters.export import Example
+from adapters.export import Example, grouped
 from core.errors import InvalidInput, require
 
 OPACUS = "pip install opacus==1.6.0"
@@ -34,44 +33,39 @@ class Reader:
 
 def readers(examples: Sequence[Example], per_reader: int, seed: int) -> list[Reader]:
     """Group rows by reader (`group`), keeping at most `per_reader` of each reader's rows (`capped`)."""
-    by_group: dict[str, list[Example]] = defaultdict(list)
-    for e in examples:
-        by_group[e.group].append(e)
     found = []
-    for group, rows in by_group.items():
-        by_prefix: dict[str, list[Example]] = defaultdict(list)
-        for e in capped(rows, per_reader, random.Random(f"{seed}:{group}")):
-            by_prefix[e.prefix].append(e)
+    for group, rows in grouped(examples, lambda e: e.group).items():
+        prompts = capped(rows, per_reader, random.Random(f"{seed}:{group}"))
         found.append(
             Reader(
-                tuple((prefix, tuple(e.suffix for e in items)) for prefix, items in by_prefix.items()),
-                tuple(float(e.label) for items in by_prefix.values() for e in items),
+                tuple((items[0].prefix, tuple(e.suffix for e in items)) for items in prompts),
+                tuple(float(e.label) for items in prompts for e in items),
             )
         )
     return found
 
 
-def capped(rows: Sequence[Example], per_reader: int, rng: random.Random) -> list[Example]:
-    """At most `per_reader` of one reader's rows: whole prompts in a seeded order, so that each keeps its clicks
-    beside its non-clicks for the listwise objective; the prompt cut to fit keeps up to half its room in clicks
-    (one at least, if it has any) and fills the rest with its non-clicks."""
-    by_prefix: dict[str, list[Example]] = defaultdict(list)
-    for e in rows:
-        by_prefix[e.prefix].append(e)
-    prompts = list(by_prefix.values())
-    rng.shuffle(prompts)
-    kept: list[Example] = []
-    for items in prompts:
-        room = per_reader - len(kept)
+def capped(rows: Sequence[Example], per_reader: int, rng: random.Random) -> list[list[Example]]:
+    """At most `per_reader` of one reader's rows, by prompt: whole prompts taken in a seeded order, so that each
+    keeps its clicks beside its non-clicks for the listwise objective; the prompt cut to fit keeps up to half its
+    room in clicks (one at least, if it has any) and fills the rest with its non-clicks."""
+    prompts = grouped(rows, lambda e: e.prefix)
+    order = list(prompts)
+    rng.shuffle(order)
+    kept: list[list[Example]] = []
+    room = per_reader
+    for prefix in order:
         if room <= 0:
             break
+        items = prompts[prefix]
         if len(items) > room:
             clicks, others = [e for e in items if e.label], [e for e in items if not e.label]
             rng.shuffle(clicks)
             rng.shuffle(others)
             take = min(len(clicks), max(1, room // 2) if others else room)
             items = clicks[:take] + others[: room - take]
-        kept += items
+        kept.append(items)
+        room -= len(items)
     return kept
 
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 
-from adapters.export import Example, in_validation, read_examples
+from adapters.export import Example, grouped, in_validation, read_examples
 from config.settings import PACKAGED_LLM
 from core.errors import InvalidInput, require
 from llm.models import offline, resolve_llm
@@ -140,10 +140,8 @@ def orderable(examples: list[Example]) -> list[Example]:
 
 def batches(examples: list[Example], size: int) -> list[list[Example]]:
     """Candidates grouped by their shared prefix, at most `size` per batch, in first-seen order."""
-    by_prefix: dict[str, list[Example]] = defaultdict(list)
-    for e in examples:
-        by_prefix[e.prefix].append(e)
-    return [items[i : i + size] for items in by_prefix.values() for i in range(0, len(items), size)]
+    prompts = grouped(examples, lambda e: e.prefix).values()
+    return [items[i : i + size] for items in prompts for i in range(0, len(items), size)]
 
 
 def data_hash(path: Path) -> str:
