@@ -43,20 +43,40 @@ def test_scores_do_not_depend_on_batching_or_order(llm):
     assert llm.score([]) == []
 
 
-def test_one_readers_packed_scores_equal_those_scored_beside_another_reader(llm):
-    """One reader's candidates go through one packed sequence (in chunks of 4 x batch size); mixed with another
-    reader's, through the prefix caches copied per row: both give the same P(Yes)."""
+def test_readers_packed_into_one_sequence_score_as_each_alone(llm):
+    """Each reader's candidates follow their prefix in a packed sequence, several readers in one (in calls of at
+    most 4 x batch size candidates and batch size readers): every P(Yes) is the one its prompt gets alone. A row
+    without a prefix goes through the prefix caches copied per row, with the same scores."""
     reqs = sports_requests(llm)
     other = [ScoreRequest("Reader profile:\nInterests: cooking.\n", r.suffix) for r in reqs[:2]]
-    alone = llm.score(reqs)
-    mixed = llm.score([*reqs, *other])
-    assert mixed[: len(reqs)] == pytest.approx(alone, abs=1e-5)
+    alone, other_alone = llm.score(reqs), llm.score(other)
+    assert other_alone == pytest.approx(full_prompt_scores(llm, other), abs=1e-4)
+    assert llm.score([*reqs, *other]) == pytest.approx([*alone, *other_alone], abs=1e-5)
+    assert llm.score([other[0], *reqs, other[1]]) == pytest.approx([other_alone[0], *alone, other_alone[1]], abs=1e-5)
+    unpacked = ScoreRequest("", other[0].prefix + other[0].suffix)  # no prefix: the other path, the same score
+    assert llm.score([*reqs, unpacked]) == pytest.approx([*alone, other_alone[0]], abs=1e-5)
     batch_size = llm.batch_size
     try:
-        llm.batch_size = 1  # chunks of 4: the 5 candidates in two packed sequences
-        assert llm.score(reqs) == pytest.approx(alone, abs=1e-5)
+        llm.batch_size = 1  # calls of 4 candidates, one reader each: the 5 in two packed sequences
+        assert llm.score([*reqs, *other]) == pytest.approx([*alone, *other_alone], abs=1e-5)
     finally:
         llm.batch_size = batch_size
+
+
+def test_packed_calls_keep_order_and_bound_rows_and_readers():
+    from llm.backends.transformers import packed_calls
+
+    blocks = [("a", [0, 1, 2]), ("b", [3]), ("c", [4, 5, 6, 7, 8, 9]), ("d", [10])]
+    calls = packed_calls(blocks, size=4, most=2)
+    # a and b fill a call; c's first piece does not fit beside them, its second starts the third call with d
+    assert calls == [[("a", [0, 1, 2]), ("b", [3])], [("c", [4, 5, 6, 7])], [("c", [8, 9]), ("d", [10])]]
+    assert all(sum(len(rows) for _, rows in call) <= 4 and len(call) <= 2 for call in calls)
+    assert [i for call in calls for _, rows in call for i in rows] == list(range(11))
+    assert packed_calls([("a", [0]), ("b", [1]), ("c", [2])], size=64, most=2) == [
+        [("a", [0]), ("b", [1])],
+        [("c", [2])],
+    ]
+    assert packed_calls([], size=4, most=2) == []
 
 
 def test_generate_continues_the_prompt(llm):
@@ -148,7 +168,7 @@ def test_bfloat16_serves_adapters_and_both_scoring_paths_agree(llm, bf16, tmp_pa
     reqs = sports_requests(llm, adapter="random")
     assert bf16.score(reqs) == pytest.approx(llm.score(reqs), abs=0.03)
     other = [ScoreRequest("Reader profile:\nInterests: cooking.\n", r.suffix, "random") for r in reqs[:2]]
-    mixed = bf16.score([*reqs, *other])  # two prefixes: the prefix caches copied per row, not the packed sequence
+    mixed = bf16.score([*reqs, *other])  # two readers in one packed sequence
     assert mixed[: len(reqs)] == pytest.approx(bf16.score(reqs), abs=0.02)
 
 

@@ -121,6 +121,26 @@ def packed_margins(
 Layout = Sequence[tuple[int, int, Sequence[tuple[int, int]]]]  # per block: (prefix start, end), suffix spans
 
 
+def packed_calls(
+    blocks: Sequence[tuple[str, Sequence[int]]], size: int, most: int
+) -> list[list[tuple[str, Sequence[int]]]]:
+    """Blocks of (prefix, rows) grouped into calls of at most `size` rows and `most` blocks, in order: a block that
+    does not fit in the call being filled starts the next one, and a block larger than `size` is cut into pieces
+    that each repeat its prefix. Bounds one packed sequence (and its attention) however many readers and
+    candidates come."""
+    calls: list[list[tuple[str, Sequence[int]]]] = [[]]
+    room = size
+    for prefix, rows in blocks:
+        for start in range(0, len(rows), size):
+            piece = rows[start : start + size]
+            if len(piece) > room or len(calls[-1]) == most:
+                calls.append([])
+                room = size
+            calls[-1].append((prefix, piece))
+            room -= len(piece)
+    return [call for call in calls if call]
+
+
 def packed_mask(layout: Layout, size: int, dtype: Any) -> Any:
     """The additive mask of a packed sequence: a prefix token sees its prefix causally, a suffix token its
     prefix and its own suffix causally, nothing of other blocks."""
@@ -298,6 +318,7 @@ class TransformersBackend:
         self.model = model
         self.cache_dir = cache_dir
         self.batch_size = batch_size
+        self.pack_readers = True  # False: several readers' rows over copied prefix caches (benchmarks compare)
         self.threads = threads
         self.dtype = weights_dtype(dtype)  # the resolved name: float32 or bfloat16
         self.adapters: dict[str, str] = {}
@@ -433,26 +454,26 @@ class TransformersBackend:
     def _score_rows(self, model: Any, requests: Sequence[ScoreRequest]) -> list[float]:
         """P(Yes) for rows that may continue different prefixes (several readers' feeds merged into one call).
 
-        Up to `batch_size` distinct prefixes are computed together in one left-padded forward pass; then every
-        batch of `batch_size` suffixes, whatever prefixes its rows continue, is one forward pass over its rows'
-        prefix caches: two readers' candidates share passes instead of queueing one reader after the other.
-        Taking the prefixes a window at a time bounds the cache memory however many readers one call holds."""
+        Rows with a prefix and a suffix are packed: each prefix once, its candidates after it, several readers in
+        one sequence (`packed_calls`), so no prefix's cache is copied per row and readers share a call's fixed
+        costs. Otherwise up to `batch_size` distinct prefixes are computed together in one left-padded forward
+        pass; then every batch of `batch_size` suffixes, whatever prefixes its rows continue, is one forward pass
+        over its rows' prefix caches. Taking the prefixes a window at a time bounds the cache memory however many
+        readers one call holds."""
         torch = require("torch", "pip install torch==2.13.0")
         transformers = require("transformers", "pip install 'transformers>=5.16.1,<5.20'")
         by_prefix: dict[str, list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
             by_prefix[r.prefix].append(i)
         prefixes = list(by_prefix)
-        if len(prefixes) == 1 and prefixes[0] and all(r.suffix for r in requests):
-            # one reader's candidates: packed after their prefix, no copy of its cache per row (1.5x faster)
-            suffixes = [r.suffix for r in requests]
-            size = 4 * self.batch_size  # bounds the sequence (and its mask) however many candidates come
-            margins = [
-                packed_margins(model, self.tokenizer, [(prefixes[0], suffixes[i : i + size])], self._answer_ids)
-                for i in range(0, len(suffixes), size)
-            ]
-            return torch.sigmoid(torch.cat(margins)).tolist()
         scores = [0.0] * len(requests)
+        if self.pack_readers and all(prefixes) and all(r.suffix for r in requests):
+            for call in packed_calls([(p, by_prefix[p]) for p in prefixes], 4 * self.batch_size, self.batch_size):
+                blocks = [(prefix, [requests[i].suffix for i in rows]) for prefix, rows in call]
+                margins = packed_margins(model, self.tokenizer, blocks, self._answer_ids)
+                for i, p in zip([i for _, rows in call for i in rows], torch.sigmoid(margins).tolist(), strict=True):
+                    scores[i] = p
+            return scores
         for first in range(0, len(prefixes), self.batch_size):
             window = prefixes[first : first + self.batch_size]
             layers, prefix_mask = self._prefix_caches(model, window)
