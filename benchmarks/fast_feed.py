@@ -2,12 +2,12 @@
 
     .venv/bin/python benchmarks/fast_feed.py [--clients 8] [--rate 40] [--click-every 4] [--seconds 60]
                                              [--baseline-seconds 60] [--torch-threads N] [--probe-every 5]
-                                             [--probe-until fresh|covered] [--worker]
+                                             [--probe-until fresh|covered] [--worker [--worker-threads N]]
 
 Starts `newsrank serve` as its own process on loopback (a temporary data dir, the demo corpus and readers, the
 packaged LLM, one background scorer thread: the defaults), so the clients below do not share its interpreter;
 with `--worker` the scorer is a `newsrank worker` process beside it (`NEWSRANK_SCORER_THREADS=0` on the server), so
-the API and the LLM do not share one interpreter either.
+the API and the LLM do not share one interpreter either (`--worker-threads` scorer threads in it, 1 by default).
 Then three phases of `--clients` concurrent clients, together asking for `--rate` feeds a second (each client
 its share, on a fixed schedule; 0: back to back, as fast as answers come):
 
@@ -71,8 +71,9 @@ class Phase:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def start_server(data: Path, key: str, torch_threads: int | None, worker: bool = False) -> tuple[list, str]:
-    """`newsrank serve`, and with `worker` a `newsrank worker` process scoring beside it instead of its thread."""
+def start_server(data: Path, key: str, torch_threads: int | None, worker: int = 0) -> tuple[list, str]:
+    """`newsrank serve`, and with `worker` a `newsrank worker` process of that many scorer threads scoring beside
+    it instead of its thread."""
     port = free_port()
     env = {
         **os.environ,
@@ -108,7 +109,7 @@ def start_server(data: Path, key: str, torch_threads: int | None, worker: bool =
                 if not worker:
                     return [process], base
                 scorer = subprocess.Popen(
-                    [sys.executable, "-m", "serve.cli", "worker", "--threads", "1"],
+                    [sys.executable, "-m", "serve.cli", "worker", "--threads", str(worker)],
                     cwd=root,
                     env=env,
                     stdout=(data / "worker.log").open("w"),
@@ -306,6 +307,7 @@ def main() -> None:
     parser.add_argument("--probe-until", choices=("fresh", "covered"), default="fresh",
                         help="a probe ends when every item is `llm` or has any LLM relevance")  # fmt: skip
     parser.add_argument("--worker", action="store_true", help="score in a `newsrank worker` process, not a thread")
+    parser.add_argument("--worker-threads", type=int, default=1, help="the worker's scorer threads")
     args = parser.parse_args()
     if not (1 <= args.clients <= 64 and 0 < args.seconds <= 1800 and 0 < args.baseline_seconds <= 1800) or (
         args.click_every < 2
@@ -316,7 +318,7 @@ def main() -> None:
     key = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.monotonic()
-        processes, base = start_server(Path(tmp), key, args.torch_threads, args.worker)
+        processes, base = start_server(Path(tmp), key, args.torch_threads, args.worker_threads if args.worker else 0)
         try:
             threads = args.torch_threads or "default"
             print(f"`newsrank serve` ready in {time.monotonic() - started:.0f} s; {args.clients} clients asking "
