@@ -2,10 +2,10 @@
 
 The HTTP app answers feed requests on a thread pool, and each request scores its own reader's candidates. Alone,
 the calls queue one by one on the backend's lock; merged, several readers' candidates share forward passes (the
-transformers backend batches rows across prefixes) and their explanations share decoding steps. What that buys
-depends on the hardware: on a few CPU cores a full scoring batch is already compute-bound and only generation's
-memory-bound decoding gains (docs/BENCHMARKS.md, "Micro-batching"); hardware that a single reader's batch does
-not saturate (a GPU) should gain on both, which is not measured here.
+transformers backend packs them into one sequence, each reader's candidates after their prefix) and their
+explanations share decoding steps. On one CPU core that doubles the synchronous (`"fresh": true`) feeds a second
+(docs/BENCHMARKS.md, "Several readers in one call"); when each row continued a copy of its prefix's cache, merging
+bought only generation's gains ("Micro-batching").
 
 Leader/follower, no extra thread: the first call that finds no open batch opens one and leads it. It waits at
 most `max_wait_ms` for companions (less once the batch is full), then for the backend to be free, and only then
