@@ -3,9 +3,9 @@
 The HTTP app answers feed requests on a thread pool, and each request scores its own reader's candidates. Alone,
 the calls queue one by one on the backend's lock; merged, several readers' candidates share forward passes (the
 transformers backend packs them into one sequence, each reader's candidates after their prefix) and their
-explanations share decoding steps. On one CPU core that doubles the synchronous (`"fresh": true`) feeds a second
-(docs/BENCHMARKS.md, "Several readers in one call"); when each row continued a copy of its prefix's cache, merging
-bought only generation's gains ("Micro-batching").
+explanations share decoding steps. On one CPU core merged scoring serves about 1.1x the synchronous (`"fresh":
+true`) feeds a second of unmerged calls, and merged generation about 1.2-1.3x (docs/BENCHMARKS.md, "Several
+readers in one call" and "Micro-batching").
 
 Leader/follower, no extra thread: the first call that finds no open batch opens one and leads it. It waits at
 most `max_wait_ms` for companions (less once the batch is full), then for the backend to be free, and only then
