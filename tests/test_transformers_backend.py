@@ -43,7 +43,7 @@ def test_scores_do_not_depend_on_batching_or_order(llm):
     assert llm.score([]) == []
 
 
-def test_readers_packed_into_one_sequence_score_as_each_alone(llm):
+def test_readers_packed_into_one_sequence_score_as_each_alone(llm, monkeypatch):
     """Each reader's candidates follow their prefix in a packed sequence, several readers in one (in calls of at
     most 4 x batch size candidates and batch size readers): every P(Yes) is the one its prompt gets alone. A row
     without a prefix goes through the prefix caches copied per row, with the same scores."""
@@ -55,6 +55,13 @@ def test_readers_packed_into_one_sequence_score_as_each_alone(llm):
     assert llm.score([other[0], *reqs, other[1]]) == pytest.approx([other_alone[0], *alone, other_alone[1]], abs=1e-5)
     unpacked = ScoreRequest("", other[0].prefix + other[0].suffix)  # no prefix: the other path, the same score
     assert llm.score([*reqs, unpacked]) == pytest.approx([*alone, other_alone[0]], abs=1e-5)
+
+    def copied(*args: object) -> None:
+        raise AssertionError("two readers with prefixes went through copied prefix caches")
+
+    monkeypatch.setattr(llm, "_prefix_caches", copied)  # packed: no prefix cache is computed at all
+    assert llm.score([*other, *reqs]) == pytest.approx([*other_alone, *alone], abs=1e-5)
+    monkeypatch.undo()
     batch_size = llm.batch_size
     try:
         llm.batch_size = 1  # calls of 4 candidates, one reader each: the 5 in two packed sequences
