@@ -15,6 +15,7 @@ import random
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from itertools import accumulate
 from typing import Any
 
 from adapters.export import Example, grouped
@@ -161,7 +162,7 @@ def train_step(
     for i, reader in enumerate(chosen):
         labels = torch.tensor(reader.labels, device=device)
         margins = packed_margins(model, tokenizer, reader.blocks, answer_ids)
-        ends = torch.tensor([len(suffixes) for _, suffixes in reader.blocks]).cumsum(0).tolist()
+        ends = list(accumulate(len(suffixes) for _, suffixes in reader.blocks))
         ones = torch.ones_like(labels)  # a reader's rows weigh alike: the clipping bounds them together
         prompts = zip([0, *ends[:-1]], ends, strict=True)  # each prompt's candidates, ordered as outside DP
         loss = sum(objective(margins[a:b], labels[a:b], ones[a:b]) for a, b in prompts) / len(labels)

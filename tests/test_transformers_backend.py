@@ -61,7 +61,6 @@ def test_readers_packed_into_one_sequence_score_as_each_alone(llm, monkeypatch):
 
     monkeypatch.setattr(llm, "_prefix_caches", copied)  # packed: no prefix cache is computed at all
     assert llm.score([*other, *reqs]) == pytest.approx([*other_alone, *alone], abs=1e-5)
-    monkeypatch.undo()
     batch_size = llm.batch_size
     try:
         llm.batch_size = 1  # calls of 4 candidates, one reader each: the 5 in two packed sequences
