@@ -12,7 +12,9 @@ on what they are shown by the simulation's model, so what they click depends on 
 
 Then the product's 30 candidates ranked by blends of what a service knows of a stranger (similarity to the mean of
 their clicks, their share of clicks in the article's category, popularity log-scaled among the candidates, the
-article's click-through rate over the readers who looked at it), placed with the product's greedy diversity (0.1):
+article's click-through rate: clicks over the readers who looked at it, which only the simulation knows, over the
+readers shown it each weighed by 1/k of their place k, as the service counts them, or over the readers shown it),
+placed with the product's greedy diversity (0.1):
 the hand-set weights (freshness and the zero-shot LLM's small weight left out), and other weights a learned ranker
 could find. How far reweighting alone could take the
 learning loop.
@@ -52,13 +54,16 @@ def every_article(seen: set[str], clicked: list[str], pool: list[str], today: li
     return [a for a in pool if a not in seen]
 
 
-# blends of what a service knows of a stranger: (similarity, share of clicks, popularity, click-through rate)
+# blends of what a service knows of a stranger: (similarity, share of clicks, popularity, click-through rate), and
+# the click-through rate's denominator: readers who looked, readers shown weighed by 1/k of their place, readers shown
 BLENDS = {
-    "the hand-set weights (similarity 0.336, topic 0.2, popularity 0.15)": (0.336, 0.2, 0.15, 0.0),
-    "+ the articles' click-through rate 0.2": (0.336, 0.2, 0.15, 0.2),
-    "+ click-through rate 0.4, popularity 0.4": (0.336, 0.2, 0.4, 0.4),
-    "popularity 0.4": (0.336, 0.2, 0.4, 0.0),
-    "similarity 0.6": (0.6, 0.2, 0.15, 0.0),
+    "the hand-set weights (similarity 0.336, topic 0.2, popularity 0.15)": ((0.336, 0.2, 0.15, 0.0), "looked"),
+    "+ the articles' click-through rate 0.2": ((0.336, 0.2, 0.15, 0.2), "looked"),
+    "+ click-through rate 0.2, readers shown weighed by 1/k": ((0.336, 0.2, 0.15, 0.2), "examined"),
+    "+ click-through rate 0.2, readers shown": ((0.336, 0.2, 0.15, 0.2), "shown"),
+    "+ click-through rate 0.4, popularity 0.4": ((0.336, 0.2, 0.4, 0.4), "looked"),
+    "popularity 0.4": ((0.336, 0.2, 0.4, 0.0), "looked"),
+    "similarity 0.6": ((0.6, 0.2, 0.15, 0.0), "looked"),
 }
 
 
@@ -77,7 +82,8 @@ def main() -> None:
 
     def run(rule: Rule, rank: Callable) -> list[float]:
         """Each day's expected click-through rate, readers clicking on what `rank` puts first of `rule`'s."""
-        clicks, looks = Counter(), Counter()
+        clicks = Counter()
+        seen_by = {"looked": Counter(), "examined": Counter(), "shown": Counter()}  # the rate's denominators
         seen = {r.user_id: set() for r in people}
         clicked = {r.user_id: [] for r in people}
         rates = []
@@ -88,12 +94,14 @@ def main() -> None:
                 rng = random.Random(args.seed * 1_000_003 + day * 101 + visit)
                 for r in people:
                     candidates = rule(seen[r.user_id], clicked[r.user_id], pool, today, clicks)
-                    for place, article in enumerate(rank(r, candidates, clicked[r.user_id], clicks, looks), start=1):
+                    for place, article in enumerate(rank(r, candidates, clicked[r.user_id], clicks, seen_by), start=1):
                         looked, true = place**-EXAMINED, r.relevance(vectors[article], category[article])
                         expected, shown = expected + looked * true, shown + 1
+                        seen_by["examined"][article] += 1 / place
+                        seen_by["shown"][article] += 1
                         if rng.random() < looked:
                             seen[r.user_id].add(article)
-                            looks[article] += 1
+                            seen_by["looked"][article] += 1
                             if rng.random() < true:
                                 clicks[article] += 1
                                 clicked[r.user_id].append(article)
@@ -103,11 +111,12 @@ def main() -> None:
     def by_truth(reader, candidates, *_) -> list[str]:
         return sorted(candidates, key=lambda a: -reader.relevance(vectors[a], category[a]))[:10]
 
-    def blend(weights: tuple[float, float, float, float]) -> Callable:
+    def blend(weights: tuple[float, float, float, float], denominator: str) -> Callable:
         """The product's blend of the signals a service has for a stranger, greedy diversity 0.1 as it places."""
         w_sim, w_topic, w_pop, w_ctr = weights
 
-        def rank(reader, candidates: list[str], clicked: list[str], clicks: Counter, looks: Counter) -> list[str]:
+        def rank(reader, candidates: list[str], clicked: list[str], clicks: Counter, seen_by: dict) -> list[str]:
+            looks = seen_by[denominator]
             logs = np.log1p([clicks[a] for a in candidates])
             popular = logs / logs.max() if logs.max() > 0 else logs
             rate = np.array([(clicks[a] + 1) / (looks[a] + 10) for a in candidates])
@@ -142,8 +151,8 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{x:.4f}" for x in rates) + f" | {np.mean(rates):.4f} |", flush=True)
     print(f"\n| the product's 30, ranked by a blend of what the service knows | {days} | all |")
     print("|---|" + "---:|" * (args.days + 1))
-    for name, weights in BLENDS.items():
-        rates = run(nearest_and_fresh(30, unit), blend(weights))
+    for name, (weights, denominator) in BLENDS.items():
+        rates = run(nearest_and_fresh(30, unit), blend(weights, denominator))
         print(f"| {name} | " + " | ".join(f"{x:.4f}" for x in rates) + f" | {np.mean(rates):.4f} |", flush=True)
 
 

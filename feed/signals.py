@@ -28,14 +28,19 @@ def popularity(counts: Mapping[str, int], hits: Sequence[Hit]) -> list[float]:
 CTR_PRIOR_SHOWS = 10.0  # an article's click-through rate starts at the candidates' pooled rate, as if shown this often
 
 
-def click_through(clicks: Mapping[str, int], shows: Mapping[str, int], hits: Sequence[Hit]) -> list[float]:
-    """Readers who clicked each candidate over readers it was shown to, smoothed toward the candidates' pooled
+def click_through(clicks: Mapping[str, int], shows: Mapping[str, float], hits: Sequence[Hit]) -> list[float]:
+    """Readers who clicked each candidate over readers who looked at it, smoothed toward the candidates' pooled
     rate (a new article is that rate, not 0/0), at most 1. Readers, not clicks or feeds: one reader counts once
-    on each side, however often they were shown it or clicked it."""
+    on each side, however often they were shown it or clicked it. `shows` may weigh each reader shown it by how
+    often their place in the feed is looked at (feed.position.examined): counted whole, an article placed low
+    looks worse than it is, and the feed's own order feeds back into the rate."""
     ids = [h.article.id for h in hits]
-    shown, clicked = sum(shows.get(a, 0) for a in ids), sum(min(clicks.get(a, 0), shows.get(a, 0)) for a in ids)
-    pooled = clicked / shown if shown else 0.0
-    return [min(1.0, (clicks.get(a, 0) + CTR_PRIOR_SHOWS * pooled) / (shows.get(a, 0) + CTR_PRIOR_SHOWS)) for a in ids]
+    shown = sum(shows.get(a, 0.0) for a in ids)
+    clicked = sum(clicks.get(a, 0) for a in ids if shows.get(a, 0.0) > 0)
+    pooled = min(1.0, clicked / shown) if shown else 0.0
+    return [
+        min(1.0, (clicks.get(a, 0) + CTR_PRIOR_SHOWS * pooled) / (shows.get(a, 0.0) + CTR_PRIOR_SHOWS)) for a in ids
+    ]
 
 
 class CoClicks:

@@ -284,22 +284,26 @@ class SqlFeedbackStore(ABC):
             )
         return {r["article_id"]: r["n"] for r in rows}
 
-    def shown_counts(self, article_ids: Sequence[str], since: float) -> dict[str, int]:
-        """Readers each article was shown to since a time, in a recorded feed or by an impression event: the
-        click-through rate's denominator. Readers, not feeds: a reader shown an article in a hundred feeds counts
-        once."""
+    def shown_places(self, article_ids: Sequence[str], since: float) -> dict[str, dict[int, int]]:
+        """Readers each article was shown to since a time, by the best place (1-based) they were shown it at, in
+        a recorded feed or by an impression event (the platform saying they saw it: place 1): the click-through
+        rate's denominator, weighed by how often each place is looked at (feed.position.examined). Readers, not
+        feeds: a reader shown an article in a hundred feeds counts once, at the highest place."""
         if not article_ids:
             return {}
         with self.transaction() as tx:
             rows = tx.rows_in(
-                "SELECT article_id, COUNT(DISTINCT user_id) AS n FROM ("
-                " SELECT i.article_id, r.user_id FROM ranking_items i JOIN rankings r ON r.ranking_id = i.ranking_id"
-                " WHERE r.created_at >= ? AND i.article_id IN ({ids})"
-                " UNION SELECT article_id, user_id FROM events WHERE type = 'impression' AND ts >= ?"
-                " AND article_id IN ({ids})) AS shown GROUP BY article_id",
+                "SELECT article_id, place, COUNT(*) AS n FROM (SELECT article_id, user_id, MIN(place) AS place FROM ("
+                " SELECT i.article_id, r.user_id, i.position AS place FROM ranking_items i"
+                " JOIN rankings r ON r.ranking_id = i.ranking_id WHERE r.created_at >= ? AND i.article_id IN ({ids})"
+                " UNION ALL SELECT article_id, user_id, 1 AS place FROM events WHERE type = 'impression' AND ts >= ?"
+                " AND article_id IN ({ids})) AS shown GROUP BY article_id, user_id) AS best GROUP BY article_id, place",
                 [self.encode_time(since)], list(article_ids), times=2,
             )  # fmt: skip
-        return {r["article_id"]: r["n"] for r in rows}
+        places: dict[str, dict[int, int]] = {}
+        for r in rows:
+            places.setdefault(r["article_id"], {})[int(r["place"])] = r["n"]
+        return places
 
     def engagements(self, since: float, limit: int) -> list[tuple[str, str]]:
         """(reader, article) of the engagement events (click, like, share, comment) since a time, one per pair,

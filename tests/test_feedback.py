@@ -599,8 +599,11 @@ def test_readers_shown_and_engagements_count_each_reader_once(store):
     store.record_ranking(record("old", "u3", NOW - 10_000, ["a"]))  # before the window
     store.add_events([Event("u4", "a", "impression", NOW - 20), Event("u4", "c", "impression", NOW - 20),
                       Event("u1", "a", "impression", NOW - 20)])  # fmt: skip
-    assert store.shown_counts(["a", "b", "c", "z"], NOW - 1000) == {"a": 3, "b": 1, "c": 1}
-    assert store.shown_counts([], NOW - 1000) == {}
+    store.record_ranking(record("r8", "u5", NOW - 40, ["c", "b"]))  # b shown second, then first: best place 1
+    store.record_ranking(record("r7", "u5", NOW - 30, ["b"]))
+    # by the best place each reader was shown it at; an impression event is the platform saying they saw it
+    assert store.shown_places(["a", "b", "c", "z"], NOW - 1000) == {"a": {1: 3}, "b": {2: 1, 1: 1}, "c": {1: 2}}
+    assert store.shown_places([], NOW - 1000) == {}
     store.add_events([Event("u1", "a", "click", NOW - 9), Event("u1", "a", "like", NOW - 8),
                       Event("u2", "b", "share", NOW - 7), Event("u2", "c", "skip", NOW - 6),
                       Event("u3", "d", "click", NOW - 5000)])  # fmt: skip

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.records import Article, Hit
-from feed import signals
+from feed import position, signals
 
 
 def hits(*ids: str) -> list[Hit]:
@@ -20,6 +20,19 @@ def test_click_through_is_readers_who_clicked_over_readers_shown_smoothed_toward
     assert got == pytest.approx([(5 + 10 * pooled) / 20, (0 + 10 * pooled) / 20, pooled])
     assert signals.click_through({}, {}, hits("a")) == [0.0]
     assert signals.click_through({"a": 50}, {"a": 1}, hits("a")) == [1.0]  # clicks without a show: at most 1
+
+
+def test_click_through_counts_a_reader_shown_an_article_low_as_less_than_one_who_looked():
+    """Both articles clicked by 2 of 10 readers shown them: the one shown tenth was looked at by fewer, so its
+    readers clicked it more often than the one shown first."""
+    shows = {"top": position.examined({1: 10}), "low": position.examined({10: 10})}
+    assert shows == pytest.approx({"top": 10.0, "low": 1.0})
+    top, low = signals.click_through({"top": 2, "low": 2}, shows, hits("top", "low"))
+    pooled = 4 / 11
+    assert top == pytest.approx((2 + 10 * pooled) / 20) and low == pytest.approx((2 + 10 * pooled) / 11)
+    assert low > top
+    # readers shown it first, second (two) and 80th: a place deeper than the prior's has its last place's weight
+    assert position.examined({1: 1, 2: 2, 80: 1}) == pytest.approx(1 + 2 / 2 + 1 / 50)
 
 
 def test_click_through_does_not_depend_on_the_size_of_the_traffic():
