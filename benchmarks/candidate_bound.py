@@ -12,12 +12,11 @@ on what they are shown by the simulation's model, so what they click depends on 
 
 Then the product's 30 candidates ranked by blends of what a service knows of a stranger (similarity to the mean of
 their clicks, their share of clicks in the article's category, popularity log-scaled among the candidates, the
-article's click-through rate: clicks over the readers who looked at it, which only the simulation knows, over the
-readers shown it each weighed by 1/k of their place k, as the service counts them, or over the readers shown it),
-placed with the product's greedy diversity (0.1):
-the hand-set weights (freshness and the zero-shot LLM's small weight left out), and other weights a learned ranker
-could find. How far reweighting alone could take the
-learning loop.
+article's click-through rate: clicks over the readers who looked at it; over those and the others shown it, each
+of these weighed by 1/k of their place k, as the service counts them (it hears of a look from an impression event or
+a click); or over every reader shown it), placed with the product's greedy diversity (0.1): the hand-set weights
+(freshness and the zero-shot LLM's small weight left out), and other weights a learned ranker could find. How far
+reweighting alone could take the learning loop.
 """
 
 from __future__ import annotations
@@ -55,11 +54,12 @@ def every_article(seen: set[str], clicked: list[str], pool: list[str], today: li
 
 
 # blends of what a service knows of a stranger: (similarity, share of clicks, popularity, click-through rate), and
-# the click-through rate's denominator: readers who looked, readers shown weighed by 1/k of their place, readers shown
+# the click-through rate's denominator: readers who looked; those and the others shown, each weighed by 1/k of their
+# place (the service's count); readers shown
 BLENDS = {
     "the hand-set weights (similarity 0.336, topic 0.2, popularity 0.15)": ((0.336, 0.2, 0.15, 0.0), "looked"),
     "+ the articles' click-through rate 0.2": ((0.336, 0.2, 0.15, 0.2), "looked"),
-    "+ click-through rate 0.2, readers shown weighed by 1/k": ((0.336, 0.2, 0.15, 0.2), "examined"),
+    "+ click-through rate 0.2, as the service counts (passed over: 1/k)": ((0.336, 0.2, 0.15, 0.2), "examined"),
     "+ click-through rate 0.2, readers shown": ((0.336, 0.2, 0.15, 0.2), "shown"),
     "+ click-through rate 0.4, popularity 0.4": ((0.336, 0.2, 0.4, 0.4), "looked"),
     "popularity 0.4": ((0.336, 0.2, 0.4, 0.0), "looked"),
@@ -97,11 +97,13 @@ def main() -> None:
                     for place, article in enumerate(rank(r, candidates, clicked[r.user_id], clicks, seen_by), start=1):
                         looked, true = place**-EXAMINED, r.relevance(vectors[article], category[article])
                         expected, shown = expected + looked * true, shown + 1
-                        seen_by["examined"][article] += 1 / place
                         seen_by["shown"][article] += 1
-                        if rng.random() < looked:
+                        if rng.random() >= looked:  # passed over: the service counts them by their place
+                            seen_by["examined"][article] += 1 / place
+                        else:  # looked: the simulation sends the service an impression (or a click)
                             seen[r.user_id].add(article)
                             seen_by["looked"][article] += 1
+                            seen_by["examined"][article] += 1
                             if rng.random() < true:
                                 clicks[article] += 1
                                 clicked[r.user_id].append(article)

@@ -198,8 +198,8 @@ SIGNALS = (
     SignalSpec("popularity", 0.15, "readers' recent clicks, log-scaled (the most clicked = 1)",
                "many readers clicked it recently", "pop", named=("popularity", "popular"),
                says=frozenset({"popular", "readers", "clicked", "trending", "many"})),
-    SignalSpec("ctr", 0.0, "readers who clicked it over readers who looked at it (each reader shown it counted by "
-               "how often their place in the feed is looked at), smoothed toward the rate of the other candidates",
+    SignalSpec("ctr", 0.0, "readers who clicked it over readers who looked at it (a reader shown it and not known to "
+               "have looked counted by how often their place is looked at), smoothed toward the other candidates' rate",
                "readers it was shown to often clicked it", "ctr",
                named=("click-through", "ctr", "clicked"),
                says=frozenset({"readers", "shown", "clicked", "often", "click"})),

@@ -285,10 +285,11 @@ class SqlFeedbackStore(ABC):
         return {r["article_id"]: r["n"] for r in rows}
 
     def shown_places(self, article_ids: Sequence[str], since: float) -> dict[str, dict[int, int]]:
-        """Readers each article was shown to since a time, by the best place (1-based) they were shown it at, in
-        a recorded feed or by an impression event (the platform saying they saw it: place 1): the click-through
-        rate's denominator, weighed by how often each place is looked at (feed.position.examined). Readers, not
-        feeds: a reader shown an article in a hundred feeds counts once, at the highest place."""
+        """Readers each article was shown to since a time, by the best place (1-based) they were shown it at in a
+        recorded feed; place 1 for those known to have looked at it (an impression event, the platform saying
+        they saw it, or a click or like: the click-through rate's numerator): its denominator, weighed by how often
+        each place is looked at (feed.position.examined). Readers, not feeds: a reader shown an article in a
+        hundred feeds counts once, at the highest place."""
         if not article_ids:
             return {}
         with self.transaction() as tx:
@@ -296,7 +297,8 @@ class SqlFeedbackStore(ABC):
                 "SELECT article_id, place, COUNT(*) AS n FROM (SELECT article_id, user_id, MIN(place) AS place FROM ("
                 " SELECT i.article_id, r.user_id, i.position AS place FROM ranking_items i"
                 " JOIN rankings r ON r.ranking_id = i.ranking_id WHERE r.created_at >= ? AND i.article_id IN ({ids})"
-                " UNION ALL SELECT article_id, user_id, 1 AS place FROM events WHERE type = 'impression' AND ts >= ?"
+                " UNION ALL SELECT article_id, user_id, 1 AS place FROM events"
+                " WHERE type IN ('impression', 'click', 'like') AND ts >= ?"
                 " AND article_id IN ({ids})) AS shown GROUP BY article_id, user_id) AS best GROUP BY article_id, place",
                 [self.encode_time(since)], list(article_ids), times=2,
             )  # fmt: skip

@@ -609,6 +609,8 @@ def test_readers_shown_and_engagements_count_each_reader_once(store):
                       Event("u3", "d", "click", NOW - 5000)])  # fmt: skip
     assert store.engagements(NOW - 1000, 10) == [("u2", "b"), ("u1", "a")]  # the most recent first, one per pair
     assert store.engagements(NOW - 1000, 1) == [("u2", "b")]
+    store.add_events([Event("u1", "b", "click", NOW - 5)])  # shown b second, then clicked it: they looked at it
+    assert store.shown_places(["b"], NOW - 1000) == {"b": {1: 2}}
 
 
 # -- integrity: what one client or one reader can do to the store ------------------------------------------------
