@@ -210,6 +210,8 @@ def test_evaluation_ranks_as_the_feed_serves(corpus_store, feedback, settings, t
     feedback.add_events([Event("other", "s4", "click", NOW - 60), Event("third", "s4", "like", NOW - 50),
                          Event("other", "s1", "click", NOW - 70)])  # fmt: skip
     backend = FakeBackend()
+    # behaviour read afresh, so that the fan's feed counts the third reader's among the showings
+    settings = settings.model_copy(update={"behaviour_cache_seconds": 0})
     recommender = Recommender(corpus_store, feedback, backend, settings, clock=lambda: NOW)
     recommender.recommend(FeedRequest("third", k=8, explain=False))  # shown to a reader: click-through rates
     request = FeedRequest("fan", k=8, explain=False, fresh=True)
