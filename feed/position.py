@@ -71,8 +71,8 @@ class Propensities:
 
 
 # How often each place is looked at until explored feeds say: the 1/k of position-based click models of web search.
-# The click-through rate weighs a showing by it (`examined`); in the simulation that rate ranked about as well with
-# 1/k^0.5 or 1/k^1.2 (docs/BENCHMARKS.md), so the guess need not be exact.
+# The click-through rate weighs a showing by it (`examined`); in the simulation's offline bound the rate gained as
+# much with 1/k^0.5 or 1/k^1.2 (docs/BENCHMARKS.md), so the guess need not be exact.
 PRIOR = Propensities(tuple(1.0 / k for k in range(1, 51)), 0)
 
 

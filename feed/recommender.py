@@ -150,7 +150,7 @@ class Recommender:
         self._loaded: dict[str, tuple[tuple[str, int | None], Any]] = {}  # rankers and towers, by file stamp
         reuse = settings.behaviour_cache_seconds
         self._clicks: Memo[str, dict[str, int]] = Memo(reuse)
-        self._shows: Memo[str, dict[int, int]] = Memo(reuse)
+        self._places: Memo[str, dict[int, int]] = Memo(reuse)
         self._rescoring_asked: Memo[str, bool] = Memo(reuse)
         self._coclick_index: tuple[float, signals.CoClicks | None] = (0.0, None)
         self._coclick_lock = threading.Lock()
@@ -469,7 +469,7 @@ class Recommender:
     def behaviour(self, profile: Profile, hits: Sequence[Hit]) -> tuple[list[float], list[float], list[float]]:
         """What readers' behaviour says of each candidate: popularity, click-through rate and co-clicks."""
         clicks, since = self.recent_clicks(), self.behaviour_since()
-        places = self._shows.many([h.article.id for h in hits], lambda ids: self.feedback.shown_places(ids, since), {})
+        places = self._places.many([h.article.id for h in hits], lambda ids: self.feedback.shown_places(ids, since), {})
         shows = {a: position.examined(p) for a, p in places.items()}
         history = [h.article_id for h in profile.history]
         coclick = self.coclicks().scores(history, hits, profile.user_id)

@@ -285,11 +285,11 @@ class SqlFeedbackStore(ABC):
         return {r["article_id"]: r["n"] for r in rows}
 
     def shown_places(self, article_ids: Sequence[str], since: float) -> dict[str, dict[int, int]]:
-        """Readers each article was shown to since a time, by the best place (1-based) they were shown it at in a
-        recorded feed; place 1 for those known to have looked at it (an impression event, the platform saying
-        they saw it, or a click or like: the click-through rate's numerator): its denominator, weighed by how often
-        each place is looked at (feed.position.examined). Readers, not feeds: a reader shown an article in a
-        hundred feeds counts once, at the highest place."""
+        """Readers each article was shown to since a time, by the best place (1-based) each was shown it at in a
+        recorded feed, or place 1 where they are known to have looked at it (an impression event from the platform;
+        a click or a like, the readers the rate's numerator counts): the click-through rate's denominator, weighed
+        by how often each place is looked at (feed.position.examined). Readers, not feeds: a reader shown an
+        article in a hundred feeds counts once, at their best place."""
         if not article_ids:
             return {}
         with self.transaction() as tx:
