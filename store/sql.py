@@ -55,6 +55,9 @@ KIND_RANK = f"CASE kind {' '.join(f'WHEN {k!r} THEN {i}' for i, k in enumerate(S
 ITEM_COLUMNS = ("ranking_id", *(f.name for f in fields(RankedItem)))
 EVENT_COLUMNS = tuple(f.name for f in fields(Event))
 BATCH_KEY_DAYS = 1
+# the events a click count counts: popularity's readers and the click-through rate's numerator, whom its
+# denominator must hold too (shown_places), or the rate could pass 1
+CLICKED = "'click', 'like'"
 
 
 def largest_first(counts: dict[str, int], drop: int) -> dict[str, int]:
@@ -278,7 +281,7 @@ class SqlFeedbackStore(ABC):
         clicks: a thousand clicks of one reader count once, so no single reader can make an article popular."""
         with self.transaction() as tx:
             rows = tx.rows(
-                "SELECT article_id, COUNT(DISTINCT user_id) AS n FROM events WHERE type IN ('click', 'like')"
+                f"SELECT article_id, COUNT(DISTINCT user_id) AS n FROM events WHERE type IN ({CLICKED})"
                 " AND ts >= ? GROUP BY article_id",
                 [self.encode_time(since)],
             )
@@ -298,7 +301,7 @@ class SqlFeedbackStore(ABC):
                 " SELECT i.article_id, r.user_id, i.position AS place FROM ranking_items i"
                 " JOIN rankings r ON r.ranking_id = i.ranking_id WHERE r.created_at >= ? AND i.article_id IN ({ids})"
                 " UNION ALL SELECT article_id, user_id, 1 AS place FROM events"
-                " WHERE type IN ('impression', 'click', 'like') AND ts >= ?"
+                f" WHERE type IN ('impression', {CLICKED}) AND ts >= ?"
                 " AND article_id IN ({ids})) AS shown GROUP BY article_id, user_id) AS best GROUP BY article_id, place",
                 [self.encode_time(since)], list(article_ids), times=2,
             )  # fmt: skip
